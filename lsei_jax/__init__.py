@@ -1,0 +1,21 @@
+"""lsei_jax: Latent Space Explanation by Intervention, in JAX/Flax.
+
+Public functional API (DESIGN.md §3–§6); every function is pure and jit/vmap friendly.
+"""
+from lsei_jax.fisher import batch_sigma, fisher_information, fisher_regularizer, similarity
+from lsei_jax.interventions import (bit_set_mask, decisive_bits, flip_all_mask, intervene,
+                                    single_bit_masks)
+from lsei_jax.losses import bce_with_logits, classifier_loss, dvae_loss, explainer_loss
+from lsei_jax.metrics import accuracy, agreement, change_rate, info_cosine, recon_accuracy
+from lsei_jax.models import C1, C2, DVAE, Classifier, Explainer
+from lsei_jax.relaxed_bernoulli import bernoulli_kl, hard_code, relaxed_bernoulli
+
+__all__ = [
+    'C1', 'C2', 'Classifier', 'DVAE', 'Explainer',
+    'relaxed_bernoulli', 'bernoulli_kl', 'hard_code',
+    'fisher_information', 'fisher_regularizer', 'similarity', 'batch_sigma',
+    'intervene', 'flip_all_mask', 'single_bit_masks', 'bit_set_mask', 'decisive_bits',
+    'classifier_loss', 'dvae_loss', 'explainer_loss', 'bce_with_logits',
+    'accuracy', 'agreement', 'change_rate', 'recon_accuracy', 'info_cosine',
+]
+__version__ = '0.1.0'

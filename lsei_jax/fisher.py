@@ -1,0 +1,97 @@
+"""Functional Fisher information of a function of an embedding (DESIGN.md §6, Eq. 3–5).
+
+For F: R^d → R^m (logits) and embeddings e [B, d]:
+  e_ε = e + ε,  ε_i ~ N(0, σ_i²)
+  f(e_ε) = loss(F(e_ε), stop_gradient(F(e))) ≥ 0
+  I_i(F) = E_{x, ε}[(∂f/∂e_i)² / max(f, floor)]                → [d]
+"""
+from __future__ import annotations
+
+from typing import Callable, Literal
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+LossName = Literal['ce', 'bce']
+
+
+def _loss_against_target(loss: str, logits: Array, target_logits: Array) -> Array:
+  """Per-row loss [B] of `logits` [B, ...] against soft targets from `target_logits`."""
+  target_logits = jax.lax.stop_gradient(target_logits)
+  if loss == 'ce':
+    target = jax.nn.softmax(target_logits, axis=-1)
+    return -jnp.sum(target * jax.nn.log_softmax(logits, axis=-1), axis=-1)
+  if loss == 'bce':
+    target = jax.nn.sigmoid(target_logits)
+    # BCE with logits: log(1 + e^x) − t·x, stable for large |x|.
+    per_out = jax.nn.softplus(logits) - target * logits
+    return jnp.sum(per_out.reshape(per_out.shape[0], -1), axis=-1)
+  raise ValueError(f"unknown Fisher loss {loss!r}: expected 'ce' or 'bce'")
+
+
+def batch_sigma(e: Array, scale: float = 1.0) -> Array:
+  """σ = scale · per-coordinate (unbiased) standard deviation of e [B, d] → [d]."""
+  ddof = 1 if e.shape[0] > 1 else 0
+  return scale * jnp.std(e, axis=0, ddof=ddof)
+
+
+def fisher_information(fn: Callable[[Array], Array], e: Array, key: Array, *,
+                       num_samples: int, loss: LossName,
+                       sigma: float | Array | None = None, sigma_scale: float = 1.0,
+                       floor: float = 1e-8, chunk_size: int | None = None) -> Array:
+  """Per-neuron functional Fisher information of `fn` at embeddings `e`.
+
+  Args:
+    fn: maps embeddings [B, d] to logits [B, m] (or [B, H, W, C] for 'bce'). Rows must
+      be processed independently (no batch statistics), as in any eval-mode network.
+    e: embeddings [B, d].
+    key: PRNG key for the perturbations.
+    num_samples: perturbations per embedding (S).
+    loss: 'ce' (cross-entropy against softmax(fn(e))) or 'bce' (binary cross-entropy
+      against sigmoid(fn(e)), summed over outputs).
+    sigma: None → `sigma_scale` × the batch std of each coordinate of e; a float or a
+      [d] array fixes it.
+    floor: lower bound on f in the denominator.
+    chunk_size: if set, perturbations are processed `chunk_size` at a time (lax.map) to
+      bound memory; the noise is the same, so the result equals the unchunked one.
+
+  Returns:
+    I [d] = mean over batch and perturbations of (∂f/∂e_i)² / f. Differentiable with
+    respect to whatever `fn` closes over (second-order gradients).
+  """
+  if sigma is None:
+    sigma = batch_sigma(jax.lax.stop_gradient(e), sigma_scale)
+  sigma = jnp.broadcast_to(jnp.asarray(sigma, e.dtype), e.shape[-1:])
+  target = fn(e)
+  noise = jax.random.normal(key, (num_samples,) + e.shape, e.dtype) * sigma  # [S, B, d]
+
+  def per_sample(eps: Array) -> Array:
+    """Information of one perturbation draw, averaged over the batch → [d]."""
+    def total_loss(e_eps):
+      f = _loss_against_target(loss, fn(e_eps), target)
+      return jnp.sum(f), f
+    # Rows are independent, so the gradient of the summed loss is every row's own gradient.
+    grads, f = jax.grad(total_loss, has_aux=True)(e + eps)
+    return jnp.mean(grads**2 / jnp.maximum(f, floor)[:, None], axis=0)
+
+  if chunk_size is None or chunk_size >= num_samples:
+    per = jax.vmap(per_sample)(noise)
+  else:
+    per = jax.lax.map(per_sample, noise, batch_size=chunk_size)
+  return jnp.mean(per, axis=0)
+
+
+def similarity(a: Array, b: Array, kind: str = 'cosine', eps: float = 1e-12) -> Array:
+  """Similarity of two information vectors [d]: 'dot' (paper) or 'cosine' (scale-free)."""
+  if kind == 'dot':
+    return jnp.dot(a, b)
+  if kind == 'cosine':
+    return jnp.dot(a, b) / jnp.maximum(jnp.linalg.norm(a) * jnp.linalg.norm(b), eps)
+  raise ValueError(f"unknown similarity {kind!r}: expected 'dot' or 'cosine'")
+
+
+def fisher_regularizer(info_g: Array, info_c: Array, kind: str = 'cosine',
+                       eps: float = 1e-12) -> Array:
+  """R = 1 / sim(I_g, I_c) (Eq. 6); small when g relies on the coordinates c2 relies on."""
+  return 1.0 / jnp.maximum(similarity(info_g, info_c, kind, eps), eps)

@@ -1,0 +1,42 @@
+"""Demo: biased shapes (task `shape`, spurious `color` agreeing in 90% of training images).
+
+Sizes are smaller than the paper's CelebA defaults (DESIGN.md §3) so that the whole
+pipeline trains on a 2-core CPU in a few minutes.
+"""
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.log_every = 50
+
+  c.data = ml_collections.ConfigDict(dict(
+      name='shapes', image_size=32, task='shape', spurious='color', rho=0.9,
+      num_train=12288, num_test=2048, seed=0))
+
+  c.model = ml_collections.ConfigDict()
+  c.model.classifier = ml_collections.ConfigDict(dict(
+      channels=(16, 16, 32, 32, 64, 64), strides=(1, 2, 1, 2, 1, 2), hidden_dim=128,
+      num_classes=2, dropout=0.5))
+  c.model.dvae = ml_collections.ConfigDict(dict(latent_dim=16, hidden=(256, 128, 64),
+                                                dropout=0.1))
+  c.model.explainer = ml_collections.ConfigDict(dict(channels=(128, 64, 32, 16)))
+
+  c.classifier = ml_collections.ConfigDict(dict(
+      steps=600, batch_size=128, optimizer='adam', learning_rate=2e-3, schedule='cosine',
+      warmup_steps=50, grad_clip=0.0))
+  c.dvae = ml_collections.ConfigDict(dict(
+      steps=1500, batch_size=256, optimizer='adam', learning_rate=1e-3, schedule='constant',
+      beta=1.0, temperature_start=1.0, temperature_end=0.5, anneal_steps=1000, hard=False))
+  c.explainer = ml_collections.ConfigDict(dict(
+      steps=600, batch_size=64, optimizer='adam', learning_rate=2e-3, schedule='constant',
+      # Fisher regularizer (Eq. 6): λ, perturbations, rows it is estimated on, how often.
+      fisher_weight=1.0, fisher_samples=4, fisher_batch=16, fisher_every=1, fisher_chunk=0,
+      sigma_scale=1.0, similarity='cosine', info_examples=1024,
+      train_noreg=True))  # also train λ = 0 ("without regularizer", Table 2)
+
+  c.checkpoint = ml_collections.ConfigDict(dict(every_steps=200, max_to_keep=2))
+  c.eval = ml_collections.ConfigDict(dict(batch_size=256, fisher_samples=8,
+                                          fisher_examples=1024, grid_rows=8))
+  return c

@@ -1,0 +1,18 @@
+"""Seconds-long variant of configs/shapes.py for tests: 16×16 images, tiny nets, few steps."""
+from configs import shapes
+
+
+def get_config():
+  c = shapes.get_config()
+  c.log_every = 5
+  c.data.update(image_size=16, num_train=256, num_test=64)
+  c.model.classifier.update(channels=(4, 8), strides=(2, 2), hidden_dim=16)
+  c.model.dvae.update(latent_dim=6, hidden=(16, 8))
+  c.model.explainer.update(channels=(8, 4))
+  c.classifier.update(steps=12, batch_size=32, warmup_steps=2)
+  c.dvae.update(steps=12, batch_size=32, anneal_steps=10)
+  c.explainer.update(steps=12, batch_size=16, fisher_batch=8, fisher_samples=2,
+                     info_examples=64)
+  c.checkpoint.update(every_steps=4, max_to_keep=3)
+  c.eval.update(batch_size=32, fisher_samples=2, fisher_examples=32, grid_rows=4)
+  return c

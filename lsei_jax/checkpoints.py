@@ -1,0 +1,109 @@
+"""Orbax checkpoints per stage, linked to the upstream checkpoints they were trained on.
+
+Layout: WORKDIR/<stage>/<step>/{state, meta}. `meta` (JSON) records the stage name, the
+total steps, whether the stage is complete, a fingerprint of the parameters, the
+identity {step, fingerprint} of every upstream stage it was trained on, and the
+architecture fields that make a checkpoint incompatible if they change.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint is missing, from another stage, or inconsistent with its upstream."""
+
+
+def fingerprint(params: Any) -> str:
+  """Short sha256 of a pytree's paths, shapes, dtypes and values (identical on all hosts)."""
+  digest = hashlib.sha256()
+  leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+  for path, leaf in leaves:
+    arr = np.asarray(jax.device_get(leaf))
+    digest.update(jax.tree_util.keystr(path).encode())
+    digest.update(f'{arr.dtype}{arr.shape}'.encode())
+    digest.update(np.ascontiguousarray(arr).tobytes())
+  return digest.hexdigest()[:16]
+
+
+def _jsonable(tree: Any) -> Any:
+  return json.loads(json.dumps(tree, default=lambda x: list(x) if isinstance(x, tuple) else str(x)))
+
+
+class StageCheckpoints:
+  """CheckpointManager for one stage under WORKDIR/<stage>."""
+
+  def __init__(self, workdir: str, stage: str, *, max_to_keep: int = 2,
+               read_only: bool = False):
+    self.stage = stage
+    self.directory = os.path.join(os.path.abspath(workdir), stage)
+    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only,
+                                           read_only=read_only,
+                                           enable_async_checkpointing=False)
+    self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                         item_names=('state', 'meta'))
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return list(self.manager.all_steps())
+
+  def read_meta(self, step: int) -> dict:
+    meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    meta = meta['meta']
+    if meta.get('stage') != self.stage:
+      raise CheckpointError(f'{self.directory}/{step} holds a checkpoint of stage '
+                            f'{meta.get("stage")!r}, not {self.stage!r}')
+    return meta
+
+  def restore(self, step: int, template: Any) -> tuple[Any, dict]:
+    """(state, meta) at `step`; `template` gives structure, shapes and shardings."""
+    meta = self.read_meta(step)
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+    out = self.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+    return out['state'], meta
+
+  def save(self, step: int, state: Any, meta: dict) -> None:
+    meta = _jsonable(dict(meta, stage=self.stage, step=int(step)))
+    self.manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.close()
+
+
+def identity(meta: dict) -> dict:
+  """What a downstream stage records about this checkpoint."""
+  return {'step': meta['step'], 'fingerprint': meta['fingerprint']}
+
+
+def check_upstream(stage: str, directory: str, recorded: dict, current: dict) -> None:
+  """Refuses a stage checkpoint trained on other upstream checkpoints than the current ones."""
+  for name, now in current.items():
+    was = recorded.get(name)
+    if was != now:
+      raise CheckpointError(
+          f'{stage} checkpoint in {directory} was trained on {name} {was}, but the '
+          f'{name} checkpoint now in the workdir is {now}. Move {directory} away to '
+          f'retrain {stage} on the current {name}, or restore the original {name}.')
+
+
+def check_config(stage: str, directory: str, recorded: dict, current: dict) -> None:
+  """Refuses to resume a stage whose architecture fields changed; names the fields."""
+  current = _jsonable(current)
+  changed = sorted(k for k in set(recorded) | set(current) if recorded.get(k) != current.get(k))
+  if changed:
+    detail = ', '.join(f'{k}: {recorded.get(k)!r} → {current.get(k)!r}' for k in changed)
+    raise CheckpointError(
+        f'config changed incompatibly for stage {stage} in {directory} ({detail}); use '
+        f'the original values or a new workdir')

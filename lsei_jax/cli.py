@@ -1,0 +1,49 @@
+"""What train.py and eval.py share: logging, the XLA cache, and one-line errors."""
+from __future__ import annotations
+
+import logging as py_logging
+import os
+import sys
+from typing import Callable
+
+import jax
+from absl import flags, logging
+
+from lsei_jax.checkpoints import CheckpointError
+from lsei_jax.trainer import NonFiniteError
+
+flags.DEFINE_bool('verbose', False, 'Show full tracebacks and library (Orbax) logs.')
+flags.DEFINE_string('compilation_cache', os.path.expanduser('~/.cache/lsei_jax/xla'),
+                    'Persistent XLA compilation cache directory ("" disables).')
+FLAGS = flags.FLAGS
+
+# Errors that are the user's to fix: one line, no traceback.
+USER_ERRORS = (ValueError, KeyError, CheckpointError, NonFiniteError, FileNotFoundError,
+               PermissionError, OSError)
+
+
+class _QuietLibraries(py_logging.Filter):
+  def filter(self, record):
+    return 'orbax' not in record.pathname or record.levelno >= py_logging.ERROR
+
+
+def setup() -> None:
+  if not FLAGS.verbose:
+    logging.get_absl_handler().addFilter(_QuietLibraries())
+  logging.set_verbosity(logging.INFO)
+  cache = os.environ.get('LSEI_JAX_COMPILATION_CACHE', FLAGS.compilation_cache)
+  if cache:
+    jax.config.update('jax_compilation_cache_dir', cache)
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
+
+
+def run_main(main: Callable[[], None]) -> None:
+  """Runs main(); user errors become 'error: …' on stderr and exit status 1."""
+  setup()
+  try:
+    main()
+  except USER_ERRORS as e:
+    if FLAGS.verbose:
+      raise
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(1)

@@ -1,0 +1,148 @@
+"""The one training loop shared by every stage: resumable, checkpointed, guarded against NaN."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Callable, Sequence
+
+import jax
+import numpy as np
+from absl import logging
+from tqdm.auto import tqdm
+
+from lsei_jax import checkpoints, parallel
+from lsei_jax.metric_writer import MetricWriter
+
+
+class NonFiniteError(RuntimeError):
+  """A loss or gradient norm became NaN or inf; the bad state was not saved."""
+
+
+@dataclasses.dataclass
+class Stage:
+  """What the loop needs to train one stage.
+
+  step: compiled data-parallel step(state, batch, rng, *extra) -> (state, metrics).
+  batch_fn: step index → this process's local batch (a pure function of the index).
+  upstream: identities {stage: {step, fingerprint}} of the checkpoints it is trained on.
+  signature: architecture fields that must not change between runs on one workdir.
+  """
+  name: str
+  num_steps: int
+  state: Any
+  step: Callable
+  batch_fn: Callable[[int], dict]
+  rng: jax.Array
+  extra: Sequence[Any] = ()
+  upstream: dict = dataclasses.field(default_factory=dict)
+  signature: dict = dataclasses.field(default_factory=dict)
+
+
+def _restore_latest(ckpt: checkpoints.StageCheckpoints, template: Any):
+  """Restores the newest readable checkpoint, falling back to older ones if it is corrupt."""
+  errors = []
+  for step in sorted(ckpt.all_steps(), reverse=True):
+    try:
+      state, meta = ckpt.restore(step, template)
+    except checkpoints.CheckpointError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except
+      logging.warning('%s: checkpoint at step %d is unreadable (%s); trying an older one',
+                      ckpt.stage, step, e)
+      errors.append(f'step {step}: {type(e).__name__}: {e}')
+      continue
+    return state, meta
+  if errors:
+    raise checkpoints.CheckpointError(
+        f'no readable {ckpt.stage} checkpoint in {ckpt.directory} ({"; ".join(errors)}); '
+        f'move the directory away to retrain the stage')
+  return None, None
+
+
+def run_stage(stage: Stage, workdir: str, mesh, *, save_every: int, max_to_keep: int,
+              log_every: int, hooks: Sequence[Callable] = ()) -> tuple[Any, dict]:
+  """Trains `stage` from its latest checkpoint to num_steps; returns (state, final meta).
+
+  A complete stage is restored, checked against its upstream and returned untouched.
+  hooks: callables(stage_name, step, state) run after each checkpoint is written.
+  """
+  ckpt = checkpoints.StageCheckpoints(workdir, stage.name, max_to_keep=max_to_keep)
+  try:
+    state, meta = _restore_latest(ckpt, stage.state)
+    start = 0
+    if meta is not None:
+      checkpoints.check_config(stage.name, ckpt.directory, meta.get('config', {}),
+                               stage.signature)
+      checkpoints.check_upstream(stage.name, ckpt.directory, meta.get('upstream', {}),
+                                 stage.upstream)
+      if meta.get('num_steps') != stage.num_steps:
+        raise checkpoints.CheckpointError(
+            f'{stage.name} in {ckpt.directory} was trained for {meta.get("num_steps")} steps, '
+            f'the config now asks for {stage.num_steps} (the schedules depend on it); use '
+            f'the original value or a new workdir')
+      start = meta['step']
+      if meta.get('complete'):
+        logging.info('%s: complete at step %d, skipping', stage.name, start)
+        return state, meta
+      logging.info('%s: resuming from step %d', stage.name, start)
+    else:
+      state = stage.state
+
+    writer = MetricWriter(ckpt.directory)
+    meta = None
+    try:
+      bar = tqdm(range(start, stage.num_steps), desc=stage.name, initial=start,
+                 total=stage.num_steps, disable=jax.process_index() != 0)
+      for step in bar:
+        batch = parallel.shard_batch(stage.batch_fn(step), mesh)
+        state, metrics = stage.step(state, batch, jax.random.fold_in(stage.rng, step),
+                                    *stage.extra)
+        done = step + 1
+        is_save = done % save_every == 0 or done == stage.num_steps
+        if done % log_every == 0 or is_save:
+          host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+          for key in ('loss', 'grad_norm'):
+            if key in host and not np.isfinite(host[key]):
+              raise NonFiniteError(
+                  f'{stage.name}: {key} is {host[key]} at step {done}; stopped without '
+                  f'saving this state (last good checkpoint: step {ckpt.latest_step()}). '
+                  f'Lower the learning rate or check the data.')
+          writer.write(done, host)
+          bar.set_postfix(loss=f'{host["loss"]:.4g}')
+        if is_save:
+          complete = done == stage.num_steps
+          meta = {'num_steps': stage.num_steps, 'complete': complete,
+                  'fingerprint': checkpoints.fingerprint(state.params),
+                  'upstream': stage.upstream, 'config': stage.signature}
+          ckpt.save(done, state, meta)
+          meta = ckpt.read_meta(done)
+          for hook in hooks:
+            hook(stage.name, done, state)
+    finally:
+      writer.close()
+    if meta is None:  # num_steps == start: nothing to do, but never left incomplete
+      raise checkpoints.CheckpointError(f'{stage.name}: no steps to run')
+    return state, meta
+  finally:
+    ckpt.close()
+
+
+def load_complete(workdir: str, stage: str, template: Any) -> tuple[Any, dict]:
+  """The final state and meta of a finished stage, or an error naming what to train."""
+  missing = checkpoints.CheckpointError(
+      f'stage {stage!r} has no checkpoint in {workdir}: train it first '
+      f'(python train.py --workdir={workdir} --stages={stage} …)')
+  if not os.path.isdir(os.path.join(workdir, stage)):
+    raise missing
+  ckpt = checkpoints.StageCheckpoints(workdir, stage, read_only=True)
+  try:
+    if ckpt.latest_step() is None:
+      raise missing
+    state, meta = _restore_latest(ckpt, template)
+    if not meta.get('complete'):
+      raise checkpoints.CheckpointError(
+          f'stage {stage!r} in {workdir} stopped at step {meta["step"]} of '
+          f'{meta["num_steps"]}: rerun train.py to finish it')
+    return state, meta
+  finally:
+    ckpt.close()

@@ -28,7 +28,7 @@ def get_config() -> ml_collections.ConfigDict:
       warmup_steps=50, grad_clip=0.0))
   c.dvae = ml_collections.ConfigDict(dict(
       steps=1500, batch_size=256, optimizer='adam', learning_rate=1e-3, schedule='constant',
-      beta=1.0, temperature_start=1.0, temperature_end=0.5, anneal_steps=1000, hard=False))
+      beta=2.0, temperature_start=1.0, temperature_end=0.5, anneal_steps=1000, hard=False))
   c.explainer = ml_collections.ConfigDict(dict(
       steps=600, batch_size=64, optimizer='adam', learning_rate=2e-3, schedule='constant',
       # Fisher regularizer (Eq. 6): λ, perturbations, rows it is estimated on, how often.

@@ -12,7 +12,7 @@ from absl import logging
 from lsei_jax import checkpoints, fisher, interventions, metrics, parallel, report, steps
 from lsei_jax import data as data_lib
 from lsei_jax.pipeline import (Models, generator_apply, head_apply, mean_information,
-                               template_state)
+                               signature, template_state)
 from lsei_jax.trainer import load_complete
 
 
@@ -37,7 +37,8 @@ def load_stages(config, workdir: str, mods: Models, mesh) -> dict[str, tuple]:
   for name in ('classifier', 'dvae', 'explainer', 'explainer_noreg'):
     if name == 'explainer_noreg' and not os.path.isdir(os.path.join(workdir, name)):
       continue
-    out[name] = load_complete(workdir, name, template_state(config, mods, name, mesh))
+    out[name] = load_complete(workdir, name, template_state(config, mods, name, mesh),
+                              signature(config, name))
   link = {'classifier': checkpoints.identity(out['classifier'][1])}
   checkpoints.check_upstream('dvae', f'{workdir}/dvae', out['dvae'][1].get('upstream', {}), link)
   link['dvae'] = checkpoints.identity(out['dvae'][1])
@@ -93,7 +94,7 @@ def evaluate(config, workdir: str, *, mesh=None) -> dict:
         mods.explainer.apply({'params': stages['explainer'][0].params}, e)))
     report.save_grid(os.path.join(eval_dir, 'fig3_grid.png'),
                      [test.images[:k] / 255.0, g(out['hhat'][:k]), g(out['hhat_flip'][:k])],
-                     titles=('original', 'g(ĥ)', "g(ĥ')"))
+                     titles=('original', 'g(h^)', "g(h^')"))
     with open(os.path.join(eval_dir, 'metrics.json'), 'w') as f:
       json.dump(result, f, indent=2)
     logging.info('wrote %s', eval_dir)

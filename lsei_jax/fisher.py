@@ -62,24 +62,40 @@ def fisher_information(fn: Callable[[Array], Array], e: Array, key: Array, *,
   """
   if sigma is None:
     sigma = batch_sigma(jax.lax.stop_gradient(e), sigma_scale)
+  noise = jax.random.normal(key, (num_samples,) + e.shape, e.dtype)  # [S, B, d]
+  return fisher_information_from_noise(fn, e, noise, sigma, loss=loss, floor=floor,
+                                       chunk_size=chunk_size)
+
+
+def fisher_information_from_noise(fn: Callable[[Array], Array], e: Array, noise: Array,
+                                  sigma: float | Array, *, loss: LossName,
+                                  floor: float = 1e-8, chunk_size: int | None = None,
+                                  per_example: bool = False) -> Array:
+  """`fisher_information` with given standard-normal draws `noise` [S, B, d] (ε = σ·noise).
+
+  For callers that draw the noise themselves, e.g. per example from its own key so that
+  the estimate does not depend on how a batch is split across devices. per_example=True
+  returns the per-row vectors [B, d] (mean over perturbations only) instead of [d].
+  """
   sigma = jnp.broadcast_to(jnp.asarray(sigma, e.dtype), e.shape[-1:])
   target = fn(e)
-  noise = jax.random.normal(key, (num_samples,) + e.shape, e.dtype) * sigma  # [S, B, d]
 
-  def per_sample(eps: Array) -> Array:
-    """Information of one perturbation draw, averaged over the batch → [d]."""
+  def per_sample(z: Array) -> Array:
+    """Information of one perturbation draw [B, d] → per row [B, d]."""
     def total_loss(e_eps):
       f = _loss_against_target(loss, fn(e_eps), target)
       return jnp.sum(f), f
     # Rows are independent, so the gradient of the summed loss is every row's own gradient.
-    grads, f = jax.grad(total_loss, has_aux=True)(e + eps)
-    return jnp.mean(grads**2 / jnp.maximum(f, floor)[:, None], axis=0)
+    grads, f = jax.grad(total_loss, has_aux=True)(e + sigma * z)
+    return grads**2 / jnp.maximum(f, floor)[:, None]
 
+  num_samples = noise.shape[0]
   if chunk_size is None or chunk_size >= num_samples:
     per = jax.vmap(per_sample)(noise)
   else:
     per = jax.lax.map(per_sample, noise, batch_size=chunk_size)
-  return jnp.mean(per, axis=0)
+  per = jnp.mean(per, axis=0)                                           # [B, d]
+  return per if per_example else jnp.mean(per, axis=0)
 
 
 def similarity(a: Array, b: Array, kind: str = 'cosine', eps: float = 1e-12) -> Array:

@@ -61,7 +61,8 @@ def signature(config, stage: str) -> dict:
     return base
   if stage == 'dvae':
     return {f'model.dvae.{k}': v for k, v in config.model.dvae.items()}
-  return {'image_size': config.data.image_size,
+  weight = config.explainer.fisher_weight if stage == 'explainer' else 0.0
+  return {'image_size': config.data.image_size, 'fisher_weight': weight,
           **{f'model.explainer.{k}': v for k, v in config.model.explainer.items()}}
 
 
@@ -103,16 +104,16 @@ def reconstruct_fn(mods: Models, mesh) -> Callable:
 
 
 def info_fn(apply: Callable, loss: str, num_samples: int, mesh) -> Callable:
-  """((params, σ [d], key), {'e': [b, d], 'index': [b]}) → information vectors [b, d].
+  """((params, σ [d], key), {'e': [b, d], 'index': [b]}) → information per example [b, d].
 
-  Each example's perturbations come from fold_in(key, index): the sum over examples is the
-  same however the data is batched or split across devices.
+  Each example's perturbations come from fold_in(key, index): the mean over examples is
+  the same however the data is batched or split across devices.
   """
   def f(args, batch):
     params, sigma, key = args
     keys = jax.vmap(jax.random.fold_in, (None, 0))(key, batch['index'])
     return steps.per_example_fisher(lambda e: apply(params, e), batch['e'], keys, sigma,
-                                    num_samples=num_samples, loss=loss)
+                                    num_samples=num_samples, loss=loss, per_example=True)
   return parallel.data_parallel_apply(f, mesh)
 
 
@@ -179,7 +180,8 @@ def train(config, workdir: str, stages: Sequence[str] | None = None, *, mesh=Non
     clf_state, metas['classifier'] = _run(config, workdir, mesh, stage, hooks)
   else:
     clf_state, metas['classifier'] = load_complete(
-        workdir, 'classifier', template_state(config, mods, 'classifier', mesh))
+        workdir, 'classifier', template_state(config, mods, 'classifier', mesh),
+        signature(config, 'classifier'))
   if last < 1:
     return metas
   link = {'classifier': checkpoints.identity(metas['classifier'])}
@@ -199,7 +201,8 @@ def train(config, workdir: str, stages: Sequence[str] | None = None, *, mesh=Non
     dvae_state, metas['dvae'] = _run(config, workdir, mesh, stage, hooks)
   else:
     dvae_state, metas['dvae'] = load_complete(workdir, 'dvae',
-                                              template_state(config, mods, 'dvae', mesh))
+                                              template_state(config, mods, 'dvae', mesh),
+                                              signature(config, 'dvae'))
     _check_link('dvae', metas['dvae'], link, workdir)
   if last < 2:
     return metas
@@ -231,7 +234,7 @@ def train(config, workdir: str, stages: Sequence[str] | None = None, *, mesh=Non
         _batch_fn(lambda i: {'image': ds.images[i].astype(np.float32) / 255.0,
                              'hhat': hhat[i]}, len(ds), cfg.batch_size, config.seed + 2),
         step_key, extra=(info_c2, sigma), upstream=link,
-        signature=dict(signature(config, name), fisher_weight=weight))
+        signature=signature(config, name))
     _, metas[name] = _run(config, workdir, mesh, stage, hooks)
   return metas
 

@@ -84,7 +84,7 @@ def _example_keys(rng: Array, local_batch: int) -> Array:
 
 def _finish(state: TrainState, grads, metrics: dict) -> tuple[TrainState, dict]:
   grads = jax.lax.pmean(grads, AXIS)
-  metrics = dict(metrics, grad_norm=optax.global_norm(grads))
+  metrics = dict(metrics, grad_norm=optax.tree.norm(grads))
   return state.apply_gradients(grads=grads), jax.lax.pmean(metrics, AXIS)
 
 
@@ -140,39 +140,42 @@ def encode_decode(dvae: models.DVAE, params, h: Array) -> tuple[Array, Array]:
 
 # ----------------------------------------------------------------------------- explainer
 def per_example_fisher(fn: Callable[[Array], Array], e: Array, keys: Array, sigma: Array, *,
-                       num_samples: int, loss: str, chunk_size: int | None = None) -> Array:
-  """Information vectors [b, d], one per embedding row of e [b, d] with its own key.
+                       num_samples: int, loss: str, chunk_size: int | None = None,
+                       per_example: bool = False) -> Array:
+  """Information [d] averaged over the rows of e [b, d] (or [b, d] per row), row i perturbed
+  from keys[i].
 
-  With a fixed σ the batch mean of these equals `fisher.fisher_information` on the whole
-  batch; per-row keys make the draws independent of how rows are split across devices.
+  With a fixed σ this is `fisher.fisher_information` on the batch; per-row keys make the
+  draws independent of how rows are split across devices. fn still runs on whole batches.
   """
-  one = lambda ei, k: fisher.fisher_information(fn, ei[None], k, num_samples=num_samples,
-                                                loss=loss, sigma=sigma,
-                                                chunk_size=chunk_size)
-  return jax.vmap(one)(e, keys)
+  noise = jax.vmap(lambda k: jax.random.normal(k, (num_samples, e.shape[-1]), e.dtype))(keys)
+  return fisher.fisher_information_from_noise(fn, e, jnp.swapaxes(noise, 0, 1), sigma,
+                                              loss=loss, chunk_size=chunk_size,
+                                              per_example=per_example)
 
 
 def make_explainer_step(explainer: models.Explainer, cfg) -> Callable:
   """Eq. 6 on precomputed ĥ. batch: image [b,H,W,3], hhat [b,d]; replicated: info_c2 [d], sigma [d].
 
-  The regularizer is estimated on the first `fisher_batch / devices` rows of each
-  device's batch, every `fisher_every` steps (lax.cond, so skipped steps cost nothing).
+  The regularizer is estimated on every (batch_size / fisher_batch)-th row of the batch
+  (the same rows on any number of devices), every `fisher_every` steps (lax.cond, so
+  skipped steps cost nothing).
   """
   weight = float(cfg.fisher_weight)
 
   def step(state: TrainState, batch: dict, rng: Array, info_c2: Array, sigma: Array
            ) -> tuple[TrainState, dict]:
     images, hhat = batch['image'], batch['hhat']
-    n_local = max(cfg.fisher_batch // jax.lax.axis_size(AXIS), 1)
-    keys = _example_keys(rng, hhat.shape[0])[:n_local]
+    stride = max(cfg.batch_size // cfg.fisher_batch, 1)
+    keys = _example_keys(rng, hhat.shape[0])[::stride]
 
     def loss_fn(params):
       g = lambda e: explainer.apply({'params': params}, e)
       def reg_term(_):
-        info = per_example_fisher(g, hhat[:n_local], keys, sigma,
+        info = per_example_fisher(g, hhat[::stride], keys, sigma,
                                   num_samples=cfg.fisher_samples, loss='bce',
                                   chunk_size=cfg.get('fisher_chunk') or None)
-        info_g = jax.lax.pmean(jnp.mean(info, 0), AXIS)
+        info_g = jax.lax.pmean(info, AXIS)
         return fisher.fisher_regularizer(info_g, info_c2, cfg.similarity)
       if weight > 0:
         every = max(int(cfg.get('fisher_every', 1)), 1)

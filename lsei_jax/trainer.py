@@ -38,11 +38,17 @@ class Stage:
   signature: dict = dataclasses.field(default_factory=dict)
 
 
-def _restore_latest(ckpt: checkpoints.StageCheckpoints, template: Any):
-  """Restores the newest readable checkpoint, falling back to older ones if it is corrupt."""
+def _restore_latest(ckpt: checkpoints.StageCheckpoints, template: Any,
+                    check: Callable[[dict], None] = lambda meta: None):
+  """Restores the newest readable checkpoint, falling back to older ones if it is corrupt.
+
+  check(meta) runs on the JSON metadata before any array is read, so an incompatible
+  checkpoint is reported by what changed rather than by a shape mismatch.
+  """
   errors = []
   for step in sorted(ckpt.all_steps(), reverse=True):
     try:
+      check(ckpt.read_meta(step))
       state, meta = ckpt.restore(step, template)
     except checkpoints.CheckpointError:
       raise
@@ -68,9 +74,7 @@ def run_stage(stage: Stage, workdir: str, mesh, *, save_every: int, max_to_keep:
   """
   ckpt = checkpoints.StageCheckpoints(workdir, stage.name, max_to_keep=max_to_keep)
   try:
-    state, meta = _restore_latest(ckpt, stage.state)
-    start = 0
-    if meta is not None:
+    def check(meta):
       checkpoints.check_config(stage.name, ckpt.directory, meta.get('config', {}),
                                stage.signature)
       checkpoints.check_upstream(stage.name, ckpt.directory, meta.get('upstream', {}),
@@ -80,6 +84,10 @@ def run_stage(stage: Stage, workdir: str, mesh, *, save_every: int, max_to_keep:
             f'{stage.name} in {ckpt.directory} was trained for {meta.get("num_steps")} steps, '
             f'the config now asks for {stage.num_steps} (the schedules depend on it); use '
             f'the original value or a new workdir')
+
+    state, meta = _restore_latest(ckpt, stage.state, check)
+    start = 0
+    if meta is not None:
       start = meta['step']
       if meta.get('complete'):
         logging.info('%s: complete at step %d, skipping', stage.name, start)
@@ -127,8 +135,12 @@ def run_stage(stage: Stage, workdir: str, mesh, *, save_every: int, max_to_keep:
     ckpt.close()
 
 
-def load_complete(workdir: str, stage: str, template: Any) -> tuple[Any, dict]:
-  """The final state and meta of a finished stage, or an error naming what to train."""
+def load_complete(workdir: str, stage: str, template: Any, signature: dict | None = None
+                  ) -> tuple[Any, dict]:
+  """The final state and meta of a finished stage, or an error naming what to train.
+
+  With `signature`, a checkpoint whose architecture fields differ is refused by name.
+  """
   missing = checkpoints.CheckpointError(
       f'stage {stage!r} has no checkpoint in {workdir}: train it first '
       f'(python train.py --workdir={workdir} --stages={stage} …)')
@@ -138,7 +150,9 @@ def load_complete(workdir: str, stage: str, template: Any) -> tuple[Any, dict]:
   try:
     if ckpt.latest_step() is None:
       raise missing
-    state, meta = _restore_latest(ckpt, template)
+    check = lambda meta: signature is None or checkpoints.check_config(
+        stage, ckpt.directory, meta.get('config', {}), signature)
+    state, meta = _restore_latest(ckpt, template, check)
     if not meta.get('complete'):
       raise checkpoints.CheckpointError(
           f'stage {stage!r} in {workdir} stopped at step {meta["step"]} of '

@@ -1,0 +1,108 @@
+import json
+import os
+
+import pytest
+
+from lsei_jax import checkpoints, evaluation, pipeline
+from lsei_jax.trainer import NonFiniteError
+
+
+class Interrupt(Exception):
+  pass
+
+
+def _fingerprints(metas):
+  return {k: (m['step'], m['fingerprint']) for k, m in metas.items()}
+
+
+def test_smoke_all_stages_complete_with_logs(trained_workdir, tiny_config):
+  workdir, metas = trained_workdir
+  assert list(metas) == ['classifier', 'dvae', 'explainer', 'explainer_noreg']
+  for name, meta in metas.items():
+    assert meta['complete'] and meta['step'] == tiny_config[
+        'explainer' if name.startswith('explainer') else name].steps
+    lines = open(os.path.join(workdir, name, 'metrics.jsonl')).read().splitlines()
+    assert json.loads(lines[-1])['step'] == meta['step']
+    assert os.listdir(os.path.join(workdir, name, 'tensorboard'))
+  assert metas['dvae']['upstream'] == {'classifier': checkpoints.identity(metas['classifier'])}
+  assert set(metas['explainer']['upstream']) == {'classifier', 'dvae'}
+
+
+def test_rerun_skips_complete_stages(workdir_copy, trained_workdir, tiny_config):
+  before = sorted(os.listdir(os.path.join(workdir_copy, 'classifier')))
+  metas = pipeline.train(tiny_config, workdir_copy)
+  assert _fingerprints(metas) == _fingerprints(trained_workdir[1])
+  assert sorted(os.listdir(os.path.join(workdir_copy, 'classifier'))) == before
+
+
+@pytest.mark.parametrize('stop_in', ['classifier', 'dvae'])
+def test_resume_after_interrupt_gives_identical_parameters(tmp_path, trained_workdir,
+                                                           tiny_config, stop_in):
+  workdir = str(tmp_path / 'wd')
+
+  def interrupt(stage, step, state):
+    if stage == stop_in and step == tiny_config.checkpoint.every_steps:
+      raise Interrupt
+
+  with pytest.raises(Interrupt):
+    pipeline.train(tiny_config, workdir, hooks=[interrupt])
+  ckpt = checkpoints.StageCheckpoints(workdir, stop_in)
+  assert ckpt.latest_step() == tiny_config.checkpoint.every_steps
+  assert not ckpt.read_meta(ckpt.latest_step())['complete']
+  ckpt.close()
+  seen = []
+  metas = pipeline.train(tiny_config, workdir, hooks=[lambda s, step, _: seen.append((s, step))])
+  assert (stop_in, tiny_config.checkpoint.every_steps) not in seen  # resumed, not restarted
+  assert _fingerprints(metas) == _fingerprints(trained_workdir[1])
+
+
+def test_stage_trained_on_another_upstream_is_refused(workdir_copy, tiny_config):
+  # Retrain the classifier differently, keep the old DVAE: the link no longer holds.
+  import shutil
+  shutil.rmtree(os.path.join(workdir_copy, 'classifier'))
+  other = tiny_config.copy_and_resolve_references()
+  other.seed = 1
+  pipeline.train(other, workdir_copy, ['classifier'])
+  with pytest.raises(checkpoints.CheckpointError, match='dvae checkpoint .* trained on classifier'):
+    pipeline.train(tiny_config, workdir_copy)
+  with pytest.raises(checkpoints.CheckpointError, match='trained on classifier'):
+    evaluation.evaluate(tiny_config, workdir_copy)
+
+
+def test_incompatible_config_change_names_the_field(workdir_copy, tiny_config):
+  changed = tiny_config.copy_and_resolve_references()
+  changed.model.dvae.latent_dim = 7
+  with pytest.raises(checkpoints.CheckpointError, match=r'model\.dvae\.latent_dim: 6 → 7'):
+    pipeline.train(changed, workdir_copy)
+
+
+def test_checkpoint_of_another_stage_is_refused(workdir_copy, tiny_config):
+  import shutil
+  shutil.rmtree(os.path.join(workdir_copy, 'classifier'))
+  shutil.copytree(os.path.join(workdir_copy, 'dvae'), os.path.join(workdir_copy, 'classifier'))
+  with pytest.raises(checkpoints.CheckpointError, match="stage 'dvae', not 'classifier'"):
+    pipeline.train(tiny_config, workdir_copy, ['classifier'])
+
+
+def test_non_finite_loss_stops_without_saving(tmp_path, tiny_config):
+  bad = tiny_config.copy_and_resolve_references()
+  bad.classifier.update(optimizer='sgd', learning_rate=1e30, schedule='constant')
+  with pytest.raises(NonFiniteError, match=r'classifier: (loss|grad_norm) is .* at step \d+'):
+    pipeline.train(bad, str(tmp_path), ['classifier'])
+  assert checkpoints.StageCheckpoints(str(tmp_path), 'classifier').latest_step() is None
+
+
+def test_eval_metrics(trained_workdir, tiny_config):
+  workdir, _ = trained_workdir
+  result = evaluation.evaluate(tiny_config, workdir)
+  for key in ('accuracy', 'recon_accuracy', 'agreement', 'flip_all_change', 'info_cosine',
+              'info_cosine_noreg'):
+    assert 0.0 <= result[key] <= 1.0, key
+  saved = json.load(open(os.path.join(workdir, 'eval', 'metrics.json')))
+  assert saved == pytest.approx(result)
+  assert os.path.getsize(os.path.join(workdir, 'eval', 'fig3_grid.png')) > 0
+
+
+def test_eval_before_training_names_the_stage(tmp_path, tiny_config):
+  with pytest.raises(checkpoints.CheckpointError, match="stage 'classifier' has no checkpoint"):
+    evaluation.evaluate(tiny_config, str(tmp_path))

@@ -22,6 +22,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.dvae = ml_collections.ConfigDict(dict(latent_dim=16, hidden=(256, 128, 64),
                                                 dropout=0.1))
   c.model.explainer = ml_collections.ConfigDict(dict(channels=(128, 64, 32, 16)))
+  # Attribute probe (bias report): a small CNN, one sigmoid output per attribute.
+  c.model.probe = ml_collections.ConfigDict(dict(channels=(16, 32, 32), strides=(2, 2, 2),
+                                                 hidden_dim=64))
 
   c.classifier = ml_collections.ConfigDict(dict(
       steps=600, batch_size=128, optimizer='adam', learning_rate=2e-3, schedule='cosine',
@@ -36,7 +39,18 @@ def get_config() -> ml_collections.ConfigDict:
       sigma_scale=1.0, similarity='cosine', info_examples=1024,
       train_noreg=True))  # also train λ = 0 ("without regularizer", Table 2)
 
+  # Trained on real images and the explainer's g(ĥ) of them, so that it reads generated
+  # images as well as real ones.
+  c.probe = ml_collections.ConfigDict(dict(
+      steps=400, batch_size=128, optimizer='adam', learning_rate=2e-3, schedule='cosine',
+      warmup_steps=20))
+  # Model randomisation: DVAE + explainer trained again over a random classifier.
+  c.sanity = ml_collections.ConfigDict(dict(enabled=True, seed_offset=1000,
+                                            warn_rank_correlation=0.5))
+
   c.checkpoint = ml_collections.ConfigDict(dict(every_steps=200, max_to_keep=2))
-  c.eval = ml_collections.ConfigDict(dict(batch_size=256, fisher_samples=8,
-                                          fisher_examples=1024, grid_rows=8))
+  c.eval = ml_collections.ConfigDict(dict(
+      batch_size=256, fisher_samples=8, fisher_examples=1024, grid_rows=8,
+      num_bootstrap=1000, ci_level=0.95,
+      bias_bits=()))  # bits the bias report flips; () = all of them
   return c

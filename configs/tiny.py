@@ -9,10 +9,13 @@ def get_config():
   c.model.classifier.update(channels=(4, 8), strides=(2, 2), hidden_dim=16)
   c.model.dvae.update(latent_dim=6, hidden=(16, 8))
   c.model.explainer.update(channels=(8, 4))
+  c.model.probe.update(channels=(4, 8), strides=(2, 2), hidden_dim=8)
+  c.probe.update(steps=8, batch_size=32, warmup_steps=2)
   c.classifier.update(steps=12, batch_size=32, warmup_steps=2)
   c.dvae.update(steps=12, batch_size=32, anneal_steps=10)
   c.explainer.update(steps=12, batch_size=16, fisher_batch=8, fisher_samples=2,
                      info_examples=64)
   c.checkpoint.update(every_steps=4, max_to_keep=3)
-  c.eval.update(batch_size=32, fisher_samples=2, fisher_examples=32, grid_rows=4)
+  c.eval.update(batch_size=32, fisher_samples=2, fisher_examples=32, grid_rows=4,
+                num_bootstrap=100)
   return c

@@ -1,4 +1,5 @@
-"""Table 1 and Table 2 of the paper on the unbiased test split, from a trained workdir."""
+"""Evaluation on the unbiased test split: the paper's Table 1 / Table 2, per-bit analysis,
+attribute probes, the bias report and the model-randomisation sanity check."""
 from __future__ import annotations
 
 import json
@@ -9,57 +10,95 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from lsei_jax import checkpoints, fisher, interventions, metrics, parallel, report, steps
+from lsei_jax import bias, checkpoints, fisher, interventions, metrics, parallel, steps
 from lsei_jax import data as data_lib
-from lsei_jax.pipeline import (Models, generator_apply, head_apply, mean_information,
+from lsei_jax.pipeline import (Models, build, generator_apply, head_apply, mean_information,
                                signature, template_state)
 from lsei_jax.trainer import load_complete
 
+TABLE_KEYS = ('accuracy', 'recon_accuracy', 'agreement', 'flip_all_change', 'info_cosine',
+              'info_cosine_noreg')
+
 
 def _outputs_fn(mods: Models, mesh):
-  """(clf, dvae params), {'image': uint8} → logits of c(x), c2(ĥ), c2(ĥ'), ĥ, ĥ' (flip-all)."""
+  """((clf, dvae params, mask [K]), {'image': uint8}) → per-example arrays.
+
+  logits of c(x), c2(ĥ), c2(ĥ') for flip-all; ĥ, ĥ' (flip-all) and ĥ_m (z XOR mask);
+  decisive [b, K]: which single-bit flips change c2's prediction.
+  """
   def f(params, batch):
-    clf_p, dvae_p = params
+    clf_p, dvae_p, mask = params
     x = batch['image'].astype(jnp.float32) / 255.0
     h = mods.classifier.apply({'params': clf_p}, x, method='embed')
     head = lambda e: mods.classifier.apply({'params': clf_p}, e, method='head')
+    decode = lambda z: mods.dvae.apply({'params': dvae_p}, z, method='decode')
     z, hhat = steps.encode_decode(mods.dvae, dvae_p, h)
-    z_flip = interventions.intervene(z, interventions.flip_all_mask(z.shape[-1]))
-    hhat_flip = mods.dvae.apply({'params': dvae_p}, z_flip, method='decode')
+    hhat_flip = decode(interventions.intervene(z, interventions.flip_all_mask(z.shape[-1])))
     return {'logits': head(h), 'logits_hat': head(hhat), 'logits_flip': head(hhat_flip),
-            'hhat': hhat, 'hhat_flip': hhat_flip}
+            'hhat': hhat, 'hhat_flip': hhat_flip,
+            'hhat_masked': decode(interventions.intervene(z, mask)),
+            'decisive': interventions.decisive_bits(z, decode, head)}
   return parallel.data_parallel_apply(f, mesh)
 
 
-def load_stages(config, workdir: str, mods: Models, mesh) -> dict[str, tuple]:
-  """Final (state, meta) of every trained stage, with their links checked."""
-  out = {}
-  for name in ('classifier', 'dvae', 'explainer', 'explainer_noreg'):
-    if name == 'explainer_noreg' and not os.path.isdir(os.path.join(workdir, name)):
-      continue
-    out[name] = load_complete(workdir, name, template_state(config, mods, name, mesh),
-                              signature(config, name))
-  link = {'classifier': checkpoints.identity(out['classifier'][1])}
-  checkpoints.check_upstream('dvae', f'{workdir}/dvae', out['dvae'][1].get('upstream', {}), link)
-  link['dvae'] = checkpoints.identity(out['dvae'][1])
-  for name in ('explainer', 'explainer_noreg'):
-    if name in out:
-      checkpoints.check_upstream(name, f'{workdir}/{name}', out[name][1].get('upstream', {}),
-                                 link)
+def _probe_fn(mods: Models, mesh):
+  """((g, probe params), {'before', 'after': ĥ [b,d], 'image': uint8}) → probe probabilities
+  [b, A] of g(before), g(after) and of the real image."""
+  def f(params, batch):
+    g_p, probe_p = params
+    probe = lambda img: jax.nn.sigmoid(mods.probe.apply({'params': probe_p}, img))
+    g = lambda e: jax.nn.sigmoid(mods.explainer.apply({'params': g_p}, e))
+    real = batch['image'].astype(jnp.float32) / 255.0
+    return {'before': probe(g(batch['before'])), 'after': probe(g(batch['after'])),
+            'real': probe(real)}
+  return parallel.data_parallel_apply(f, mesh)
+
+
+def load_stages(config, workdir: str, mods: Models, mesh, names) -> dict[str, tuple]:
+  """Final (state, meta) of the named stages, with every upstream link checked."""
+  out = {name: load_complete(workdir, name, template_state(config, mods, name, mesh),
+                             signature(config, name)) for name in names}
+  ident = {n: checkpoints.identity(m) for n, (_, m) in out.items()}
+  needs = {'dvae': ('classifier',), 'explainer': ('classifier', 'dvae'),
+           'explainer_noreg': ('classifier', 'dvae'),
+           'probe': ('classifier', 'dvae', 'explainer')}
+  for name, (_, meta) in out.items():
+    link = {u: ident[u] for u in needs.get(name, ()) if u in ident}
+    checkpoints.check_upstream(name, f'{workdir}/{name}', meta.get('upstream', {}), link)
   return out
 
 
+def _explain(config, mods, mesh, stages, test, mask, desc) -> dict:
+  """Model outputs and probe probabilities for one (classifier, DVAE, explainer) triple."""
+  clf_p, dvae_p = stages['classifier'][0].params, stages['dvae'][0].params
+  out = parallel.map_in_batches(_outputs_fn(mods, mesh), (clf_p, dvae_p, mask),
+                                {'image': test.images}, config.eval.batch_size, mesh, desc)
+  return out
+
+
+def _probe(config, mods, mesh, g_params, probe_params, test, before, after, desc) -> dict:
+  return parallel.map_in_batches(_probe_fn(mods, mesh), (g_params, probe_params),
+                                 {'before': before, 'after': after, 'image': test.images},
+                                 config.eval.batch_size, mesh, desc)
+
+
 def evaluate(config, workdir: str, *, mesh=None) -> dict:
-  """Computes the paper's tables, writes WORKDIR/eval/{metrics.json, fig3_grid.png}."""
+  """Computes every evaluation figure; writes WORKDIR/eval/{metrics.json, *.png, report.html}."""
+  from lsei_jax import html_report, plots  # pylint: disable=g-import-not-at-top
   mesh = parallel.make_mesh() if mesh is None else mesh
   parallel.check_batch(config.eval.batch_size, mesh, 'config.eval.batch_size')
-  mods = Models(*steps.build_models(config))
-  stages = load_stages(config, workdir, mods, mesh)
-  clf_p, dvae_p = stages['classifier'][0].params, stages['dvae'][0].params
   test = data_lib.load(config.data, 'test')
-  out = parallel.map_in_batches(_outputs_fn(mods, mesh), (clf_p, dvae_p),
-                                {'image': test.images}, config.eval.batch_size, mesh,
-                                'eval test')
+  mods = build(config, len(test.attribute_names))
+  names = ['classifier', 'dvae', 'explainer', 'probe']
+  if os.path.isdir(os.path.join(workdir, 'explainer_noreg')):
+    names.insert(3, 'explainer_noreg')
+  stages = load_stages(config, workdir, mods, mesh, names)
+  clf_p = stages['classifier'][0].params
+  num_bits = config.model.dvae.latent_dim
+  bits = tuple(config.eval.bias_bits)
+  mask = (interventions.bit_set_mask(num_bits, list(bits)) if bits
+          else interventions.flip_all_mask(num_bits))
+  out = _explain(config, mods, mesh, stages, test, mask, 'eval test')
   labels = test.labels
   result = {
       'split': 'test (unbiased)', 'num_examples': len(test),
@@ -86,16 +125,79 @@ def evaluate(config, workdir: str, *, mesh=None) -> dict:
       result['info_cosine' + suffix] = float(fisher.similarity(jnp.asarray(info_g),
                                                                jnp.asarray(info_c2)))
 
+  # Per-bit analysis: which single flips change c2(ĥ)'s prediction.
+  pred = np.argmax(out['logits_hat'], -1)
+  per_bit = bias.per_bit_summary(out['decisive'], pred, config.model.classifier.num_classes)
+  result['per_bit_change'] = per_bit['per_bit_change']
+  result['single_bit_change'] = per_bit['single_bit_change']
+  result['per_bit_change_by_class'] = per_bit['per_class']
+
+  # Attribute probes and the bias report: what changes between g(ĥ) and g(ĥ_m).
+  g_p, probe_p = stages['explainer'][0].params, stages['probe'][0].params
+  probs = _probe(config, mods, mesh, g_p, probe_p, test, out['hhat'], out['hhat_masked'],
+                 'probes')
+  attrs = test.attributes
+  result['probe_accuracy'] = {
+      n: {'real': float(np.mean((probs['real'][:, a] > 0.5) == attrs[:, a])),
+          'generated': float(np.mean((probs['before'][:, a] > 0.5) == attrs[:, a]))}
+      for a, n in enumerate(test.attribute_names)}
+  report_args = dict(num_bootstrap=ec.num_bootstrap, level=ec.ci_level, seed=config.seed)
+  result['intervention'] = 'flip all bits' if not bits else f'flip bits {list(bits)}'
+  result['bias_report'] = bias.bias_report(probs['before'], probs['after'], pred,
+                                           test.attribute_names, test.task, **report_args)
+
+  # Model randomisation: the same report over a random classifier.
+  if config.sanity.enabled:
+    sdir = os.path.join(workdir, 'sanity')
+    s_stages = load_stages(config, sdir, mods, mesh, ['classifier', 'dvae', 'explainer'])
+    s_out = _explain(config, mods, mesh, s_stages, test, mask, 'sanity test')
+    s_probs = _probe(config, mods, mesh, s_stages['explainer'][0].params, probe_p, test,
+                     s_out['hhat'], s_out['hhat_masked'], 'sanity probes')
+    s_report = bias.bias_report(s_probs['before'], s_probs['after'],
+                                np.argmax(s_out['logits_hat'], -1), test.attribute_names,
+                                test.task, **report_args)
+    result['sanity'] = bias.sanity_summary(result['bias_report'], s_report,
+                                           config.sanity.warn_rank_correlation)
+    result['sanity']['random_accuracy'] = float(metrics.accuracy(s_out['logits'], labels))
+  else:
+    result['sanity'] = None
+
   eval_dir = os.path.join(workdir, 'eval')
   if jax.process_index() == 0:
     os.makedirs(eval_dir, exist_ok=True)
     k = ec.grid_rows
-    g = lambda e: np.asarray(jax.nn.sigmoid(
-        mods.explainer.apply({'params': stages['explainer'][0].params}, e)))
-    report.save_grid(os.path.join(eval_dir, 'fig3_grid.png'),
-                     [test.images[:k] / 255.0, g(out['hhat'][:k]), g(out['hhat_flip'][:k])],
-                     titles=('original', 'g(h^)', "g(h^')"))
+    g = lambda e: np.asarray(jax.nn.sigmoid(mods.explainer.apply({'params': g_p}, e)))
+    figures = {
+        'fig3_grid.png': lambda p: plots.save_grid(
+            p, [test.images[:k] / 255.0, g(out['hhat'][:k]), g(out['hhat_flip'][:k])],
+            titles=('original', 'g(h^)', "g(h^')")),
+        'per_bit.png': lambda p: plots.per_bit_bars(p, per_bit),
+        'bias_report.png': lambda p: plots.bias_bars(p, result['bias_report'],
+                                                     result['intervention']),
+    }
+    for fname, draw in figures.items():
+      draw(os.path.join(eval_dir, fname))
     with open(os.path.join(eval_dir, 'metrics.json'), 'w') as f:
       json.dump(result, f, indent=2)
+    html_report.write(os.path.join(eval_dir, 'report.html'), result, eval_dir,
+                      task=test.task, workdir=workdir)
     logging.info('wrote %s', eval_dir)
   return result
+
+
+def evaluate_seeds(config, workdir: str, other_workdirs, *, mesh=None) -> dict:
+  """Evaluates `workdir` and runs of other training seeds; mean ± std of Tables 1 and 2.
+
+  Writes WORKDIR/eval/seeds.json and adds the aggregate to WORKDIR/eval/report.html.
+  """
+  from lsei_jax import html_report  # pylint: disable=g-import-not-at-top
+  results = [evaluate(config, wd, mesh=mesh) for wd in (*other_workdirs, workdir)]
+  agg = bias.aggregate_seeds(results, TABLE_KEYS)
+  agg_out = {'workdirs': [*other_workdirs, workdir], 'figures': agg}
+  eval_dir = os.path.join(workdir, 'eval')
+  if jax.process_index() == 0:
+    with open(os.path.join(eval_dir, 'seeds.json'), 'w') as f:
+      json.dump(agg_out, f, indent=2)
+    html_report.write(os.path.join(eval_dir, 'report.html'), results[-1], eval_dir,
+                      task=config.data.task, workdir=workdir, seeds=agg)
+  return agg_out

@@ -103,8 +103,19 @@ def similarity(a: Array, b: Array, kind: str = 'cosine', eps: float = 1e-12) -> 
   if kind == 'dot':
     return jnp.dot(a, b)
   if kind == 'cosine':
-    return jnp.dot(a, b) / jnp.maximum(jnp.linalg.norm(a) * jnp.linalg.norm(b), eps)
+    # Cosine is scale-free, so rescale first: information vectors can be ~1e-20, whose
+    # squared norms underflow in float32. Clamp before the square root: the gradient of
+    # ‖a‖ at a = 0 is NaN, and a vector is exactly 0 when the function ignores its input.
+    a, b = _max_scaled(a), _max_scaled(b)
+    return jnp.dot(a, b) / jnp.sqrt(jnp.maximum(jnp.dot(a, a) * jnp.dot(b, b), eps**2))
   raise ValueError(f"unknown similarity {kind!r}: expected 'dot' or 'cosine'")
+
+
+def _max_scaled(v: Array) -> Array:
+  # The cosine does not depend on the scale, so no gradient flows through it (exactly);
+  # letting it flow would give 0/0 for tiny vectors.
+  scale = jax.lax.stop_gradient(jnp.maximum(jnp.max(jnp.abs(v)), jnp.finfo(v.dtype).tiny))
+  return v / scale
 
 
 def fisher_regularizer(info_g: Array, info_c: Array, kind: str = 'cosine',

@@ -6,6 +6,7 @@ and ĥ = d(1[l(h) > 0]) (for the explainer) are computed once per stage, not eve
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any, Callable, Sequence
 
 import jax
@@ -15,21 +16,21 @@ from absl import logging
 
 from lsei_jax import data as data_lib
 from lsei_jax import checkpoints, models, parallel, steps
-from lsei_jax.trainer import Stage, load_complete, run_stage
+from lsei_jax.trainer import Stage, load_complete, run_stage, save_untrained
 
-STAGES = ('classifier', 'dvae', 'explainer', 'explainer_noreg')
+STAGES = ('classifier', 'dvae', 'explainer', 'explainer_noreg', 'probe')
 _STAGE_INDEX = {name: i for i, name in enumerate(STAGES)}
 
 
 def stage_names(config) -> tuple[str, ...]:
   """The stages this config trains, in order."""
-  names = STAGES[:3]
-  return names + ('explainer_noreg',) if config.explainer.train_noreg else names
+  names = STAGES[:3] + (('explainer_noreg',) if config.explainer.train_noreg else ())
+  return names + ('probe',) + (('sanity',) if config.sanity.enabled else ())
 
 
 def validate_config(config, mesh) -> None:
   """Clear errors for values no stage can run with (before anything is written)."""
-  for stage in ('classifier', 'dvae', 'explainer'):
+  for stage in ('classifier', 'dvae', 'explainer', 'probe'):
     c = config[stage]
     for field in ('steps', 'batch_size', 'learning_rate'):
       if not c[field] > 0:
@@ -51,6 +52,18 @@ class Models:
   classifier: models.Classifier
   dvae: models.DVAE
   explainer: models.Explainer
+  probe: models.Classifier | None = None
+
+
+def build(config, num_attributes: int | None = None) -> Models:
+  """The stage modules; the attribute probe needs the dataset's attribute count."""
+  probe = None
+  if num_attributes is not None:
+    pc = config.model.probe
+    probe = models.Classifier(channels=tuple(pc.channels), strides=tuple(pc.strides),
+                              hidden_dim=pc.hidden_dim, num_classes=num_attributes,
+                              dropout=0.0)
+  return Models(*steps.build_models(config), probe)
 
 
 def signature(config, stage: str) -> dict:
@@ -61,6 +74,9 @@ def signature(config, stage: str) -> dict:
     return base
   if stage == 'dvae':
     return {f'model.dvae.{k}': v for k, v in config.model.dvae.items()}
+  if stage == 'probe':
+    return {'image_size': config.data.image_size, 'data': config.data.name,
+            **{f'model.probe.{k}': v for k, v in config.model.probe.items()}}
   weight = config.explainer.fisher_weight if stage == 'explainer' else 0.0
   return {'image_size': config.data.image_size, 'fisher_weight': weight,
           **{f'model.explainer.{k}': v for k, v in config.model.explainer.items()}}
@@ -77,10 +93,12 @@ def template_state(config, mods: Models, stage: str, mesh, rng: jax.Array | None
   """A fresh, replicated train state of `stage` (its initial state when rng is the init key)."""
   rng = stage_rngs(config, stage)[0] if rng is None else rng
   cfg = config['explainer' if stage.startswith('explainer') else stage]
-  tx = steps.make_optimizer(cfg, cfg.steps)
+  tx = steps.make_optimizer(cfg, max(cfg.steps, 1))
   size, d = config.data.image_size, config.model.classifier.hidden_dim
   if stage == 'classifier':
     state = steps.create_train_state(mods.classifier, rng, jnp.zeros((1, size, size, 3)), tx)
+  elif stage == 'probe':
+    state = steps.create_train_state(mods.probe, rng, jnp.zeros((1, size, size, 3)), tx)
   elif stage == 'dvae':
     state = steps.create_train_state(mods.dvae, rng, jnp.zeros((1, d)), tx)
   else:
@@ -117,6 +135,14 @@ def info_fn(apply: Callable, loss: str, num_samples: int, mesh) -> Callable:
   return parallel.data_parallel_apply(f, mesh)
 
 
+def render_fn(mods: Models, mesh) -> Callable:
+  """(explainer params, {'e': [b, d]}) → images uint8 [b, H, W, 3] = 255·sigmoid(g(e))."""
+  def f(params, batch):
+    img = jax.nn.sigmoid(mods.explainer.apply({'params': params}, batch['e']))
+    return jnp.round(img * 255).astype(jnp.uint8)
+  return parallel.data_parallel_apply(f, mesh)
+
+
 def head_apply(mods: Models) -> Callable:
   return lambda p, e: mods.classifier.apply({'params': p}, e, method='head')
 
@@ -136,52 +162,66 @@ def mean_information(apply, loss, params, e: np.ndarray, sigma, key, num_samples
 
 
 # ----------------------------------------------------------------------- training
-def _batch_fn(arrays_fn: Callable[[np.ndarray], dict], n: int, batch_size: int, seed: int):
-  pi, pc = jax.process_index(), jax.process_count()
-  return lambda step: arrays_fn(data_lib.batch_indices(n, batch_size, step, seed, pi, pc))
-
-
-def _run(config, workdir, mesh, stage: Stage, hooks):
-  return run_stage(stage, workdir, mesh, save_every=config.checkpoint.every_steps,
-                   max_to_keep=config.checkpoint.max_to_keep, log_every=config.log_every,
-                   hooks=hooks)
-
-
 def train(config, workdir: str, stages: Sequence[str] | None = None, *, mesh=None,
-          hooks: Sequence[Callable] = ()) -> dict[str, dict]:
+          hooks: Sequence[Callable] = (), random_classifier: bool = False
+          ) -> dict[str, dict]:
   """Trains the selected stages (default: every stage of the config) in order.
 
   Stages not selected but needed upstream must already be complete in `workdir`.
+  random_classifier=True stores an untrained, randomly initialised classifier instead of
+  training one (the model-randomisation sanity check trains the rest on top of it).
   Returns {stage: final checkpoint meta} for every stage touched.
   """
   mesh = parallel.make_mesh() if mesh is None else mesh
   validate_config(config, mesh)
   wanted = stage_names(config) if not stages else tuple(stages)
-  unknown = [s for s in wanted if s not in STAGES]
+  unknown = [s for s in wanted if s not in STAGES + ('sanity',)]
   if unknown:
-    raise ValueError(f'unknown stage(s) {unknown}; known: {", ".join(STAGES)}')
-  mods = Models(*steps.build_models(config))
+    raise ValueError(f'unknown stage(s) {unknown}; known: {", ".join(STAGES + ("sanity",))}')
+  if 'sanity' in wanted:
+    rest = tuple(s for s in wanted if s != 'sanity')
+    metas = train(config, workdir, rest, mesh=mesh, hooks=hooks) if rest else {}
+    sanity = train_sanity(config, workdir, mesh=mesh, hooks=hooks)
+    return dict(metas, **{f'sanity/{k}': v for k, v in sanity.items()})
   ds = data_lib.load(config.data, 'train')
+  mods = build(config, len(ds.attribute_names))
   logging.info('train split: %d images, task %r, %d devices', len(ds), config.data.task,
                mesh.devices.size)
   metas: dict[str, dict] = {}
   last = max(_STAGE_INDEX[s] for s in wanted)
+  run = lambda stage: run_stage(stage, workdir, mesh, save_every=config.checkpoint.every_steps,
+                                max_to_keep=config.checkpoint.max_to_keep,
+                                log_every=config.log_every, hooks=hooks)
 
-  # -------- stage 1: classifier
-  if 'classifier' in wanted:
+  def complete(name):
+    state, metas[name] = load_complete(workdir, name, template_state(config, mods, name, mesh),
+                                       signature(config, name))
+    return state
+
+  def batches(arrays_fn, n, batch_size, offset):
+    pi, pc = jax.process_index(), jax.process_count()
+    return lambda step: arrays_fn(data_lib.batch_indices(n, batch_size, step,
+                                                         config.seed + offset, pi, pc))
+
+  images = lambda i: ds.images[i].astype(np.float32) / 255.0
+
+  # -------- stage 1: classifier (or a random one, for the sanity check)
+  if random_classifier:
+    key = jax.random.fold_in(jax.random.key(config.seed), config.sanity.seed_offset)
+    clf_state, metas['classifier'] = save_untrained(
+        workdir, 'classifier', template_state(config, mods, 'classifier', mesh, key),
+        signature(config, 'classifier'))
+  elif 'classifier' in wanted:
     cfg = config.classifier
     init_key, step_key = stage_rngs(config, 'classifier')
-    stage = Stage(
+    clf_state, metas['classifier'] = run(Stage(
         'classifier', cfg.steps, template_state(config, mods, 'classifier', mesh, init_key),
         parallel.data_parallel_step(steps.classifier_step, mesh),
-        _batch_fn(lambda i: {'image': ds.images[i].astype(np.float32) / 255.0,
-                             'label': ds.labels[i]}, len(ds), cfg.batch_size, config.seed),
-        step_key, signature=signature(config, 'classifier'))
-    clf_state, metas['classifier'] = _run(config, workdir, mesh, stage, hooks)
+        batches(lambda i: {'image': images(i), 'label': ds.labels[i]}, len(ds),
+                cfg.batch_size, 0),
+        step_key, signature=signature(config, 'classifier')))
   else:
-    clf_state, metas['classifier'] = load_complete(
-        workdir, 'classifier', template_state(config, mods, 'classifier', mesh),
-        signature(config, 'classifier'))
+    clf_state = complete('classifier')
   if last < 1:
     return metas
   link = {'classifier': checkpoints.identity(metas['classifier'])}
@@ -193,16 +233,13 @@ def train(config, workdir: str, stages: Sequence[str] | None = None, *, mesh=Non
   if 'dvae' in wanted:
     cfg = config.dvae
     init_key, step_key = stage_rngs(config, 'dvae')
-    stage = Stage(
+    dvae_state, metas['dvae'] = run(Stage(
         'dvae', cfg.steps, template_state(config, mods, 'dvae', mesh, init_key),
         parallel.data_parallel_step(steps.make_dvae_step(mods.dvae, cfg), mesh),
-        _batch_fn(lambda i: {'h': h_train[i]}, len(ds), cfg.batch_size, config.seed + 1),
-        step_key, upstream=link, signature=signature(config, 'dvae'))
-    dvae_state, metas['dvae'] = _run(config, workdir, mesh, stage, hooks)
+        batches(lambda i: {'h': h_train[i]}, len(ds), cfg.batch_size, 1),
+        step_key, upstream=link, signature=signature(config, 'dvae')))
   else:
-    dvae_state, metas['dvae'] = load_complete(workdir, 'dvae',
-                                              template_state(config, mods, 'dvae', mesh),
-                                              signature(config, 'dvae'))
+    dvae_state = complete('dvae')
     _check_link('dvae', metas['dvae'], link, workdir)
   if last < 2:
     return metas
@@ -211,32 +248,59 @@ def train(config, workdir: str, stages: Sequence[str] | None = None, *, mesh=Non
   # -------- stage 3: explainer(s) on ĥ = d(1[l(h) > 0]), computed once
   hhat = parallel.map_in_batches(reconstruct_fn(mods, mesh), dvae_state.params,
                                  {'h': h_train}, config.eval.batch_size, mesh, 'reconstruct')
-  cfg = config.explainer
-  sigma = parallel.replicate(
-      jnp.asarray(cfg.sigma_scale * hhat.std(0, ddof=1), jnp.float32), mesh)
-  n_info = min(cfg.info_examples, len(hhat))
-  info_c2 = mean_information(head_apply(mods), 'ce', clf_state.params, hhat[:n_info],
-                             sigma, jax.random.key(config.seed + 17), cfg.fisher_samples,
-                             config.eval.batch_size, mesh, 'I(c2)')
-  info_c2 = parallel.replicate(jnp.asarray(info_c2), mesh)
-  for name in ('explainer', 'explainer_noreg'):
-    if name not in wanted:
-      continue
-    weight = cfg.fisher_weight if name == 'explainer' else 0.0
+  explainers = [n for n in ('explainer', 'explainer_noreg') if n in wanted]
+  if explainers:
+    cfg = config.explainer
+    sigma = parallel.replicate(
+        jnp.asarray(cfg.sigma_scale * hhat.std(0, ddof=1), jnp.float32), mesh)
+    n_info = min(cfg.info_examples, len(hhat))
+    info_c2 = mean_information(head_apply(mods), 'ce', clf_state.params, hhat[:n_info],
+                               sigma, jax.random.key(config.seed + 17), cfg.fisher_samples,
+                               config.eval.batch_size, mesh, 'I(c2)')
+    info_c2 = parallel.replicate(jnp.asarray(info_c2), mesh)
+  g_state = None
+  for name in explainers:
     scfg = cfg.copy_and_resolve_references()
     with scfg.unlocked():
-      scfg.fisher_weight = weight
+      scfg.fisher_weight = signature(config, name)['fisher_weight']
     init_key, step_key = stage_rngs(config, name)
-    stage = Stage(
+    state, metas[name] = run(Stage(
         name, cfg.steps, template_state(config, mods, name, mesh, init_key),
         parallel.data_parallel_step(steps.make_explainer_step(mods.explainer, scfg), mesh,
                                     num_replicated=2),
-        _batch_fn(lambda i: {'image': ds.images[i].astype(np.float32) / 255.0,
-                             'hhat': hhat[i]}, len(ds), cfg.batch_size, config.seed + 2),
-        step_key, extra=(info_c2, sigma), upstream=link,
-        signature=signature(config, name))
-    _, metas[name] = _run(config, workdir, mesh, stage, hooks)
+        batches(lambda i: {'image': images(i), 'hhat': hhat[i]}, len(ds), cfg.batch_size, 2),
+        step_key, extra=(info_c2, sigma), upstream=link, signature=signature(config, name)))
+    g_state = state if name == 'explainer' else g_state
+  if 'probe' not in wanted:
+    return metas
+
+  # -------- attribute probes, on real images and the explainer's g(ĥ) of them
+  if g_state is None:
+    g_state = complete('explainer')
+    _check_link('explainer', metas['explainer'], link, workdir)
+  generated = parallel.map_in_batches(render_fn(mods, mesh), g_state.params, {'e': hhat},
+                                      config.eval.batch_size, mesh, 'g(ĥ) train')
+  probe_images = np.concatenate([ds.images, generated])
+  probe_attrs = np.concatenate([ds.attributes, ds.attributes]).astype(np.float32)
+  cfg = config.probe
+  init_key, step_key = stage_rngs(config, 'probe')
+  _, metas['probe'] = run(Stage(
+      'probe', cfg.steps, template_state(config, mods, 'probe', mesh, init_key),
+      parallel.data_parallel_step(steps.probe_step, mesh),
+      batches(lambda i: {'image': probe_images[i].astype(np.float32) / 255.0,
+                         'attributes': probe_attrs[i]}, len(probe_images), cfg.batch_size, 3),
+      step_key, upstream=dict(link, explainer=checkpoints.identity(metas['explainer'])),
+      signature=signature(config, 'probe')))
   return metas
+
+
+def train_sanity(config, workdir: str, *, mesh=None, hooks: Sequence[Callable] = ()
+                 ) -> dict[str, dict]:
+  """Model randomisation: DVAE and explainer trained over a randomly initialised classifier,
+  in WORKDIR/sanity, to check that explanations depend on what the classifier learned."""
+  named = [lambda stage, step, state, h=h: h(f'sanity/{stage}', step, state) for h in hooks]
+  return train(config, os.path.join(workdir, 'sanity'), ('classifier', 'dvae', 'explainer'),
+               mesh=mesh, hooks=named, random_classifier=True)
 
 
 def _check_link(stage: str, meta: dict, link: dict, workdir: str) -> None:

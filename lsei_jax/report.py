@@ -1,10 +1,6 @@
-"""Human-readable outputs: the paper's tables as text, image grids as PNG."""
+"""The paper's tables as plain text."""
 from __future__ import annotations
 
-from typing import Sequence
-
-import numpy as np
-from PIL import Image, ImageDraw
 
 
 def format_tables(m: dict) -> str:
@@ -26,21 +22,28 @@ def _fmt(x) -> str:
   return '—' if x is None else f'{x:.3f}'
 
 
-def save_grid(path: str, columns: Sequence[np.ndarray], titles: Sequence[str] = (),
-              scale: int = 4) -> None:
-  """Writes a PNG whose columns are image batches [k, H, W, 3] in [0, 1], one row per sample."""
-  cols = [np.clip(np.asarray(c, np.float32), 0, 1) for c in columns]
-  k, h, w, _ = cols[0].shape
-  pad, head = 2, 14 if titles else 0
-  canvas = np.ones((head + k * (h + pad) + pad, len(cols) * (w + pad) + pad, 3), np.float32)
-  for j, col in enumerate(cols):
-    for i in range(k):
-      y, x = head + pad + i * (h + pad), pad + j * (w + pad)
-      canvas[y:y + h, x:x + w] = col[i]
-  img = Image.fromarray((canvas * 255).astype(np.uint8))
-  img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
-  if titles:
-    draw = ImageDraw.Draw(img)
-    for j, t in enumerate(titles):
-      draw.text(((pad + j * (w + pad)) * scale + 2, 2), t, fill=(0, 0, 0))
-  img.save(path)
+def format_bias(m: dict, top: int = 6) -> str:
+  """The bias report's largest shifts and the sanity verdict as plain text."""
+  lines = [f'Bias report ({m.get("intervention", "flip all bits")}): shift of attribute '
+           'probabilities towards the other class']
+  for r in m['bias_report'][:top]:
+    sig = '*' if r['ci_low'] > 0 or r['ci_high'] < 0 else ' '
+    lines.append(f'  {r["attribute"]:>14}{" (task)" if r["is_task"] else "       "} '
+                 f'{r["shift"]:+.3f} [{r["ci_low"]:+.3f}, {r["ci_high"]:+.3f}] {sig}')
+  s = m.get('sanity')
+  if s:
+    lines.append(f'Sanity (random classifier): rank correlation {s["rank_correlation"]:+.2f}, '
+                 f'top candidate {s["top_trained"]} vs {s["top_randomized"]}'
+                 + (f' — WARNING: {s["warning"]}' if s['warning'] else ''))
+  return '\n'.join(lines)
+
+
+
+def format_seeds(agg: dict) -> str:
+  """Mean ± std over training seeds of each Table 1 / Table 2 figure."""
+  n = max(v['n'] for v in agg.values())
+  lines = [f'Across {n} seeds (mean ± std)']
+  for k, v in agg.items():
+    scale = 1 if k.startswith('info') else 100
+    lines.append(f'  {k:>18} {scale * v["mean"]:7.2f} ± {scale * v["std"]:.2f}')
+  return '\n'.join(lines)

@@ -101,6 +101,22 @@ def classifier_step(state: TrainState, batch: dict, rng: Array) -> tuple[TrainSt
   return _finish(state, grads, {'loss': loss, 'accuracy': acc})
 
 
+# ----------------------------------------------------------------------------- probe
+def probe_step(state: TrainState, batch: dict, rng: Array) -> tuple[TrainState, dict]:
+  """Multi-label attribute probe: independent sigmoid per attribute.
+
+  batch: image [b,H,W,3], attributes float [b,A] in {0,1}.
+  """
+  del rng  # the probe has no dropout
+  def loss_fn(params):
+    logits = state.apply_fn({'params': params}, batch['image'])
+    return losses.bce_with_logits(logits, batch['attributes']), logits
+
+  (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  acc = jnp.mean((logits > 0) == (batch['attributes'] > 0.5))
+  return _finish(state, grads, {'loss': loss, 'accuracy': acc})
+
+
 # ----------------------------------------------------------------------------- dvae
 def temperature_at(step: Array, start: float, end: float, anneal_steps: int) -> Array:
   """Exponential annealing start → end over anneal_steps, then constant."""

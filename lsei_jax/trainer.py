@@ -38,6 +38,10 @@ class Stage:
   signature: dict = dataclasses.field(default_factory=dict)
 
 
+def _describe(step: int | None) -> str:
+  return 'none' if step is None else f'step {step}'
+
+
 def _restore_latest(ckpt: checkpoints.StageCheckpoints, template: Any,
                     check: Callable[[dict], None] = lambda meta: None):
   """Restores the newest readable checkpoint, falling back to older ones if it is corrupt.
@@ -113,7 +117,7 @@ def run_stage(stage: Stage, workdir: str, mesh, *, save_every: int, max_to_keep:
             if key in host and not np.isfinite(host[key]):
               raise NonFiniteError(
                   f'{stage.name}: {key} is {host[key]} at step {done}; stopped without '
-                  f'saving this state (last good checkpoint: step {ckpt.latest_step()}). '
+                  f'saving this state (last good checkpoint: {_describe(ckpt.latest_step())}). '
                   f'Lower the learning rate or check the data.')
           writer.write(done, host)
           bar.set_postfix(loss=f'{host["loss"]:.4g}')
@@ -158,5 +162,18 @@ def load_complete(workdir: str, stage: str, template: Any, signature: dict | Non
           f'stage {stage!r} in {workdir} stopped at step {meta["step"]} of '
           f'{meta["num_steps"]}: rerun train.py to finish it')
     return state, meta
+  finally:
+    ckpt.close()
+
+
+def save_untrained(workdir: str, stage: str, state: Any, signature: dict) -> tuple[Any, dict]:
+  """Stores `state` as a complete 0-step checkpoint of `stage` (or loads the one stored)."""
+  if os.path.isdir(os.path.join(workdir, stage)):
+    return load_complete(workdir, stage, state, signature)
+  ckpt = checkpoints.StageCheckpoints(workdir, stage)
+  try:
+    ckpt.save(0, state, {'num_steps': 0, 'complete': True, 'upstream': {}, 'config': signature,
+                         'fingerprint': checkpoints.fingerprint(state.params)})
+    return state, ckpt.read_meta(0)
   finally:
     ckpt.close()

@@ -147,3 +147,20 @@ def test_similarity_kinds():
     similarity(a, b, 'l2')
   with pytest.raises(ValueError, match='unknown Fisher loss'):
     fisher_information(lambda x: x, a[None], jax.random.key(0), num_samples=1, loss='mse')
+
+
+def test_regularizer_gradient_is_finite_when_information_is_zero():
+  # A function that ignores its input has zero information; the cosine must not give NaN.
+  info_c = jnp.array([1.0, 2.0, 0.0])
+  grad = jax.grad(lambda a: fisher_regularizer(a, info_c))(jnp.zeros(3))
+  assert np.all(np.isfinite(np.asarray(grad)))
+  assert np.isfinite(float(fisher_regularizer(jnp.zeros(3), info_c)))
+
+
+def test_cosine_of_tiny_vectors_is_exact_and_differentiable():
+  a, b = jnp.array([1.0, 2.0, 0.5]), jnp.array([2.0, 0.5, 1.0])
+  expected = float(similarity(a, b))
+  tiny = float(similarity(a * 1e-20, b * 1e-22))   # squared norms underflow in float32
+  assert tiny == pytest.approx(expected, rel=1e-5)
+  grad = jax.grad(lambda x: fisher_regularizer(x * 1e-20, b * 1e-22))(a)
+  assert np.all(np.isfinite(np.asarray(grad))) and np.any(np.asarray(grad) != 0)

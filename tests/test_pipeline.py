@@ -17,8 +17,12 @@ def _fingerprints(metas):
 
 def test_smoke_all_stages_complete_with_logs(trained_workdir, tiny_config):
   workdir, metas = trained_workdir
-  assert list(metas) == ['classifier', 'dvae', 'explainer', 'explainer_noreg']
+  assert list(metas) == ['classifier', 'dvae', 'explainer', 'explainer_noreg', 'probe',
+                         'sanity/classifier', 'sanity/dvae', 'sanity/explainer']
+  assert metas['sanity/classifier']['num_steps'] == 0  # random, untrained
   for name, meta in metas.items():
+    if name.startswith('sanity/'):
+      continue
     assert meta['complete'] and meta['step'] == tiny_config[
         'explainer' if name.startswith('explainer') else name].steps
     lines = open(os.path.join(workdir, name, 'metrics.jsonl')).read().splitlines()
@@ -99,10 +103,24 @@ def test_eval_metrics(trained_workdir, tiny_config):
               'info_cosine_noreg'):
     assert 0.0 <= result[key] <= 1.0, key
   saved = json.load(open(os.path.join(workdir, 'eval', 'metrics.json')))
-  assert saved == pytest.approx(result)
+  assert {k: saved[k] for k in evaluation.TABLE_KEYS} == pytest.approx(
+      {k: result[k] for k in evaluation.TABLE_KEYS})
+  assert len(saved['bias_report']) == 6 and saved['sanity']['randomized_report']
+  assert set(saved['probe_accuracy']) == {'shape', 'color', 'size', 'position', 'background',
+                                          'texture'}
   assert os.path.getsize(os.path.join(workdir, 'eval', 'fig3_grid.png')) > 0
 
 
 def test_eval_before_training_names_the_stage(tmp_path, tiny_config):
   with pytest.raises(checkpoints.CheckpointError, match="stage 'classifier' has no checkpoint"):
     evaluation.evaluate(tiny_config, str(tmp_path))
+
+
+def test_seed_aggregation(trained_workdir, workdir_copy, tiny_config):
+  out = evaluation.evaluate_seeds(tiny_config, workdir_copy, [trained_workdir[0]])
+  acc = out['figures']['accuracy']
+  assert acc['n'] == 2 and acc['std'] == 0.0  # the same run twice
+  assert acc['mean'] == pytest.approx(acc['values'][0])
+  saved = json.load(open(os.path.join(workdir_copy, 'eval', 'seeds.json')))
+  assert saved['figures']['accuracy']['n'] == 2
+  assert 'Across 2 seeds' in open(os.path.join(workdir_copy, 'eval', 'report.html')).read()

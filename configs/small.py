@@ -1,0 +1,22 @@
+"""About a minute on 2 CPU cores: configs/shapes.py shrunk for the bias-report tests
+(which train it for several values of ρ)."""
+from configs import shapes
+
+
+def get_config():
+  c = shapes.get_config()
+  c.log_every = 100
+  c.data.update(num_train=4096, num_test=1024)
+  c.model.classifier.update(channels=(8, 8, 16, 16, 32, 32), strides=(1, 2, 1, 2, 1, 2),
+                           hidden_dim=64)
+  c.model.dvae.update(latent_dim=8, hidden=(64, 32))
+  c.model.explainer.update(channels=(16, 8))
+  c.model.probe.update(channels=(8, 16), strides=(2, 2), hidden_dim=32)
+  c.classifier.update(steps=400, batch_size=64, warmup_steps=20)
+  c.dvae.update(steps=400, batch_size=128, anneal_steps=300)
+  c.explainer.update(steps=250, batch_size=32, info_examples=512, train_noreg=False)
+  c.probe.update(steps=300, batch_size=64)
+  c.sanity.enabled = False
+  c.checkpoint.update(every_steps=1000, max_to_keep=1)
+  c.eval.update(fisher_examples=256, num_bootstrap=500)
+  return c

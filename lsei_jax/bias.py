@@ -1,0 +1,132 @@
+"""Quantitative reading of interventions: per-bit effects and the attribute bias report.
+
+Pure NumPy on per-example arrays (the expensive model passes happen elsewhere), so every
+number here can be recomputed from the arrays saved by eval.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+
+def per_bit_summary(decisive: np.ndarray, pred: np.ndarray, num_classes: int) -> dict:
+  """Summary of single-bit interventions.
+
+  Args:
+    decisive: bool [N, K], True where flipping bit k alone changes the prediction.
+    pred: int [N], the prediction c2(ĥ) before intervention.
+
+  Returns:
+    per_bit_change [K]: fraction of samples whose prediction flips with bit k alone;
+    single_bit_change: fraction of samples with at least one decisive bit;
+    per_class [C][K]: per_bit_change among the samples predicted as each class.
+  """
+  decisive = np.asarray(decisive, bool)
+  per_class = [decisive[pred == c].mean(0) if np.any(pred == c) else np.zeros(decisive.shape[1])
+               for c in range(num_classes)]
+  return {'per_bit_change': decisive.mean(0).tolist(),
+          'single_bit_change': float(decisive.any(1).mean()),
+          'per_class': [p.tolist() for p in per_class]}
+
+
+def bootstrap_mean_ci(values: np.ndarray, *, num_samples: int = 1000, level: float = 0.95,
+                      seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Mean and percentile-bootstrap interval over axis 0 of values [N, …] → 3 × […]."""
+  values = np.asarray(values, np.float64)
+  n = values.shape[0]
+  rng = np.random.default_rng(seed)
+  idx = rng.integers(0, n, (num_samples, n))
+  means = values[idx].mean(1)                                   # [num_samples, …]
+  alpha = (1 - level) / 2
+  return values.mean(0), np.quantile(means, alpha, 0), np.quantile(means, 1 - alpha, 0)
+
+
+def bias_report(p_before: np.ndarray, p_after: np.ndarray, pred: np.ndarray,
+                names: Sequence[str], task: str, *, num_bootstrap: int = 1000,
+                level: float = 0.95, seed: int = 0) -> list[dict]:
+  """How each attribute moves when the classifier's concepts are flipped.
+
+  Args:
+    p_before, p_after: probe probabilities [N, A] of every attribute on g(ĥ) and g(ĥ').
+    pred: int [N] in {0, 1}: the class predicted from ĥ before the intervention.
+    names: the A attribute names; task: the one the classifier was trained on.
+
+  Returns:
+    One entry per attribute, sorted by |shift|:
+    shift = mean over samples of (p_after − p_before)·s, with s = +1 for samples predicted
+    class 0 (intervention towards class 1) and −1 for class 1, so an attribute that the
+    classifier ties to class 1 has a positive shift in both directions; a bootstrap
+    interval [ci_low, ci_high]; the mean unsigned shift within each predicted class
+    (`shift_from_class`: the paper's directions, e.g. smiling → not smiling); is_task.
+  """
+  delta = np.asarray(p_after, np.float64) - np.asarray(p_before, np.float64)   # [N, A]
+  direction = np.where(np.asarray(pred) == 0, 1.0, -1.0)[:, None]
+  mean, lo, hi = bootstrap_mean_ci(delta * direction, num_samples=num_bootstrap, level=level,
+                                   seed=seed)
+  rows = []
+  for a, name in enumerate(names):
+    by_class = {str(c): float(delta[pred == c, a].mean()) if np.any(pred == c) else None
+                for c in (0, 1)}
+    rows.append({'attribute': name, 'shift': float(mean[a]), 'ci_low': float(lo[a]),
+                 'ci_high': float(hi[a]), 'is_task': name == task,
+                 'shift_from_class': by_class})
+  return sorted(rows, key=lambda r: -abs(r['shift']))
+
+
+def top_candidate(report: list[dict]) -> dict | None:
+  """The non-task attribute with the largest |shift| (the likeliest bias)."""
+  return next((r for r in report if not r['is_task']), None)
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+  """Spearman rank correlation of two vectors (average ranks for ties)."""
+  ra, rb = _ranks(np.asarray(a, float)), _ranks(np.asarray(b, float))
+  ra, rb = ra - ra.mean(), rb - rb.mean()
+  denom = np.sqrt((ra**2).sum() * (rb**2).sum())
+  return float((ra * rb).sum() / denom) if denom > 0 else 0.0
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+  order = np.argsort(x, kind='stable')
+  ranks = np.empty(len(x))
+  ranks[order] = np.arange(len(x), dtype=float)
+  for v in np.unique(x):          # ties share their average rank
+    tie = x == v
+    ranks[tie] = ranks[tie].mean()
+  return ranks
+
+
+def sanity_summary(trained: list[dict], randomized: list[dict],
+                   threshold: float = 0.5) -> dict:
+  """Compares the bias reports of the trained and the randomised classifier.
+
+  rank_correlation: Spearman correlation of |shift| per attribute across the two reports.
+  The explanation is flagged as not depending on the model when that correlation exceeds
+  `threshold` and both reports name the same top candidate bias.
+  """
+  names = [r['attribute'] for r in trained]
+  rand = {r['attribute']: r for r in randomized}
+  a = np.array([abs(r['shift']) for r in trained])
+  b = np.array([abs(rand[n]['shift']) for n in names])
+  rho = spearman(a, b)
+  top_t, top_r = top_candidate(trained), top_candidate(randomized)
+  same_top = bool(top_t and top_r and top_t['attribute'] == top_r['attribute'])
+  warn = bool(rho > threshold and same_top)
+  return {'rank_correlation': rho, 'top_trained': top_t and top_t['attribute'],
+          'top_randomized': top_r and top_r['attribute'], 'same_top': same_top,
+          'warning': ('the explanation does not depend on the trained model: the randomised '
+                      'classifier gives the same ranking') if warn else None,
+          'randomized_report': randomized}
+
+
+def aggregate_seeds(results: Sequence[dict], keys: Sequence[str]) -> dict:
+  """Mean ± std (ddof 1) of each key over several runs' metrics → {key: {mean, std, n, values}}."""
+  out = {}
+  for k in keys:
+    vals = [r[k] for r in results if r.get(k) is not None]
+    if vals:
+      arr = np.asarray(vals, float)
+      out[k] = {'mean': float(arr.mean()), 'std': float(arr.std(ddof=1)) if len(arr) > 1 else 0.0,
+                'n': len(arr), 'values': [float(v) for v in arr]}
+  return out

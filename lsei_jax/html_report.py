@@ -1,0 +1,107 @@
+"""A self-contained HTML page (images embedded) with every evaluation result."""
+from __future__ import annotations
+
+import base64
+import html
+import os
+
+from lsei_jax.evaluation import TABLE_KEYS
+
+_CSS = """body{font-family:system-ui,sans-serif;max-width:960px;margin:2em auto;color:#222}
+table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 9px;
+text-align:right}th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
+.task{color:#777}.sig{font-weight:bold;color:#b00}.warn{background:#fee;border:1px solid #c00;
+padding:.6em}.ok{background:#efe;border:1px solid #0a0;padding:.6em}img{max-width:100%}
+figcaption{font-size:.9em;color:#555}"""
+
+_LABELS = {'flip_all_change': '% change (flip all)', 'accuracy': 'accuracy of c',
+           'recon_accuracy': 'accuracy of c2(ĥ)', 'agreement': 'agreement c2(ĥ) / c2(h)',
+           'info_cosine': 'cos(I(g), I(c2)) with reg', 'info_cosine_noreg':
+           'cos(I(g), I(c2)) without reg'}
+
+
+def _img(path: str, alt: str) -> str:
+  with open(path, 'rb') as f:
+    data = base64.b64encode(f.read()).decode()
+  return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _fmt(key: str, v) -> str:
+  if v is None:
+    return '—'
+  return f'{100 * v:.2f}%' if not key.startswith('info') else f'{v:.3f}'
+
+
+def _table(header, rows) -> str:
+  head = ''.join(f'<th>{html.escape(h)}</th>' for h in header)
+  body = ''.join('<tr>' + ''.join(cell if cell.startswith('<td') else f'<td>{cell}</td>'
+                                  for cell in row) + '</tr>' for row in rows)
+  return f'<table><tr>{head}</tr>{body}</table>'
+
+
+def render(result: dict, eval_dir: str, *, task: str, workdir: str = '',
+           seeds: dict | None = None) -> str:
+  e = html.escape
+  parts = [f'<!doctype html><html><head><meta charset="utf-8"><title>lsei_jax report — '
+           f'{e(task)}</title><style>{_CSS}</style></head><body>',
+           f'<h1>lsei_jax report: what the <em>{e(task)}</em> classifier relies on</h1>',
+           f'<p>{e(workdir)} · {e(result.get("split", ""))}, {result.get("num_examples")} images'
+           f' · intervention: {e(result.get("intervention", "flip all bits"))}</p>',
+           '<h2>Tables 1 and 2</h2>',
+           _table(['figure', 'value'], [[e(_LABELS[k]), _fmt(k, result.get(k))]
+                                        for k in TABLE_KEYS if k in result])]
+  if seeds:
+    parts += [f'<h3>Across {max(v["n"] for v in seeds.values())} seeds (mean ± std)</h3>',
+              _table(['figure', 'mean', '± std', 'values'],
+                     [[e(_LABELS[k]), _fmt(k, v['mean']), _fmt(k, v['std']),
+                       ', '.join(_fmt(k, x) for x in v['values'])] for k, v in seeds.items()])]
+  parts += ['<h2>Concept images</h2><figure>',
+            _img(os.path.join(eval_dir, 'fig3_grid.png'), 'original, g(ĥ), g(ĥ\')'),
+            '<figcaption>Each row: a test image, the explainer\'s image of its embedding '
+            'g(ĥ), and after flipping every concept bit g(ĥ\').</figcaption></figure>']
+
+  rows = []
+  for r in result['bias_report']:
+    sig = r['ci_low'] > 0 or r['ci_high'] < 0
+    cls = 'task' if r['is_task'] else ('sig' if sig else '')
+    by = r['shift_from_class']
+    rows.append([f'<td class="{cls}">{e(r["attribute"])}{" (task)" if r["is_task"] else ""}</td>',
+                 f'{r["shift"]:+.3f}', f'[{r["ci_low"]:+.3f}, {r["ci_high"]:+.3f}]',
+                 '—' if by['0'] is None else f'{by["0"]:+.3f}',
+                 '—' if by['1'] is None else f'{by["1"]:+.3f}'])
+  parts += ['<h2>Bias report</h2>',
+            '<p>For each attribute, how much an attribute probe\'s probability moves between '
+            'g(ĥ) and g(ĥ\') (signed towards the other class; bootstrap interval). The task '
+            'attribute should move; any other attribute that moves is something the classifier '
+            'ties to its decision. Bold red: interval excludes 0.</p>',
+            _table(['attribute', 'shift', 'interval', 'from class 0', 'from class 1'], rows),
+            _img(os.path.join(eval_dir, 'bias_report.png'), 'bias report bars')]
+
+  sanity = result.get('sanity')
+  if sanity:
+    msg = (f'<div class="warn"><b>Warning:</b> {e(sanity["warning"])}</div>' if sanity['warning']
+           else '<div class="ok">The explanation depends on the trained model: a randomly '
+                'initialised classifier gives a different ranking.</div>')
+    parts += ['<h2>Sanity check: model randomisation</h2>', msg,
+              _table(['', 'trained classifier', 'random classifier'],
+                     [['top candidate bias', e(str(sanity['top_trained'])),
+                       e(str(sanity['top_randomized']))],
+                      ['accuracy of c', '', _fmt('accuracy', sanity.get('random_accuracy'))],
+                      ['rank correlation of |shift|', f'{sanity["rank_correlation"]:+.2f}', '']])]
+
+  parts += ['<h2>Single-bit interventions</h2>',
+            f'<p>{100 * result["single_bit_change"]:.1f}% of test samples have at least one '
+            'bit whose flip alone changes the prediction.</p>',
+            _img(os.path.join(eval_dir, 'per_bit.png'), 'per-bit bars'),
+            '<h2>Attribute probes</h2><p>Held-out accuracy of the probes on real test images '
+            'and on the explainer\'s images g(ĥ) of them.</p>',
+            _table(['attribute', 'on real images', 'on g(ĥ)'],
+                   [[e(n), f'{100 * v["real"]:.1f}%', f'{100 * v["generated"]:.1f}%']
+                    for n, v in result['probe_accuracy'].items()]),
+            '</body></html>']
+  return '\n'.join(parts)
+
+
+def write(path: str, result: dict, eval_dir: str, **kwargs) -> None:
+  with open(path, 'w') as f:
+    f.write(render(result, eval_dir, **kwargs))

@@ -1,0 +1,70 @@
+"""Figures as PNG: the Fig. 3 image grid, per-bit bars, bias-report bars with intervals."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import matplotlib
+matplotlib.use('Agg')  # files only, never a window
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
+
+
+def save_grid(path: str, columns: Sequence[np.ndarray], titles: Sequence[str] = (),
+              scale: int = 4) -> None:
+  """Writes a PNG whose columns are image batches [k, H, W, 3] in [0, 1], one row per sample."""
+  cols = [np.clip(np.asarray(c, np.float32), 0, 1) for c in columns]
+  k, h, w, _ = cols[0].shape
+  pad, head = 2, 14 if titles else 0
+  canvas = np.ones((head + k * (h + pad) + pad, len(cols) * (w + pad) + pad, 3), np.float32)
+  for j, col in enumerate(cols):
+    for i in range(k):
+      y, x = head + pad + i * (h + pad), pad + j * (w + pad)
+      canvas[y:y + h, x:x + w] = col[i]
+  img = Image.fromarray((canvas * 255).astype(np.uint8))
+  img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+  if titles:
+    draw = ImageDraw.Draw(img)
+    for j, t in enumerate(titles):
+      draw.text(((pad + j * (w + pad)) * scale + 2, 2), t, fill=(0, 0, 0))
+  img.save(path)
+
+
+def per_bit_bars(path: str, per_bit: dict) -> None:
+  """Bars of the fraction of predictions each single-bit flip changes, per predicted class."""
+  per_class = np.asarray(per_bit['per_class'])                    # [C, K]
+  c, k = per_class.shape
+  fig, ax = plt.subplots(figsize=(max(6, 0.35 * k + 2), 3.2), dpi=110)
+  width = 0.8 / c
+  for i in range(c):
+    ax.bar(np.arange(k) + (i - (c - 1) / 2) * width, per_class[i], width,
+           label=f'predicted class {i}')
+  ax.set_xticks(np.arange(k))
+  ax.set_xlabel('latent bit')
+  ax.set_ylabel('fraction of predictions changed')
+  ax.set_ylim(0, 1)
+  ax.set_title(f'Single-bit interventions ({100 * per_bit["single_bit_change"]:.1f}% of '
+               'samples have a decisive bit)')
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)
+
+
+def bias_bars(path: str, report: list[dict], intervention: str = 'flip all bits') -> None:
+  """Horizontal bars of each attribute's shift with its confidence interval; task in grey."""
+  rows = list(reversed(report))                                    # largest at the top
+  shift = np.array([r['shift'] for r in rows])
+  err = np.array([[r['shift'] - r['ci_low'] for r in rows], [r['ci_high'] - r['shift'] for r in rows]])
+  colors = ['0.6' if r['is_task'] else ('tab:red' if r['ci_low'] > 0 or r['ci_high'] < 0
+                                          else 'tab:blue') for r in rows]
+  fig, ax = plt.subplots(figsize=(6, 0.4 * len(rows) + 1.4), dpi=110)
+  ax.barh(np.arange(len(rows)), shift, xerr=err, color=colors, capsize=3)
+  ax.set_yticks(np.arange(len(rows)))
+  ax.set_yticklabels([r['attribute'] + (' (task)' if r['is_task'] else '') for r in rows])
+  ax.axvline(0, color='k', lw=0.8)
+  ax.set_xlabel('shift of probe probability towards the other class')
+  ax.set_title(f'Bias report ({intervention}); red: interval excludes 0', fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)

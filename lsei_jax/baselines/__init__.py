@@ -1,0 +1,12 @@
+"""Baselines the paper compares with: TCAV concept scores, input attribution maps, and the
+model-randomisation sanity check of attribution maps."""
+from lsei_jax.baselines.attribution import (check_completeness, completeness_gap,
+                                            gradient_x_input, integrated_gradients,
+                                            occlusion, occlusion_masks, smoothgrad,
+                                            target_logits, vanilla_gradient)
+
+__all__ = [
+    'vanilla_gradient', 'gradient_x_input', 'integrated_gradients', 'smoothgrad',
+    'occlusion', 'occlusion_masks', 'target_logits', 'completeness_gap',
+    'check_completeness',
+]

@@ -104,3 +104,26 @@ def test_tcav_is_deterministic_and_validates(toy):
     baselines.tcav(jax.random.key(1), c2, h, concepts, labels, num_runs=1)
   with pytest.raises(ValueError, match='2 examples'):
     baselines.tcav(jax.random.key(1), c2, h, np.zeros((N, 1), bool), labels)
+
+
+def test_mean_difference_cav_and_log_prob_gradients(toy):
+  h, concepts, _, c2 = toy
+  v = baselines.mean_difference_cav(h, concepts[:, 0])
+  hn, m = np.asarray(h), concepts[:, 0]
+  ref = hn[m].mean(0) - hn[~m].mean(0)
+  np.testing.assert_allclose(v, ref / np.linalg.norm(ref), rtol=1e-5, atol=1e-6)
+  # Two classes: ∇ log p_1 = (1 − p_1) ∇(logit_1 − logit_0).
+  g = baselines.class_gradients(c2, h, 'log_prob')
+  logits = c2(h)
+  p1 = jax.nn.softmax(logits)[:, 1]
+  raw = baselines.class_gradients(c2, h)
+  np.testing.assert_allclose(g[:, 1], (1 - p1)[:, None] * (raw[:, 1] - raw[:, 0]),
+                             rtol=1e-5, atol=1e-6)
+  # Adding the same function to both logits moves raw-logit TCAV, not log-prob TCAV.
+  shifted = lambda x: c2(x) + 5.0 * x[:, 2:3]
+  e2 = jnp.eye(D)[2]
+  labels = jnp.ones(N, jnp.int32)
+  assert float(baselines.tcav_scores(baselines.class_gradients(shifted, h), labels, e2)[1]) > 0.9
+  np.testing.assert_allclose(
+      baselines.tcav_scores(baselines.class_gradients(shifted, h, 'log_prob'), labels, e2),
+      baselines.tcav_scores(g, labels, e2), atol=1e-6)

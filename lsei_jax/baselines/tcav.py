@@ -98,6 +98,20 @@ def train_cav(acts: Array, is_concept: Array, *, steps: int = 200,
   return w / jnp.maximum(jnp.linalg.norm(w), 1e-12)
 
 
+def mean_difference_cav(acts: Array, is_concept: Array) -> Array:
+  """Unit CAV [d]: mean of the concept's activations minus mean of the others' [n, d].
+
+  The "pattern" rather than the "filter" of a linear model (Haufe et al., NeuroImage 2014):
+  where a concept is separable along many directions, logistic regression picks one by its
+  margin, while the mean difference is the direction the data actually move in between the
+  two groups, so ∇f · v says how f changes from one group to the other.
+  """
+  y = jnp.asarray(is_concept, acts.dtype)[:, None]
+  v = jnp.sum(acts * y, 0) / jnp.maximum(jnp.sum(y), 1.0) - (
+      jnp.sum(acts * (1 - y), 0) / jnp.maximum(jnp.sum(1 - y), 1.0))
+  return v / jnp.maximum(jnp.linalg.norm(v), 1e-12)
+
+
 def _sample(key: Array, member: Array, num: int) -> Array:
   """`num` distinct indices [num] drawn uniformly from where member [N] is True.
 
@@ -108,13 +122,19 @@ def _sample(key: Array, member: Array, num: int) -> Array:
   return jax.lax.top_k(jnp.where(member, u, -1.0), num)[1]
 
 
-def class_gradients(c2: Callable[[Array], Array], acts: Array) -> Array:
-  """∇_h c2(h)_k for every class: acts [N, d] → [N, C, d].
+def class_gradients(c2: Callable[[Array], Array], acts: Array,
+                    output: Literal['logit', 'log_prob'] = 'logit') -> Array:
+  """∇_h of class k's output for every class: acts [N, d] → [N, C, d].
 
-  One VJP per class over the whole batch; valid because c2 treats rows independently
-  (eval mode: no batch statistics), so the gradient of the batch sum is each row's own.
+  output 'logit' differentiates c2(h)_k (the reference TCAV); 'log_prob' differentiates
+  log_softmax(c2(h))_k. One VJP per class over the whole batch; valid because c2 treats
+  rows independently (eval mode: no batch statistics), so the gradient of the batch sum
+  is each row's own.
   """
-  logits, vjp = jax.vjp(c2, acts)
+  if output not in ('logit', 'log_prob'):
+    raise ValueError(f"output must be 'logit' or 'log_prob', got {output!r}")
+  fn = c2 if output == 'logit' else (lambda h: jax.nn.log_softmax(c2(h), axis=-1))
+  logits, vjp = jax.vjp(fn, acts)
   num_classes = logits.shape[-1]
   cot = jnp.broadcast_to(jnp.eye(num_classes, dtype=logits.dtype)[:, None, :],
                          (num_classes,) + logits.shape)
@@ -136,13 +156,17 @@ def tcav_scores(grads: Array, labels: Array, cavs: Array) -> Array:
 
 
 @functools.partial(jax.jit, static_argnames=('num_runs', 'num_per_side', 'negatives',
-                                             'equal_var', 'steps', 'learning_rate', 'l2'))
+                                             'equal_var', 'cav_method', 'steps',
+                                             'learning_rate', 'l2'))
 def _tcav_core(key, acts, concepts, grads, eval_labels, *, num_runs, num_per_side,
-               negatives, equal_var, steps, learning_rate, l2):
+               negatives, equal_var, cav_method, steps, learning_rate, l2):
   """Concept and random CAVs, their scores and the t-test; see `tcav`."""
   num_attr = concepts.shape[1]
   k_concept, k_random = jax.random.split(key)
-  fit = functools.partial(train_cav, steps=steps, learning_rate=learning_rate, l2=l2)
+  if cav_method == 'logistic':
+    fit = functools.partial(train_cav, steps=steps, learning_rate=learning_rate, l2=l2)
+  else:
+    fit = mean_difference_cav
   is_pos = jnp.concatenate([jnp.ones(num_per_side, bool), jnp.zeros(num_per_side, bool)])
 
   def concept_cav(k, member):
@@ -174,7 +198,9 @@ def tcav(key: Array, c2: Callable[[Array], Array], acts: Array, concepts: Array,
          labels: Array, *, num_runs: int = 10, num_per_side: int = 50,
          negatives: Literal['complement', 'random'] = 'complement',
          eval_acts: Array | None = None, eval_labels: Array | None = None,
-         alpha: float = 0.05, equal_var: bool = True, cav_steps: int = 200,
+         output: Literal['logit', 'log_prob'] = 'logit', alpha: float = 0.05,
+         equal_var: bool = True,
+         cav_method: Literal['logistic', 'mean_difference'] = 'logistic', cav_steps: int = 200,
          learning_rate: float = 0.1, l2: float = 1e-3) -> dict[str, Array]:
   """TCAV of every (concept, class) pair, with a significance test against random CAVs.
 
@@ -190,9 +216,15 @@ def tcav(key: Array, c2: Callable[[Array], Array], acts: Array, concepts: Array,
     negatives: counterexamples drawn from where the concept is False ('complement'), or
       from all examples ('random', the reference code's random images).
     eval_acts, eval_labels: examples the scores are computed on (default: acts, labels).
+    output: differentiate class k's logit ('logit', the reference) or its log-probability
+      ('log_prob'). A softmax ignores what is added to every logit alike, but a raw
+      logit's derivative includes it: with 2 classes, ∇ log p_k ∝ ∇(logit_k − logit_other)
+      has the sign of what the prediction does, ∇ logit_k need not.
     alpha: significance level of the two-sided t-test (no multiple-comparison correction;
       pass alpha / (A·C) for Bonferroni).
     equal_var: Student's pooled test (True, the reference code's) or Welch's (False).
+    cav_method: 'logistic' (`train_cav`, the reference; cav_steps, learning_rate, l2 are
+      its settings) or 'mean_difference' (`mean_difference_cav`).
 
   Returns:
     score [A, C] (mean TCAV score over runs), p_value [A, C], significant bool [A, C],
@@ -201,6 +233,8 @@ def tcav(key: Array, c2: Callable[[Array], Array], acts: Array, concepts: Array,
   """
   if num_runs < 2:
     raise ValueError(f'num_runs must be ≥ 2 for a t-test (≥ 10 recommended), got {num_runs}')
+  if cav_method not in ('logistic', 'mean_difference'):
+    raise ValueError(f"cav_method must be 'logistic' or 'mean_difference', got {cav_method!r}")
   if negatives not in ('complement', 'random'):
     raise ValueError(f"negatives must be 'complement' or 'random', got {negatives!r}")
   concepts_np = np.asarray(concepts, bool)
@@ -216,10 +250,11 @@ def tcav(key: Array, c2: Callable[[Array], Array], acts: Array, concepts: Array,
                      f'smallest pool has {m}')
   eval_acts = acts if eval_acts is None else eval_acts
   eval_labels = labels if eval_labels is None else eval_labels
-  grads = class_gradients(c2, jnp.asarray(eval_acts))
+  grads = class_gradients(c2, jnp.asarray(eval_acts), output)
   out = _tcav_core(key, jnp.asarray(acts), jnp.asarray(concepts_np), grads,
                    jnp.asarray(eval_labels), num_runs=num_runs, num_per_side=m,
-                   negatives=negatives, equal_var=equal_var, steps=cav_steps,
+                   negatives=negatives, equal_var=equal_var, cav_method=cav_method,
+                   steps=cav_steps,
                    learning_rate=learning_rate, l2=l2)
   out['significant'] = out['p_value'] < alpha
   return out

@@ -53,4 +53,12 @@ def get_config() -> ml_collections.ConfigDict:
       batch_size=256, fisher_samples=8, fisher_examples=1024, grid_rows=8,
       num_bootstrap=1000, ci_level=0.95,
       bias_bits=()))  # bits the bias report flips; () = all of them
+  # Baseline cross-checks. TCAV: mean-difference CAVs and log-probability gradients (the
+  # raw logit of a 2-class linear head carries a random, never-trained component).
+  c.eval.tcav = ml_collections.ConfigDict(dict(
+      num_runs=30, num_per_side=50, output='log_prob', cav_method='mean_difference',
+      alpha=0.05))
+  c.eval.attribution = ml_collections.ConfigDict(dict(
+      images=8, ig_steps=16, methods=('gradient', 'integrated_gradients'),
+      flag_threshold=0.5))
   return c

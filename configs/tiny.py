@@ -18,4 +18,6 @@ def get_config():
   c.checkpoint.update(every_steps=4, max_to_keep=3)
   c.eval.update(batch_size=32, fisher_samples=2, fisher_examples=32, grid_rows=4,
                 num_bootstrap=100)
+  c.eval.tcav.update(num_runs=3, num_per_side=8)
+  c.eval.attribution.update(images=4, ig_steps=4)
   return c

@@ -2,6 +2,7 @@
 
 Public functional API (DESIGN.md §3–§6); every function is pure and jit/vmap friendly.
 """
+from lsei_jax import baselines
 from lsei_jax.fisher import batch_sigma, fisher_information, fisher_regularizer, similarity
 from lsei_jax.interventions import (bit_set_mask, decisive_bits, flip_all_mask, intervene,
                                     single_bit_masks)
@@ -11,6 +12,7 @@ from lsei_jax.models import C1, C2, DVAE, Classifier, Explainer
 from lsei_jax.relaxed_bernoulli import bernoulli_kl, hard_code, relaxed_bernoulli
 
 __all__ = [
+    'baselines',
     'C1', 'C2', 'Classifier', 'DVAE', 'Explainer',
     'relaxed_bernoulli', 'bernoulli_kl', 'hard_code',
     'fisher_information', 'fisher_regularizer', 'similarity', 'batch_sigma',

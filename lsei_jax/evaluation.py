@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from lsei_jax import bias, checkpoints, fisher, interventions, metrics, parallel, steps
+from lsei_jax import (bias, checkpoints, crosscheck, fisher, interventions, metrics,
+                      parallel, steps)
 from lsei_jax import data as data_lib
 from lsei_jax.pipeline import (Models, build, generator_apply, head_apply, mean_information,
                                signature, template_state)
@@ -35,7 +36,7 @@ def _outputs_fn(mods: Models, mesh):
     z, hhat = steps.encode_decode(mods.dvae, dvae_p, h)
     hhat_flip = decode(interventions.intervene(z, interventions.flip_all_mask(z.shape[-1])))
     return {'logits': head(h), 'logits_hat': head(hhat), 'logits_flip': head(hhat_flip),
-            'hhat': hhat, 'hhat_flip': hhat_flip,
+            'h': h, 'hhat': hhat, 'hhat_flip': hhat_flip,
             'hhat_masked': decode(interventions.intervene(z, mask)),
             'decisive': interventions.decisive_bits(z, decode, head)}
   return parallel.data_parallel_apply(f, mesh)
@@ -146,6 +147,18 @@ def evaluate(config, workdir: str, *, mesh=None) -> dict:
   result['bias_report'] = bias.bias_report(probs['before'], probs['after'], pred,
                                            test.attribute_names, test.task, **report_args)
 
+  # Cross-check with baselines: TCAV of each attribute on the same layer, and whether the
+  # input attributions depend on the trained weights at all.
+  head = lambda e: mods.classifier.apply({'params': clf_p}, e, method='head')
+  result['tcav'] = crosscheck.tcav_entries(jax.random.key(config.seed + 7), head, out['h'],
+                                           test.attributes, labels, test.attribute_names,
+                                           ec.tcav)
+  ka = ec.attribution.images
+  pred_c = np.argmax(out['logits'][:ka], -1)
+  x_a = test.images[:ka].astype(np.float32) / 255.0
+  result['attribution_sanity'] = crosscheck.attribution_sanity(
+      mods.classifier, clf_p, x_a, pred_c, jax.random.key(config.seed + 11), ec.attribution)
+
   # Model randomisation: the same report over a random classifier.
   if config.sanity.enabled:
     sdir = os.path.join(workdir, 'sanity')
@@ -172,6 +185,11 @@ def evaluate(config, workdir: str, *, mesh=None) -> dict:
             p, [test.images[:k] / 255.0, g(out['hhat'][:k]), g(out['hhat_flip'][:k])],
             titles=('original', 'g(h^)', "g(h^')")),
         'per_bit.png': lambda p: plots.per_bit_bars(p, per_bit),
+        'attribution_grid.png': lambda p: plots.save_grid(
+            p, [x_a[:k], crosscheck.ig_heatmaps(mods.classifier, clf_p, x_a[:k], pred_c[:k],
+                                                ec.attribution.ig_steps),
+                g(out['hhat'][:k]), g(out['hhat_flip'][:k])],
+            titles=('image', 'IG', 'g(h^)', "g(h^')")),
         'bias_report.png': lambda p: plots.bias_bars(p, result['bias_report'],
                                                      result['intervention']),
     }

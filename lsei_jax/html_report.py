@@ -77,6 +77,35 @@ def render(result: dict, eval_dir: str, *, task: str, workdir: str = '',
             _table(['attribute', 'shift', 'interval', 'from class 0', 'from class 1'], rows),
             _img(os.path.join(eval_dir, 'bias_report.png'), 'bias report bars')]
 
+  if result.get('tcav'):
+    tc = {(t['concept'], t['class']): t for t in result['tcav']}
+    classes = sorted({t['class'] for t in result['tcav']})
+    cell = lambda t: (f'<td class="{"sig" if t["significant"] else ""}">{t["score"]:.2f} '
+                      f'(p={t["p_value"]:.3g})</td>')
+    parts += ['<h3>Cross-check: TCAV on the same layer</h3>',
+              '<p>TCAV score of each attribute as a concept (fraction of a class\'s test '
+              'examples whose class probability rises along the concept\'s activation vector), '
+              'with the t-test against random vectors; bold red: significant. Rows in the bias '
+              'report\'s order.</p>',
+              _table(['concept'] + [f'class {k}' for k in classes],
+                     [[e(r['attribute'])] + [cell(tc[(r['attribute'], k)]) for k in classes]
+                      for r in result['bias_report'] if (r['attribute'], classes[0]) in tc])]
+  if os.path.exists(os.path.join(eval_dir, 'attribution_grid.png')):
+    parts += ['<h3>Cross-check: input attributions</h3><figure>',
+              _img(os.path.join(eval_dir, 'attribution_grid.png'), 'image, IG, g(ĥ), g(ĥ\')'),
+              '<figcaption>Each row: a test image, |integrated gradients| of the predicted class '
+              '(red: high), g(ĥ) and g(ĥ\').</figcaption></figure>']
+  attr = result.get('attribution_sanity')
+  if attr:
+    rows = [[e(m), ' → '.join(f'{x:.2f}' for x in v['spearman_abs']),
+             '<td class="sig">maps do not depend on the weights</td>' if v['flagged'] else 'ok']
+            for m, v in attr.items()]
+    layers = next(iter(attr.values()))['layers']
+    parts += ['<h3>Sanity check of the attributions (cascading randomisation)</h3>',
+              f'<p>Rank correlation of |map| with the trained model\'s map as layers are '
+              f're-initialised from the top ({e(" → ".join(layers))}).</p>',
+              _table(['method', 'Spearman per level', 'verdict'], rows)]
+
   sanity = result.get('sanity')
   if sanity:
     msg = (f'<div class="warn"><b>Warning:</b> {e(sanity["warning"])}</div>' if sanity['warning']

@@ -7,7 +7,7 @@ import matplotlib
 matplotlib.use('Agg')  # files only, never a window
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from PIL import Image, ImageDraw  # noqa: E402
+from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
 
 def save_grid(path: str, columns: Sequence[np.ndarray], titles: Sequence[str] = (),
@@ -25,8 +25,9 @@ def save_grid(path: str, columns: Sequence[np.ndarray], titles: Sequence[str] = 
   img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
   if titles:
     draw = ImageDraw.Draw(img)
+    font = ImageFont.load_default(size=max(10, 3 * scale))
     for j, t in enumerate(titles):
-      draw.text(((pad + j * (w + pad)) * scale + 2, 2), t, fill=(0, 0, 0))
+      draw.text(((pad + j * (w + pad)) * scale + 2, 2), t, fill=(0, 0, 0), font=font)
   img.save(path)
 
 

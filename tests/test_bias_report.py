@@ -85,7 +85,7 @@ def test_report_page_is_self_contained_with_its_figures(reports):
   result, wd = reports[0.9]
   page = _Collector()
   page.feed(open(os.path.join(wd, 'eval', 'report.html')).read())
-  assert len(page.images) == 3
+  assert len(page.images) == 4
   for src in page.images:
     assert src.startswith('data:image/png;base64,')
     img = Image.open(io.BytesIO(base64.b64decode(src.split(',', 1)[1])))
@@ -93,8 +93,19 @@ def test_report_page_is_self_contained_with_its_figures(reports):
   assert {'Tables 1 and 2', 'Bias report', 'Sanity check: model randomisation'} <= set(
       page.headings)
   saved = json.load(open(os.path.join(wd, 'eval', 'metrics.json')))
-  for key in ('per_bit_change', 'single_bit_change', 'bias_report', 'sanity'):
+  for key in ('per_bit_change', 'single_bit_change', 'bias_report', 'sanity', 'tcav',
+              'attribution_sanity'):
     assert key in saved
   assert len(saved['per_bit_change']) == small.get_config().model.dvae.latent_dim
   assert [r['attribute'] for r in saved['bias_report']] == [
       r['attribute'] for r in sorted(saved['bias_report'], key=lambda r: -abs(r['shift']))]
+
+
+def test_tcav_agrees_with_the_bias_report(reports):
+  # An independent method on the same layer: the planted colour concept is significant
+  # for the class it was correlated with only when the training data correlated them.
+  def colour_class1(result):
+    return next(t for t in result['tcav'] if t['concept'] == 'color' and t['class'] == 1)
+  biased = colour_class1(reports[0.9][0])
+  assert biased['significant'] and biased['score'] > 0.9
+  assert not colour_class1(reports[0.5][0])['significant']

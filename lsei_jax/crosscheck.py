@@ -1,0 +1,64 @@
+"""Cross-checks of the bias report with the baselines users know: TCAV concept scores on the
+same hidden layer, input attributions, and the attribution model-randomisation test."""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lsei_jax import baselines
+
+
+def tcav_entries(key: jax.Array, head: Callable, h: np.ndarray, attributes: np.ndarray,
+                 labels: np.ndarray, names: Sequence[str], cfg) -> list[dict]:
+  """TCAV of every attribute (as a concept) for every class, at the layer h = c1(x).
+
+  Returns [{concept, class, score, p_value, significant}], concepts in `names` order.
+  """
+  result = baselines.tcav(key, head, jnp.asarray(h), jnp.asarray(attributes),
+                          jnp.asarray(labels), num_runs=cfg.num_runs,
+                          num_per_side=cfg.num_per_side, output=cfg.output,
+                          cav_method=cfg.cav_method, alpha=cfg.alpha)
+  table = baselines.tcav_table(result, names)
+  return [{'concept': c, 'class': int(k), **v} for (c, k), v in table.items()]
+
+
+ATTRIBUTIONS = {
+    'gradient': lambda fn, x, t, cfg: baselines.vanilla_gradient(fn, x, t),
+    'gradient_x_input': lambda fn, x, t, cfg: baselines.gradient_x_input(fn, x, t),
+    'integrated_gradients': lambda fn, x, t, cfg: baselines.integrated_gradients(
+        fn, x, t, steps=cfg.ig_steps),
+}
+
+
+def attribution_sanity(model, params, images: np.ndarray, target: np.ndarray,
+                       key: jax.Array, cfg) -> dict:
+  """Cascading randomisation of the classifier (top layer first) for each method of
+  cfg.methods: mean Spearman |map| correlation and SSIM per layer, and a flag for methods
+  whose maps barely change once every layer is random."""
+  out = {}
+  for name in cfg.methods:
+    method = ATTRIBUTIONS[name]
+    fn = jax.jit(lambda p, x, t: method(lambda y: model.apply({'params': p}, y), x, t, cfg))
+    r = baselines.model_randomization(fn, model, params, jnp.asarray(images),
+                                      jnp.asarray(target), key)
+    out[name] = {'layers': list(r['layers']),
+                 'spearman_abs': np.asarray(r['spearman_abs']).mean(1).tolist(),
+                 'ssim': np.asarray(r['ssim']).mean(1).tolist(), 'raw': r}
+  flags = baselines.flag_insensitive({k: v['raw'] for k, v in out.items()},
+                                     threshold=cfg.flag_threshold)
+  for k, v in out.items():
+    v.pop('raw')
+    v['flagged'] = flags[k]
+  return out
+
+
+def ig_heatmaps(model, params, images: np.ndarray, target: np.ndarray, steps: int
+                ) -> np.ndarray:
+  """|integrated gradients| summed over channels, scaled to [0, 1], as RGB [B, H, W, 3]."""
+  maps = baselines.integrated_gradients(lambda y: model.apply({'params': params}, y),
+                                        jnp.asarray(images), jnp.asarray(target), steps=steps)
+  heat = np.asarray(baselines.normalize_abs(maps))
+  return np.stack([heat, heat * 0.35, 1.0 - heat], -1)  # red where attribution is high

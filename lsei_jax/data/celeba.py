@@ -51,9 +51,12 @@ def crop_resize(image: bytes | np.ndarray, image_size: int, crop_size: int = 0,
     side = crop_size or min(full_w, full_h)
   img = img.convert('RGB')
   w, h = img.size
-  scale = w / full_w  # < 1 after a JPEG draft
-  s = side * scale
-  box = ((w - s) / 2, (h - s) / 2, (w + s) / 2, (h + s) / 2)
+  # A JPEG draft scales by exactly 1/2^k but rounds the pixel counts up: take the scale
+  # from the ratio, not from w / full_w (which would shift the crop by the padding).
+  scale = 1.0 / round(full_w / w)
+  s = min(side * scale, w, h)
+  cx, cy = full_w * scale / 2, full_h * scale / 2
+  box = (max(cx - s / 2, 0), max(cy - s / 2, 0), min(cx + s / 2, w), min(cy + s / 2, h))
   return np.asarray(img.resize((image_size, image_size), Image.BILINEAR, box=box))
 
 

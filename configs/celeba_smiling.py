@@ -19,7 +19,7 @@ def get_config(task: str = 'Smiling') -> ml_collections.ConfigDict:
       data_dir='',        # TFDS data dir; '' = $TFDS_DATA_DIR or ~/tensorflow_datasets
       crop_size=0,        # centre square of the aligned 218×178 face; 0 = full width (178)
       max_examples=0,     # > 0: first N records of each split (quick runs)
-      workers=-1,         # grain decode processes; -1 = one per core, 0 = in-process
+      workers=-1,         # grain decode processes; -1 = cores-1 if > 2 cores, 0 = in-process
       jpeg_draft=True,    # let libjpeg decode at half size (2-3× faster, ≥ 64 px anyway)
       cache=True,         # keep decoded arrays as .npy under data_dir/lsei_jax_cache
       bias_split='',      # '' | 'female_majority' | 'male_majority' (train split only)

@@ -4,9 +4,9 @@ The files follow the real layouts (see TFDS `celeb_a`): `list_attr_celeba.txt` a
 `list_landmarks_align_celeba.txt` have a count line, a header line, then `name v1 v2 …`
 rows (±1 attributes); `list_eval_partition.txt` and `identity_CelebA.txt` have no header;
 the zip holds `img_align_celeba/000001.jpg`, … as 218×178 JPEGs. Every image is one flat
-colour inside the centre 178×178 square and a colour 128 levels away (per channel) in the 20-row bands above
-and below it (what a centre crop must remove), and identity i+1 is unique per image, so a
-prepared record can be traced back to its file.
+colour inside the centre 178×178 square, and 128 levels away (per channel) in the 20-row
+bands above and below it (what a centre crop must remove); identity i+1 is unique per
+image, so a prepared record can be traced back to its file.
 """
 from __future__ import annotations
 

@@ -30,12 +30,17 @@ def stage_names(config) -> tuple[str, ...]:
 
 def validate_config(config, mesh) -> None:
   """Clear errors for values no stage can run with (before anything is written)."""
+  if config.data.name not in data_lib.SPLITS:
+    raise ValueError(f'unknown dataset config.data.name={config.data.name!r}; known: '
+                     f'{", ".join(data_lib.SPLITS)}')
   for stage in ('classifier', 'dvae', 'explainer', 'probe'):
     c = config[stage]
     for field in ('steps', 'batch_size', 'learning_rate'):
       if not c[field] > 0:
         raise ValueError(f'config.{stage}.{field} must be positive, got {c[field]}')
     parallel.check_batch(c.batch_size, mesh, f'config.{stage}.batch_size')
+    # Each host reads batch_size / process_count examples (data_lib.batch_indices).
+    data_lib.check_process_batch(c.batch_size, f'config.{stage}.batch_size')
   if not config.model.dvae.latent_dim > 0:
     raise ValueError(f'config.model.dvae.latent_dim must be positive, got '
                      f'{config.model.dvae.latent_dim}')

@@ -1,7 +1,14 @@
 """Datasets behind one interface: batches of
 {'image': float32 [B,H,W,3] in [0,1], 'label': int32 [B], 'attributes': bool [B,A]}
 plus the attribute names. Batch order is a pure function of (seed, step), so a resumed
-run reads exactly the batches an uninterrupted one would have."""
+run reads exactly the batches an uninterrupted one would have.
+
+Sources (config.data.name): 'shapes' (embedded synthetic data), 'celeba' (TFDS celeb_a),
+'numpy' (an .npz or arrays registered in Python), 'folder' (images + attribute CSV).
+Every source loads a whole split into memory on every host; `batch_indices` then gives
+each process (jax.process_index() of jax.process_count()) a disjoint slice of each
+global batch, so hosts never read the same example in one step.
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -10,9 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from lsei_jax.data import shapes
+from lsei_jax.data import bias_splits, byo, shapes
 
-SPLITS = ('train', 'test', 'test_biased')
+SPLITS = {'shapes': ('train', 'test', 'test_biased'),
+          'celeba': ('train', 'validation', 'test'),
+          'numpy': byo.SPLITS, 'folder': byo.SPLITS}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,6 +32,7 @@ class Dataset:
   attributes: np.ndarray
   attribute_names: tuple[str, ...]
   task: str
+  info: dict = dataclasses.field(default_factory=dict, compare=False)  # e.g. bias-split stats
 
   def __len__(self) -> int:
     return int(self.labels.shape[0])
@@ -34,16 +44,62 @@ class Dataset:
 
 
 def load(data_config: Any, split: str) -> Dataset:
-  """Loads `split` ∈ {'train', 'test' (unbiased), 'test_biased'} of the configured data."""
-  if split not in SPLITS:
-    raise ValueError(f'unknown split {split!r}; known: {", ".join(SPLITS)}')
+  """Loads `split` of the configured data.
+
+  Splits: 'train', 'test' (what evaluation uses; unbiased for shapes, the official test
+  partition for CelebA), 'validation' (CelebA, BYO), 'test_biased' (shapes), and the
+  bias-control splits (bias_splits.CELEBA) sampled from train. config.data.bias_split
+  replaces 'train' by one of those.
+  """
   name = data_config.name
+  if name not in SPLITS:
+    raise ValueError(f'unknown dataset {name!r}; known: {", ".join(SPLITS)}')
+  bias = data_config.get('bias_split', '') or ''
+  if split in bias_splits.CELEBA or (split == 'train' and bias):
+    return _bias_split(data_config, split if split != 'train' else bias)
+  if split not in SPLITS[name]:
+    known = SPLITS[name] + tuple(bias_splits.CELEBA)
+    raise ValueError(f'unknown split {split!r} for {name!r} data; known: {", ".join(known)}')
   if name == 'shapes':
     return _shapes(int(data_config.image_size), data_config.task,
                    data_config.get('spurious'), float(data_config.rho),
                    int(data_config.seed), split,
                    int(data_config.num_train if split == 'train' else data_config.num_test))
-  raise ValueError(f"unknown dataset {name!r}; known: 'shapes'")
+  if name == 'celeba':
+    return _celeba(data_config, split)
+  images, labels, attributes, names = (byo.load_arrays if name == 'numpy'
+                                       else byo.load_folder)(data_config, split)
+  return Dataset(images, labels, attributes, names, data_config.task)
+
+
+def _celeba(data_config: Any, split: str) -> Dataset:
+  from lsei_jax.data import celeba  # pylint: disable=g-import-not-at-top  (needs tfds, grain)
+  images, attributes = celeba.read_cached(
+      data_config.get('data_dir', '') or celeba.default_data_dir(), split,
+      int(data_config.image_size), int(data_config.get('crop_size', 0)),
+      int(data_config.get('max_examples', 0)), int(data_config.get('workers', -1)),
+      bool(data_config.get('jpeg_draft', True)), bool(data_config.get('cache', True)))
+  names = celeba.ATTRIBUTES
+  labels = byo.labels_for(data_config.task, names, attributes, None, 'CelebA')
+  return Dataset(images, labels, attributes, names, data_config.task)
+
+
+def _bias_split(data_config: Any, name: str) -> Dataset:
+  """The bias-control split `name` drawn from train; its statistics in `info`."""
+  train = load(_without_bias(data_config), 'train')
+  idx, stats = bias_splits.sample(
+      train.attributes, train.attribute_names, data_config.task, name,
+      float(data_config.get('bias_fraction', 0.7)), int(data_config.get('bias_size', 0)),
+      int(data_config.get('seed', 0)))
+  return Dataset(train.images[idx], train.labels[idx], train.attributes[idx],
+                 train.attribute_names, train.task, info={'bias_split': stats})
+
+
+def _without_bias(data_config: Any) -> Any:
+  c = data_config.copy_and_resolve_references()
+  with c.unlocked():
+    c.bias_split = ''
+  return c
 
 
 @functools.lru_cache(maxsize=8)
@@ -69,6 +125,17 @@ def batch_indices(num_examples: int, global_batch: int, step: int, seed: int,
   batch = perm[pos * global_batch:(pos + 1) * global_batch]
   local = global_batch // process_count
   return batch[process_index * local:(process_index + 1) * local]
+
+
+def check_process_batch(global_batch: int, what: str = 'batch_size',
+                        process_count: int | None = None) -> None:
+  """Each process reads global_batch / process_count examples per step: it must divide."""
+  import jax  # pylint: disable=g-import-not-at-top
+  n = jax.process_count() if process_count is None else process_count
+  if global_batch % n:
+    raise ValueError(f'{what}={global_batch} must divide by the {n} processes (hosts), '
+                     f'each of which reads its own share; use e.g. '
+                     f'{max(n, global_batch // n * n)}')
 
 
 def eval_chunks(num_examples: int, batch_size: int):

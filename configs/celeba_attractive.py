@@ -1,0 +1,6 @@
+"""CelebA, task Attractive (the paper's Table 1/2 task); otherwise configs/celeba_smiling.py."""
+from configs import celeba_smiling
+
+
+def get_config():
+  return celeba_smiling.get_config('Attractive')

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import sys
 import time
@@ -41,7 +42,8 @@ STAGES = ('classifier', 'dvae', 'explainer', 'explainer_noreg', 'fisher', 'dvae_
           'explainer_pipeline')
 
 
-def build(stage: str, batch: int, image: int, samples: int, fisher_batch: int):
+def build(stage: str, batch: int, image: int, samples: int, fisher_batch: int,
+          chunk: int | None = None, group: int | None = None):
   """Returns (step(carry, data) -> carry, carry, data): one jitted step, its state, and
   the frozen arrays it reads. Arrays are arguments, never closed over: XLA would fold a
   frozen forward pass over constant inputs at compile time."""
@@ -98,7 +100,8 @@ def build(stage: str, batch: int, image: int, samples: int, fisher_batch: int):
         logits = gf(hhat)
         reg = 0.0
         if lam:
-          info_g = fisher.fisher_information(gf, hhat, kg, num_samples=samples, loss='bce')
+          info_g = fisher.fisher_information(gf, hhat, kg, num_samples=samples, loss='bce',
+                                             chunk_size=chunk, group_size=group)
           info_c = jax.lax.stop_gradient(fisher.fisher_information(
               head(d), hhat, kc, num_samples=samples, loss='ce'))
           reg = fisher.fisher_regularizer(info_g, info_c)
@@ -114,7 +117,8 @@ def build(stage: str, batch: int, image: int, samples: int, fisher_batch: int):
       info, rng = carry
       rng, k = jax.random.split(rng)
       gf = lambda e: g.apply({'params': d['gp']}, e)
-      return fisher.fisher_information(gf, d['hhat'], k, num_samples=samples, loss='bce'), rng
+      return fisher.fisher_information(gf, d['hhat'], k, num_samples=samples, loss='bce',
+                                       chunk_size=chunk, group_size=group), rng
     return jax.jit(step), (jnp.zeros(256), key), {'gp': gp, 'hhat': hhat}
 
   # What the pipeline runs: the library's per-device steps, on a 1-device mesh.
@@ -129,7 +133,7 @@ def build(stage: str, batch: int, image: int, samples: int, fisher_batch: int):
   if stage == 'explainer_pipeline':
     cfg = ml_collections.ConfigDict(dict(fisher_weight=1.0, fisher_samples=samples,
                                          fisher_batch=fisher_batch, fisher_every=1,
-                                         fisher_chunk=0, similarity='cosine',
+                                         fisher_chunk=0, fisher_group=2, similarity='cosine',
                                          batch_size=batch))
     fn = parallel.data_parallel_step(steps.make_explainer_step(g, cfg), mesh, num_replicated=2)
     hhat = np.asarray(jax.jit(lambda d: reconstruct(d, embed(d)))(data))
@@ -156,11 +160,16 @@ def main():
   ap.add_argument('--image', type=int, default=64)
   ap.add_argument('--samples', type=int, default=8)
   ap.add_argument('--fisher_batch', type=int, default=64)
+  ap.add_argument('--fisher_chunk', type=int, default=0,
+                  help='perturbations per chunk in the Fisher estimator (0: all at once)')
+  ap.add_argument('--fisher_group', type=int, default=2,
+                  help='perturbations per unrolled group in the Fisher estimator (0: all)')
   ap.add_argument('--steps', type=int, default=20)
   ap.add_argument('--warmup', type=int, default=3)
   args = ap.parse_args()
   step, carry, data = build(args.stage, args.batch, args.image, args.samples,
-                            args.fisher_batch)
+                            args.fisher_batch, args.fisher_chunk or None,
+                            args.fisher_group or None)
   t0 = time.perf_counter()
   carry = jax.block_until_ready(step(carry, data))
   compile_s = time.perf_counter() - t0
@@ -181,6 +190,8 @@ def main():
       'images_per_s': round(args.batch / med, 2), 'steps': args.steps, 'warmup': args.warmup,
       'min_step_s': round(min(times), 5), 'max_step_s': round(max(times), 5),
       'compile_s': round(compile_s, 3), 'other_cpu_frac': round(max(other, 0.0), 3),
+      'fisher_chunk': args.fisher_chunk, 'fisher_group': args.fisher_group,
+      'peak_rss_mb': round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
       'jax_version': jax.__version__,
       'device': jax.devices()[0].device_kind}))
 

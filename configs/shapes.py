@@ -36,6 +36,7 @@ def get_config() -> ml_collections.ConfigDict:
       steps=600, batch_size=64, optimizer='adam', learning_rate=2e-3, schedule='constant',
       # Fisher regularizer (Eq. 6): λ, perturbations, rows it is estimated on, how often.
       fisher_weight=0.01, fisher_samples=2, fisher_batch=8, fisher_every=1, fisher_chunk=0,
+      fisher_group=0,
       sigma_scale=1.0, similarity='cosine', info_examples=1024,
       train_noreg=True))  # also train λ = 0 ("without regularizer", Table 2)
 

@@ -157,7 +157,7 @@ def encode_decode(dvae: models.DVAE, params, h: Array) -> tuple[Array, Array]:
 # ----------------------------------------------------------------------------- explainer
 def per_example_fisher(fn: Callable[[Array], Array], e: Array, keys: Array, sigma: Array, *,
                        num_samples: int, loss: str, chunk_size: int | None = None,
-                       per_example: bool = False) -> Array:
+                       group_size: int | None = None, per_example: bool = False) -> Array:
   """Information [d] averaged over the rows of e [b, d] (or [b, d] per row), row i perturbed
   from keys[i].
 
@@ -167,7 +167,7 @@ def per_example_fisher(fn: Callable[[Array], Array], e: Array, keys: Array, sigm
   noise = jax.vmap(lambda k: jax.random.normal(k, (num_samples, e.shape[-1]), e.dtype))(keys)
   return fisher.fisher_information_from_noise(fn, e, jnp.swapaxes(noise, 0, 1), sigma,
                                               loss=loss, chunk_size=chunk_size,
-                                              per_example=per_example)
+                                              group_size=group_size, per_example=per_example)
 
 
 def make_explainer_step(explainer: models.Explainer, cfg) -> Callable:
@@ -190,7 +190,8 @@ def make_explainer_step(explainer: models.Explainer, cfg) -> Callable:
       def reg_term(_):
         info = per_example_fisher(g, hhat[::stride], keys, sigma,
                                   num_samples=cfg.fisher_samples, loss='bce',
-                                  chunk_size=cfg.get('fisher_chunk') or None)
+                                  chunk_size=cfg.get('fisher_chunk') or None,
+                                  group_size=cfg.get('fisher_group') or None)
         info_g = jax.lax.pmean(info, AXIS)
         return fisher.fisher_regularizer(info_g, info_c2, cfg.similarity)
       if weight > 0:

@@ -88,6 +88,22 @@ def test_chunking_gives_the_same_vector():
     chunked = fisher_information(fn, e, jax.random.key(2), num_samples=12, loss='ce',
                                  chunk_size=chunk)
     np.testing.assert_allclose(chunked, full, rtol=1e-5, atol=1e-9)
+    grouped = fisher_information(fn, e, jax.random.key(2), num_samples=12, loss='ce',
+                                 group_size=chunk)
+    np.testing.assert_allclose(grouped, full, rtol=1e-5, atol=1e-9)
+
+
+def test_chunked_estimate_has_the_same_gradient():
+  # chunk_size rematerialises chunks in the backward pass; the gradient must not change.
+  mlp = nn.Sequential([nn.Dense(8), nn.relu, nn.Dense(6)])
+  e = jax.random.normal(jax.random.key(0), (5, 4))
+  params = mlp.init(jax.random.key(1), e)
+  total = lambda p, **kw: jnp.sum(fisher_information(
+      lambda x: mlp.apply(p, x), e, jax.random.key(2), num_samples=6, loss='bce', **kw))
+  g_full = jax.grad(total)(params)
+  for kw in ({'chunk_size': 4}, {'group_size': 4}):
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7),
+                 jax.grad(lambda p: total(p, **kw))(params), g_full)
 
 
 class FisherVariantsTest(chex.TestCase):

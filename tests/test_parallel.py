@@ -67,3 +67,17 @@ def test_map_in_batches_pads_and_trims():
   fn = parallel.data_parallel_apply(lambda p, b: b['x'] * p, mesh)
   x = np.arange(10, dtype=np.float32)
   np.testing.assert_array_equal(parallel.map_in_batches(fn, 2.0, {'x': x}, 8, mesh), 2 * x)
+
+
+def test_train_step_compiles_once():
+  # A loop that retraced (e.g. a Python scalar changing type) would recompile each step.
+  mesh = parallel.make_mesh(4)
+  c = _config()
+  mods = pipeline.Models(*steps.build_models(c))
+  state = pipeline.template_state(c, mods, 'dvae', mesh, jax.random.key(0))
+  step = parallel.data_parallel_step(steps.make_dvae_step(mods.dvae, c.dvae), mesh)
+  rng = np.random.default_rng(0)
+  for i in range(4):
+    batch = parallel.shard_batch({'h': rng.normal(size=(32, 16)).astype(np.float32)}, mesh)
+    state, _ = step(state, batch, jax.random.key(i))
+  assert step._cache_size() == 1

@@ -1,6 +1,7 @@
 """The one training loop shared by every stage: resumable, checkpointed, guarded against NaN."""
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import os
 from typing import Any, Callable, Sequence
@@ -102,11 +103,18 @@ def run_stage(stage: Stage, workdir: str, mesh, *, save_every: int, max_to_keep:
 
     writer = MetricWriter(ckpt.directory)
     meta = None
+    # The next host batch is assembled on a thread while the device runs this step;
+    # batch_fn is a pure function of the step index, so this cannot change results.
+    prefetch = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix='prefetch')
     try:
       bar = tqdm(range(start, stage.num_steps), desc=stage.name, initial=start,
                  total=stage.num_steps, disable=jax.process_index() != 0)
+      pending = prefetch.submit(stage.batch_fn, start)
       for step in bar:
-        batch = parallel.shard_batch(stage.batch_fn(step), mesh)
+        local = pending.result()
+        if step + 1 < stage.num_steps:
+          pending = prefetch.submit(stage.batch_fn, step + 1)
+        batch = parallel.shard_batch(local, mesh)
         state, metrics = stage.step(state, batch, jax.random.fold_in(stage.rng, step),
                                     *stage.extra)
         done = step + 1
@@ -131,6 +139,7 @@ def run_stage(stage: Stage, workdir: str, mesh, *, save_every: int, max_to_keep:
           for hook in hooks:
             hook(stage.name, done, state)
     finally:
+      prefetch.shutdown(wait=True, cancel_futures=True)
       writer.close()
     if meta is None:  # num_steps == start: nothing to do, but never left incomplete
       raise checkpoints.CheckpointError(f'{stage.name}: no steps to run')

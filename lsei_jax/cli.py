@@ -15,6 +15,14 @@ from lsei_jax.trainer import NonFiniteError
 flags.DEFINE_bool('verbose', False, 'Show full tracebacks and library (Orbax) logs.')
 flags.DEFINE_string('compilation_cache', os.path.expanduser('~/.cache/lsei_jax/xla'),
                     'Persistent XLA compilation cache directory ("" disables).')
+flags.DEFINE_string('coordinator_address', None,
+                    'Multi-process runs: host:port of process 0 (jax.distributed). Unset on '
+                    'Cloud TPU pods and SLURM, where JAX finds its peers itself with '
+                    '--distributed.')
+flags.DEFINE_integer('num_processes', None, 'Multi-process runs: number of processes.')
+flags.DEFINE_integer('process_id', None, 'Multi-process runs: this process\'s index.')
+flags.DEFINE_bool('distributed', False, 'Call jax.distributed.initialize() (implied by '
+                  '--coordinator_address).')
 FLAGS = flags.FLAGS
 
 # Errors that are the user's to fix: one line, no traceback.
@@ -31,6 +39,15 @@ def setup() -> None:
   if not FLAGS.verbose:
     logging.get_absl_handler().addFilter(_QuietLibraries())
   logging.set_verbosity(logging.INFO)
+  if FLAGS.distributed or FLAGS.coordinator_address:
+    kwargs = {}
+    if FLAGS.coordinator_address:
+      kwargs = dict(coordinator_address=FLAGS.coordinator_address,
+                    num_processes=FLAGS.num_processes, process_id=FLAGS.process_id,
+                    initialization_timeout=120)
+    jax.distributed.initialize(**kwargs)
+    logging.info('process %d of %d, %d local / %d global devices', jax.process_index(),
+                 jax.process_count(), jax.local_device_count(), jax.device_count())
   cache = os.environ.get('LSEI_JAX_COMPILATION_CACHE', FLAGS.compilation_cache)
   if cache:
     jax.config.update('jax_compilation_cache_dir', cache)
@@ -47,3 +64,6 @@ def run_main(main: Callable[[], None]) -> None:
       raise
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)
+  finally:
+    if jax.process_count() > 1:
+      jax.distributed.shutdown()

@@ -78,6 +78,18 @@ class StageCheckpoints:
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
     self.manager.wait_until_finished()
 
+  def set_aside(self, step: int) -> str:
+    """Renames an unreadable step directory to <step>.unreadable-<n> (kept, never deleted),
+    so that training can go on from an older step and save this step again."""
+    src = os.path.join(self.directory, str(step))
+    n = 0
+    while os.path.exists(dst := f'{src}.unreadable-{n}'):
+      n += 1
+    if jax.process_index() == 0:
+      os.rename(src, dst)
+    self.manager.reload()
+    return dst
+
   def close(self) -> None:
     self.manager.close()
 

@@ -35,6 +35,23 @@ class _QuietLibraries(py_logging.Filter):
     return 'orbax' not in record.pathname or record.levelno >= py_logging.ERROR
 
 
+def parse_flags(argv):
+  """absl's parser, with mistyped --config.* overrides as one-line errors (no traceback)."""
+  try:
+    return FLAGS(argv)
+  except (KeyError, AttributeError, TypeError, ValueError, flags.Error) as e:
+    if '--verbose' in argv:
+      raise
+    msg = str(e.args[0] if e.args else e)
+    # ml_collections reports an unknown field as a repr'd KeyError inside the flag error.
+    msg = msg.replace('\\n', ' ').replace("\\'", "'").strip('\'" ')
+    msg = ' '.join(msg.split())  # one line
+    if 'Did you mean' in msg or isinstance(e, KeyError):
+      msg = 'unknown config field ' + msg.replace("'", '')
+    print(f'error: {msg}', file=sys.stderr)
+    sys.exit(1)
+
+
 def setup() -> None:
   if not FLAGS.verbose:
     logging.get_absl_handler().addFilter(_QuietLibraries())

@@ -52,6 +52,18 @@ def validate_config(config, mesh) -> None:
     raise ValueError('config.explainer.fisher_batch must not exceed config.explainer.batch_size')
 
 
+def check_workdir(workdir: str) -> None:
+  """A workdir must be (or become) a writable directory; says which it is not."""
+  path = os.path.abspath(workdir)
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise NotADirectoryError(f'--workdir={workdir} is a file, not a directory')
+  parent = path
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if not os.access(parent, os.W_OK):
+    raise PermissionError(f'--workdir={workdir}: {parent} is not writable')
+
+
 @dataclasses.dataclass
 class Models:
   classifier: models.Classifier
@@ -179,6 +191,7 @@ def train(config, workdir: str, stages: Sequence[str] | None = None, *, mesh=Non
   """
   mesh = parallel.make_mesh() if mesh is None else mesh
   validate_config(config, mesh)
+  check_workdir(workdir)
   wanted = stage_names(config) if not stages else tuple(stages)
   unknown = [s for s in wanted if s not in STAGES + ('sanity',)]
   if unknown:

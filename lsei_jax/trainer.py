@@ -60,7 +60,9 @@ def _restore_latest(ckpt: checkpoints.StageCheckpoints, template: Any,
     except Exception as e:  # pylint: disable=broad-except
       logging.warning('%s: checkpoint at step %d is unreadable (%s); trying an older one',
                       ckpt.stage, step, e)
-      errors.append(f'step {step}: {type(e).__name__}: {e}')
+      errors.append(f'step {step}: {type(e).__name__}: {str(e)[:200]}')
+      if not ckpt.manager._options.read_only:  # pylint: disable=protected-access
+        ckpt.set_aside(step)
       continue
     return state, meta
   if errors:

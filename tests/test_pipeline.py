@@ -124,3 +124,48 @@ def test_seed_aggregation(trained_workdir, workdir_copy, tiny_config):
   saved = json.load(open(os.path.join(workdir_copy, 'eval', 'seeds.json')))
   assert saved['figures']['accuracy']['n'] == 2
   assert 'Across 2 seeds' in open(os.path.join(workdir_copy, 'eval', 'report.html')).read()
+
+
+def _truncate_arrays(step_dir):
+  for root, _, files in os.walk(os.path.join(step_dir, 'state')):
+    for f in files:
+      path = os.path.join(root, f)
+      if os.path.getsize(path) > 64 and not f.endswith('.json'):
+        with open(path, 'r+b') as fh:
+          fh.truncate(16)
+
+
+def test_truncated_checkpoint_falls_back_to_an_older_step(workdir_copy, trained_workdir,
+                                                          tiny_config):
+  last = tiny_config.classifier.steps
+  bad = os.path.join(workdir_copy, 'classifier', str(last))
+  _truncate_arrays(bad)
+  # Evaluation cannot use the older, unfinished step: it says so instead of crashing.
+  with pytest.raises(checkpoints.CheckpointError, match='stopped at step 8 of 12'):
+    evaluation.evaluate(tiny_config, workdir_copy)
+  # Training resumes from the older intact step, keeps the bad one aside, and recomputes
+  # exactly the same final parameters.
+  metas = pipeline.train(tiny_config, workdir_copy, ['classifier'])
+  assert metas['classifier']['fingerprint'] == trained_workdir[1]['classifier']['fingerprint']
+  assert os.path.isdir(bad + '.unreadable-0')
+
+
+def test_no_readable_checkpoint_is_a_clear_error(workdir_copy, tiny_config):
+  for step in checkpoints.StageCheckpoints(workdir_copy, 'classifier').all_steps():
+    _truncate_arrays(os.path.join(workdir_copy, 'classifier', str(step)))
+  with pytest.raises(checkpoints.CheckpointError, match='no readable classifier checkpoint'):
+    evaluation.evaluate(tiny_config, workdir_copy)
+
+
+def test_read_only_workdir_is_a_clear_error(tmp_path, tiny_config):
+  from lsei_jax import cli  # noqa: F401  (USER_ERRORS)
+  ro = tmp_path / 'ro'
+  ro.mkdir()
+  os.chmod(ro, 0o500)
+  try:
+    if os.access(ro, os.W_OK):
+      pytest.skip('running as a user that can write anywhere (root)')
+    with pytest.raises(OSError):
+      pipeline.train(tiny_config, str(ro), ['classifier'])
+  finally:
+    os.chmod(ro, 0o700)

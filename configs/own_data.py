@@ -1,0 +1,16 @@
+"""Your own data: an image folder + attributes CSV (or an .npz with name='numpy').
+
+  python train.py --config=configs/own_data.py --config.data.path=/data/faces \\
+      --config.data.task=Smiling --config.data.image_size=64 --workdir=runs/faces
+
+Everything else is configs/shapes.py (architecture and training sizes); scale steps and
+model sizes to the data.
+"""
+from configs import shapes
+
+
+def get_config():
+  c = shapes.get_config()
+  c.data = dict(name='folder', path='', csv='', image_size=64, task='', resize=False,
+                test_fraction=0.2, validation_fraction=0.0, seed=0, workers=0)
+  return c

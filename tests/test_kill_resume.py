@@ -20,9 +20,11 @@ def _train(workdir, **kw):
                           **kw)
 
 
-def _metas(workdir):
+def _metas(workdir, stages=('classifier', 'dvae')):
   out = {}
-  for stage in ('classifier', 'dvae'):
+  for stage in stages:
+    if not os.path.isdir(os.path.join(workdir, stage)):
+      continue
     ckpt = checkpoints.StageCheckpoints(workdir, stage, read_only=True)
     out[stage] = ckpt.read_meta(ckpt.latest_step())
     ckpt.close()
@@ -64,3 +66,42 @@ def test_sigkill_mid_stage_then_rerun_matches_uninterrupted(tmp_path):
   for stage in ('classifier', 'dvae'):
     assert got[stage]['complete']
     assert got[stage]['fingerprint'] == want[stage]['fingerprint'], stage
+
+
+CHILD = '''
+import os, runpy, sys
+import orbax.checkpoint._src.path.atomicity as atomicity
+original = atomicity.AtomicRenameTemporaryPath.finalize
+async def finalize(self, *args, **kwargs):
+  # Die in the middle of saving classifier step 8: files written, rename not done.
+  if str(self._final_path).rstrip('/').endswith(os.path.join('classifier', '8')):
+    os._exit(137)
+  return await original(self, *args, **kwargs)
+atomicity.AtomicRenameTemporaryPath.finalize = finalize
+sys.argv = ['train.py'] + sys.argv[1:]
+runpy.run_path('train.py', run_name='__main__')
+'''
+
+
+def test_killed_during_a_save_never_restores_the_partial_checkpoint(tmp_path):
+  args = ['--config=configs/tiny.py', '--stages=classifier',
+          '--config.classifier.steps=12', '--config.checkpoint.every_steps=4']
+  reference = str(tmp_path / 'reference')
+  r = subprocess.run([sys.executable, 'train.py', f'--workdir={reference}', *args], cwd=ROOT,
+                     capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-3000:]
+  workdir = str(tmp_path / 'killed')
+  r = subprocess.run([sys.executable, '-c', CHILD, f'--workdir={workdir}', *args], cwd=ROOT,
+                     capture_output=True, text=True, timeout=300)
+  assert r.returncode == 137, r.stderr[-3000:]
+  leftovers = [d for d in os.listdir(os.path.join(workdir, 'classifier')) if d.startswith('8')]
+  assert leftovers and '8' not in leftovers  # only the unfinished temporary directory
+  ckpt = checkpoints.StageCheckpoints(workdir, 'classifier', read_only=True)
+  assert ckpt.latest_step() == 4
+  ckpt.close()
+  r = subprocess.run([sys.executable, 'train.py', f'--workdir={workdir}', *args], cwd=ROOT,
+                     capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert 'classifier: resuming from step 4' in r.stderr
+  assert _metas(workdir)['classifier']['fingerprint'] == \
+      _metas(reference)['classifier']['fingerprint']

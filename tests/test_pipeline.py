@@ -39,24 +39,27 @@ def test_rerun_skips_complete_stages(workdir_copy, trained_workdir, tiny_config)
   assert sorted(os.listdir(os.path.join(workdir_copy, 'classifier'))) == before
 
 
-@pytest.mark.parametrize('stop_in', ['classifier', 'dvae'])
+@pytest.mark.parametrize('stop_in,at', [('classifier', 'first'), ('dvae', 'first'),
+                                        ('classifier', 'last')])  # last: between stages
 def test_resume_after_interrupt_gives_identical_parameters(tmp_path, trained_workdir,
-                                                           tiny_config, stop_in):
+                                                           tiny_config, stop_in, at):
   workdir = str(tmp_path / 'wd')
+  stop_step = (tiny_config.checkpoint.every_steps if at == 'first'
+               else tiny_config[stop_in].steps)
 
   def interrupt(stage, step, state):
-    if stage == stop_in and step == tiny_config.checkpoint.every_steps:
+    if stage == stop_in and step == stop_step:
       raise Interrupt
 
   with pytest.raises(Interrupt):
     pipeline.train(tiny_config, workdir, hooks=[interrupt])
   ckpt = checkpoints.StageCheckpoints(workdir, stop_in)
-  assert ckpt.latest_step() == tiny_config.checkpoint.every_steps
-  assert not ckpt.read_meta(ckpt.latest_step())['complete']
+  assert ckpt.latest_step() == stop_step
+  assert ckpt.read_meta(ckpt.latest_step())['complete'] == (at == 'last')
   ckpt.close()
   seen = []
   metas = pipeline.train(tiny_config, workdir, hooks=[lambda s, step, _: seen.append((s, step))])
-  assert (stop_in, tiny_config.checkpoint.every_steps) not in seen  # resumed, not restarted
+  assert (stop_in, stop_step) not in seen  # resumed, not restarted
   assert _fingerprints(metas) == _fingerprints(trained_workdir[1])
 
 
@@ -169,3 +172,10 @@ def test_read_only_workdir_is_a_clear_error(tmp_path, tiny_config):
       pipeline.train(tiny_config, str(ro), ['classifier'])
   finally:
     os.chmod(ro, 0o700)
+
+
+def test_evaluation_is_deterministic(trained_workdir, tiny_config, workdir_copy):
+  # Same checkpoints, config and seed → the same metrics.json, to the bit.
+  a = evaluation.evaluate(tiny_config, trained_workdir[0])
+  b = evaluation.evaluate(tiny_config, workdir_copy)
+  assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)

@@ -43,6 +43,7 @@ class StageCheckpoints:
   def __init__(self, workdir: str, stage: str, *, max_to_keep: int = 2,
                read_only: bool = False):
     self.stage = stage
+    self.read_only = read_only
     self.directory = os.path.join(os.path.abspath(workdir), stage)
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only,
                                            read_only=read_only,

@@ -70,11 +70,10 @@ def load_stages(config, workdir: str, mods: Models, mesh, names) -> dict[str, tu
 
 
 def _explain(config, mods, mesh, stages, test, mask, desc) -> dict:
-  """Model outputs and probe probabilities for one (classifier, DVAE, explainer) triple."""
+  """Per-example outputs of `_outputs_fn` on the test images for one (classifier, DVAE)."""
   clf_p, dvae_p = stages['classifier'][0].params, stages['dvae'][0].params
-  out = parallel.map_in_batches(_outputs_fn(mods, mesh), (clf_p, dvae_p, mask),
-                                {'image': test.images}, config.eval.batch_size, mesh, desc)
-  return out
+  return parallel.map_in_batches(_outputs_fn(mods, mesh), (clf_p, dvae_p, mask),
+                                 {'image': test.images}, config.eval.batch_size, mesh, desc)
 
 
 def _probe(config, mods, mesh, g_params, probe_params, test, before, after, desc) -> dict:
@@ -114,7 +113,7 @@ def evaluate(config, workdir: str, *, mesh=None) -> dict:
   n = min(ec.fisher_examples, len(test))
   hhat = out['hhat'][:n]
   sigma = parallel.replicate(
-      jnp.asarray(config.explainer.sigma_scale * hhat.std(0, ddof=1), jnp.float32), mesh)
+      fisher.batch_sigma(jnp.asarray(hhat), config.explainer.sigma_scale), mesh)
   key = jax.random.key(config.seed + 101)
   info_c2 = mean_information(head_apply(mods), 'ce', clf_p, hhat, sigma, key,
                              ec.fisher_samples, ec.batch_size, mesh, 'I(c2)')

@@ -15,7 +15,7 @@ import numpy as np
 from absl import logging
 
 from lsei_jax import data as data_lib
-from lsei_jax import checkpoints, models, parallel, steps
+from lsei_jax import checkpoints, fisher, models, parallel, steps
 from lsei_jax.trainer import Stage, load_complete, run_stage, save_untrained
 
 STAGES = ('classifier', 'dvae', 'explainer', 'explainer_noreg', 'probe')
@@ -269,8 +269,7 @@ def train(config, workdir: str, stages: Sequence[str] | None = None, *, mesh=Non
   explainers = [n for n in ('explainer', 'explainer_noreg') if n in wanted]
   if explainers:
     cfg = config.explainer
-    sigma = parallel.replicate(
-        jnp.asarray(cfg.sigma_scale * hhat.std(0, ddof=1), jnp.float32), mesh)
+    sigma = parallel.replicate(fisher.batch_sigma(jnp.asarray(hhat), cfg.sigma_scale), mesh)
     n_info = min(cfg.info_examples, len(hhat))
     info_c2 = mean_information(head_apply(mods), 'ce', clf_state.params, hhat[:n_info],
                                sigma, jax.random.key(config.seed + 17), cfg.fisher_samples,

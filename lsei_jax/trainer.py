@@ -61,7 +61,7 @@ def _restore_latest(ckpt: checkpoints.StageCheckpoints, template: Any,
       logging.warning('%s: checkpoint at step %d is unreadable (%s); trying an older one',
                       ckpt.stage, step, e)
       errors.append(f'step {step}: {type(e).__name__}: {str(e)[:200]}')
-      if not ckpt.manager._options.read_only:  # pylint: disable=protected-access
+      if not ckpt.read_only:
         ckpt.set_aside(step)
       continue
     return state, meta

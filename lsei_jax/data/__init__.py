@@ -136,9 +136,3 @@ def check_process_batch(global_batch: int, what: str = 'batch_size',
     raise ValueError(f'{what}={global_batch} must divide by the {n} processes (hosts), '
                      f'each of which reads its own share; use e.g. '
                      f'{max(n, global_batch // n * n)}')
-
-
-def eval_chunks(num_examples: int, batch_size: int):
-  """Consecutive index ranges covering all examples (the last one may be short)."""
-  for start in range(0, num_examples, batch_size):
-    yield np.arange(start, min(start + batch_size, num_examples))

@@ -60,6 +60,7 @@ def build(stage: str, batch: int, image: int, samples: int, fisher_batch: int,
   embed = lambda d: clf.apply({'params': d['cp']}, d['x'], method='embed')
   head = lambda d: (lambda e: clf.apply({'params': d['cp']}, e, method='head'))
   reconstruct = lambda d, h: steps.encode_decode(dvae, d['dp'], h)[1]
+  conv = parallel.convnet_compiler_options()
 
   if stage == 'classifier':
     def step(carry, d):
@@ -71,7 +72,7 @@ def build(stage: str, batch: int, image: int, samples: int, fisher_batch: int,
       grads = jax.grad(loss_fn)(params)
       updates, opt = tx.update(grads, opt, params)
       return optax.apply_updates(params, updates), opt, rng
-    return jax.jit(step, donate_argnums=0), (cp, tx.init(cp), key), data
+    return jax.jit(step, donate_argnums=0, compiler_options=conv), (cp, tx.init(cp), key), data
 
   if stage == 'dvae':
     def step(carry, d):
@@ -87,14 +88,16 @@ def build(stage: str, batch: int, image: int, samples: int, fisher_batch: int,
       grads = jax.grad(loss_fn)(params)
       updates, opt = tx.update(grads, opt, params)
       return optax.apply_updates(params, updates), opt, rng
-    return jax.jit(step, donate_argnums=0), (dp, tx.init(dp), key), data
+    return jax.jit(step, donate_argnums=0, compiler_options=conv), (dp, tx.init(dp), key), data
 
   if stage in ('explainer', 'explainer_noreg'):
     lam = 1.0 if stage == 'explainer' else 0.0
-    def step(carry, d):
+    # The frozen c1 + DVAE forward is its own jit, compiled for convolutions like the
+    # pipeline's precompute; the same work per step as the reference.
+    frozen = jax.jit(lambda d: reconstruct(d, embed(d)), compiler_options=conv)
+    def step(carry, d, hhat):
       params, opt, rng = carry
       rng, kg, kc = jax.random.split(rng, 3)
-      hhat = jax.lax.stop_gradient(reconstruct(d, embed(d)))
       def loss_fn(p):
         gf = lambda e: g.apply({'params': p}, e)
         logits = gf(hhat)
@@ -109,7 +112,8 @@ def build(stage: str, batch: int, image: int, samples: int, fisher_batch: int,
       grads = jax.grad(loss_fn)(params)
       updates, opt = tx.update(grads, opt, params)
       return optax.apply_updates(params, updates), opt, rng
-    return jax.jit(step, donate_argnums=0), (gp, tx.init(gp), key), data
+    step = jax.jit(step, donate_argnums=0)
+    return (lambda carry, d: step(carry, d, frozen(d))), (gp, tx.init(gp), key), data
 
   if stage == 'fisher':
     hhat = jax.jit(lambda d: reconstruct(d, embed(d)))(data)

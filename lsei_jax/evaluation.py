@@ -39,7 +39,7 @@ def _outputs_fn(mods: Models, mesh):
             'h': h, 'hhat': hhat, 'hhat_flip': hhat_flip,
             'hhat_masked': decode(interventions.intervene(z, mask)),
             'decisive': interventions.decisive_bits(z, decode, head)}
-  return parallel.data_parallel_apply(f, mesh)
+  return parallel.data_parallel_apply(f, mesh, parallel.convnet_compiler_options())
 
 
 def _probe_fn(mods: Models, mesh):
@@ -52,7 +52,7 @@ def _probe_fn(mods: Models, mesh):
     real = batch['image'].astype(jnp.float32) / 255.0
     return {'before': probe(g(batch['before'])), 'after': probe(g(batch['after'])),
             'real': probe(real)}
-  return parallel.data_parallel_apply(f, mesh)
+  return parallel.data_parallel_apply(f, mesh, parallel.convnet_compiler_options())
 
 
 def load_stages(config, workdir: str, mods: Models, mesh, names) -> dict[str, tuple]:

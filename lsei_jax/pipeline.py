@@ -129,7 +129,7 @@ def embed_fn(mods: Models, mesh) -> Callable:
   def f(params, batch):
     x = batch['image'].astype(jnp.float32) / 255.0
     return mods.classifier.apply({'params': params}, x, method='embed')
-  return parallel.data_parallel_apply(f, mesh)
+  return parallel.data_parallel_apply(f, mesh, parallel.convnet_compiler_options())
 
 
 def reconstruct_fn(mods: Models, mesh) -> Callable:
@@ -234,7 +234,8 @@ def train(config, workdir: str, stages: Sequence[str] | None = None, *, mesh=Non
     init_key, step_key = stage_rngs(config, 'classifier')
     clf_state, metas['classifier'] = run(Stage(
         'classifier', cfg.steps, template_state(config, mods, 'classifier', mesh, init_key),
-        parallel.data_parallel_step(steps.classifier_step, mesh),
+        parallel.data_parallel_step(steps.classifier_step, mesh,
+                                    compiler_options=parallel.convnet_compiler_options()),
         batches(lambda i: {'image': images(i), 'label': ds.labels[i]}, len(ds),
                 cfg.batch_size, 0),
         step_key, signature=signature(config, 'classifier')))
@@ -303,7 +304,8 @@ def train(config, workdir: str, stages: Sequence[str] | None = None, *, mesh=Non
   init_key, step_key = stage_rngs(config, 'probe')
   _, metas['probe'] = run(Stage(
       'probe', cfg.steps, template_state(config, mods, 'probe', mesh, init_key),
-      parallel.data_parallel_step(steps.probe_step, mesh),
+      parallel.data_parallel_step(steps.probe_step, mesh,
+                                  compiler_options=parallel.convnet_compiler_options()),
       batches(lambda i: {'image': probe_images[i].astype(np.float32) / 255.0,
                          'attributes': probe_attrs[i]}, len(probe_images), cfg.batch_size, 3),
       step_key, upstream=dict(link, explainer=checkpoints.identity(metas['explainer'])),

@@ -112,7 +112,7 @@ def build(stage: str, batch: int, image: int, samples: int, fisher_batch: int,
       grads = jax.grad(loss_fn)(params)
       updates, opt = tx.update(grads, opt, params)
       return optax.apply_updates(params, updates), opt, rng
-    step = jax.jit(step, donate_argnums=0)
+    step = jax.jit(step, donate_argnums=0, compiler_options=conv)
     return (lambda carry, d: step(carry, d, frozen(d))), (gp, tx.init(gp), key), data
 
   if stage == 'fisher':
@@ -139,7 +139,8 @@ def build(stage: str, batch: int, image: int, samples: int, fisher_batch: int,
                                          fisher_batch=fisher_batch, fisher_every=1,
                                          fisher_chunk=0, fisher_group=2, similarity='cosine',
                                          batch_size=batch))
-    fn = parallel.data_parallel_step(steps.make_explainer_step(g, cfg), mesh, num_replicated=2)
+    fn = parallel.data_parallel_step(steps.make_explainer_step(g, cfg), mesh, num_replicated=2,
+                                     compiler_options=conv)
     hhat = np.asarray(jax.jit(lambda d: reconstruct(d, embed(d)))(data))
     b = parallel.shard_batch({'image': np.asarray(x), 'hhat': hhat}, mesh)
     extra = parallel.replicate((jnp.ones(256), jnp.asarray(hhat.std(0))), mesh)

@@ -46,10 +46,11 @@ def shard_batch(local_batch: Any, mesh: jax.sharding.Mesh) -> Any:
                       local_batch)
 
 
-# XLA:CPU hands convolutions to YNNPACK by default (jaxlib 0.10). For the classifier's 3×3
-# conv stack Eigen's convolutions are faster on the 2-core CPU (benchmarks, batch 64, 64×64:
-# classifier training step 301 → 396 images/s, c1 forward about ×2), while for the
-# explainer's phase convolutions YNNPACK is (Fisher information 211 → 174 without it).
+# XLA:CPU hands convolutions to YNNPACK by default (jaxlib 0.10). For this project's training
+# steps Eigen's convolutions are faster on the 2-core CPU (benchmarks, batch 64, 64×64:
+# classifier step 301 → 396 images/s, c1 forward about ×2, explainer step with the Fisher
+# regularizer 33 → 40), while first-order Fisher estimates of g alone are faster with
+# YNNPACK (211 vs 174 images/s), so the choice is per jit rather than a global XLA_FLAGS.
 _EIGEN_CONVS = {'xla_cpu_experimental_ynn_fusion_type': ''}
 
 
@@ -65,8 +66,8 @@ def _eigen_convs_available() -> bool:
 
 
 def convnet_compiler_options() -> dict[str, Any]:
-  """XLA options for jitting functions dominated by image convolutions (c1, classifier
-  training, probes): `data_parallel_step(…, compiler_options=convnet_compiler_options())`.
+  """XLA options for jitting conv-net training steps and c1 forward passes (classifier,
+  explainer, probes): `data_parallel_step(…, compiler_options=convnet_compiler_options())`.
 
   Empty off CPU and where this jaxlib does not know the option (checked once, by compiling
   a one-op function with it). Speed only: the maths does not depend on it.
@@ -88,6 +89,20 @@ def data_parallel_step(step_fn: Callable, mesh: jax.sharding.Mesh, num_replicate
                          check_vma=False)
   return jax.jit(mapped, donate_argnums=(0,) if donate_state else (),
                  compiler_options=compiler_options or None)
+
+
+def every_nth(every: int, on_step: Callable, off_step: Callable) -> Callable:
+  """A step that runs on_step when state.step % every == 0 and off_step otherwise.
+
+  Chosen on the host (one scalar read per step) rather than with lax.cond: XLA:CPU runs
+  the convolutions inside a conditional's branches far slower than at top level.
+  """
+  if every <= 1:
+    return on_step
+
+  def step(state, *args):
+    return (on_step if int(state.step) % every == 0 else off_step)(state, *args)
+  return step
 
 
 def data_parallel_apply(fn: Callable, mesh: jax.sharding.Mesh,

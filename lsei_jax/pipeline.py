@@ -123,6 +123,18 @@ def template_state(config, mods: Models, stage: str, mesh, rng: jax.Array | None
   return parallel.replicate(state, mesh)
 
 
+def explainer_step(explainer, cfg, mesh) -> Callable:
+  """The jitted explainer step; with fisher_every = k > 1, the regularized step on every
+  k-th state.step and the plain one between (two compilations, no lax.cond)."""
+  make = lambda reg: parallel.data_parallel_step(
+      steps.make_explainer_step(explainer, cfg, regularize=reg), mesh, num_replicated=2,
+      compiler_options=parallel.convnet_compiler_options())
+  every = max(int(cfg.get('fisher_every', 1)), 1)
+  if every == 1 or float(cfg.fisher_weight) == 0:
+    return make(True)
+  return parallel.every_nth(every, make(True), make(False))
+
+
 # ----------------------------------------------------------------------- frozen functions
 def embed_fn(mods: Models, mesh) -> Callable:
   """(classifier params, {'image': uint8 [b,H,W,3]}) → h [b, d]."""
@@ -284,8 +296,7 @@ def train(config, workdir: str, stages: Sequence[str] | None = None, *, mesh=Non
     init_key, step_key = stage_rngs(config, name)
     state, metas[name] = run(Stage(
         name, cfg.steps, template_state(config, mods, name, mesh, init_key),
-        parallel.data_parallel_step(steps.make_explainer_step(mods.explainer, scfg), mesh,
-                                    num_replicated=2),
+        explainer_step(mods.explainer, scfg, mesh),
         batches(lambda i: {'image': images(i), 'hhat': hhat[i]}, len(ds), cfg.batch_size, 2),
         step_key, extra=(info_c2, sigma), upstream=link, signature=signature(config, name)))
     g_state = state if name == 'explainer' else g_state

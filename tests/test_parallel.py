@@ -81,3 +81,38 @@ def test_train_step_compiles_once():
     batch = parallel.shard_batch({'h': rng.normal(size=(32, 16)).astype(np.float32)}, mesh)
     state, _ = step(state, batch, jax.random.key(i))
   assert step._cache_size() == 1
+
+
+def test_fisher_every_alternates_regularized_and_plain_steps():
+  """fisher_every=k: the regularizer term is non-zero exactly on steps 0, k, 2k, …"""
+  mesh = parallel.make_mesh(1)
+  c = _config()
+  c.explainer.fisher_every = 3
+  mods = pipeline.Models(*steps.build_models(c))
+  state = pipeline.template_state(c, mods, 'explainer', mesh, jax.random.key(0))
+  step = pipeline.explainer_step(mods.explainer, c.explainer, mesh)
+  d, s = c.model.classifier.hidden_dim, c.data.image_size
+  extra = parallel.replicate((jnp.linspace(0.1, 1.0, d), jnp.full((d,), 0.5)), mesh)
+  rng = np.random.default_rng(0)
+  regs = []
+  for i in range(7):
+    batch = {'image': rng.random((16, s, s, 3), np.float32),
+             'hhat': rng.normal(size=(16, d)).astype(np.float32)}
+    state, metrics = step(state, parallel.shard_batch(batch, mesh), jax.random.key(i), *extra)
+    regs.append(float(jax.device_get(metrics)['reg']))
+  assert [r != 0.0 for r in regs] == [True, False, False, True, False, False, True]
+  assert int(state.step) == 7
+
+
+def test_convnet_compiler_options_change_speed_not_results():
+  opts = parallel.convnet_compiler_options()
+  if jax.default_backend() == 'cpu':
+    assert opts == {'xla_cpu_experimental_ynn_fusion_type': ''}
+  c = _config()
+  mods = pipeline.Models(*steps.build_models(c))
+  s = c.data.image_size
+  x = jax.random.uniform(jax.random.key(1), (4, s, s, 3))
+  params = mods.classifier.init(jax.random.key(0), x)
+  embed = lambda p, x: mods.classifier.apply(p, x, method='embed')
+  np.testing.assert_allclose(jax.jit(embed, compiler_options=opts)(params, x),
+                             jax.jit(embed)(params, x), rtol=1e-5, atol=1e-6)

@@ -98,12 +98,15 @@ def _ranks(x: np.ndarray) -> np.ndarray:
 
 
 def sanity_summary(trained: list[dict], randomized: list[dict],
-                   threshold: float = 0.5) -> dict:
+                   threshold: float = 0.5, min_shift: float = 0.01) -> dict:
   """Compares the bias reports of the trained and the randomised classifier.
 
   rank_correlation: Spearman correlation of |shift| per attribute across the two reports.
   The explanation is flagged as not depending on the model when that correlation exceeds
-  `threshold` and both reports name the same top candidate bias.
+  `threshold` and both reports name the same top candidate bias, counting the randomised
+  report's top candidate only when its interval excludes zero and |shift| ≥ min_shift: a
+  random classifier whose decisions no intervention moves has shifts that are all ≈ 0
+  (e.g. 1e-5, with equally tiny intervals), ranked by float noise.
   """
   names = [r['attribute'] for r in trained]
   rand = {r['attribute']: r for r in randomized}
@@ -111,6 +114,9 @@ def sanity_summary(trained: list[dict], randomized: list[dict],
   b = np.array([abs(rand[n]['shift']) for n in names])
   rho = spearman(a, b)
   top_t, top_r = top_candidate(trained), top_candidate(randomized)
+  if top_r is not None and (abs(top_r['shift']) < min_shift
+                            or top_r['ci_low'] <= 0 <= top_r['ci_high']):
+    top_r = None
   same_top = bool(top_t and top_r and top_t['attribute'] == top_r['attribute'])
   warn = bool(rho > threshold and same_top)
   return {'rank_correlation': rho, 'top_trained': top_t and top_t['attribute'],

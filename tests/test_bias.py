@@ -55,13 +55,21 @@ def test_spearman_known_values():
   assert bias.spearman([1, 1, 2], [1, 1, 2]) == pytest.approx(1.0)  # ties
 
 
+def _rows(pairs, half_width=0.02):
+  return [{'attribute': a, 'shift': s, 'is_task': a == 't', 'ci_low': s - half_width,
+           'ci_high': s + half_width} for a, s in pairs]
+
+
 def test_sanity_summary_flags_identical_rankings():
-  rep = [{'attribute': a, 'shift': s, 'is_task': a == 't'}
-         for a, s in [('t', 0.5), ('x', 0.3), ('y', 0.1), ('z', 0.05)]]
+  rep = _rows([('t', 0.5), ('x', 0.3), ('y', 0.1), ('z', 0.05)])
   same = bias.sanity_summary(rep, rep)
   assert same['rank_correlation'] == pytest.approx(1.0) and same['warning']
-  other = [{'attribute': a, 'shift': s, 'is_task': a == 't'}
-           for a, s in [('z', 0.4), ('y', 0.3), ('x', 0.01), ('t', 0.0)]]
+  # A random classifier that no flip moves: shifts ≈ 0 in the same order by float noise.
+  noise = _rows([('t', 5e-5), ('x', 3e-5), ('y', 1e-5), ('z', 5e-6)], half_width=1e-6)
+  flat = bias.sanity_summary(rep, noise)
+  assert flat['rank_correlation'] == pytest.approx(1.0)
+  assert flat['top_randomized'] is None and flat['warning'] is None
+  other = _rows([('z', 0.4), ('y', 0.3), ('x', 0.01), ('t', 0.0)])
   diff = bias.sanity_summary(rep, other)
   assert diff['rank_correlation'] < 0 and diff['warning'] is None
   assert diff['top_trained'] == 'x' and diff['top_randomized'] == 'z'

@@ -57,7 +57,13 @@ def test_reversed_correlation_reverses_the_sign(reports):
 def test_randomised_classifier_gives_a_different_report(reports):
   result, wd = reports[0.9]
   sanity = result['sanity']
-  assert sanity['rank_correlation'] < 0.5
+  # Not a bound on the rank correlation: over 6 attributes its null s.d. is about 0.45,
+  # and the random classifier's shifts here are all ≈ 0 (no flip moves its decision), so
+  # their ranks are float noise. What must hold: the planted bias is the trained model's,
+  # not the random one's, and no warning.
+  assert sanity['top_trained'] == 'color', sanity
+  random_color = next(r for r in sanity['randomized_report'] if r['attribute'] == 'color')
+  assert abs(random_color['shift']) < abs(_spurious(result)['shift']) / 2
   assert sanity['warning'] is None
   assert sanity['randomized_report'] != result['bias_report']
   page = open(os.path.join(wd, 'eval', 'report.html')).read()

@@ -158,8 +158,8 @@ def _machine_busy_s() -> float:
   return (sum(v[:8]) - v[3] - v[4]) / os.sysconf('SC_CLK_TCK')
 
 
-def main():
-  ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+def add_step_args(ap: argparse.ArgumentParser) -> None:
+  """The flags that pick the step `build_from_args` builds (shared with profile_step.py)."""
   ap.add_argument('--stage', choices=STAGES, required=True)
   ap.add_argument('--batch', type=int, default=64)
   ap.add_argument('--image', type=int, default=64)
@@ -169,12 +169,20 @@ def main():
                   help='perturbations per chunk in the Fisher estimator (0: all at once)')
   ap.add_argument('--fisher_group', type=int, default=2,
                   help='perturbations per unrolled group in the Fisher estimator (0: all)')
+
+
+def build_from_args(args: argparse.Namespace):
+  return build(args.stage, args.batch, args.image, args.samples, args.fisher_batch,
+               args.fisher_chunk or None, args.fisher_group or None)
+
+
+def main():
+  ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  add_step_args(ap)
   ap.add_argument('--steps', type=int, default=20)
   ap.add_argument('--warmup', type=int, default=3)
   args = ap.parse_args()
-  step, carry, data = build(args.stage, args.batch, args.image, args.samples,
-                            args.fisher_batch, args.fisher_chunk or None,
-                            args.fisher_group or None)
+  step, carry, data = build_from_args(args)
   t0 = time.perf_counter()
   carry = jax.block_until_ready(step(carry, data))
   compile_s = time.perf_counter() - t0

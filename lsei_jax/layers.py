@@ -128,9 +128,9 @@ class Upsample2x(nn.Module):
     taps, pads = {0: 0, 1: 1}, {0: (1, 0), 1: (0, 1)}
     rows = []
     for a in (0, 1):
-      cols = [jax.lax.conv_general_dilated(
-          x, kernel[taps[a]::2, taps[b]::2], (1, 1), (pads[a], pads[b]),
-          dimension_numbers=('NHWC', 'HWIO', 'NHWC')) for b in (0, 1)]
+      cols = [lax.conv_general_dilated(x, kernel[taps[a]::2, taps[b]::2], (1, 1),
+                                       (pads[a], pads[b]), dimension_numbers=_DN)
+              for b in (0, 1)]
       rows.append(jnp.stack(cols, 3))                   # [B, H, W, 2 (b), C]
     y = jnp.stack(rows, 2)                              # [B, H, 2 (a), W, 2 (b), C]
     b_, h, _, w, _, c = y.shape

@@ -129,10 +129,9 @@ def explainer_step(explainer, cfg, mesh) -> Callable:
   make = lambda reg: parallel.data_parallel_step(
       steps.make_explainer_step(explainer, cfg, regularize=reg), mesh, num_replicated=2,
       compiler_options=parallel.convnet_compiler_options())
-  every = max(int(cfg.get('fisher_every', 1)), 1)
-  if every == 1 or float(cfg.fisher_weight) == 0:
+  if float(cfg.fisher_weight) == 0:
     return make(True)
-  return parallel.every_nth(every, make(True), make(False))
+  return parallel.every_nth(int(cfg.get('fisher_every', 1)), make(True), make(False))
 
 
 # ----------------------------------------------------------------------- frozen functions

@@ -3,6 +3,7 @@
 Public functional API (DESIGN.md §3–§6); every function is pure and jit/vmap friendly.
 """
 from lsei_jax import baselines
+from lsei_jax.classifier_split import ClassifierSplit, from_module, split_at
 from lsei_jax.fisher import batch_sigma, fisher_information, fisher_regularizer, similarity
 from lsei_jax.interventions import (bit_set_mask, decisive_bits, flip_all_mask, intervene,
                                     single_bit_masks)
@@ -13,6 +14,7 @@ from lsei_jax.relaxed_bernoulli import bernoulli_kl, hard_code, relaxed_bernoull
 
 __all__ = [
     'baselines',
+    'ClassifierSplit', 'split_at', 'from_module',
     'C1', 'C2', 'Classifier', 'DVAE', 'Explainer',
     'relaxed_bernoulli', 'bernoulli_kl', 'hard_code',
     'fisher_information', 'fisher_regularizer', 'similarity', 'batch_sigma',

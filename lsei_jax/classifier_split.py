@@ -1,0 +1,176 @@
+"""A classifier given as two functions, cut at a hidden layer: c(x) = head(embed(x)).
+
+`ClassifierSplit(embed, head, params)` is what the pipeline explains (docs/method.md §1):
+`embed(params, x [B, H, W, 3]) -> h [B, d]` and `head(params, h [B, d]) -> logits [B, C]`,
+both pure and jit-able. d and C are read from the functions (`dims`), never from a config
+field. Constructors: `from_module` (a Flax linen module with `embed` / `head` methods, such
+as `models.Classifier`), `split_at` (any Flax module cut after a named submodule), or the
+dataclass itself for any pure function pair.
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassifierSplit:
+  """c = head ∘ embed with its parameters.
+
+  embed: (params, images [B, H, W, 3] float32 in [0, 1]) → h [B, d].
+  head: (params, h [B, d]) → logits [B, C]. Eval mode: rows independent, no dropout.
+  params: any pytree both functions take (e.g. Flax variables with batch_stats).
+  full: optional (params, images) → logits of the uncut model; `check_cut` compares it with
+    head(embed(x)).
+  name: what messages call the cut (e.g. "layer 'pool'").
+  """
+  embed: Callable[[Any, Array], Array]
+  head: Callable[[Any, Array], Array]
+  params: Any
+  full: Callable[[Any, Array], Array] | None = None
+  name: str = 'the cut'
+
+  def __call__(self, images: Array) -> Array:
+    """Logits [B, C] = head(embed(images))."""
+    return self.head(self.params, self.embed(self.params, images))
+
+  def dims(self, input_shape: tuple[int, ...], dtype=jnp.float32) -> tuple[int, int]:
+    """(d, C) from the functions' output shapes on one input of `input_shape` (no compute)."""
+    x = jax.ShapeDtypeStruct((2,) + tuple(input_shape), dtype)
+    h = jax.eval_shape(self.embed, self.params, x)
+    if len(h.shape) != 2 or h.shape[0] != 2:
+      raise ValueError(f'the classifier\'s embed returns shape {tuple(h.shape)} for 2 inputs; '
+                       f'it must return h [B, d] (pool or flatten before {self.name})')
+    logits = jax.eval_shape(self.head, self.params, h)
+    if len(logits.shape) != 2 or logits.shape[0] != 2 or logits.shape[1] < 2:
+      raise ValueError(f'the classifier\'s head returns shape {tuple(logits.shape)} for 2 '
+                       f'embeddings; it must return logits [B, C] with C ≥ 2 classes')
+    return int(h.shape[1]), int(logits.shape[1])
+
+  def check_cut(self, images: Array, *, tolerance: float = 1e-4) -> None:
+    """Raises ValueError when head(embed(x)) is not the uncut model's output on `images`
+    (e.g. the layers after the cut still read the input through a skip connection)."""
+    if self.full is None:
+      return
+    want = np.asarray(jax.jit(self.full)(self.params, images), np.float64)
+    got = np.asarray(jax.jit(lambda p, x: self.head(p, self.embed(p, x)))(self.params, images),
+                     np.float64)
+    err = float(np.max(np.abs(got - want))) if want.size else 0.0
+    if got.shape != want.shape or not err <= tolerance * (1.0 + np.max(np.abs(want))):
+      raise ValueError(
+          f'{self.name} is not a cut of the model: head(embed(x)) differs from the model\'s '
+          f'output by {err:.3g} on a batch, so the layers after it still read the input (or '
+          f'an activation before it) through another path, e.g. a skip connection; cut at a '
+          f'layer every path goes through (e.g. after the last residual block or the pooling)')
+
+
+def _accepted(fn: Callable, kwargs: dict) -> dict:
+  """The keyword arguments `fn` accepts (all of them if it takes **kwargs)."""
+  params = inspect.signature(fn).parameters
+  if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+    return dict(kwargs)
+  return {k: v for k, v in kwargs.items() if k in params}
+
+
+def _check_variables(variables: Any) -> None:
+  if not hasattr(variables, 'keys') or 'params' not in variables:
+    got = list(variables.keys()) if hasattr(variables, 'keys') else type(variables).__name__
+    raise ValueError(f"variables must be Flax variables {{'params': …, 'batch_stats': …}}, "
+                     f'got {got}')
+
+
+def from_module(module: nn.Module, variables: Any, *, embed: str = 'embed',
+                head: str = 'head', **apply_kwargs) -> ClassifierSplit:
+  """A split from a module's own `embed(x)` and `head(h)` methods (e.g. `models.Classifier`).
+
+  apply_kwargs (e.g. train=False) go to each method that accepts them, and to __call__,
+  which `check_cut` compares with.
+  """
+  _check_variables(variables)
+  cls = type(module)
+  for m in (embed, head):
+    if not callable(getattr(cls, m, None)):
+      raise ValueError(f'{cls.__name__} has no method {m!r}; use split_at(module, variables, '
+                       f"layer='…') to cut it at a named submodule")
+  kw = {m: _accepted(getattr(cls, m), apply_kwargs) for m in (embed, head, '__call__')}
+  return ClassifierSplit(
+      embed=lambda v, x: module.apply(v, x, method=embed, **kw[embed]),
+      head=lambda v, h: module.apply(v, h, method=head, **kw[head]),
+      params=variables,
+      full=lambda v, x: module.apply(v, x, **kw['__call__']),
+      name=f'{cls.__name__}.{embed}/{head}')
+
+
+def split_at(module: nn.Module, variables: Any, layer: str, *, example: Array,
+             method: str = '__call__', **apply_kwargs) -> ClassifierSplit:
+  """Cuts `module` after the submodule at path `layer` ('pool', 'backbone/block3'): embed is
+  everything up to that submodule's output (flattened to [B, d]), head the rest.
+
+  Works through Flax method interception, so the module needs no changes. The head runs the
+  module with the layer's output replaced by h; the layers before it see zeros and, under
+  jit, are dropped as dead code — unless the head still reads them (a skip connection
+  around the cut), which the check on `example` (a batch of inputs) refuses by name.
+  variables may hold batch_stats: pass the kwargs that select inference mode (e.g.
+  train=False), so BatchNorm uses its running averages.
+  """
+  _check_variables(variables)
+  example = jnp.asarray(example)
+  in_shape, in_dtype = tuple(example.shape[1:]), example.dtype
+  cls = type(module).__name__
+
+  def run(v, x, replace=None):
+    seen, captured = [], []
+
+    def interceptor(next_fun, args, kwargs, context):
+      if context.method_name != '__call__':
+        return next_fun(*args, **kwargs)
+      path = '/'.join(context.module.path)
+      seen.append(path)
+      if path != layer:
+        return next_fun(*args, **kwargs)
+      out = next_fun(*args, **kwargs) if replace is None else replace(args)
+      captured.append(out)
+      return out
+
+    with nn.intercept_methods(interceptor):
+      y = module.apply(v, x, method=method, **apply_kwargs)
+    if len(captured) != 1:
+      if not captured:
+        called = ', '.join(sorted({p for p in seen if p})) or 'none'
+        raise ValueError(f'split_at: {cls} calls no submodule {layer!r}; its submodules '
+                         f'are: {called}')
+      raise ValueError(f'split_at: submodule {layer!r} of {cls} is called {len(captured)} '
+                       f'times (a shared module); cut at a layer called once')
+    return y, captured[0]
+
+  out = jax.eval_shape(lambda v, x: run(v, x)[1], variables, example[:1])
+  if not isinstance(out, jax.ShapeDtypeStruct):
+    raise ValueError(f'split_at: layer {layer!r} returns {type(out).__name__}, not one array')
+  out_shape = tuple(out.shape[1:])
+
+  def embed(v, x):
+    h = run(v, x)[1]
+    return h.reshape(h.shape[0], -1)
+
+  def head(v, h):
+    x0 = jnp.zeros((h.shape[0],) + in_shape, in_dtype)
+    return run(v, x0, replace=lambda _: h.reshape((h.shape[0],) + out_shape).astype(out.dtype))[0]
+
+  split = ClassifierSplit(embed=embed, head=head, params=variables,
+                          full=lambda v, x: module.apply(v, x, method=method, **apply_kwargs),
+                          name=f'layer {layer!r} of {cls}')
+  split.check_cut(example)
+  return split
+
+
+# Also reachable as constructors of the type: ClassifierSplit.from_module(…), .split_at(…).
+ClassifierSplit.from_module = staticmethod(from_module)
+ClassifierSplit.split_at = staticmethod(split_at)

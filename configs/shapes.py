@@ -28,7 +28,10 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.classifier = ml_collections.ConfigDict(dict(
       steps=600, batch_size=128, optimizer='adam', learning_rate=2e-3, schedule='cosine',
-      warmup_steps=50, grad_clip=0.0))
+      warmup_steps=50, grad_clip=0.0,
+      # Explain your own classifier instead of training model.classifier: 'pkg.mod:fn', a
+      # function (of the config, or of nothing) returning a lsei_jax.ClassifierSplit.
+      source=''))
   c.dvae = ml_collections.ConfigDict(dict(
       steps=1500, batch_size=256, optimizer='adam', learning_rate=1e-3, schedule='constant',
       beta=2.0, temperature_start=1.0, temperature_end=0.5, anneal_steps=1000, hard=False))
@@ -46,8 +49,7 @@ def get_config() -> ml_collections.ConfigDict:
       steps=400, batch_size=128, optimizer='adam', learning_rate=2e-3, schedule='cosine',
       warmup_steps=20))
   # Model randomisation: DVAE + explainer trained again over a random classifier.
-  c.sanity = ml_collections.ConfigDict(dict(enabled=True, seed_offset=1000,
-                                            warn_rank_correlation=0.5))
+  c.sanity = ml_collections.ConfigDict(dict(enabled=True, warn_rank_correlation=0.5))
 
   c.checkpoint = ml_collections.ConfigDict(dict(every_steps=200, max_to_keep=2))
   c.eval = ml_collections.ConfigDict(dict(

@@ -60,6 +60,10 @@ def bias_report(p_before: np.ndarray, p_after: np.ndarray, pred: np.ndarray,
     interval [ci_low, ci_high]; the mean unsigned shift within each predicted class
     (`shift_from_class`: the paper's directions, e.g. smiling → not smiling); is_task.
   """
+  classes = np.unique(np.asarray(pred))
+  if np.any((classes != 0) & (classes != 1)):
+    raise ValueError(f'bias_report signs shifts towards "the other class" and needs 2 classes; '
+                     f'pred has classes {classes.tolist()}')
   delta = np.asarray(p_after, np.float64) - np.asarray(p_before, np.float64)   # [N, A]
   direction = np.where(np.asarray(pred) == 0, 1.0, -1.0)[:, None]
   mean, lo, hi = bootstrap_mean_ci(delta * direction, num_samples=num_bootstrap, level=level,

@@ -10,6 +10,7 @@ dataclass itself for any pure function pair.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import inspect
 from typing import Any, Callable
 
@@ -174,3 +175,32 @@ def split_at(module: nn.Module, variables: Any, layer: str, *, example: Array,
 # Also reachable as constructors of the type: ClassifierSplit.from_module(…), .split_at(…).
 ClassifierSplit.from_module = staticmethod(from_module)
 ClassifierSplit.split_at = staticmethod(split_at)
+
+
+def load_source(config) -> ClassifierSplit | None:
+  """The classifier config.classifier.source names ('my_pkg.my_model:load'), or None.
+
+  The loader is called with the config if it takes an argument, else with none, and must
+  return a ClassifierSplit.
+  """
+  section = config.get('classifier') if hasattr(config, 'get') else None
+  source = (section.get('source', '') if section is not None else '') or ''
+  if not source:
+    return None
+  module_name, sep, fn_name = source.partition(':')
+  if not sep or not module_name or not fn_name:
+    raise ValueError(f"config.classifier.source={source!r} must be 'module.path:function'")
+  try:
+    module = importlib.import_module(module_name)
+  except ImportError as e:
+    raise ValueError(f'config.classifier.source={source!r}: cannot import {module_name!r} '
+                     f'({e}); is its directory on PYTHONPATH?') from e
+  fn = getattr(module, fn_name, None)
+  if not callable(fn):
+    raise ValueError(f'config.classifier.source={source!r}: {module_name} has no function '
+                     f'{fn_name!r}')
+  split = fn(config) if inspect.signature(fn).parameters else fn()
+  if not isinstance(split, ClassifierSplit):
+    raise ValueError(f'config.classifier.source={source!r} returned {type(split).__name__}, '
+                     f'not a lsei_jax.ClassifierSplit')
+  return split

@@ -55,10 +55,11 @@ def attribution_sanity(model, params, images: np.ndarray, target: np.ndarray,
   return out
 
 
-def ig_heatmaps(model, params, images: np.ndarray, target: np.ndarray, steps: int
+def ig_heatmaps(logit_fn: Callable, images: np.ndarray, target: np.ndarray, steps: int
                 ) -> np.ndarray:
-  """|integrated gradients| summed over channels, scaled to [0, 1], as RGB [B, H, W, 3]."""
-  maps = baselines.integrated_gradients(lambda y: model.apply({'params': params}, y),
-                                        jnp.asarray(images), jnp.asarray(target), steps=steps)
+  """|integrated gradients| of logit_fn (images → logits [B, C]) summed over channels,
+  scaled to [0, 1], as RGB [B, H, W, 3]."""
+  maps = baselines.integrated_gradients(logit_fn, jnp.asarray(images), jnp.asarray(target),
+                                        steps=steps)
   heat = np.asarray(baselines.normalize_abs(maps))
   return np.stack([heat, heat * 0.35, 1.0 - heat], -1)  # red where attribution is high

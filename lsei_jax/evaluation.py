@@ -1,5 +1,10 @@
 """Evaluation on the unbiased test split: the paper's Table 1 / Table 2, per-bit analysis,
-attribute probes, the bias report and the model-randomisation sanity check."""
+attribute probes, the bias report and the model-randomisation sanity check.
+
+`compute` returns the results (a JSON-able dict) and the few arrays the figures show;
+`write` turns them into WORKDIR/eval/{metrics.json, *.png, report.html}; `evaluate` does
+both. Stages are loaded by walking `pipeline.GRAPH`.
+"""
 from __future__ import annotations
 
 import json
@@ -10,18 +15,17 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from lsei_jax import (bias, checkpoints, crosscheck, fisher, interventions, metrics,
-                      parallel, steps)
+from lsei_jax import (bias, checkpoints, crosscheck, fisher, html_report, interventions,
+                      metrics, parallel, pipeline, plots, steps)
 from lsei_jax import data as data_lib
-from lsei_jax.pipeline import (Models, build, generator_apply, head_apply, mean_information,
-                               signature, template_state)
+from lsei_jax.classifier_split import ClassifierSplit
+from lsei_jax.pipeline import (Models, build, generator_apply, mean_information, signature,
+                               stream, template_state)
+from lsei_jax.report import TABLE_KEYS  # noqa: F401  (public here too)
 from lsei_jax.trainer import load_complete
 
-TABLE_KEYS = ('accuracy', 'recon_accuracy', 'agreement', 'flip_all_change', 'info_cosine',
-              'info_cosine_noreg')
 
-
-def _outputs_fn(mods: Models, mesh):
+def _outputs_fn(split: ClassifierSplit, mods: Models, mesh):
   """((clf, dvae params, mask [K]), {'image': uint8}) → per-example arrays.
 
   logits of c(x), c2(ĥ), c2(ĥ') for flip-all; ĥ, ĥ' (flip-all) and ĥ_m (z XOR mask);
@@ -30,8 +34,8 @@ def _outputs_fn(mods: Models, mesh):
   def f(params, batch):
     clf_p, dvae_p, mask = params
     x = batch['image'].astype(jnp.float32) / 255.0
-    h = mods.classifier.apply({'params': clf_p}, x, method='embed')
-    head = lambda e: mods.classifier.apply({'params': clf_p}, e, method='head')
+    h = split.embed(clf_p, x)
+    head = lambda e: split.head(clf_p, e)
     decode = lambda z: mods.dvae.apply({'params': dvae_p}, z, method='decode')
     z, hhat = steps.encode_decode(mods.dvae, dvae_p, h)
     hhat_flip = decode(interventions.intervene(z, interventions.flip_all_mask(z.shape[-1])))
@@ -55,24 +59,42 @@ def _probe_fn(mods: Models, mesh):
   return parallel.data_parallel_apply(f, mesh, parallel.convnet_compiler_options())
 
 
-def load_stages(config, workdir: str, mods: Models, mesh, names) -> dict[str, tuple]:
-  """Final (state, meta) of the named stages, with every upstream link checked."""
-  out = {name: load_complete(workdir, name, template_state(config, mods, name, mesh),
+def load_stages(config, workdir: str, mods: Models, mesh, names, identities=None
+                ) -> dict[str, tuple]:
+  """Final (state, meta) of the named stages, with every upstream link (pipeline.GRAPH)
+  checked; `identities` adds upstream identities not loaded here (a given classifier)."""
+  d = mods.dvae.hidden_dim
+  out = {name: load_complete(workdir, name, template_state(config, mods, name, mesh,
+                                                           embed_dim=d),
                              signature(config, name)) for name in names}
-  ident = {n: checkpoints.identity(m) for n, (_, m) in out.items()}
-  needs = {'dvae': ('classifier',), 'explainer': ('classifier', 'dvae'),
-           'explainer_noreg': ('classifier', 'dvae'),
-           'probe': ('classifier', 'dvae', 'explainer')}
+  ident = dict(identities or {}, **{n: checkpoints.identity(m) for n, (_, m) in out.items()})
   for name, (_, meta) in out.items():
-    link = {u: ident[u] for u in needs.get(name, ()) if u in ident}
-    checkpoints.check_upstream(name, f'{workdir}/{name}', meta.get('upstream', {}), link)
+    pipeline.check_link(name, meta, pipeline.link_of(name, ident), workdir)
   return out
 
 
-def _explain(config, mods, mesh, stages, test, mask, desc) -> dict:
+def load_classifier(config, workdir: str, mesh, classifier: ClassifierSplit | None,
+                    num_attributes: int):
+  """(split, identities, mods, num_classes) of the classifier a workdir explains: its
+  trained checkpoint, or the given `classifier` after checking its fingerprint."""
+  size = config.data.image_size
+  if classifier is None:
+    pipeline.check_classifier_workdir(workdir, None)
+    mods = build(config, num_attributes)
+    state, meta = load_stages(config, workdir, mods, mesh, ['classifier'])['classifier']
+    return (pipeline.builtin_split(mods, state.params),
+            {'classifier': checkpoints.identity(meta)}, mods,
+            config.model.classifier.num_classes)
+  d, num_classes = classifier.dims((size, size, 3))
+  given = pipeline.given_identity(classifier, config)
+  pipeline.check_classifier_workdir(workdir, given)
+  return classifier, {'classifier': given}, build(config, num_attributes, d), num_classes
+
+
+def _explain(config, split, mods, mesh, dvae_params, test, mask, desc) -> dict:
   """Per-example outputs of `_outputs_fn` on the test images for one (classifier, DVAE)."""
-  clf_p, dvae_p = stages['classifier'][0].params, stages['dvae'][0].params
-  return parallel.map_in_batches(_outputs_fn(mods, mesh), (clf_p, dvae_p, mask),
+  return parallel.map_in_batches(_outputs_fn(split, mods, mesh),
+                                 (split.params, dvae_params, mask),
                                  {'image': test.images}, config.eval.batch_size, mesh, desc)
 
 
@@ -82,26 +104,32 @@ def _probe(config, mods, mesh, g_params, probe_params, test, before, after, desc
                                  config.eval.batch_size, mesh, desc)
 
 
-def evaluate(config, workdir: str, *, mesh=None) -> dict:
-  """Computes every evaluation figure; writes WORKDIR/eval/{metrics.json, *.png, report.html}."""
-  from lsei_jax import html_report, plots  # pylint: disable=g-import-not-at-top
+def compute(config, workdir: str, *, classifier: ClassifierSplit | None = None, mesh=None
+            ) -> tuple[dict, dict]:
+  """Every evaluation figure → (result dict, arrays the figures show). Writes nothing."""
   mesh = parallel.make_mesh() if mesh is None else mesh
   parallel.check_batch(config.eval.batch_size, mesh, 'config.eval.batch_size')
+  classifier = pipeline.resolve_classifier(config, classifier)
   test = data_lib.load(config.data, 'test')
-  mods = build(config, len(test.attribute_names))
-  names = ['classifier', 'dvae', 'explainer', 'probe']
+  split, identities, mods, num_classes = load_classifier(config, workdir, mesh, classifier,
+                                                         len(test.attribute_names))
+  pipeline.check_labels(test.labels, num_classes, f'the test split of config.data (task '
+                        f'{config.data.task!r})')
+  names = ['dvae', 'explainer', 'probe']
   if os.path.isdir(os.path.join(workdir, 'explainer_noreg')):
-    names.insert(3, 'explainer_noreg')
-  stages = load_stages(config, workdir, mods, mesh, names)
-  clf_p = stages['classifier'][0].params
+    names.insert(2, 'explainer_noreg')
+  stages = load_stages(config, workdir, mods, mesh, names, identities)
+  clf_p = split.params
   num_bits = config.model.dvae.latent_dim
   bits = tuple(config.eval.bias_bits)
   mask = (interventions.bit_set_mask(num_bits, list(bits)) if bits
           else interventions.flip_all_mask(num_bits))
-  out = _explain(config, mods, mesh, stages, test, mask, 'eval test')
+  out = _explain(config, split, mods, mesh, stages['dvae'][0].params, test, mask, 'eval test')
   labels = test.labels
   result = {
-      'split': 'test (unbiased)', 'num_examples': len(test),
+      'split': 'test (unbiased)', 'num_examples': len(test), 'task': test.task,
+      'num_classes': num_classes, 'embed_dim': int(out['h'].shape[1]),
+      'classifier': identities['classifier'],
       'accuracy': float(metrics.accuracy(out['logits'], labels)),
       'recon_accuracy': float(metrics.recon_accuracy(out['logits_hat'], labels)),
       'agreement': float(metrics.agreement(out['logits_hat'], out['logits'])),
@@ -114,8 +142,8 @@ def evaluate(config, workdir: str, *, mesh=None) -> dict:
   hhat = out['hhat'][:n]
   sigma = parallel.replicate(
       fisher.batch_sigma(jnp.asarray(hhat), config.explainer.sigma_scale), mesh)
-  key = jax.random.key(config.seed + 101)
-  info_c2 = mean_information(head_apply(mods), 'ce', clf_p, hhat, sigma, key,
+  key = stream(config.seed, 'eval/info')
+  info_c2 = mean_information(split.head, 'ce', clf_p, hhat, sigma, key,
                              ec.fisher_samples, ec.batch_size, mesh, 'I(c2)')
   for name, suffix in (('explainer', ''), ('explainer_noreg', '_noreg')):
     if name in stages:
@@ -127,7 +155,7 @@ def evaluate(config, workdir: str, *, mesh=None) -> dict:
 
   # Per-bit analysis: which single flips change c2(ĥ)'s prediction.
   pred = np.argmax(out['logits_hat'], -1)
-  per_bit = bias.per_bit_summary(out['decisive'], pred, config.model.classifier.num_classes)
+  per_bit = bias.per_bit_summary(out['decisive'], pred, num_classes)
   result['per_bit_change'] = per_bit['per_bit_change']
   result['single_bit_change'] = per_bit['single_bit_change']
   result['per_bit_change_by_class'] = per_bit['per_class']
@@ -143,26 +171,39 @@ def evaluate(config, workdir: str, *, mesh=None) -> dict:
       for a, n in enumerate(test.attribute_names)}
   report_args = dict(num_bootstrap=ec.num_bootstrap, level=ec.ci_level, seed=config.seed)
   result['intervention'] = 'flip all bits' if not bits else f'flip bits {list(bits)}'
-  result['bias_report'] = bias.bias_report(probs['before'], probs['after'], pred,
-                                           test.attribute_names, test.task, **report_args)
+  two_class = num_classes == 2
+  result['bias_report'] = bias.bias_report(
+      probs['before'], probs['after'], pred, test.attribute_names, test.task,
+      **report_args) if two_class else None
+  if not two_class:
+    result['bias_report_note'] = (f'not computed: the bias report signs shifts towards "the '
+                                  f'other class" and needs 2 classes, not {num_classes}')
 
   # Cross-check with baselines: TCAV of each attribute on the same layer, and whether the
   # input attributions depend on the trained weights at all.
-  head = lambda e: mods.classifier.apply({'params': clf_p}, e, method='head')
-  result['tcav'] = crosscheck.tcav_entries(jax.random.key(config.seed + 7), head, out['h'],
+  head = lambda e: split.head(clf_p, e)
+  result['tcav'] = crosscheck.tcav_entries(stream(config.seed, 'eval/tcav'), head, out['h'],
                                            test.attributes, labels, test.attribute_names,
                                            ec.tcav)
   ka = ec.attribution.images
   pred_c = np.argmax(out['logits'][:ka], -1)
   x_a = test.images[:ka].astype(np.float32) / 255.0
+  # Cascading re-initialisation needs the module's own initialisers: the config's classifier.
   result['attribution_sanity'] = crosscheck.attribution_sanity(
-      mods.classifier, clf_p, x_a, pred_c, jax.random.key(config.seed + 11), ec.attribution)
+      mods.classifier, clf_p['params'], x_a, pred_c, stream(config.seed, 'eval/attribution'),
+      ec.attribution) if classifier is None else None
 
-  # Model randomisation: the same report over a random classifier.
-  if config.sanity.enabled:
+  # Model randomisation: the same report over a randomised classifier.
+  if config.sanity.enabled and two_class:
     sdir = os.path.join(workdir, 'sanity')
-    s_stages = load_stages(config, sdir, mods, mesh, ['classifier', 'dvae', 'explainer'])
-    s_out = _explain(config, mods, mesh, s_stages, test, mask, 'sanity test')
+    if classifier is None:
+      s_split, s_ident, _, _ = load_classifier(config, sdir, mesh, None, len(test.attribute_names))
+    else:
+      rand = pipeline.randomized_split(classifier, stream(config.seed, 'sanity/classifier'))
+      s_split, s_ident, _, _ = load_classifier(config, sdir, mesh, rand, len(test.attribute_names))
+    s_stages = load_stages(config, sdir, mods, mesh, ['dvae', 'explainer'], s_ident)
+    s_out = _explain(config, s_split, mods, mesh, s_stages['dvae'][0].params, test, mask,
+                     'sanity test')
     s_probs = _probe(config, mods, mesh, s_stages['explainer'][0].params, probe_p, test,
                      s_out['hhat'], s_out['hhat_masked'], 'sanity probes')
     s_report = bias.bias_report(s_probs['before'], s_probs['after'],
@@ -174,41 +215,59 @@ def evaluate(config, workdir: str, *, mesh=None) -> dict:
   else:
     result['sanity'] = None
 
-  eval_dir = os.path.join(workdir, 'eval')
+  k = ec.grid_rows
+  g = lambda e: np.asarray(jax.nn.sigmoid(mods.explainer.apply({'params': g_p}, e)))
+  figures = {'image': test.images[:k] / 255.0, 'g_hhat': g(out['hhat'][:k]),
+             'g_flip': g(out['hhat_flip'][:k]), 'attribution_image': x_a[:k],
+             'ig': crosscheck.ig_heatmaps(lambda y: split.head(clf_p, split.embed(clf_p, y)),
+                                          x_a[:k], pred_c[:k], ec.attribution.ig_steps)}
+  return result, figures
+
+
+def write(result: dict, figures: dict, eval_dir: str, *, workdir: str = '',
+          seeds: dict | None = None) -> None:
+  """WORKDIR/eval/{metrics.json, fig3_grid.png, attribution_grid.png, per_bit.png,
+  bias_report.png, report.html} from `compute`'s output."""
+  os.makedirs(eval_dir, exist_ok=True)
+  plots.save_grid(os.path.join(eval_dir, 'fig3_grid.png'),
+                  [figures['image'], figures['g_hhat'], figures['g_flip']],
+                  titles=('original', 'g(h^)', "g(h^')"))
+  plots.save_grid(os.path.join(eval_dir, 'attribution_grid.png'),
+                  [figures['attribution_image'], figures['ig'], figures['g_hhat'],
+                   figures['g_flip']], titles=('image', 'IG', 'g(h^)', "g(h^')"))
+  plots.per_bit_bars(os.path.join(eval_dir, 'per_bit.png'),
+                     {'per_class': result['per_bit_change_by_class'],
+                      'single_bit_change': result['single_bit_change']})
+  if result.get('bias_report'):
+    plots.bias_bars(os.path.join(eval_dir, 'bias_report.png'), result['bias_report'],
+                    result['intervention'])
+  with open(os.path.join(eval_dir, 'metrics.json'), 'w') as f:
+    json.dump(result, f, indent=2)
+  html_report.write(os.path.join(eval_dir, 'report.html'), result, eval_dir,
+                    task=result.get('task', ''), workdir=workdir, seeds=seeds)
+  logging.info('wrote %s', eval_dir)
+
+
+def evaluate(config, workdir: str, *, classifier: ClassifierSplit | None = None, mesh=None
+             ) -> dict:
+  """Computes every evaluation figure; writes WORKDIR/eval/{metrics.json, *.png, report.html}.
+
+  classifier: the `ClassifierSplit` the workdir was trained on, when it was given rather
+  than trained (default: the one config.classifier.source names, if any).
+  """
+  result, figures = compute(config, workdir, classifier=classifier, mesh=mesh)
   if jax.process_index() == 0:
-    os.makedirs(eval_dir, exist_ok=True)
-    k = ec.grid_rows
-    g = lambda e: np.asarray(jax.nn.sigmoid(mods.explainer.apply({'params': g_p}, e)))
-    figures = {
-        'fig3_grid.png': lambda p: plots.save_grid(
-            p, [test.images[:k] / 255.0, g(out['hhat'][:k]), g(out['hhat_flip'][:k])],
-            titles=('original', 'g(h^)', "g(h^')")),
-        'per_bit.png': lambda p: plots.per_bit_bars(p, per_bit),
-        'attribution_grid.png': lambda p: plots.save_grid(
-            p, [x_a[:k], crosscheck.ig_heatmaps(mods.classifier, clf_p, x_a[:k], pred_c[:k],
-                                                ec.attribution.ig_steps),
-                g(out['hhat'][:k]), g(out['hhat_flip'][:k])],
-            titles=('image', 'IG', 'g(h^)', "g(h^')")),
-        'bias_report.png': lambda p: plots.bias_bars(p, result['bias_report'],
-                                                     result['intervention']),
-    }
-    for fname, draw in figures.items():
-      draw(os.path.join(eval_dir, fname))
-    with open(os.path.join(eval_dir, 'metrics.json'), 'w') as f:
-      json.dump(result, f, indent=2)
-    html_report.write(os.path.join(eval_dir, 'report.html'), result, eval_dir,
-                      task=test.task, workdir=workdir)
-    logging.info('wrote %s', eval_dir)
+    write(result, figures, os.path.join(workdir, 'eval'), workdir=workdir)
   return result
 
 
-def evaluate_seeds(config, workdir: str, other_workdirs, *, mesh=None) -> dict:
+def evaluate_seeds(config, workdir: str, other_workdirs, *, classifier=None, mesh=None) -> dict:
   """Evaluates `workdir` and runs of other training seeds; mean ± std of Tables 1 and 2.
 
   Writes WORKDIR/eval/seeds.json and adds the aggregate to WORKDIR/eval/report.html.
   """
-  from lsei_jax import html_report  # pylint: disable=g-import-not-at-top
-  results = [evaluate(config, wd, mesh=mesh) for wd in (*other_workdirs, workdir)]
+  results = [evaluate(config, wd, classifier=classifier, mesh=mesh)
+             for wd in (*other_workdirs, workdir)]
   agg = bias.aggregate_seeds(results, TABLE_KEYS)
   agg_out = {'workdirs': [*other_workdirs, workdir], 'figures': agg}
   eval_dir = os.path.join(workdir, 'eval')

@@ -1,11 +1,18 @@
-"""A self-contained HTML page (images embedded) with every evaluation result."""
+"""A self-contained HTML page (images embedded) with every evaluation result.
+
+Works from a results dict alone (evaluation.compute's, or a saved metrics.json): the bar
+charts are drawn from its numbers; the image grids, which need arrays, are embedded when
+eval_dir holds them (evaluation.write draws them).
+"""
 from __future__ import annotations
 
 import base64
 import html
+import io
 import os
 
-from lsei_jax.evaluation import TABLE_KEYS
+from lsei_jax import plots
+from lsei_jax.report import TABLE_KEYS
 
 _CSS = """body{font-family:system-ui,sans-serif;max-width:960px;margin:2em auto;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 9px;
@@ -20,10 +27,25 @@ _LABELS = {'flip_all_change': '% change (flip all)', 'accuracy': 'accuracy of c'
            'cos(I(g), I(c2)) without reg'}
 
 
-def _img(path: str, alt: str) -> str:
+def _png(data: bytes, alt: str) -> str:
+  return (f'<img alt="{html.escape(alt)}" '
+          f'src="data:image/png;base64,{base64.b64encode(data).decode()}">')
+
+
+def _img(eval_dir: str | None, name: str, alt: str) -> str:
+  """The PNG eval_dir/name embedded, or '' when there is none."""
+  path = os.path.join(eval_dir, name) if eval_dir else ''
+  if not path or not os.path.exists(path):
+    return ''
   with open(path, 'rb') as f:
-    data = base64.b64encode(f.read()).decode()
-  return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+    return _png(f.read(), alt)
+
+
+def _drawn(draw, alt: str) -> str:
+  """A figure drawn from the results (plots.* accepts a file object) embedded."""
+  buf = io.BytesIO()
+  draw(buf)
+  return _png(buf.getvalue(), alt)
 
 
 def _fmt(key: str, v) -> str:
@@ -39,9 +61,11 @@ def _table(header, rows) -> str:
   return f'<table><tr>{head}</tr>{body}</table>'
 
 
-def render(result: dict, eval_dir: str, *, task: str, workdir: str = '',
-           seeds: dict | None = None) -> str:
+def render(result: dict, eval_dir: str | None = None, *, task: str | None = None,
+           workdir: str = '', seeds: dict | None = None) -> str:
+  """The report page of a results dict; image grids from eval_dir when it has them."""
   e = html.escape
+  task = result.get('task', '') if task is None else task
   parts = [f'<!doctype html><html><head><meta charset="utf-8"><title>lsei_jax report — '
            f'{e(task)}</title><style>{_CSS}</style></head><body>',
            f'<h1>lsei_jax report: what the <em>{e(task)}</em> classifier relies on</h1>',
@@ -55,13 +79,14 @@ def render(result: dict, eval_dir: str, *, task: str, workdir: str = '',
               _table(['figure', 'mean', '± std', 'values'],
                      [[e(_LABELS[k]), _fmt(k, v['mean']), _fmt(k, v['std']),
                        ', '.join(_fmt(k, x) for x in v['values'])] for k, v in seeds.items()])]
-  parts += ['<h2>Concept images</h2><figure>',
-            _img(os.path.join(eval_dir, 'fig3_grid.png'), 'original, g(ĥ), g(ĥ\')'),
-            '<figcaption>Each row: a test image, the explainer\'s image of its embedding '
-            'g(ĥ), and after flipping every concept bit g(ĥ\').</figcaption></figure>']
+  grid = _img(eval_dir, 'fig3_grid.png', 'original, g(ĥ), g(ĥ\')')
+  if grid:
+    parts += ['<h2>Concept images</h2><figure>', grid,
+              '<figcaption>Each row: a test image, the explainer\'s image of its embedding '
+              'g(ĥ), and after flipping every concept bit g(ĥ\').</figcaption></figure>']
 
   rows = []
-  for r in result['bias_report']:
+  for r in result.get('bias_report') or ():
     sig = r['ci_low'] > 0 or r['ci_high'] < 0
     cls = 'task' if r['is_task'] else ('sig' if sig else '')
     by = r['shift_from_class']
@@ -69,16 +94,25 @@ def render(result: dict, eval_dir: str, *, task: str, workdir: str = '',
                  f'{r["shift"]:+.3f}', f'[{r["ci_low"]:+.3f}, {r["ci_high"]:+.3f}]',
                  '—' if by['0'] is None else f'{by["0"]:+.3f}',
                  '—' if by['1'] is None else f'{by["1"]:+.3f}'])
-  parts += ['<h2>Bias report</h2>',
-            '<p>For each attribute, how much an attribute probe\'s probability moves between '
-            'g(ĥ) and g(ĥ\') (signed towards the other class; bootstrap interval). The task '
-            'attribute should move; any other attribute that moves is something the classifier '
-            'ties to its decision. Bold red: interval excludes 0.</p>',
-            _table(['attribute', 'shift', 'interval', 'from class 0', 'from class 1'], rows),
-            _img(os.path.join(eval_dir, 'bias_report.png'), 'bias report bars')]
+  if result.get('bias_report') is None:
+    parts += ['<h2>Bias report</h2>',
+              f'<p>{e(result.get("bias_report_note", "not computed"))}</p>']
+  else:
+    parts += ['<h2>Bias report</h2>',
+              '<p>For each attribute, how much an attribute probe\'s probability moves between '
+              'g(ĥ) and g(ĥ\') (signed towards the other class; bootstrap interval). The task '
+              'attribute should move; any other attribute that moves is something the classifier '
+              'ties to its decision. Bold red: interval excludes 0.</p>',
+              _table(['attribute', 'shift', 'interval', 'from class 0', 'from class 1'], rows),
+              _drawn(lambda f: plots.bias_bars(f, result['bias_report'],
+                                               result.get('intervention', 'flip all bits')),
+                     'bias report bars')]
 
   if result.get('tcav'):
     tc = {(t['concept'], t['class']): t for t in result['tcav']}
+    # Rows in the bias report's order when there is one, else in the attributes' order.
+    order = [r['attribute'] for r in result.get('bias_report') or ()] or list(
+        dict.fromkeys(t['concept'] for t in result['tcav']))
     classes = sorted({t['class'] for t in result['tcav']})
     cell = lambda t: (f'<td class="{"sig" if t["significant"] else ""}">{t["score"]:.2f} '
                       f'(p={t["p_value"]:.3g})</td>')
@@ -88,11 +122,11 @@ def render(result: dict, eval_dir: str, *, task: str, workdir: str = '',
               'with the t-test against random vectors; bold red: significant. Rows in the bias '
               'report\'s order.</p>',
               _table(['concept'] + [f'class {k}' for k in classes],
-                     [[e(r['attribute'])] + [cell(tc[(r['attribute'], k)]) for k in classes]
-                      for r in result['bias_report'] if (r['attribute'], classes[0]) in tc])]
-  if os.path.exists(os.path.join(eval_dir, 'attribution_grid.png')):
-    parts += ['<h3>Cross-check: input attributions</h3><figure>',
-              _img(os.path.join(eval_dir, 'attribution_grid.png'), 'image, IG, g(ĥ), g(ĥ\')'),
+                     [[e(a)] + [cell(tc[(a, k)]) for k in classes]
+                      for a in order if (a, classes[0]) in tc])]
+  attr_grid = _img(eval_dir, 'attribution_grid.png', 'image, IG, g(ĥ), g(ĥ\')')
+  if attr_grid:
+    parts += ['<h3>Cross-check: input attributions</h3><figure>', attr_grid,
               '<figcaption>Each row: a test image, |integrated gradients| of the predicted class '
               '(red: high), g(ĥ) and g(ĥ\').</figcaption></figure>']
   attr = result.get('attribution_sanity')
@@ -121,7 +155,9 @@ def render(result: dict, eval_dir: str, *, task: str, workdir: str = '',
   parts += ['<h2>Single-bit interventions</h2>',
             f'<p>{100 * result["single_bit_change"]:.1f}% of test samples have at least one '
             'bit whose flip alone changes the prediction.</p>',
-            _img(os.path.join(eval_dir, 'per_bit.png'), 'per-bit bars'),
+            _drawn(lambda f: plots.per_bit_bars(
+                f, {'per_class': result['per_bit_change_by_class'],
+                    'single_bit_change': result['single_bit_change']}), 'per-bit bars'),
             '<h2>Attribute probes</h2><p>Held-out accuracy of the probes on real test images '
             'and on the explainer\'s images g(ĥ) of them.</p>',
             _table(['attribute', 'on real images', 'on g(ĥ)'],
@@ -131,6 +167,7 @@ def render(result: dict, eval_dir: str, *, task: str, workdir: str = '',
   return '\n'.join(parts)
 
 
-def write(path: str, result: dict, eval_dir: str, **kwargs) -> None:
+def write(path: str, result: dict, eval_dir: str | None = None, **kwargs) -> None:
+  """Writes `render(result, eval_dir, **kwargs)` to path."""
   with open(path, 'w') as f:
     f.write(render(result, eval_dir, **kwargs))

@@ -1,11 +1,18 @@
-"""The three stages wired together: classifier → DVAE → explainer(s), each resumable.
+"""The stages as a declarative graph, walked by training (here) and evaluation.
 
-Upstream stages are frozen and deterministic in eval mode, so h = c1(x) (for the DVAE)
-and ĥ = d(1[l(h) > 0]) (for the explainer) are computed once per stage, not every step.
+Each `StageDef` names its upstream stages, its config section, its state template, its step
+factory and its frozen inputs (arrays computed once from the upstream stages, e.g.
+h = c1(x) for the DVAE and ĥ = d(1[l(h) > 0]) for the explainers, docs/method.md §2).
+Random streams are named: a stage's keys and batch order come from fold_in of a stable hash
+of its name, never from its position. The classifier is a `ClassifierSplit`: trained here
+from config.model.classifier, or given (`classifier=`, config.classifier.source), in which
+case it is not trained and its fingerprint is recorded instead.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 from typing import Any, Callable, Sequence
 
@@ -15,17 +22,34 @@ import numpy as np
 from absl import logging
 
 from lsei_jax import data as data_lib
-from lsei_jax import checkpoints, fisher, models, parallel, steps
+from lsei_jax import checkpoints, classifier_split, fisher, models, parallel, steps
+from lsei_jax.classifier_split import ClassifierSplit
 from lsei_jax.trainer import Stage, load_complete, run_stage, save_untrained
 
 STAGES = ('classifier', 'dvae', 'explainer', 'explainer_noreg', 'probe')
-_STAGE_INDEX = {name: i for i, name in enumerate(STAGES)}
+GIVEN_FILE = 'classifier.json'  # WORKDIR/classifier.json: the given classifier's fingerprint
 
 
 def stage_names(config) -> tuple[str, ...]:
   """The stages this config trains, in order."""
   names = STAGES[:3] + (('explainer_noreg',) if config.explainer.train_noreg else ())
   return names + ('probe',) + (('sanity',) if config.sanity.enabled else ())
+
+
+# ----------------------------------------------------------------------- random streams
+def _name_hash(name: str) -> int:
+  """A stable 31-bit hash of a stream name (Python's hash() changes between runs)."""
+  return int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], 'little') & 0x7FFFFFFF
+
+
+def stream(seed: int, name: str) -> jax.Array:
+  """The PRNG key of the random stream `name` ('dvae', 'eval/tcav', …) under `seed`."""
+  return jax.random.fold_in(jax.random.key(seed), _name_hash(name))
+
+
+def stream_seed(seed: int, name: str) -> int:
+  """An integer seed for NumPy streams (batch order) named like `stream`."""
+  return _name_hash(f'{seed}/{name}')
 
 
 def validate_config(config, mesh) -> None:
@@ -64,6 +88,16 @@ def check_workdir(workdir: str) -> None:
     raise PermissionError(f'--workdir={workdir}: {parent} is not writable')
 
 
+def check_labels(labels: np.ndarray, num_classes: int, what: str) -> None:
+  """Labels must be class indices of the classifier: in [0, C)."""
+  labels = np.asarray(labels)
+  bad = np.unique(labels[(labels < 0) | (labels >= num_classes)])
+  if bad.size:
+    raise ValueError(f'{what} has labels {bad[:5].tolist()} outside [0, {num_classes}) for a '
+                     f'classifier with {num_classes} classes; relabel the data or give a '
+                     f'classifier with more classes')
+
+
 @dataclasses.dataclass
 class Models:
   classifier: models.Classifier
@@ -72,15 +106,19 @@ class Models:
   probe: models.Classifier | None = None
 
 
-def build(config, num_attributes: int | None = None) -> Models:
-  """The stage modules; the attribute probe needs the dataset's attribute count."""
+def build(config, num_attributes: int | None = None, embed_dim: int | None = None) -> Models:
+  """The stage modules; the attribute probe needs the dataset's attribute count and the
+  DVAE the embedding width d (default: config.model.classifier.hidden_dim)."""
   probe = None
   if num_attributes is not None:
     pc = config.model.probe
     probe = models.Classifier(channels=tuple(pc.channels), strides=tuple(pc.strides),
                               hidden_dim=pc.hidden_dim, num_classes=num_attributes,
                               dropout=0.0)
-  return Models(*steps.build_models(config), probe)
+  clf, dvae, g = steps.build_models(config)
+  if embed_dim is not None:
+    dvae = dvae.clone(hidden_dim=embed_dim)
+  return Models(clf, dvae, g, probe)
 
 
 def signature(config, stage: str) -> dict:
@@ -99,30 +137,6 @@ def signature(config, stage: str) -> dict:
           **{f'model.explainer.{k}': v for k, v in config.model.explainer.items()}}
 
 
-def stage_rngs(config, stage: str) -> tuple[jax.Array, jax.Array]:
-  """(init key, step key) of a stage: fixed by the seed, independent across stages."""
-  key = jax.random.fold_in(jax.random.key(config.seed), _STAGE_INDEX[stage])
-  init_key, step_key = jax.random.split(key)
-  return init_key, step_key
-
-
-def template_state(config, mods: Models, stage: str, mesh, rng: jax.Array | None = None):
-  """A fresh, replicated train state of `stage` (its initial state when rng is the init key)."""
-  rng = stage_rngs(config, stage)[0] if rng is None else rng
-  cfg = config['explainer' if stage.startswith('explainer') else stage]
-  tx = steps.make_optimizer(cfg, max(cfg.steps, 1))
-  size, d = config.data.image_size, config.model.classifier.hidden_dim
-  if stage == 'classifier':
-    state = steps.create_train_state(mods.classifier, rng, jnp.zeros((1, size, size, 3)), tx)
-  elif stage == 'probe':
-    state = steps.create_train_state(mods.probe, rng, jnp.zeros((1, size, size, 3)), tx)
-  elif stage == 'dvae':
-    state = steps.create_train_state(mods.dvae, rng, jnp.zeros((1, d)), tx)
-  else:
-    state = steps.create_train_state(mods.explainer, rng, jnp.zeros((1, d)), tx)
-  return parallel.replicate(state, mesh)
-
-
 def explainer_step(explainer, cfg, mesh) -> Callable:
   """The jitted explainer step; with fisher_every = k > 1, the regularized step on every
   k-th state.step and the plain one between (two compilations, no lax.cond)."""
@@ -134,12 +148,94 @@ def explainer_step(explainer, cfg, mesh) -> Callable:
   return parallel.every_nth(int(cfg.get('fisher_every', 1)), make(True), make(False))
 
 
+# ----------------------------------------------------------------------- the classifier
+def builtin_split(mods: Models, params) -> ClassifierSplit:
+  """The config's own classifier (models.Classifier) with trained params, as a split."""
+  return classifier_split.from_module(mods.classifier, {'params': params})
+
+
+def probe_images(image_size: int) -> np.ndarray:
+  """A fixed batch [8, S, S, 3] in [0, 1] that fingerprints a classifier's function."""
+  key = stream(0, 'classifier/fingerprint')
+  return np.asarray(jax.random.uniform(key, (8, image_size, image_size, 3)))
+
+
+def classifier_fingerprint(split: ClassifierSplit, image_size: int) -> str:
+  """Fingerprint of a given classifier: its params and its logits on `probe_images`
+  (so the same weights in another function, or other weights, differ)."""
+  logits = np.asarray(jax.jit(lambda p, x: split.head(p, split.embed(p, x)))(
+      split.params, probe_images(image_size)), np.float32)
+  digest = hashlib.sha256(checkpoints.fingerprint(split.params).encode())
+  digest.update(np.round(logits, 4).tobytes())  # rounded: robust to last-bit differences
+  return digest.hexdigest()[:16]
+
+
+def given_identity(split: ClassifierSplit, config) -> dict:
+  """What downstream stages record about a given classifier (instead of a checkpoint)."""
+  return {'given': classifier_fingerprint(split, config.data.image_size)}
+
+
+def randomized_split(split: ClassifierSplit, key: jax.Array) -> ClassifierSplit:
+  """The same functions with every weight array's entries permuted at random (the
+  model-randomisation check for classifiers the library cannot re-initialise). Only the
+  'params' collection of Flax variables is shuffled; batch_stats are kept."""
+  params = split.params
+  target = params['params'] if hasattr(params, 'keys') and 'params' in params else params
+  leaves, tree = jax.tree.flatten(target)
+  keys = jax.random.split(key, max(len(leaves), 1))
+  shuffled = [jax.random.permutation(k, x.reshape(-1)).reshape(x.shape)
+              if jnp.issubdtype(x.dtype, jnp.floating) else x for k, x in zip(keys, leaves)]
+  target = jax.tree.unflatten(tree, shuffled)
+  new = dict(params, params=target) if target is not params and hasattr(params, 'keys') \
+      and 'params' in params else target
+  return dataclasses.replace(split, params=new, name=f'randomised {split.name}')
+
+
+def resolve_classifier(config, classifier: ClassifierSplit | None) -> ClassifierSplit | None:
+  """`classifier`, or the one config.classifier.source names, or None (train one)."""
+  if classifier is not None:
+    if not isinstance(classifier, ClassifierSplit):
+      raise TypeError(f'classifier must be a lsei_jax.ClassifierSplit, got '
+                      f'{type(classifier).__name__}')
+    return classifier
+  return classifier_split.load_source(config)
+
+
+def _given_record(workdir: str) -> dict | None:
+  path = os.path.join(workdir, GIVEN_FILE)
+  return json.load(open(path)) if os.path.exists(path) else None
+
+
+def check_classifier_workdir(workdir: str, given: dict | None) -> None:
+  """A workdir explains one classifier: the trained one or a given one, never a mix."""
+  record = _given_record(workdir)
+  trained = os.path.isdir(os.path.join(workdir, 'classifier'))
+  if given is not None and trained:
+    raise checkpoints.CheckpointError(
+        f'{workdir} holds a classifier trained by the pipeline; explain a given classifier '
+        f'in a new workdir')
+  if given is None and record is not None:
+    raise checkpoints.CheckpointError(
+        f'{workdir} explains a given classifier (fingerprint {record["given"]}); pass it '
+        f'again (classifier=… or --config.classifier.source=…)')
+  if given is not None and record is not None and record['given'] != given['given']:
+    raise checkpoints.CheckpointError(
+        f'the classifier given now (fingerprint {given["given"]}) is not the one {workdir} '
+        f'was trained on ({record["given"]}); give the original weights or use a new workdir')
+
+
+def _record_given(workdir: str, given: dict, d: int, num_classes: int, name: str) -> None:
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, GIVEN_FILE), 'w') as f:
+      json.dump(dict(given, embed_dim=d, num_classes=num_classes, cut=name), f, indent=2)
+
+
 # ----------------------------------------------------------------------- frozen functions
-def embed_fn(mods: Models, mesh) -> Callable:
+def embed_fn(split: ClassifierSplit, mesh) -> Callable:
   """(classifier params, {'image': uint8 [b,H,W,3]}) → h [b, d]."""
   def f(params, batch):
-    x = batch['image'].astype(jnp.float32) / 255.0
-    return mods.classifier.apply({'params': params}, x, method='embed')
+    return split.embed(params, batch['image'].astype(jnp.float32) / 255.0)
   return parallel.data_parallel_apply(f, mesh, parallel.convnet_compiler_options())
 
 
@@ -171,8 +267,8 @@ def render_fn(mods: Models, mesh) -> Callable:
   return parallel.data_parallel_apply(f, mesh)
 
 
-def head_apply(mods: Models) -> Callable:
-  return lambda p, e: mods.classifier.apply({'params': p}, e, method='head')
+def head_apply(split: ClassifierSplit) -> Callable:
+  return split.head
 
 
 def generator_apply(mods: Models) -> Callable:
@@ -189,148 +285,293 @@ def mean_information(apply, loss, params, e: np.ndarray, sigma, key, num_samples
   return per.mean(0)
 
 
+# ----------------------------------------------------------------------- the stage graph
+@dataclasses.dataclass
+class Context:
+  """What stage definitions read: config, modules, the train split, finished stages."""
+  config: Any
+  mesh: Any
+  mods: Models
+  data: data_lib.Dataset
+  embed_dim: int
+  classifier: ClassifierSplit | None = None      # set once the classifier stage is done
+  states: dict = dataclasses.field(default_factory=dict)
+  _cache: dict = dataclasses.field(default_factory=dict)
+
+  def derived(self, key: str, fn: Callable[[], Any]) -> Any:
+    """A frozen input computed once (from finished upstream stages) and reused."""
+    if key not in self._cache:
+      self._cache[key] = fn()
+    return self._cache[key]
+
+  def h_train(self) -> np.ndarray:
+    """h = c1(x) [N, d] of the train images."""
+    return self.derived('h', lambda: parallel.map_in_batches(
+        embed_fn(self.classifier, self.mesh), self.classifier.params,
+        {'image': self.data.images}, self.config.eval.batch_size, self.mesh, 'embed train'))
+
+  def hhat_train(self) -> np.ndarray:
+    """ĥ = d(1[l(h) > 0]) [N, d] of the train images."""
+    return self.derived('hhat', lambda: parallel.map_in_batches(
+        reconstruct_fn(self.mods, self.mesh), self.states['dvae'].params,
+        {'h': self.h_train()}, self.config.eval.batch_size, self.mesh, 'reconstruct'))
+
+
+@dataclasses.dataclass(frozen=True)
+class StageDef:
+  """One node of the stage graph.
+
+  upstream: stages whose final checkpoints it is trained on (recorded, checked on resume).
+  section: the config section with its steps, batch_size and optimizer fields.
+  template: (ctx, init key) → a fresh, unreplicated train state.
+  step: ctx → the compiled data-parallel step.
+  inputs: ctx → (arrays [N, …] its batches are drawn from, host transform of a batch).
+  extra: ctx → replicated extra step arguments.
+  stream: the random stream's name (default: the stage name).
+  """
+  name: str
+  upstream: tuple[str, ...]
+  section: str
+  template: Callable[[Context, jax.Array], Any]
+  step: Callable[[Context], Callable]
+  inputs: Callable[[Context], tuple[dict, Callable[[dict], dict]]]
+  extra: Callable[[Context], tuple] = lambda ctx: ()
+  stream: str = ''
+
+  @property
+  def stream_name(self) -> str:
+    return self.stream or self.name
+
+
+def _float_images(batch: dict) -> dict:
+  return {k: (v.astype(np.float32) / 255.0 if k == 'image' else v) for k, v in batch.items()}
+
+
+def _init(module: Any, rng: jax.Array, example: Any, cfg) -> steps.TrainState:
+  return steps.create_train_state(module, rng, example, steps.make_optimizer(cfg, max(cfg.steps, 1)))
+
+
+def _image0(ctx: Context) -> jax.Array:
+  size = ctx.config.data.image_size
+  return jnp.zeros((1, size, size, 3))
+
+
+def _explainer_extra(ctx: Context) -> tuple:
+  """(I(c2) [d], σ [d]) at ĥ, replicated; I(c2) is constant while g trains."""
+  def compute():
+    cfg, hhat = ctx.config.explainer, ctx.hhat_train()
+    sigma = parallel.replicate(fisher.batch_sigma(jnp.asarray(hhat), cfg.sigma_scale), ctx.mesh)
+    n_info = min(cfg.info_examples, len(hhat))
+    info_c2 = mean_information(head_apply(ctx.classifier), 'ce', ctx.classifier.params,
+                               hhat[:n_info], sigma, stream(ctx.config.seed, 'explainer/info_c2'),
+                               cfg.fisher_samples, ctx.config.eval.batch_size, ctx.mesh, 'I(c2)')
+    return parallel.replicate(jnp.asarray(info_c2), ctx.mesh), sigma
+  return ctx.derived('explainer_extra', compute)
+
+
+def _explainer_def(name: str) -> StageDef:
+  def step(ctx):
+    scfg = ctx.config.explainer.copy_and_resolve_references()
+    with scfg.unlocked():
+      scfg.fisher_weight = signature(ctx.config, name)['fisher_weight']
+    return explainer_step(ctx.mods.explainer, scfg, ctx.mesh)
+  return StageDef(
+      name, ('classifier', 'dvae'), 'explainer',
+      template=lambda ctx, rng: _init(ctx.mods.explainer, rng, jnp.zeros((1, ctx.embed_dim)),
+                                      ctx.config.explainer),
+      step=step,
+      inputs=lambda ctx: ({'image': ctx.data.images, 'hhat': ctx.hhat_train()}, _float_images),
+      extra=_explainer_extra,
+      # Both explainers draw the same initialisation and batches: Table 2's with / without
+      # comparison then differs in the regularizer only.
+      stream='explainer')
+
+
+def _probe_inputs(ctx: Context) -> tuple[dict, Callable]:
+  """Real train images and the explainer's g(ĥ) of them, each with its attributes."""
+  generated = parallel.map_in_batches(render_fn(ctx.mods, ctx.mesh), ctx.states['explainer'].params,
+                                      {'e': ctx.hhat_train()}, ctx.config.eval.batch_size,
+                                      ctx.mesh, 'g(ĥ) train')
+  ds = ctx.data
+  arrays = {'image': np.concatenate([ds.images, generated]),
+            'attributes': np.concatenate([ds.attributes, ds.attributes]).astype(np.float32)}
+  return arrays, _float_images
+
+
+GRAPH: tuple[StageDef, ...] = (
+    StageDef('classifier', (), 'classifier',
+             template=lambda ctx, rng: _init(ctx.mods.classifier, rng, _image0(ctx),
+                                             ctx.config.classifier),
+             step=lambda ctx: parallel.data_parallel_step(
+                 steps.classifier_step, ctx.mesh,
+                 compiler_options=parallel.convnet_compiler_options()),
+             inputs=lambda ctx: ({'image': ctx.data.images, 'label': ctx.data.labels},
+                                 _float_images)),
+    StageDef('dvae', ('classifier',), 'dvae',
+             template=lambda ctx, rng: _init(ctx.mods.dvae, rng, jnp.zeros((1, ctx.embed_dim)),
+                                             ctx.config.dvae),
+             step=lambda ctx: parallel.data_parallel_step(
+                 steps.make_dvae_step(ctx.mods.dvae, ctx.config.dvae), ctx.mesh),
+             inputs=lambda ctx: ({'h': ctx.h_train()}, lambda b: b)),
+    _explainer_def('explainer'),
+    _explainer_def('explainer_noreg'),
+    StageDef('probe', ('classifier', 'dvae', 'explainer'), 'probe',
+             template=lambda ctx, rng: _init(ctx.mods.probe, rng, _image0(ctx), ctx.config.probe),
+             step=lambda ctx: parallel.data_parallel_step(
+                 steps.probe_step, ctx.mesh,
+                 compiler_options=parallel.convnet_compiler_options()),
+             inputs=_probe_inputs),
+)
+STAGE_DEFS = {s.name: s for s in GRAPH}
+
+
+def upstream_closure(names: Sequence[str]) -> set[str]:
+  """Every stage the named stages are trained on, directly or not."""
+  out, todo = set(), list(names)
+  while todo:
+    for u in STAGE_DEFS[todo.pop()].upstream:
+      if u not in out:
+        out.add(u)
+        todo.append(u)
+  return out
+
+
+def stage_rngs(config, stage: str) -> tuple[jax.Array, jax.Array]:
+  """(init key, step key) of a stage, from its named stream."""
+  init_key, step_key = jax.random.split(stream(config.seed, STAGE_DEFS[stage].stream_name))
+  return init_key, step_key
+
+
+def _context(config, mods: Models, mesh, data=None, embed_dim=None) -> Context:
+  d = config.model.classifier.hidden_dim if embed_dim is None else embed_dim
+  return Context(config, mesh, mods, data, d)
+
+
+def template_state(config, mods: Models, stage: str, mesh, rng: jax.Array | None = None,
+                   embed_dim: int | None = None):
+  """A fresh, replicated train state of `stage` (its initial state when rng is the init key)."""
+  rng = stage_rngs(config, stage)[0] if rng is None else rng
+  d = embed_dim if embed_dim is not None else mods.dvae.hidden_dim
+  return parallel.replicate(STAGE_DEFS[stage].template(_context(config, mods, mesh, None, d), rng),
+                            mesh)
+
+
+def link_of(stage: str, identities: dict) -> dict:
+  """{upstream: identity} that `stage` records / is checked against."""
+  return {u: identities[u] for u in STAGE_DEFS[stage].upstream if u in identities}
+
+
+def check_link(stage: str, meta: dict, link: dict, workdir: str) -> None:
+  recorded = meta.get('upstream', {})
+  was, now = recorded.get('classifier'), link.get('classifier')
+  if now is not None and was != now and ('given' in now or 'given' in (was or {})):
+    raise checkpoints.CheckpointError(
+        f'{stage} checkpoint in {workdir}/{stage} was trained on classifier {was}, but the '
+        f'classifier now is {now}: give the original classifier, or use a new workdir')
+  checkpoints.check_upstream(stage, f'{workdir}/{stage}', recorded, link)
+
+
 # ----------------------------------------------------------------------- training
-def train(config, workdir: str, stages: Sequence[str] | None = None, *, mesh=None,
+def train(config, workdir: str, stages: Sequence[str] | None = None, *,
+          classifier: ClassifierSplit | None = None, mesh=None,
           hooks: Sequence[Callable] = (), random_classifier: bool = False
           ) -> dict[str, dict]:
-  """Trains the selected stages (default: every stage of the config) in order.
+  """Trains the selected stages (default: every stage of the config) in graph order.
 
   Stages not selected but needed upstream must already be complete in `workdir`.
+  classifier: a `ClassifierSplit` to explain instead of training config.model.classifier
+  (default: the one config.classifier.source names, if any); it is never trained, its
+  fingerprint is recorded (WORKDIR/classifier.json and each downstream checkpoint) so a
+  later run with other weights is refused.
   random_classifier=True stores an untrained, randomly initialised classifier instead of
   training one (the model-randomisation sanity check trains the rest on top of it).
-  Returns {stage: final checkpoint meta} for every stage touched.
+  Returns {stage: final checkpoint meta} for every stage trained or loaded (a given
+  classifier's entry is its identity {'given': fingerprint}).
   """
   mesh = parallel.make_mesh() if mesh is None else mesh
   validate_config(config, mesh)
   check_workdir(workdir)
+  classifier = resolve_classifier(config, classifier)
   wanted = stage_names(config) if not stages else tuple(stages)
   unknown = [s for s in wanted if s not in STAGES + ('sanity',)]
   if unknown:
     raise ValueError(f'unknown stage(s) {unknown}; known: {", ".join(STAGES + ("sanity",))}')
   if 'sanity' in wanted:
     rest = tuple(s for s in wanted if s != 'sanity')
-    metas = train(config, workdir, rest, mesh=mesh, hooks=hooks) if rest else {}
-    sanity = train_sanity(config, workdir, mesh=mesh, hooks=hooks)
+    metas = train(config, workdir, rest, classifier=classifier, mesh=mesh,
+                  hooks=hooks) if rest else {}
+    sanity = train_sanity(config, workdir, classifier=classifier, mesh=mesh, hooks=hooks)
     return dict(metas, **{f'sanity/{k}': v for k, v in sanity.items()})
   ds = data_lib.load(config.data, 'train')
-  mods = build(config, len(ds.attribute_names))
-  logging.info('train split: %d images, task %r, %d devices', len(ds), config.data.task,
-               mesh.devices.size)
+  size = config.data.image_size
+  if classifier is not None:
+    d, num_classes = classifier.dims((size, size, 3))
+    given = given_identity(classifier, config)
+    check_classifier_workdir(workdir, given)
+  else:
+    d, num_classes = config.model.classifier.hidden_dim, config.model.classifier.num_classes
+    given = None
+    check_classifier_workdir(workdir, None)
+  check_labels(ds.labels, num_classes, f'the train split of config.data (task '
+               f'{config.data.task!r})')
+  mods = build(config, len(ds.attribute_names), d)
+  ctx = Context(config, mesh, mods, ds, d)
+  logging.info('train split: %d images, task %r, %d classes, d=%d, %d devices', len(ds),
+               config.data.task, num_classes, d, mesh.devices.size)
   metas: dict[str, dict] = {}
-  last = max(_STAGE_INDEX[s] for s in wanted)
-  run = lambda stage: run_stage(stage, workdir, mesh, save_every=config.checkpoint.every_steps,
-                                max_to_keep=config.checkpoint.max_to_keep,
-                                log_every=config.log_every, hooks=hooks)
+  identities: dict[str, dict] = {}
+  needed = set(wanted) | upstream_closure([s for s in wanted if s in STAGE_DEFS])
+  pi, pc = jax.process_index(), jax.process_count()
 
-  def complete(name):
-    state, metas[name] = load_complete(workdir, name, template_state(config, mods, name, mesh),
-                                       signature(config, name))
-    return state
-
-  def batches(arrays_fn, n, batch_size, offset):
-    pi, pc = jax.process_index(), jax.process_count()
-    return lambda step: arrays_fn(data_lib.batch_indices(n, batch_size, step,
-                                                         config.seed + offset, pi, pc))
-
-  images = lambda i: ds.images[i].astype(np.float32) / 255.0
-
-  # -------- stage 1: classifier (or a random one, for the sanity check)
-  if random_classifier:
-    key = jax.random.fold_in(jax.random.key(config.seed), config.sanity.seed_offset)
-    clf_state, metas['classifier'] = save_untrained(
-        workdir, 'classifier', template_state(config, mods, 'classifier', mesh, key),
-        signature(config, 'classifier'))
-  elif 'classifier' in wanted:
-    cfg = config.classifier
-    init_key, step_key = stage_rngs(config, 'classifier')
-    clf_state, metas['classifier'] = run(Stage(
-        'classifier', cfg.steps, template_state(config, mods, 'classifier', mesh, init_key),
-        parallel.data_parallel_step(steps.classifier_step, mesh,
-                                    compiler_options=parallel.convnet_compiler_options()),
-        batches(lambda i: {'image': images(i), 'label': ds.labels[i]}, len(ds),
-                cfg.batch_size, 0),
-        step_key, signature=signature(config, 'classifier')))
-  else:
-    clf_state = complete('classifier')
-  if last < 1:
-    return metas
-  link = {'classifier': checkpoints.identity(metas['classifier'])}
-
-  # -------- stage 2: DVAE on h = c1(x), computed once
-  h_train = parallel.map_in_batches(embed_fn(mods, mesh), clf_state.params,
-                                    {'image': ds.images}, config.eval.batch_size, mesh,
-                                    'embed train')
-  if 'dvae' in wanted:
-    cfg = config.dvae
-    init_key, step_key = stage_rngs(config, 'dvae')
-    dvae_state, metas['dvae'] = run(Stage(
-        'dvae', cfg.steps, template_state(config, mods, 'dvae', mesh, init_key),
-        parallel.data_parallel_step(steps.make_dvae_step(mods.dvae, cfg), mesh),
-        batches(lambda i: {'h': h_train[i]}, len(ds), cfg.batch_size, 1),
-        step_key, upstream=link, signature=signature(config, 'dvae')))
-  else:
-    dvae_state = complete('dvae')
-    _check_link('dvae', metas['dvae'], link, workdir)
-  if last < 2:
-    return metas
-  link = dict(link, dvae=checkpoints.identity(metas['dvae']))
-
-  # -------- stage 3: explainer(s) on ĥ = d(1[l(h) > 0]), computed once
-  hhat = parallel.map_in_batches(reconstruct_fn(mods, mesh), dvae_state.params,
-                                 {'h': h_train}, config.eval.batch_size, mesh, 'reconstruct')
-  explainers = [n for n in ('explainer', 'explainer_noreg') if n in wanted]
-  if explainers:
-    cfg = config.explainer
-    sigma = parallel.replicate(fisher.batch_sigma(jnp.asarray(hhat), cfg.sigma_scale), mesh)
-    n_info = min(cfg.info_examples, len(hhat))
-    info_c2 = mean_information(head_apply(mods), 'ce', clf_state.params, hhat[:n_info],
-                               sigma, jax.random.key(config.seed + 17), cfg.fisher_samples,
-                               config.eval.batch_size, mesh, 'I(c2)')
-    info_c2 = parallel.replicate(jnp.asarray(info_c2), mesh)
-  g_state = None
-  for name in explainers:
-    scfg = cfg.copy_and_resolve_references()
-    with scfg.unlocked():
-      scfg.fisher_weight = signature(config, name)['fisher_weight']
-    init_key, step_key = stage_rngs(config, name)
-    state, metas[name] = run(Stage(
-        name, cfg.steps, template_state(config, mods, name, mesh, init_key),
-        explainer_step(mods.explainer, scfg, mesh),
-        batches(lambda i: {'image': images(i), 'hhat': hhat[i]}, len(ds), cfg.batch_size, 2),
-        step_key, extra=(info_c2, sigma), upstream=link, signature=signature(config, name)))
-    g_state = state if name == 'explainer' else g_state
-  if 'probe' not in wanted:
-    return metas
-
-  # -------- attribute probes, on real images and the explainer's g(ĥ) of them
-  if g_state is None:
-    g_state = complete('explainer')
-    _check_link('explainer', metas['explainer'], link, workdir)
-  generated = parallel.map_in_batches(render_fn(mods, mesh), g_state.params, {'e': hhat},
-                                      config.eval.batch_size, mesh, 'g(ĥ) train')
-  probe_images = np.concatenate([ds.images, generated])
-  probe_attrs = np.concatenate([ds.attributes, ds.attributes]).astype(np.float32)
-  cfg = config.probe
-  init_key, step_key = stage_rngs(config, 'probe')
-  _, metas['probe'] = run(Stage(
-      'probe', cfg.steps, template_state(config, mods, 'probe', mesh, init_key),
-      parallel.data_parallel_step(steps.probe_step, mesh,
-                                  compiler_options=parallel.convnet_compiler_options()),
-      batches(lambda i: {'image': probe_images[i].astype(np.float32) / 255.0,
-                         'attributes': probe_attrs[i]}, len(probe_images), cfg.batch_size, 3),
-      step_key, upstream=dict(link, explainer=checkpoints.identity(metas['explainer'])),
-      signature=signature(config, 'probe')))
+  for sd in GRAPH:
+    if sd.name not in needed:
+      continue
+    link = link_of(sd.name, identities)
+    if sd.name == 'classifier' and given is not None:
+      ctx.classifier = classifier
+      metas['classifier'] = identities['classifier'] = given
+      _record_given(workdir, given, d, num_classes, classifier.name)
+      continue
+    template = parallel.replicate(sd.template(ctx, stage_rngs(config, sd.name)[0]), mesh)
+    if sd.name == 'classifier' and random_classifier:
+      state, meta = save_untrained(
+          workdir, 'classifier',
+          parallel.replicate(sd.template(ctx, stream(config.seed, 'sanity/classifier')), mesh),
+          signature(config, 'classifier'))
+    elif sd.name in wanted:
+      cfg = config[sd.section]
+      arrays, prepare = sd.inputs(ctx)
+      n = len(next(iter(arrays.values())))
+      order_seed = stream_seed(config.seed, f'{sd.stream_name}/batches')
+      batch_fn = (lambda arrays, prepare, n, bs: lambda step: prepare(
+          {k: v[data_lib.batch_indices(n, bs, step, order_seed, pi, pc)]
+           for k, v in arrays.items()}))(arrays, prepare, n, cfg.batch_size)
+      state, meta = run_stage(
+          Stage(sd.name, cfg.steps, template, sd.step(ctx), batch_fn,
+                stage_rngs(config, sd.name)[1], extra=sd.extra(ctx), upstream=link,
+                signature=signature(config, sd.name)),
+          workdir, mesh, save_every=config.checkpoint.every_steps,
+          max_to_keep=config.checkpoint.max_to_keep, log_every=config.log_every, hooks=hooks)
+    else:
+      state, meta = load_complete(workdir, sd.name, template, signature(config, sd.name))
+      check_link(sd.name, meta, link, workdir)
+    ctx.states[sd.name] = state
+    identities[sd.name] = checkpoints.identity(meta)
+    metas[sd.name] = meta
+    if sd.name == 'classifier':
+      ctx.classifier = builtin_split(mods, state.params)
   return metas
 
 
-def train_sanity(config, workdir: str, *, mesh=None, hooks: Sequence[Callable] = ()
-                 ) -> dict[str, dict]:
-  """Model randomisation: DVAE and explainer trained over a randomly initialised classifier,
-  in WORKDIR/sanity, to check that explanations depend on what the classifier learned."""
+def train_sanity(config, workdir: str, *, classifier: ClassifierSplit | None = None, mesh=None,
+                 hooks: Sequence[Callable] = ()) -> dict[str, dict]:
+  """Model randomisation: DVAE and explainer trained over a randomised classifier, in
+  WORKDIR/sanity, to check that explanations depend on what the classifier learned.
+  The config's classifier is re-initialised; a given one has its weights permuted."""
   named = [lambda stage, step, state, h=h: h(f'sanity/{stage}', step, state) for h in hooks]
-  return train(config, os.path.join(workdir, 'sanity'), ('classifier', 'dvae', 'explainer'),
-               mesh=mesh, hooks=named, random_classifier=True)
-
-
-def _check_link(stage: str, meta: dict, link: dict, workdir: str) -> None:
-  checkpoints.check_upstream(stage, f'{workdir}/{stage}', meta.get('upstream', {}), link)
+  sdir = os.path.join(workdir, 'sanity')
+  stages = ('classifier', 'dvae', 'explainer')
+  if classifier is not None:
+    rand = randomized_split(classifier, stream(config.seed, 'sanity/classifier'))
+    return train(config, sdir, stages, classifier=rand, mesh=mesh, hooks=named)
+  return train(config, sdir, stages, mesh=mesh, hooks=named, random_classifier=True)

@@ -1,7 +1,9 @@
 """The paper's tables as plain text."""
 from __future__ import annotations
 
-
+# The figures of Tables 1 and 2, in the order the reports list them.
+TABLE_KEYS = ('accuracy', 'recon_accuracy', 'agreement', 'flip_all_change', 'info_cosine',
+              'info_cosine_noreg')
 
 def format_tables(m: dict) -> str:
   """Table 1 (percentages, as in the paper) and Table 2 (cosines) as plain text."""
@@ -26,6 +28,8 @@ def format_bias(m: dict, top: int = 6) -> str:
   """The bias report's largest shifts and the sanity verdict as plain text."""
   lines = [f'Bias report ({m.get("intervention", "flip all bits")}): shift of attribute '
            'probabilities towards the other class']
+  if m.get('bias_report') is None:
+    return lines[0] + f': {m.get("bias_report_note", "not computed")}'
   for r in m['bias_report'][:top]:
     sig = '*' if r['ci_low'] > 0 or r['ci_high'] < 0 else ' '
     lines.append(f'  {r["attribute"]:>14}{" (task)" if r["is_task"] else "       "} '

@@ -1,8 +1,11 @@
 """lsei_jax: Latent Space Explanation by Intervention, in JAX/Flax.
 
-Public functional API (DESIGN.md §3–§6); every function is pure and jit/vmap friendly.
+Public API: the pipeline entry points (train, evaluate, load_run, explain) for a classifier
+given as a ClassifierSplit, and the method's functions (docs/method.md §3–§6), pure and
+jit/vmap friendly (flags and callables are static arguments: see each docstring).
 """
 from lsei_jax import baselines
+from lsei_jax.api import Run, evaluate, explain, load_run, train
 from lsei_jax.classifier_split import ClassifierSplit, from_module, split_at
 from lsei_jax.fisher import batch_sigma, fisher_information, fisher_regularizer, similarity
 from lsei_jax.interventions import (bit_set_mask, decisive_bits, flip_all_mask, intervene,
@@ -15,6 +18,7 @@ from lsei_jax.relaxed_bernoulli import bernoulli_kl, hard_code, relaxed_bernoull
 __all__ = [
     'baselines',
     'ClassifierSplit', 'split_at', 'from_module',
+    'train', 'evaluate', 'load_run', 'explain', 'Run',
     'C1', 'C2', 'Classifier', 'DVAE', 'Explainer',
     'relaxed_bernoulli', 'bernoulli_kl', 'hard_code',
     'fisher_information', 'fisher_regularizer', 'similarity', 'batch_sigma',

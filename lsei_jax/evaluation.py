@@ -109,7 +109,7 @@ def compute(config, workdir: str, *, classifier: ClassifierSplit | None = None, 
   """Every evaluation figure → (result dict, arrays the figures show). Writes nothing."""
   mesh = parallel.make_mesh() if mesh is None else mesh
   parallel.check_batch(config.eval.batch_size, mesh, 'config.eval.batch_size')
-  classifier = pipeline.resolve_classifier(config, classifier)
+  classifier = pipeline.resolve_classifier(config, classifier, mesh)
   test = data_lib.load(config.data, 'test')
   split, identities, mods, num_classes = load_classifier(config, workdir, mesh, classifier,
                                                          len(test.attribute_names))

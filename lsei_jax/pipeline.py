@@ -191,14 +191,18 @@ def randomized_split(split: ClassifierSplit, key: jax.Array) -> ClassifierSplit:
   return dataclasses.replace(split, params=new, name=f'randomised {split.name}')
 
 
-def resolve_classifier(config, classifier: ClassifierSplit | None) -> ClassifierSplit | None:
-  """`classifier`, or the one config.classifier.source names, or None (train one)."""
-  if classifier is not None:
-    if not isinstance(classifier, ClassifierSplit):
-      raise TypeError(f'classifier must be a lsei_jax.ClassifierSplit, got '
-                      f'{type(classifier).__name__}')
-    return classifier
-  return classifier_split.load_source(config)
+def resolve_classifier(config, classifier: ClassifierSplit | None, mesh
+                       ) -> ClassifierSplit | None:
+  """`classifier`, or the one config.classifier.source names, or None (train one); its
+  params replicated on the mesh (a restored checkpoint may sit on one device)."""
+  if classifier is None:
+    classifier = classifier_split.load_source(config)
+    if classifier is None:
+      return None
+  if not isinstance(classifier, ClassifierSplit):
+    raise TypeError(f'classifier must be a lsei_jax.ClassifierSplit, got '
+                    f'{type(classifier).__name__}')
+  return dataclasses.replace(classifier, params=parallel.replicate(classifier.params, mesh))
 
 
 def _given_record(workdir: str) -> dict | None:
@@ -491,7 +495,7 @@ def train(config, workdir: str, stages: Sequence[str] | None = None, *,
   mesh = parallel.make_mesh() if mesh is None else mesh
   validate_config(config, mesh)
   check_workdir(workdir)
-  classifier = resolve_classifier(config, classifier)
+  classifier = resolve_classifier(config, classifier, mesh)
   wanted = stage_names(config) if not stages else tuple(stages)
   unknown = [s for s in wanted if s not in STAGES + ('sanity',)]
   if unknown:

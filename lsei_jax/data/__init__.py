@@ -104,10 +104,19 @@ def _without_bias(data_config: Any) -> Any:
 
 @functools.lru_cache(maxsize=8)
 def _shapes(image_size, task, spurious, rho, seed, split, num) -> Dataset:
+  """task: an attribute, or 'a+b+…': the label is how many of them are on (a K+1-class
+  task); the spurious attribute is then correlated with the first."""
+  parts = task.split('+')
+  unknown = [p for p in parts if p not in shapes.ATTRIBUTES]
+  if unknown or len(set(parts)) != len(parts) or spurious in parts[1:]:
+    raise ValueError(f'config.data.task={task!r}: expected a shapes attribute or distinct '
+                     f'ones joined by "+" (not the spurious one); known: '
+                     f'{", ".join(shapes.ATTRIBUTES)}')
   split_rho = 0.5 if split == 'test' else rho
-  d = shapes.generate(num, image_size=image_size, task=task, spurious=spurious,
+  d = shapes.generate(num, image_size=image_size, task=parts[0], spurious=spurious,
                       rho=split_rho, seed=seed, split=split)
-  labels = d['attributes'][:, shapes.ATTRIBUTES.index(task)].astype(np.int32)
+  cols = [shapes.ATTRIBUTES.index(p) for p in parts]
+  labels = d['attributes'][:, cols].sum(1).astype(np.int32)
   return Dataset(d['image'], labels, d['attributes'], shapes.ATTRIBUTES, task)
 
 

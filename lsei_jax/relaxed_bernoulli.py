@@ -17,7 +17,13 @@ def relaxed_bernoulli(key: jax.Array, logits: jax.Array, temperature: float | ja
   z̃ = σ((l + L) / τ), L ~ Logistic(0, 1) (= log u − log(1 − u), u ~ U(0,1)).
   With `hard=True` the value is the straight-through 1[z̃ > ½] ∈ {0, 1} whose gradient is
   the gradient of z̃. P(1[z̃ > ½] = 1) = σ(l) for every τ.
+
+  `hard` chooses the computation, so it is static under jit:
+  `jax.jit(relaxed_bernoulli, static_argnames='hard')`; temperature may be traced.
   """
+  if isinstance(hard, jax.core.Tracer):
+    raise TypeError('relaxed_bernoulli: hard must be a Python bool; under jax.jit mark it '
+                    "static (jax.jit(relaxed_bernoulli, static_argnames='hard'))")
   # jax.random.logistic samples L directly, so no log(0) at u ∈ {0, 1}.
   noise = jax.random.logistic(key, logits.shape, dtype=logits.dtype)
   soft = jax.nn.sigmoid((logits + noise) / temperature)

@@ -2,6 +2,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from lsei_jax import (bit_set_mask, decisive_bits, flip_all_mask, intervene,
                       single_bit_masks)
@@ -36,3 +37,20 @@ def test_decisive_bits_known_answer():
                        [False, False, False],  # two bits on: no single flip turns off
                        [True, False, True]])
   np.testing.assert_array_equal(got, expected)
+
+
+def test_jit_as_documented_and_shape_errors():
+  # decisive_bits with its callables static (same function objects → one compilation).
+  decode = lambda z: z
+  head = lambda h: jnp.stack([jnp.full(h.shape[0], 0.5), h[:, 0] + h[:, 2]], -1)
+  jitted = jax.jit(decisive_bits, static_argnums=(1, 2))
+  z = jnp.array([[0, 0, 0], [1, 0, 1]], jnp.float32)
+  np.testing.assert_array_equal(jitted(z, decode, head), [[True, False, True],
+                                                          [False, False, False]])
+  with pytest.raises(ValueError, match=r'codes z must be \[B, K\].*got shape \(2, 1, 3\)'):
+    decisive_bits(z[:, None], decode, head)
+  with pytest.raises(ValueError, match=r'mask of shape \(4,\) does not fit codes of shape '
+                                       r'\(2, 3\)'):
+    intervene(z, jnp.ones(4))
+  # One code at a time under vmap is fine.
+  np.testing.assert_array_equal(jax.vmap(intervene, (0, None))(z, flip_all_mask(3)), 1 - z)

@@ -67,3 +67,16 @@ def test_kl_matches_direct_formula():
 
 def test_hard_code():
   np.testing.assert_array_equal(hard_code(jnp.array([-1.0, 0.0, 0.1, 5.0])), [0, 0, 1, 1])
+
+
+def test_jit_with_static_hard_matches_eager():
+  key, logits = jax.random.key(3), jnp.linspace(-4.0, 4.0, 12).reshape(3, 4)
+  jitted = jax.jit(relaxed_bernoulli, static_argnames='hard')
+  for hard in (False, True):
+    np.testing.assert_array_equal(jitted(key, logits, 0.7, hard=hard),
+                                  relaxed_bernoulli(key, logits, 0.7, hard=hard))
+  # Temperature may be traced; hard may not, and says how to fix it.
+  np.testing.assert_array_equal(jitted(key, logits, jnp.float32(0.7), hard=True),
+                                relaxed_bernoulli(key, logits, 0.7, hard=True))
+  with pytest.raises(TypeError, match="hard must be a Python bool.*static_argnames='hard'"):
+    jax.jit(relaxed_bernoulli)(key, logits, 0.7, True)

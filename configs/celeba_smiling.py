@@ -25,7 +25,7 @@ def get_config(task: str = 'Smiling') -> ml_collections.ConfigDict:
       bias_split='',      # '' | 'female_majority' | 'male_majority' (train split only)
       bias_fraction=0.7, bias_size=0,  # majority share; size 0 = largest possible
       seed=0))
-  # The paper's architecture (DESIGN.md §3) = the module defaults in lsei_jax/models.py.
+  # The paper's architecture (docs/method.md §3) = the module defaults in lsei_jax/models.py.
   c.model.classifier.update(channels=(32, 32, 64, 64, 128, 128), strides=(1, 2, 1, 2, 1, 2),
                             hidden_dim=256, num_classes=2, dropout=0.5)
   c.model.dvae.update(latent_dim=32, hidden=(512, 256, 128), dropout=0.1)

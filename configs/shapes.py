@@ -1,6 +1,6 @@
 """Demo: biased shapes (task `shape`, spurious `color` agreeing in 90% of training images).
 
-Sizes are smaller than the paper's CelebA defaults (DESIGN.md §3) so that the whole
+Sizes are smaller than the paper's CelebA defaults (docs/method.md §3) so that the whole
 pipeline trains on a 2-core CPU in a few minutes.
 """
 import ml_collections

@@ -1,4 +1,4 @@
-"""Interventions on boolean codes: z' = z XOR m (DESIGN.md §5)."""
+"""Interventions on boolean codes: z' = z XOR m (docs/method.md §5)."""
 from __future__ import annotations
 
 from typing import Callable

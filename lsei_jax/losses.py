@@ -1,4 +1,4 @@
-"""Training losses of the three stages (DESIGN.md §2)."""
+"""Training losses of the three stages (docs/method.md §2)."""
 from __future__ import annotations
 
 import jax

@@ -1,4 +1,4 @@
-"""Flax linen models (DESIGN.md §3): the classifier split as c2∘c1, the DVAE, the explainer g.
+"""Flax linen models (docs/method.md §3): the classifier split as c2∘c1, the DVAE, the explainer g.
 
 No training logic here. Every size is a module attribute; defaults follow the paper.
 Images are NHWC float32 in [0, 1].

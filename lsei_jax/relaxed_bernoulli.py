@@ -1,6 +1,6 @@
 """Boolean latents: binary-concrete (Gumbel-sigmoid) sampling and the KL to Bernoulli(1/2).
 
-DESIGN.md §4. All functions are elementwise over a logits array of any shape, e.g. [B, K].
+docs/method.md §4. All functions are elementwise over a logits array of any shape, e.g. [B, K].
 """
 from __future__ import annotations
 

@@ -510,6 +510,7 @@ def train(config, workdir: str, stages: Sequence[str] | None = None, *,
   size = config.data.image_size
   if classifier is not None:
     d, num_classes = classifier.dims((size, size, 3))
+    classifier.check_cut(jnp.asarray(ds.images[:8], jnp.float32) / 255.0)
     given = given_identity(classifier, config)
     check_classifier_workdir(workdir, given)
   else:

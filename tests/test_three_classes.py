@@ -60,3 +60,13 @@ def test_two_class_bias_report_refuses_a_third_class():
   p = np.full((4, 2), 0.5)
   with pytest.raises(ValueError, match='needs 2 classes; pred has classes \\[0, 1, 2\\]'):
     bias.bias_report(p, p, np.array([0, 1, 2, 1]), ['a', 'b'], 'a')
+
+
+def test_html_report_from_the_results_dict_alone(three_class_run, tmp_path):
+  from lsei_jax import html_report
+  _, workdir, _ = three_class_run
+  result = json.load(open(os.path.join(workdir, 'eval', 'metrics.json')))
+  html_report.write(str(tmp_path / 'report.html'), result)   # no figure files anywhere
+  page = (tmp_path / 'report.html').read_text()
+  assert 'accuracy of c' in page and 'per-bit bars' in page and 'data:image/png' in page
+  assert 'Concept images' not in page  # the image grid needs arrays: left out, not broken

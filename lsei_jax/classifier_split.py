@@ -10,6 +10,7 @@ dataclass itself for any pure function pair.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import inspect
 from typing import Any, Callable
@@ -101,13 +102,23 @@ def from_module(module: nn.Module, variables: Any, *, embed: str = 'embed',
     if not callable(getattr(cls, m, None)):
       raise ValueError(f'{cls.__name__} has no method {m!r}; use split_at(module, variables, '
                        f"layer='…') to cut it at a named submodule")
+  try:
+    fns = _module_fns(module, embed, head, tuple(sorted(apply_kwargs.items())))
+  except TypeError:  # unhashable module or kwargs: the same functions, not shared
+    fns = _module_fns.__wrapped__(module, embed, head, tuple(sorted(apply_kwargs.items())))
+  return ClassifierSplit(*fns[:2], params=variables, full=fns[2],
+                         name=f'{cls.__name__}.{embed}/{head}')
+
+
+@functools.lru_cache(maxsize=32)
+def _module_fns(module: nn.Module, embed: str, head: str, kwargs: tuple) -> tuple:
+  """(embed, head, full) apply functions of a module, one set per (module, methods, kwargs):
+  the same function objects each time, so jitted code built from them is reused."""
+  cls, apply_kwargs = type(module), dict(kwargs)
   kw = {m: _accepted(getattr(cls, m), apply_kwargs) for m in (embed, head, '__call__')}
-  return ClassifierSplit(
-      embed=lambda v, x: module.apply(v, x, method=embed, **kw[embed]),
-      head=lambda v, h: module.apply(v, h, method=head, **kw[head]),
-      params=variables,
-      full=lambda v, x: module.apply(v, x, **kw['__call__']),
-      name=f'{cls.__name__}.{embed}/{head}')
+  return (lambda v, x: module.apply(v, x, method=embed, **kw[embed]),
+          lambda v, h: module.apply(v, h, method=head, **kw[head]),
+          lambda v, x: module.apply(v, x, **kw['__call__']))
 
 
 def split_at(module: nn.Module, variables: Any, layer: str, *, example: Array,

@@ -25,8 +25,9 @@ from lsei_jax.report import TABLE_KEYS  # noqa: F401  (public here too)
 from lsei_jax.trainer import load_complete
 
 
-def _outputs_fn(split: ClassifierSplit, mods: Models, mesh):
-  """((clf, dvae params, mask [K]), {'image': uint8}) → per-example arrays.
+def _outputs_fn(embed, head_fn, mods: Models, mesh):
+  """((clf, dvae params, mask [K]), {'image': uint8}) → per-example arrays of the
+  classifier embed / head_fn (a ClassifierSplit's functions) and the DVAE.
 
   logits of c(x), c2(ĥ), c2(ĥ') for flip-all; ĥ, ĥ' (flip-all) and ĥ_m (z XOR mask);
   decisive [b, K]: which single-bit flips change c2's prediction.
@@ -34,8 +35,8 @@ def _outputs_fn(split: ClassifierSplit, mods: Models, mesh):
   def f(params, batch):
     clf_p, dvae_p, mask = params
     x = batch['image'].astype(jnp.float32) / 255.0
-    h = split.embed(clf_p, x)
-    head = lambda e: split.head(clf_p, e)
+    h = embed(clf_p, x)
+    head = lambda e: head_fn(clf_p, e)
     decode = lambda z: mods.dvae.apply({'params': dvae_p}, z, method='decode')
     z, hhat = steps.encode_decode(mods.dvae, dvae_p, h)
     hhat_flip = decode(interventions.intervene(z, interventions.flip_all_mask(z.shape[-1])))
@@ -93,7 +94,7 @@ def load_classifier(config, workdir: str, mesh, classifier: ClassifierSplit | No
 
 def _explain(config, split, mods, mesh, dvae_params, test, mask, desc) -> dict:
   """Per-example outputs of `_outputs_fn` on the test images for one (classifier, DVAE)."""
-  return parallel.map_in_batches(_outputs_fn(split, mods, mesh),
+  return parallel.map_in_batches(_outputs_fn(split.embed, split.head, mods, mesh),
                                  (split.params, dvae_params, mask),
                                  {'image': test.images}, config.eval.batch_size, mesh, desc)
 

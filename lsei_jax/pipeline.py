@@ -236,10 +236,10 @@ def _record_given(workdir: str, given: dict, d: int, num_classes: int, name: str
 
 
 # ----------------------------------------------------------------------- frozen functions
-def embed_fn(split: ClassifierSplit, mesh) -> Callable:
-  """(classifier params, {'image': uint8 [b,H,W,3]}) → h [b, d]."""
+def embed_fn(embed: Callable, mesh) -> Callable:
+  """(classifier params, {'image': uint8 [b,H,W,3]}) → h [b, d] = embed(params, image)."""
   def f(params, batch):
-    return split.embed(params, batch['image'].astype(jnp.float32) / 255.0)
+    return embed(params, batch['image'].astype(jnp.float32) / 255.0)
   return parallel.data_parallel_apply(f, mesh, parallel.convnet_compiler_options())
 
 
@@ -311,7 +311,7 @@ class Context:
   def h_train(self) -> np.ndarray:
     """h = c1(x) [N, d] of the train images."""
     return self.derived('h', lambda: parallel.map_in_batches(
-        embed_fn(self.classifier, self.mesh), self.classifier.params,
+        embed_fn(self.classifier.embed, self.mesh), self.classifier.params,
         {'image': self.data.images}, self.config.eval.batch_size, self.mesh, 'embed train'))
 
   def hhat_train(self) -> np.ndarray:

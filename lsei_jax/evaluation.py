@@ -116,9 +116,9 @@ def compute(config, workdir: str, *, classifier: ClassifierSplit | None = None, 
                                                          len(test.attribute_names))
   pipeline.check_labels(test.labels, num_classes, f'the test split of config.data (task '
                         f'{config.data.task!r})')
-  names = ['dvae', 'explainer', 'probe']
-  if os.path.isdir(os.path.join(workdir, 'explainer_noreg')):
-    names.insert(2, 'explainer_noreg')
+  # Every stage after the classifier, in graph order (the λ = 0 explainer when trained).
+  names = [sd.name for sd in pipeline.GRAPH if sd.name != 'classifier' and (
+      sd.name != 'explainer_noreg' or os.path.isdir(os.path.join(workdir, sd.name)))]
   stages = load_stages(config, workdir, mods, mesh, names, identities)
   clf_p = split.params
   num_bits = config.model.dvae.latent_dim

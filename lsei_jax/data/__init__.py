@@ -108,10 +108,13 @@ def _shapes(image_size, task, spurious, rho, seed, split, num) -> Dataset:
   task); the spurious attribute is then correlated with the first."""
   parts = task.split('+')
   unknown = [p for p in parts if p not in shapes.ATTRIBUTES]
-  if unknown or len(set(parts)) != len(parts) or spurious in parts[1:]:
-    raise ValueError(f'config.data.task={task!r}: expected a shapes attribute or distinct '
-                     f'ones joined by "+" (not the spurious one); known: '
-                     f'{", ".join(shapes.ATTRIBUTES)}')
+  if unknown:
+    raise ValueError(f'unknown shapes attribute {unknown[0]!r} in config.data.task={task!r}; '
+                     f'known: {", ".join(shapes.ATTRIBUTES)} (several joined by "+": a '
+                     f'task counting how many are on)')
+  if len(set(parts)) != len(parts) or spurious in parts[1:]:
+    raise ValueError(f'config.data.task={task!r}: the attributes joined by "+" must be '
+                     f'distinct and differ from config.data.spurious={spurious!r}')
   split_rho = 0.5 if split == 'test' else rho
   d = shapes.generate(num, image_size=image_size, task=parts[0], spurious=spurious,
                       rho=split_rho, seed=seed, split=split)

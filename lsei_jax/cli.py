@@ -3,14 +3,15 @@ from __future__ import annotations
 
 import logging as py_logging
 import os
+import signal
 import sys
+import threading
 from typing import Callable
 
 import jax
 from absl import flags, logging
 
-from lsei_jax.checkpoints import CheckpointError
-from lsei_jax.trainer import NonFiniteError
+from lsei_jax import errors
 
 flags.DEFINE_bool('verbose', False, 'Show full tracebacks and library (Orbax) logs.')
 flags.DEFINE_string('compilation_cache', os.path.expanduser('~/.cache/lsei_jax/xla'),
@@ -25,9 +26,6 @@ flags.DEFINE_bool('distributed', False, 'Call jax.distributed.initialize() (impl
                   '--coordinator_address).')
 FLAGS = flags.FLAGS
 
-# Errors that are the user's to fix: one line, no traceback.
-USER_ERRORS = (ValueError, KeyError, CheckpointError, NonFiniteError, FileNotFoundError,
-               PermissionError, OSError)
 
 
 class _QuietLibraries(py_logging.Filter):
@@ -71,15 +69,38 @@ def setup() -> None:
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
 
 
+def _sigterm(signum, frame):
+  # Raised in the main thread wherever it is: training stops the way Ctrl-C stops it.
+  raise KeyboardInterrupt(f'signal {signal.Signals(signum).name}')
+
+
 def run_main(main: Callable[[], None]) -> None:
-  """Runs main(); user errors become 'error: …' on stderr and exit status 1."""
+  """Runs main(); user errors, a full disk and interrupts become one 'error: …' line on
+  stderr and exit status 1 (130 for an interrupt); anything else is a bug and keeps its
+  traceback."""
   setup()
+  if threading.current_thread() is threading.main_thread():
+    signal.signal(signal.SIGTERM, _sigterm)
   try:
     main()
-  except USER_ERRORS as e:
+  except errors.UserError as e:
     if FLAGS.verbose:
       raise
     print(f'error: {e}', file=sys.stderr)
+    sys.exit(1)
+  except KeyboardInterrupt as e:
+    if FLAGS.verbose:
+      raise
+    how = str(e) if isinstance(e, errors.Interrupted) else (
+        f'interrupted ({e or "Ctrl-C"}) before any stage was training; checkpoints already '
+        f'saved are intact: rerun `{errors.resume_command()}` to go on')
+    print(f'error: {how}', file=sys.stderr)
+    sys.exit(130)
+  except Exception as e:  # pylint: disable=broad-except
+    full = errors.disk_full(e)
+    if full is None or FLAGS.verbose:
+      raise
+    print(f'error: {errors.disk_full_message(full)}', file=sys.stderr)
     sys.exit(1)
   finally:
     if jax.process_count() > 1:

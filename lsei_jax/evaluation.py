@@ -2,7 +2,6 @@
 attribute probes, the bias report and the model-randomisation sanity check."""
 from __future__ import annotations
 
-import json
 import os
 
 import jax
@@ -10,12 +9,13 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from lsei_jax import (bias, checkpoints, crosscheck, fisher, interventions, metrics,
-                      parallel, steps)
+from lsei_jax import (atomic, bias, checkpoints, crosscheck, errors, fisher, interventions,
+                      metrics, parallel, steps, validate)
+from lsei_jax import workdir as workdir_lib
 from lsei_jax import data as data_lib
 from lsei_jax.pipeline import (Models, build, generator_apply, head_apply, mean_information,
-                               signature, template_state)
-from lsei_jax.trainer import load_complete
+                               random_classifier_state, signature, template_state)
+from lsei_jax.trainer import check_untrained, load_complete
 
 TABLE_KEYS = ('accuracy', 'recon_accuracy', 'agreement', 'flip_all_change', 'info_cosine',
               'info_cosine_noreg')
@@ -86,8 +86,17 @@ def evaluate(config, workdir: str, *, mesh=None) -> dict:
   """Computes every evaluation figure; writes WORKDIR/eval/{metrics.json, *.png, report.html}."""
   from lsei_jax import html_report, plots  # pylint: disable=g-import-not-at-top
   mesh = parallel.make_mesh() if mesh is None else mesh
-  parallel.check_batch(config.eval.batch_size, mesh, 'config.eval.batch_size')
+  with errors.as_user_errors():
+    parallel.check_batch(config.eval.batch_size, mesh, 'config.eval.batch_size')
+  validate.check_config(config)
+  with workdir_lib.lock(workdir):
+    return _evaluate(config, workdir, mesh)
+
+
+def _evaluate(config, workdir: str, mesh) -> dict:
+  from lsei_jax import html_report, plots  # pylint: disable=g-import-not-at-top
   test = data_lib.load(config.data, 'test')
+  validate.check_data(test, config, 'test')
   mods = build(config, len(test.attribute_names))
   names = ['classifier', 'dvae', 'explainer', 'probe']
   if os.path.isdir(os.path.join(workdir, 'explainer_noreg')):
@@ -162,6 +171,8 @@ def evaluate(config, workdir: str, *, mesh=None) -> dict:
   if config.sanity.enabled:
     sdir = os.path.join(workdir, 'sanity')
     s_stages = load_stages(config, sdir, mods, mesh, ['classifier', 'dvae', 'explainer'])
+    check_untrained(f'{sdir}/classifier', 'classifier', s_stages['classifier'][1],
+                    checkpoints.fingerprint(random_classifier_state(config, mods, mesh).params))
     s_out = _explain(config, mods, mesh, s_stages, test, mask, 'sanity test')
     s_probs = _probe(config, mods, mesh, s_stages['explainer'][0].params, probe_p, test,
                      s_out['hhat'], s_out['hhat_masked'], 'sanity probes')
@@ -193,9 +204,8 @@ def evaluate(config, workdir: str, *, mesh=None) -> dict:
                                                      result['intervention']),
     }
     for fname, draw in figures.items():
-      draw(os.path.join(eval_dir, fname))
-    with open(os.path.join(eval_dir, 'metrics.json'), 'w') as f:
-      json.dump(result, f, indent=2)
+      atomic.write_with(os.path.join(eval_dir, fname), draw)
+    atomic.write_json(os.path.join(eval_dir, 'metrics.json'), result)
     html_report.write(os.path.join(eval_dir, 'report.html'), result, eval_dir,
                       task=test.task, workdir=workdir)
     logging.info('wrote %s', eval_dir)
@@ -212,9 +222,9 @@ def evaluate_seeds(config, workdir: str, other_workdirs, *, mesh=None) -> dict:
   agg = bias.aggregate_seeds(results, TABLE_KEYS)
   agg_out = {'workdirs': [*other_workdirs, workdir], 'figures': agg}
   eval_dir = os.path.join(workdir, 'eval')
-  if jax.process_index() == 0:
-    with open(os.path.join(eval_dir, 'seeds.json'), 'w') as f:
-      json.dump(agg_out, f, indent=2)
-    html_report.write(os.path.join(eval_dir, 'report.html'), results[-1], eval_dir,
-                      task=config.data.task, workdir=workdir, seeds=agg)
+  with workdir_lib.lock(workdir):
+    if jax.process_index() == 0:
+      atomic.write_json(os.path.join(eval_dir, 'seeds.json'), agg_out)
+      html_report.write(os.path.join(eval_dir, 'report.html'), results[-1], eval_dir,
+                        task=config.data.task, workdir=workdir, seeds=agg)
   return agg_out

@@ -5,6 +5,7 @@ import base64
 import html
 import os
 
+from lsei_jax import atomic
 from lsei_jax.evaluation import TABLE_KEYS
 
 _CSS = """body{font-family:system-ui,sans-serif;max-width:960px;margin:2em auto;color:#222}
@@ -132,5 +133,4 @@ def render(result: dict, eval_dir: str, *, task: str, workdir: str = '',
 
 
 def write(path: str, result: dict, eval_dir: str, **kwargs) -> None:
-  with open(path, 'w') as f:
-    f.write(render(result, eval_dir, **kwargs))
+  atomic.write_text(path, render(result, eval_dir, **kwargs))

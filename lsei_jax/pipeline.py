@@ -16,6 +16,10 @@ from absl import logging
 
 from lsei_jax import data as data_lib
 from lsei_jax import checkpoints, fisher, models, parallel, steps
+from lsei_jax import errors, validate
+from lsei_jax import signature as signature_lib
+from lsei_jax import workdir as workdir_lib
+from lsei_jax.workdir import check_workdir
 from lsei_jax.trainer import Stage, load_complete, run_stage, save_untrained
 
 STAGES = ('classifier', 'dvae', 'explainer', 'explainer_noreg', 'probe')
@@ -52,18 +56,6 @@ def validate_config(config, mesh) -> None:
     raise ValueError('config.explainer.fisher_batch must not exceed config.explainer.batch_size')
 
 
-def check_workdir(workdir: str) -> None:
-  """A workdir must be (or become) a writable directory; says which it is not."""
-  path = os.path.abspath(workdir)
-  if os.path.exists(path) and not os.path.isdir(path):
-    raise NotADirectoryError(f'--workdir={workdir} is a file, not a directory')
-  parent = path
-  while not os.path.exists(parent):
-    parent = os.path.dirname(parent)
-  if not os.access(parent, os.W_OK):
-    raise PermissionError(f'--workdir={workdir}: {parent} is not writable')
-
-
 @dataclasses.dataclass
 class Models:
   classifier: models.Classifier
@@ -85,18 +77,7 @@ def build(config, num_attributes: int | None = None) -> Models:
 
 def signature(config, stage: str) -> dict:
   """Fields that must not change while a workdir holds checkpoints of `stage`."""
-  base = {'image_size': config.data.image_size, 'task': config.data.task,
-          **{f'model.classifier.{k}': v for k, v in config.model.classifier.items()}}
-  if stage == 'classifier':
-    return base
-  if stage == 'dvae':
-    return {f'model.dvae.{k}': v for k, v in config.model.dvae.items()}
-  if stage == 'probe':
-    return {'image_size': config.data.image_size, 'data': config.data.name,
-            **{f'model.probe.{k}': v for k, v in config.model.probe.items()}}
-  weight = config.explainer.fisher_weight if stage == 'explainer' else 0.0
-  return {'image_size': config.data.image_size, 'fisher_weight': weight,
-          **{f'model.explainer.{k}': v for k, v in config.model.explainer.items()}}
+  return signature_lib.stage_signature(config, stage)
 
 
 def stage_rngs(config, stage: str) -> tuple[jax.Array, jax.Array]:
@@ -121,6 +102,12 @@ def template_state(config, mods: Models, stage: str, mesh, rng: jax.Array | None
   else:
     state = steps.create_train_state(mods.explainer, rng, jnp.zeros((1, d)), tx)
   return parallel.replicate(state, mesh)
+
+
+def random_classifier_state(config, mods: Models, mesh):
+  """The sanity check's untrained classifier: a pure function of the seed and seed_offset."""
+  key = jax.random.fold_in(jax.random.key(config.seed), config.sanity.seed_offset)
+  return template_state(config, mods, 'classifier', mesh, key)
 
 
 def explainer_step(explainer, cfg, mesh) -> Callable:
@@ -201,18 +188,27 @@ def train(config, workdir: str, stages: Sequence[str] | None = None, *, mesh=Non
   Returns {stage: final checkpoint meta} for every stage touched.
   """
   mesh = parallel.make_mesh() if mesh is None else mesh
-  validate_config(config, mesh)
+  with errors.as_user_errors():
+    validate_config(config, mesh)
+  validate.check_config(config)
   check_workdir(workdir)
+  with workdir_lib.lock(workdir):
+    return _train(config, workdir, stages, mesh=mesh, hooks=hooks,
+                  random_classifier=random_classifier)
+
+
+def _train(config, workdir, stages, *, mesh, hooks, random_classifier) -> dict[str, dict]:
   wanted = stage_names(config) if not stages else tuple(stages)
   unknown = [s for s in wanted if s not in STAGES + ('sanity',)]
   if unknown:
-    raise ValueError(f'unknown stage(s) {unknown}; known: {", ".join(STAGES + ("sanity",))}')
+    raise errors.UserError(f'unknown stage(s) {unknown}; known: {", ".join(STAGES + ("sanity",))}')
   if 'sanity' in wanted:
     rest = tuple(s for s in wanted if s != 'sanity')
     metas = train(config, workdir, rest, mesh=mesh, hooks=hooks) if rest else {}
     sanity = train_sanity(config, workdir, mesh=mesh, hooks=hooks)
     return dict(metas, **{f'sanity/{k}': v for k, v in sanity.items()})
   ds = data_lib.load(config.data, 'train')
+  validate.check_data(ds, config, 'train')
   mods = build(config, len(ds.attribute_names))
   logging.info('train split: %d images, task %r, %d devices', len(ds), config.data.task,
                mesh.devices.size)
@@ -236,9 +232,8 @@ def train(config, workdir: str, stages: Sequence[str] | None = None, *, mesh=Non
 
   # -------- stage 1: classifier (or a random one, for the sanity check)
   if random_classifier:
-    key = jax.random.fold_in(jax.random.key(config.seed), config.sanity.seed_offset)
     clf_state, metas['classifier'] = save_untrained(
-        workdir, 'classifier', template_state(config, mods, 'classifier', mesh, key),
+        workdir, 'classifier', random_classifier_state(config, mods, mesh),
         signature(config, 'classifier'))
   elif 'classifier' in wanted:
     cfg = config.classifier
@@ -291,7 +286,7 @@ def train(config, workdir: str, stages: Sequence[str] | None = None, *, mesh=Non
   for name in explainers:
     scfg = cfg.copy_and_resolve_references()
     with scfg.unlocked():
-      scfg.fisher_weight = signature(config, name)['fisher_weight']
+      scfg.fisher_weight = signature(config, name)['explainer.fisher_weight']
     init_key, step_key = stage_rngs(config, name)
     state, metas[name] = run(Stage(
         name, cfg.steps, template_state(config, mods, name, mesh, init_key),

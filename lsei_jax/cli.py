@@ -83,24 +83,23 @@ def run_main(main: Callable[[], None]) -> None:
     signal.signal(signal.SIGTERM, _sigterm)
   try:
     main()
-  except errors.UserError as e:
-    if FLAGS.verbose:
-      raise
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(1)
   except KeyboardInterrupt as e:
     if FLAGS.verbose:
       raise
     how = str(e) if isinstance(e, errors.Interrupted) else (
-        f'interrupted ({e or "Ctrl-C"}) before any stage was training; checkpoints already '
+        f'interrupted ({e or "Ctrl-C"}) outside a training loop; checkpoints already '
         f'saved are intact: rerun `{errors.resume_command()}` to go on')
     print(f'error: {how}', file=sys.stderr)
     sys.exit(130)
   except Exception as e:  # pylint: disable=broad-except
     full = errors.disk_full(e)
-    if full is None or FLAGS.verbose:
+    if FLAGS.verbose or not (errors.is_user_error(e) or full is not None):
       raise
-    print(f'error: {errors.disk_full_message(full)}', file=sys.stderr)
+    if errors.is_user_error(e):  # its message names the path of a full disk, if any
+      msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+    else:
+      msg = errors.disk_full_message(full)
+    print(f'error: {msg}', file=sys.stderr)
     sys.exit(1)
   finally:
     if jax.process_count() > 1:

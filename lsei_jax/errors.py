@@ -26,22 +26,32 @@ class Interrupted(KeyboardInterrupt):
 # What input checking raises for a bad value (each of our checks names the field).
 _INPUT_ERRORS = (ValueError, KeyError, FileNotFoundError, NotADirectoryError,
                  IsADirectoryError, PermissionError)
+_MARK = '_lsei_user_error'
+
+
+def mark(e: BaseException) -> BaseException:
+  """Marks an exception of another type (FileNotFoundError, …) as the user's to fix,
+  keeping its type for callers that catch it."""
+  setattr(e, _MARK, True)
+  return e
+
+
+def is_user_error(e: BaseException) -> bool:
+  return isinstance(e, UserError) or getattr(e, _MARK, False)
 
 
 @contextlib.contextmanager
-def as_user_errors(prefix: str = '') -> Iterator[None]:
-  """Inside, a failed input check (ValueError, missing file, …) becomes a UserError.
+def as_user_errors() -> Iterator[None]:
+  """Inside, a failed input check (ValueError, missing file, …) is marked as a user error
+  (printed as one line by the CLI) and re-raised unchanged.
 
   Use only around code whose every such error is about the user's input (config
   validation, data loading), never around computations, where it would hide a bug.
   """
   try:
     yield
-  except UserError:
-    raise
   except _INPUT_ERRORS as e:
-    msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
-    raise UserError(prefix + msg) from e
+    raise mark(e)
 
 
 def disk_full(e: BaseException) -> OSError | None:

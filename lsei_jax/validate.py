@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from lsei_jax import steps
-from lsei_jax.errors import UserError, as_user_errors
+from lsei_jax.errors import UserError
 
 _STAGE_SECTIONS = ('classifier', 'dvae', 'explainer', 'probe')
 
@@ -44,8 +44,10 @@ def check_config(config) -> None:
     raise UserError(f"config.explainer.similarity must be 'cosine' or 'dot', got "
                     f'{config.explainer.similarity!r}')
   for stage in _STAGE_SECTIONS:  # unknown optimizer / schedule names, before training
-    with as_user_errors(f'config.{stage}: '):
+    try:
       steps.make_optimizer(config[stage], max(int(config[stage].steps), 1))
+    except ValueError as e:
+      raise UserError(f'config.{stage}: {e}') from None
   k = config.model.dvae.latent_dim
   bits = list(config.eval.bias_bits)
   bad = [b for b in bits if not (isinstance(b, (int, np.integer)) and 0 <= b < k)]

@@ -17,7 +17,7 @@ from typing import Iterator
 import jax
 import numpy as np
 
-from lsei_jax.errors import UserError
+from lsei_jax.errors import UserError, mark
 
 LOCK_NAME = '.lock'
 
@@ -26,12 +26,12 @@ def check_workdir(workdir: str) -> None:
   """A workdir must be (or become) a writable directory; says which it is not."""
   path = os.path.abspath(workdir)
   if os.path.exists(path) and not os.path.isdir(path):
-    raise UserError(f'--workdir={workdir} is a file, not a directory')
+    raise mark(NotADirectoryError(f'--workdir={workdir} is a file, not a directory'))
   parent = path
   while not os.path.exists(parent):
     parent = os.path.dirname(parent)
   if not os.access(parent, os.W_OK):
-    raise UserError(f'--workdir={workdir}: {parent} is not writable')
+    raise mark(PermissionError(f'--workdir={workdir}: {parent} is not writable'))
 
 
 def _alive(pid: int) -> bool:

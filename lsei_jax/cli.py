@@ -79,16 +79,16 @@ def run_main(main: Callable[[], None]) -> None:
   stderr and exit status 1 (130 for an interrupt); anything else is a bug and keeps its
   traceback."""
   setup()
-  if threading.current_thread() is threading.main_thread():
-    signal.signal(signal.SIGTERM, _sigterm)
+  in_main = threading.current_thread() is threading.main_thread()
+  previous = signal.signal(signal.SIGTERM, _sigterm) if in_main else None
   try:
     main()
   except KeyboardInterrupt as e:
     if FLAGS.verbose:
       raise
     how = str(e) if isinstance(e, errors.Interrupted) else (
-        f'interrupted ({e or "Ctrl-C"}) outside a training loop; checkpoints already '
-        f'saved are intact: rerun `{errors.resume_command()}` to go on')
+        f'interrupted ({str(e) or "Ctrl-C"}) outside a training loop; saved '
+        f'checkpoints are intact: rerun `{errors.resume_command()}` to go on')
     print(f'error: {how}', file=sys.stderr)
     sys.exit(130)
   except Exception as e:  # pylint: disable=broad-except
@@ -102,5 +102,7 @@ def run_main(main: Callable[[], None]) -> None:
     print(f'error: {msg}', file=sys.stderr)
     sys.exit(1)
   finally:
+    if in_main:
+      signal.signal(signal.SIGTERM, previous)
     if jax.process_count() > 1:
       jax.distributed.shutdown()

@@ -142,9 +142,9 @@ def run_stage(stage: Stage, workdir: str, mesh, *, save_every: int, max_to_keep:
             hook(stage.name, done, state)
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM turned into one by the CLI
       raise errors.Interrupted(
-          f'{stage.name} interrupted ({e or "Ctrl-C"}) after step {done} of {stage.num_steps} (last checkpoint: '
-          f'{_describe(ckpt.latest_step())} in {ckpt.directory}); rerun '
-          f'`{errors.resume_command()}` to resume from it') from e
+          f'{stage.name} interrupted ({str(e) or "Ctrl-C"}) after step {done} of '
+          f'{stage.num_steps} (last checkpoint: {_describe(ckpt.latest_step())} in '
+          f'{ckpt.directory}); rerun `{errors.resume_command()}` to resume from it') from e
     finally:
       prefetch.shutdown(wait=True, cancel_futures=True)
       writer.close()

@@ -162,7 +162,7 @@ VALIDATION = {
     'eval.num_bootstrap': (0, 'config.eval.num_bootstrap must be a positive integer'),
     'explainer.fisher_samples': (0, 'config.explainer.fisher_samples must be a positive'),
     'eval.fisher_samples': (0, 'config.eval.fisher_samples must be a positive'),
-    'data.image_size': (20, 'the explainer cannot make 20×20 images'),
+    'data.image_size': (18, 'the explainer cannot make 18×18 images'),
     'classifier.optimizer': ('adan', "config.classifier: unknown optimizer 'adan'"),
 }
 

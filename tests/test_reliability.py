@@ -125,17 +125,17 @@ def _lock(workdir, pid, host=None):
 
 
 def test_a_workdir_in_use_is_refused_naming_the_holder(workdir_copy, tiny_config):
-  from lsei_jax import errors, evaluation
+  from lsei_jax import evaluation
   holder = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])
   try:
     _lock(workdir_copy, holder.pid)
     for run in (lambda: pipeline.train(tiny_config, workdir_copy, ['classifier']),
                 lambda: evaluation.evaluate(tiny_config, workdir_copy)):
-      with pytest.raises(errors.UserError, match=rf'in use by pid {holder.pid} on host '):
+      with pytest.raises(ValueError, match=rf'in use by pid {holder.pid} on host '):
         run()
     assert not os.path.exists(os.path.join(workdir_copy, 'eval'))
     _lock(workdir_copy, 1, host='another-host')  # cannot tell whether it runs: refused
-    with pytest.raises(errors.UserError, match='on host another-host'):
+    with pytest.raises(ValueError, match='on host another-host'):
       pipeline.train(tiny_config, workdir_copy, ['classifier'])
   finally:
     holder.kill()
@@ -169,17 +169,16 @@ VALIDATION = {
 
 @pytest.mark.parametrize('field', sorted(VALIDATION))
 def test_bad_values_are_refused_before_anything_trains(field, tmp_path, tiny_config):
-  from lsei_jax import errors
   value, message = VALIDATION[field]
   wd = str(tmp_path / 'wd')
-  with pytest.raises(errors.UserError, match=message):
+  with pytest.raises(ValueError, match=message):
     pipeline.train(_with(tiny_config, **{field: value}), wd, ['classifier'])
   assert not os.path.exists(wd)
 
 
 def test_eval_refuses_out_of_range_bits_before_writing(workdir_copy, tiny_config):
-  from lsei_jax import errors, evaluation
-  with pytest.raises(errors.UserError, match=r'bias_bits=\(6,\)'):
+  from lsei_jax import evaluation
+  with pytest.raises(ValueError, match=r'bias_bits=\(6,\)'):
     evaluation.evaluate(_with(tiny_config, **{'eval.bias_bits': (6,)}), workdir_copy)
   assert not os.path.exists(os.path.join(workdir_copy, 'eval'))
 
@@ -197,7 +196,7 @@ def _npz_config(tiny_config, path, task='a'):
 
 
 def test_nan_pixels_are_refused(tmp_path, tiny_config):
-  from lsei_jax import data, errors
+  from lsei_jax import data
   rng = np.random.default_rng(0)
   images = rng.random((40, 16, 16, 3)).astype(np.float32)
   images[3, 2, 2, 1] = np.nan
@@ -205,28 +204,27 @@ def test_nan_pixels_are_refused(tmp_path, tiny_config):
   path = _npz(tmp_path, images, attrs)
   with pytest.raises(ValueError, match=r'1 pixel value\(s\) are NaN or infinite') as e:
     data.load(_npz_config(tiny_config, path).data, 'train')
+  from lsei_jax import errors  # pylint: disable=g-import-not-at-top
   assert errors.is_user_error(e.value)
 
 
 def test_labels_outside_the_classes_are_refused(tmp_path, tiny_config):
-  from lsei_jax import errors
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (80, 16, 16, 3), dtype=np.uint8)
   attrs = rng.random((80, 2)) < 0.5
   path = _npz(tmp_path, images, attrs, labels=np.arange(80) % 3)
-  with pytest.raises(errors.UserError, match=r'labels \[2\] are outside \[0, 2\)'):
+  with pytest.raises(ValueError, match=r'labels \[2\] are outside \[0, 2\)'):
     pipeline.train(_npz_config(tiny_config, path, task='label'), str(tmp_path / 'wd'),
                    ['classifier'])
 
 
 def test_a_constant_task_is_refused_before_training(tmp_path, tiny_config):
-  from lsei_jax import errors
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (80, 16, 16, 3), dtype=np.uint8)
   attrs = np.stack([np.ones(80, bool), rng.random(80) < 0.5], 1)
   path = _npz(tmp_path, images, attrs)
   wd = str(tmp_path / 'wd')
-  with pytest.raises(errors.UserError, match="task 'a' is 1 for all .* nothing to classify"):
+  with pytest.raises(ValueError, match="task 'a' is 1 for all .* nothing to classify"):
     pipeline.train(_npz_config(tiny_config, path), wd, ['classifier'])
   assert not os.path.exists(os.path.join(wd, 'classifier'))
 
@@ -242,8 +240,8 @@ def test_16_bit_png_is_scaled_not_clipped(tmp_path):
   assert img[1, 1].tolist() == [128, 128, 128] and img[0, 0].tolist() == [255, 255, 255]
 
 
-def test_truncated_png_error_names_the_file(tmp_path):
-  from lsei_jax import data, errors
+def test_truncated_png_error_names_the_file(tmp_path, tiny_config):
+  from lsei_jax import data
   root = tmp_path / 'imgs'
   root.mkdir()
   rng = np.random.default_rng(0)
@@ -254,16 +252,12 @@ def test_truncated_png_error_names_the_file(tmp_path):
   (root / 'attributes.csv').write_text('\n'.join(rows) + '\n')
   raw = (root / '7.png').read_bytes()
   (root / '7.png').write_bytes(raw[:len(raw) // 2])
-  config = _with(pipeline_config(), **{'data.name': 'folder', 'data.path': str(root),
+  config = _with(tiny_config, **{'data.name': 'folder', 'data.path': str(root),
                                        'data.task': 'a', 'data.test_fraction': 0.0})
   with pytest.raises(ValueError, match=r'cannot read image .*7\.png') as e:
     data.load(config.data, 'train')
+  from lsei_jax import errors  # pylint: disable=g-import-not-at-top
   assert errors.is_user_error(e.value)
-
-
-def pipeline_config():
-  from configs import tiny
-  return tiny.get_config()
 
 
 # ----------------------------------------------------------- finding 6: outputs, messages
@@ -277,14 +271,14 @@ def test_atomic_write_keeps_the_old_file_when_the_disk_is_full(tmp_path):
       f.write('{"trunc')
     raise OSError(errno.ENOSPC, 'No space left on device')
 
-  with pytest.raises(errors.UserError, match=rf'no space left on the device writing {path}'):
+  with pytest.raises(ValueError, match=rf'no space left on the device writing {path}'):
     atomic.write_with(path, write_half_then_fail)
   assert json.load(open(path)) == {'good': 1}
   assert os.listdir(tmp_path) == ['metrics.json']  # no temporary file left behind
 
 
 def test_eval_on_a_full_disk_keeps_the_previous_figure(workdir_copy, tiny_config, monkeypatch):
-  from lsei_jax import errors, evaluation, plots
+  from lsei_jax import evaluation, plots
   eval_dir = os.path.join(workdir_copy, 'eval')
   os.makedirs(eval_dir, exist_ok=True)
   fig = os.path.join(eval_dir, 'fig3_grid.png')
@@ -297,7 +291,7 @@ def test_eval_on_a_full_disk_keeps_the_previous_figure(workdir_copy, tiny_config
     raise OSError(errno.ENOSPC, 'No space left on device', path)
 
   monkeypatch.setattr(plots, 'save_grid', save_grid)
-  with pytest.raises(errors.UserError, match=r'no space left .* writing .*eval/fig3_grid\.png'):
+  with pytest.raises(ValueError, match=r'no space left .* writing .*eval/fig3_grid\.png'):
     evaluation.evaluate(tiny_config, workdir_copy)
   assert open(fig, 'rb').read() == b'the good figure of an earlier run'
   assert sorted(os.listdir(eval_dir)) == ['fig3_grid.png']
@@ -306,14 +300,13 @@ def test_eval_on_a_full_disk_keeps_the_previous_figure(workdir_copy, tiny_config
 
 def test_checkpoint_save_on_a_full_disk_names_the_path(tmp_path, tiny_config, monkeypatch):
   import orbax.checkpoint as ocp
-  from lsei_jax import errors
 
   def save(self, *args, **kwargs):
     raise OSError(errno.ENOSPC, 'No space left on device')
 
   monkeypatch.setattr(ocp.CheckpointManager, 'save', save)
   wd = str(tmp_path / 'wd')
-  with pytest.raises(errors.UserError, match=rf'no space left .* writing {wd}/classifier/4 '):
+  with pytest.raises(ValueError, match=rf'no space left .* writing {wd}/classifier/4 '):
     pipeline.train(tiny_config, wd, ['classifier'])
 
 
@@ -327,10 +320,10 @@ def _run_main(fn, capsys):
 
 
 def test_cli_one_line_for_user_errors_traceback_for_bugs(capsys):
-  from lsei_jax import cli, errors
+  from lsei_jax import checkpoints as ckpts, cli
 
   def user():
-    raise errors.UserError('config.x must be positive, got 0')
+    raise ckpts.CheckpointError('config.x must be positive, got 0')
 
   def disk():
     raise RuntimeError('orbax failed') from OSError(errno.ENOSPC, 'No space', '/w/c/4')

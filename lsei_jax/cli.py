@@ -29,8 +29,12 @@ FLAGS = flags.FLAGS
 
 
 class _QuietLibraries(py_logging.Filter):
+  """Without --verbose, no Orbax or asyncio logs: a failed save (a full disk, …) logs
+  dozens of tracebacks from Orbax's threads, while the main thread raises the one error
+  the user sees."""
+
   def filter(self, record):
-    return 'orbax' not in record.pathname or record.levelno >= py_logging.ERROR
+    return not any(name in record.pathname for name in ('orbax', 'asyncio'))
 
 
 def parse_flags(argv):

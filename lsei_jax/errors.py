@@ -55,12 +55,20 @@ def as_user_errors() -> Iterator[None]:
 
 
 def disk_full(e: BaseException) -> OSError | None:
-  """The ENOSPC / EDQUOT OSError in e's chain of causes (libraries wrap it), or None."""
+  """The ENOSPC / EDQUOT OSError in e's chain of causes (libraries wrap it), or None.
+
+  `e.__cause__ or e.__context__`: the explicit cause, else the error being handled.
+  """
   seen = set()
   while e is not None and id(e) not in seen:
     seen.add(id(e))
     if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
       return e
+    # TensorStore (Orbax's array writer) reports it as a ValueError with the OS message.
+    text = str(e)
+    if 'No space left on device' in text or (
+        'RESOURCE_EXHAUSTED' in text and 'rror writing' in text):
+      return OSError(errno.ENOSPC, 'No space left on device')
     e = e.__cause__ or e.__context__
   return None
 

@@ -17,7 +17,7 @@ from typing import Iterator
 import jax
 import numpy as np
 
-from lsei_jax.errors import UserError, mark
+from lsei_jax.errors import UserError, disk_full, disk_full_message, mark
 
 LOCK_NAME = '.lock'
 
@@ -66,6 +66,9 @@ def _try_acquire(workdir: str) -> tuple[bool, str]:
       holder = _read(path)
       if holder is None:
         continue  # released meanwhile
+      if not holder and time.time() - os.path.getmtime(path) > 10:
+        os.remove(path)  # unreadable for 10 s: not one being written, a broken one
+        continue
       if holder.get('host') == me['host'] and holder.get('pid') == me['pid']:
         return False, ''  # already ours (nested call in this process)
       if holder.get('host') == me['host'] and isinstance(holder.get('pid'), int) \
@@ -76,8 +79,14 @@ def _try_acquire(workdir: str) -> tuple[bool, str]:
       return False, (f'workdir {workdir} is in use by pid {holder.get("pid", "?")} on host '
                      f'{holder.get("host", "?")} (since {since}, lock {path}); wait for that '
                      f'run to finish, or if it no longer runs, delete {path}')
-    with os.fdopen(fd, 'w') as f:
-      json.dump(dict(me, since=time.strftime('%Y-%m-%d %H:%M:%S %Z')), f)
+    try:
+      with os.fdopen(fd, 'w') as f:
+        json.dump(dict(me, since=time.strftime('%Y-%m-%d %H:%M:%S %Z')), f)
+    except OSError as e:
+      os.remove(path)  # never leave an empty lock behind
+      full = disk_full(e)
+      raise UserError(disk_full_message(full, path) if full else
+                      f'cannot write the lock {path}: {e}') from e
     return True, ''
   return False, f'could not take the lock {path}; rerun'
 

@@ -84,7 +84,6 @@ def _probe(config, mods, mesh, g_params, probe_params, test, before, after, desc
 
 def evaluate(config, workdir: str, *, mesh=None) -> dict:
   """Computes every evaluation figure; writes WORKDIR/eval/{metrics.json, *.png, report.html}."""
-  from lsei_jax import html_report, plots  # pylint: disable=g-import-not-at-top
   mesh = parallel.make_mesh() if mesh is None else mesh
   with errors.as_user_errors():
     parallel.check_batch(config.eval.batch_size, mesh, 'config.eval.batch_size')

@@ -136,3 +136,98 @@ def aggregate_seeds(results: Sequence[dict], keys: Sequence[str]) -> dict:
       out[k] = {'mean': float(arr.mean()), 'std': float(arr.std(ddof=1)) if len(arr) > 1 else 0.0,
                 'n': len(arr), 'values': [float(v) for v in arr]}
   return out
+
+
+# ------------------------------------------------------------------ what the classifier relies on
+def class_directions(pred_before: np.ndarray, pred_after: np.ndarray, num_classes: int
+                     ) -> np.ndarray:
+  """float [N, C]: d[i, k] = 1[after_i = k] − 1[before_i = k]: +1 where sample i's
+  intervention moved the prediction to class k, −1 where it moved it away from k, 0 where the
+  prediction did not change (no decision changed, so nothing is attributed to the class)."""
+  eye = np.eye(num_classes)
+  return eye[np.asarray(pred_after)] - eye[np.asarray(pred_before)]
+
+
+def directed_shifts(p_before: np.ndarray, p_after: np.ndarray, pred_before: np.ndarray,
+                    pred_after: np.ndarray, num_classes: int) -> dict:
+  """How each attribute moves as decisions move towards each class.
+
+  Over the M samples whose prediction the intervention changed, per class k and attribute a:
+  mean of (p_after − p_before)[:, a] · d[:, k] (class_directions): positive when the
+  attribute rises as decisions move to k and falls as they leave it. With two classes,
+  k = 1 is the bias report's sign convention (positive: the attribute goes with class 1).
+
+  Returns {'mean' [C, A], 'se' [C, A] (standard error of that mean over the M samples),
+  'num_changed' M}.
+  """
+  d = class_directions(pred_before, pred_after, num_classes)
+  changed = np.any(d != 0, -1)
+  delta = (np.asarray(p_after, np.float64) - np.asarray(p_before, np.float64))[changed]
+  v = d[changed][:, :, None] * delta[:, None, :]                  # [M, C, A]
+  m = int(changed.sum())
+  if m == 0:
+    zeros = np.zeros((num_classes, delta.shape[-1]))
+    return {'mean': zeros, 'se': zeros, 'num_changed': 0}
+  se = v.std(0, ddof=1) / np.sqrt(m) if m > 1 else np.full(v.shape[1:], np.inf)
+  return {'mean': v.mean(0), 'se': se, 'num_changed': m}
+
+
+def _normal_quantile(p: float) -> float:
+  """Φ⁻¹(p) by bisection on erf (no SciPy)."""
+  from math import erf, sqrt  # pylint: disable=g-import-not-at-top
+  lo, hi = -40.0, 40.0
+  for _ in range(200):
+    mid = (lo + hi) / 2
+    lo, hi = (mid, hi) if 0.5 * (1 + erf(mid / sqrt(2))) < p else (lo, mid)
+  return (lo + hi) / 2
+
+
+def reliance_report(p_before: np.ndarray, p_after: np.ndarray, pred_before: np.ndarray,
+                    pred_after: np.ndarray, names: Sequence[str], task: str,
+                    num_classes: int, probe_accuracy: Sequence[float], *,
+                    min_probe_accuracy: float = 0.75, min_shift: float = 0.05,
+                    level: float = 0.95) -> list[dict]:
+  """Which attributes the classifier's decision moves, with what can and cannot be read.
+
+  Args:
+    p_before, p_after: probe probabilities [N, A] on g(ĥ) and on g(ĥ') after an intervention.
+    pred_before, pred_after: int [N], c2's prediction before / after it.
+    probe_accuracy: [A] accuracy of each probe on real images of an unbiased split. A probe
+      that cannot read its attribute there (e.g. one that learned it through a correlated
+      attribute) is not used: its attribute is 'not readable', never flagged.
+    min_probe_accuracy: that bar (chance is about 0.5 for a balanced binary attribute).
+    min_shift: the smallest |shift| (in probe probability) reported as relied on.
+    level: family-wise confidence: intervals are Bonferroni-corrected over the attributes
+      and the classes they are tested against.
+
+  Returns one row per attribute, sorted by |shift| (unreadable ones last): shift, the class
+  it is signed towards (`toward_class`; with 2 classes always 1, so the sign says which
+  class the attribute goes with; with C > 2 the class of the largest |shift|), a corrected
+  normal interval [ci_low, ci_high], readable, flagged (readable, interval excluding 0 and
+  |shift| ≥ min_shift), is_task, num_changed (samples whose prediction changed).
+  """
+  return report_rows(directed_shifts(p_before, p_after, pred_before, pred_after, num_classes),
+                     names, task, num_classes, probe_accuracy,
+                     min_probe_accuracy=min_probe_accuracy, min_shift=min_shift, level=level)
+
+
+def report_rows(s: dict, names: Sequence[str], task: str, num_classes: int,
+                probe_accuracy: Sequence[float], *, min_probe_accuracy: float = 0.75,
+                min_shift: float = 0.05, level: float = 0.95) -> list[dict]:
+  """reliance_report's rows from directed_shifts' output `s` (see reliance_report)."""
+  s = {k: np.asarray(v, np.float64) if k != 'num_changed' else v for k, v in s.items()}
+  classes = [1] if num_classes == 2 else list(range(num_classes))
+  tests = len(names) * len(classes)
+  z = _normal_quantile(1 - (1 - level) / (2 * tests))
+  rows = []
+  for a, name in enumerate(names):
+    k = max(classes, key=lambda c: abs(s['mean'][c, a]))
+    mean, se = float(s['mean'][k, a]), float(s['se'][k, a])
+    readable = bool(probe_accuracy[a] >= min_probe_accuracy)
+    lo, hi = mean - z * se, mean + z * se
+    rows.append({'attribute': name, 'shift': mean, 'se': se, 'ci_low': lo, 'ci_high': hi,
+                 'toward_class': int(k), 'readable': readable,
+                 'probe_accuracy': float(probe_accuracy[a]),
+                 'flagged': bool(readable and (lo > 0 or hi < 0) and abs(mean) >= min_shift),
+                 'is_task': name == task, 'num_changed': s['num_changed']})
+  return sorted(rows, key=lambda r: (not r['readable'], -abs(r['shift'])))

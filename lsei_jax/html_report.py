@@ -76,6 +76,16 @@ def render(result: dict, eval_dir: str, *, task: str, workdir: str = '',
             'ties to its decision. Bold red: interval excludes 0.</p>',
             _table(['attribute', 'shift', 'interval', 'from class 0', 'from class 1'], rows),
             _img(os.path.join(eval_dir, 'bias_report.png'), 'bias report bars')]
+  if result.get('reliance'):
+    rel = result['reliance']
+    parts += ['<h3>Ground truth: reliance</h3>',
+              '<p>The test images rendered again with one attribute flipped and nothing else '
+              'changed: the fraction of the classifier\'s predictions that change, and the mean '
+              'drop of the predicted class\'s probability. This is what the classifier relies '
+              'on, measured directly.</p>',
+              _table(['attribute', 'predictions changed', 'mean probability drop'],
+                     [[e(n), f'{100 * v["flip_rate"]:.1f}%', f'{v["mean_prob_change"]:+.3f}']
+                      for n, v in sorted(rel.items(), key=lambda kv: -kv[1]['flip_rate'])])]
 
   if result.get('tcav'):
     tc = {(t['concept'], t['class']): t for t in result['tcav']}

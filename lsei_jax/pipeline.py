@@ -15,7 +15,7 @@ import numpy as np
 from absl import logging
 
 from lsei_jax import data as data_lib
-from lsei_jax import checkpoints, fisher, models, parallel, steps
+from lsei_jax import balance, checkpoints, fisher, models, parallel, steps
 from lsei_jax.trainer import Stage, load_complete, run_stage, save_untrained
 
 STAGES = ('classifier', 'dvae', 'explainer', 'explainer_noreg', 'probe')
@@ -91,12 +91,25 @@ def signature(config, stage: str) -> dict:
     return base
   if stage == 'dvae':
     return {f'model.dvae.{k}': v for k, v in config.model.dvae.items()}
+  # 'balance' only when set, so workdirs trained before it existed keep their signature.
   if stage == 'probe':
     return {'image_size': config.data.image_size, 'data': config.data.name,
-            **{f'model.probe.{k}': v for k, v in config.model.probe.items()}}
+            **{f'model.probe.{k}': v for k, v in config.model.probe.items()},
+            **({'balance': True} if config.probe.get('balance', False) else {})}
   weight = config.explainer.fisher_weight if stage == 'explainer' else 0.0
   return {'image_size': config.data.image_size, 'fisher_weight': weight,
-          **{f'model.explainer.{k}': v for k, v in config.model.explainer.items()}}
+          **{f'model.explainer.{k}': v for k, v in config.model.explainer.items()},
+          **({'balance': True} if config.explainer.get('balance', False) else {})}
+
+
+def balance_weights(config, ds) -> np.ndarray | None:
+  """Per-example sampling weights [N] of the train split for the stages with balance=True
+  (explainer, probe): the label decorrelated from every attribute (balance.py)."""
+  if not (config.explainer.get('balance', False) or config.probe.get('balance', False)):
+    return None
+  task = ds.task if ds.task in ds.attribute_names else None
+  return balance.balancing_weights(
+      ds.labels, ds.attributes, None if task is None else ds.attribute_names.index(task))
 
 
 def stage_rngs(config, stage: str) -> tuple[jax.Array, jax.Array]:
@@ -227,10 +240,15 @@ def train(config, workdir: str, stages: Sequence[str] | None = None, *, mesh=Non
                                        signature(config, name))
     return state
 
-  def batches(arrays_fn, n, batch_size, offset):
+  def batches(arrays_fn, n, batch_size, offset, weights=None):
     pi, pc = jax.process_index(), jax.process_count()
+    if weights is not None:   # balanced stages: examples drawn ∝ weights (balance.py)
+      return lambda step: arrays_fn(balance.weighted_batch_indices(
+          weights, batch_size, step, config.seed + offset, pi, pc))
     return lambda step: arrays_fn(data_lib.batch_indices(n, batch_size, step,
                                                          config.seed + offset, pi, pc))
+
+  weights = balance_weights(config, ds)
 
   images = lambda i: ds.images[i].astype(np.float32) / 255.0
 
@@ -296,7 +314,8 @@ def train(config, workdir: str, stages: Sequence[str] | None = None, *, mesh=Non
     state, metas[name] = run(Stage(
         name, cfg.steps, template_state(config, mods, name, mesh, init_key),
         explainer_step(mods.explainer, scfg, mesh),
-        batches(lambda i: {'image': images(i), 'hhat': hhat[i]}, len(ds), cfg.batch_size, 2),
+        batches(lambda i: {'image': images(i), 'hhat': hhat[i]}, len(ds), cfg.batch_size, 2,
+                weights if cfg.get('balance', False) else None),
         step_key, extra=(info_c2, sigma), upstream=link, signature=signature(config, name)))
     g_state = state if name == 'explainer' else g_state
   if 'probe' not in wanted:
@@ -317,7 +336,8 @@ def train(config, workdir: str, stages: Sequence[str] | None = None, *, mesh=Non
       parallel.data_parallel_step(steps.probe_step, mesh,
                                   compiler_options=parallel.convnet_compiler_options()),
       batches(lambda i: {'image': probe_images[i].astype(np.float32) / 255.0,
-                         'attributes': probe_attrs[i]}, len(probe_images), cfg.batch_size, 3),
+                         'attributes': probe_attrs[i]}, len(probe_images), cfg.batch_size, 3,
+              np.concatenate([weights, weights]) if cfg.get('balance', False) else None),
       step_key, upstream=dict(link, explainer=checkpoints.identity(metas['explainer'])),
       signature=signature(config, 'probe')))
   return metas

@@ -30,6 +30,12 @@ def format_bias(m: dict, top: int = 6) -> str:
     sig = '*' if r['ci_low'] > 0 or r['ci_high'] < 0 else ' '
     lines.append(f'  {r["attribute"]:>14}{" (task)" if r["is_task"] else "       "} '
                  f'{r["shift"]:+.3f} [{r["ci_low"]:+.3f}, {r["ci_high"]:+.3f}] {sig}')
+  rel = m.get('reliance')
+  if rel:
+    lines.append('Ground truth (counterfactual test images, one attribute flipped): '
+                 'predictions changed')
+    for n, v in sorted(rel.items(), key=lambda kv: -kv[1]['flip_rate']):
+      lines.append(f'  {n:>14} {100 * v["flip_rate"]:5.1f}%')
   s = m.get('sanity')
   if s:
     lines.append(f'Sanity (random classifier): rank correlation {s["rank_correlation"]:+.2f}, '

@@ -55,7 +55,7 @@ STRONG = 0.25
 SPURIOUS = ('color', 'background')
 RHOS = (0.5, 0.9, 1.0)
 # (object_scale, noise): the object's size relative to the default, pixel noise.
-DIFFICULTY = {'easy': (1.0, 0.04), 'hard': (0.5, 0.15)}
+DIFFICULTY = {'easy': (1.0, 0.04), 'hard': (0.7, 0.08)}
 SEEDS = (0, 1, 2)
 METHODS = ('flip_all', 'per_bit', 'tcav', 'gated', 'balanced', 'balanced_gated',
            'balanced_gated_decisive', 'association')
@@ -82,7 +82,11 @@ def cell_config(cell: dict, base: str = 'small'):
     c.seed = cell['seed']
     c.data.update(spurious=cell['spurious'], rho=cell['rho'], seed=cell['seed'])
     c.data.object_scale, c.data.noise = scale, noise
+    # Long enough that the classifier learns the easy shape (at 400 steps it reads colour
+    # alone at ρ ≥ 0.9); the hard task then mixes shape and shortcut.
+    c.classifier.steps = max(c.classifier.steps, 1200) if base == 'small' else c.classifier.steps
     c.explainer.train_noreg = False
+    c.explainer.balance = c.probe.balance = False    # the biased variant; see _balanced
     c.sanity.enabled = False
     c.log_every = 10**6
   return c
@@ -146,8 +150,9 @@ def run_cell(cell: dict, workdir: str, base: str = 'small') -> dict:
       old = bias.bias_report(probs['before'], probs['after'], pred, names, task,
                              num_bootstrap=ec.num_bootstrap, level=ec.ci_level, seed=config.seed)
       line[f'{variant}/{inter}'] = {
-          'shift_mean': s['mean'].tolist(), 'shift_se': s['se'].tolist(),
-          'num_changed': s['num_changed'],
+          'shift_mean': s['mean'].tolist(),
+          'shift_se': np.where(np.isfinite(s['se']), s['se'], 1e9).tolist(),
+          'num_changed': s['num_changed'], 'num_to': s['num_to'], 'num_from': s['num_from'],
           'old_report': {r['attribute']: [r['shift'], r['ci_low'], r['ci_high']] for r in old}}
     line[f'{variant}/probe_accuracy_real'] = probe_acc_real
     line[f'{variant}/probe_accuracy_generated'] = probe_acc_gen
@@ -209,16 +214,28 @@ def truth(line: dict) -> tuple[dict, dict, dict]:
 
 def summarize(lines: list[dict], methods=METHODS) -> dict:
   """Per method: median Spearman over cells, precision, recall, recall on reliance > 0.25,
-  false-positive rate on unused attributes (pooled over the cells' attributes)."""
+  false-positive rate on unused attributes (pooled over the cells' attributes).
+
+  Spearman compares what a method ranks with what the classifier uses: the method's score
+  where it flags the attribute and 0 where it does not (a report ranks only what it claims),
+  against the reliance, with the unused attributes' reliance set to 0 (their differences are
+  within the noise of a flip rate, so their order means nothing). Cells where the classifier
+  relies on nothing (it predicts one class) have no order to recover and are left out of the
+  Spearman median. `spearman_raw` is the same over raw scores and raw reliance.
+  """
   from lsei_jax import bias  # pylint: disable=g-import-not-at-top
   out = {}
   for m in methods:
-    rho, tp, fp, fn, strong_hit, strong, fp_unused, unused_n = [], 0, 0, 0, 0, 0, 0, 0
+    rho, rho_raw, tp, fp, fn, strong_hit, strong, fp_unused, unused_n = ([], [], 0, 0, 0, 0, 0,
+                                                                        0, 0)
     for line in lines:
       rel, relied, unused = truth(line)
       score, flag = method_scores(line, m)
       names = line['names']
-      rho.append(bias.spearman([score[n] for n in names], [rel[n] for n in names]))
+      if any(relied.values()):
+        rho.append(bias.spearman([score[n] if flag[n] else 0.0 for n in names],
+                                 [0.0 if unused[n] else rel[n] for n in names]))
+        rho_raw.append(bias.spearman([score[n] for n in names], [rel[n] for n in names]))
       for n in names:
         tp += flag[n] and relied[n]
         fp += flag[n] and unused[n]
@@ -230,6 +247,8 @@ def summarize(lines: list[dict], methods=METHODS) -> dict:
           unused_n += 1
           fp_unused += flag[n]
     out[m] = {'median_spearman': float(np.median(rho)) if rho else None,
+              'median_spearman_raw': float(np.median(rho_raw)) if rho_raw else None,
+              'spearman_cells': len(rho),
               'precision': tp / (tp + fp) if tp + fp else None,
               'recall': tp / (tp + fn) if tp + fn else None,
               'recall_strong': strong_hit / strong if strong else None,
@@ -240,10 +259,11 @@ def summarize(lines: list[dict], methods=METHODS) -> dict:
 
 def format_table(summary: dict) -> str:
   f = lambda v: '—' if v is None else f'{v:.2f}'
-  rows = ['| method | median Spearman | precision | recall | recall (reliance > 0.25) | '
-          'FPR (unused) |', '|---|---|---|---|---|---|']
+  rows = ['| method | median Spearman | (raw) | precision | recall | recall (reliance > 0.25) '
+          '| FPR (unused) |', '|---|---|---|---|---|---|---|']
   for m, s in summary.items():
-    rows.append(f'| {m} | {f(s["median_spearman"])} | {f(s["precision"])} | {f(s["recall"])} '
+    rows.append(f'| {m} | {f(s["median_spearman"])} | {f(s["median_spearman_raw"])} '
+                f'| {f(s["precision"])} | {f(s["recall"])} '
                 f'| {f(s["recall_strong"])} | {f(s["fpr_unused"])} |')
   return '\n'.join(rows)
 

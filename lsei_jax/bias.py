@@ -139,37 +139,45 @@ def aggregate_seeds(results: Sequence[dict], keys: Sequence[str]) -> dict:
 
 
 # ------------------------------------------------------------------ what the classifier relies on
-def class_directions(pred_before: np.ndarray, pred_after: np.ndarray, num_classes: int
-                     ) -> np.ndarray:
-  """float [N, C]: d[i, k] = 1[after_i = k] − 1[before_i = k]: +1 where sample i's
-  intervention moved the prediction to class k, −1 where it moved it away from k, 0 where the
-  prediction did not change (no decision changed, so nothing is attributed to the class)."""
-  eye = np.eye(num_classes)
-  return eye[np.asarray(pred_after)] - eye[np.asarray(pred_before)]
-
-
 def directed_shifts(p_before: np.ndarray, p_after: np.ndarray, pred_before: np.ndarray,
                     pred_after: np.ndarray, num_classes: int) -> dict:
   """How each attribute moves as decisions move towards each class.
 
-  Over the M samples whose prediction the intervention changed, per class k and attribute a:
-  mean of (p_after − p_before)[:, a] · d[:, k] (class_directions): positive when the
-  attribute rises as decisions move to k and falls as they leave it. With two classes,
-  k = 1 is the bias report's sign convention (positive: the attribute goes with class 1).
+  Per class k and attribute a, with Δ = p_after − p_before:
+    to_k   = mean of Δ[:, a] over the samples whose prediction moved to k,
+    from_k = mean of Δ[:, a] over those whose prediction moved away from k,
+    shift[k, a] = ½ (to_k − from_k).
+  The two directions get equal weight, so a change the intervention makes to every sample
+  alike (say, every g(ĥ') drawn lighter) cancels whatever the mix of directions; only an
+  attribute that moves with the decision remains. Positive: the attribute rises as decisions
+  move to k and falls as they leave it (two classes: k = 1 is the bias report's sign).
+  Samples whose prediction did not change count in neither mean.
 
-  Returns {'mean' [C, A], 'se' [C, A] (standard error of that mean over the M samples),
-  'num_changed' M}.
+  Returns {'mean' [C, A], 'se' [C, A] (standard error; inf where a direction has fewer than
+  2 samples: a one-way move cannot be told from a uniform change), 'num_changed',
+  'num_to' [C], 'num_from' [C]}.
   """
-  d = class_directions(pred_before, pred_after, num_classes)
-  changed = np.any(d != 0, -1)
-  delta = (np.asarray(p_after, np.float64) - np.asarray(p_before, np.float64))[changed]
-  v = d[changed][:, :, None] * delta[:, None, :]                  # [M, C, A]
-  m = int(changed.sum())
-  if m == 0:
-    zeros = np.zeros((num_classes, delta.shape[-1]))
-    return {'mean': zeros, 'se': zeros, 'num_changed': 0}
-  se = v.std(0, ddof=1) / np.sqrt(m) if m > 1 else np.full(v.shape[1:], np.inf)
-  return {'mean': v.mean(0), 'se': se, 'num_changed': m}
+  delta = np.asarray(p_after, np.float64) - np.asarray(p_before, np.float64)
+  pb, pa = np.asarray(pred_before), np.asarray(pred_after)
+  changed = pb != pa
+  num_a = delta.shape[-1]
+  mean = np.zeros((num_classes, num_a))
+  se = np.full((num_classes, num_a), np.inf)
+  n_to, n_from = np.zeros(num_classes, int), np.zeros(num_classes, int)
+
+  def stats(rows):
+    if len(rows) < 2:
+      return (rows.mean(0) if len(rows) else np.zeros(num_a)), np.full(num_a, np.inf)
+    return rows.mean(0), rows.std(0, ddof=1) / np.sqrt(len(rows))
+
+  for k in range(num_classes):
+    to, away = changed & (pa == k), changed & (pb == k)
+    n_to[k], n_from[k] = to.sum(), away.sum()
+    (m_to, s_to), (m_from, s_from) = stats(delta[to]), stats(delta[away])
+    mean[k] = 0.5 * (m_to - m_from)
+    se[k] = 0.5 * np.sqrt(s_to**2 + s_from**2)
+  return {'mean': mean, 'se': se, 'num_changed': int(changed.sum()),
+          'num_to': n_to.tolist(), 'num_from': n_from.tolist()}
 
 
 def _normal_quantile(p: float) -> float:
@@ -215,7 +223,7 @@ def report_rows(s: dict, names: Sequence[str], task: str, num_classes: int,
                 probe_accuracy: Sequence[float], *, min_probe_accuracy: float = 0.75,
                 min_shift: float = 0.05, level: float = 0.95) -> list[dict]:
   """reliance_report's rows from directed_shifts' output `s` (see reliance_report)."""
-  s = {k: np.asarray(v, np.float64) if k != 'num_changed' else v for k, v in s.items()}
+  s = dict(s, mean=np.asarray(s['mean'], np.float64), se=np.asarray(s['se'], np.float64))
   classes = [1] if num_classes == 2 else list(range(num_classes))
   tests = len(names) * len(classes)
   z = _normal_quantile(1 - (1 - level) / (2 * tests))
@@ -231,3 +239,21 @@ def report_rows(s: dict, names: Sequence[str], task: str, num_classes: int,
                  'flagged': bool(readable and (lo > 0 or hi < 0) and abs(mean) >= min_shift),
                  'is_task': name == task, 'num_changed': s['num_changed']})
   return sorted(rows, key=lambda r: (not r['readable'], -abs(r['shift'])))
+
+
+def label_association(labels: np.ndarray, attributes: np.ndarray, names: Sequence[str],
+                      num_classes: int) -> dict[str, dict]:
+  """How much each attribute goes with the label in a split (a property of the data).
+
+  {name: {'by_class': [P(a = 1 | y = k) for k], 'spread': max_k − min_k of those}}; with two
+  classes, spread = |P(a | y = 1) − P(a | y = 0)| (0: independent, 1: the same as the label).
+  """
+  labels = np.asarray(labels)
+  attributes = np.asarray(attributes, bool)
+  out = {}
+  for a, name in enumerate(names):
+    by = [float(attributes[labels == k, a].mean()) if np.any(labels == k) else None
+          for k in range(num_classes)]
+    seen = [v for v in by if v is not None]
+    out[name] = {'by_class': by, 'spread': float(max(seen) - min(seen)) if seen else 0.0}
+  return out

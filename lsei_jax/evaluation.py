@@ -167,10 +167,19 @@ def evaluate(config, workdir: str, *, mesh=None) -> dict:
       n: {'real': float(np.mean((probs['real'][:, a] > 0.5) == attrs[:, a])),
           'generated': float(np.mean((probs['before'][:, a] > 0.5) == attrs[:, a]))}
       for a, n in enumerate(test.attribute_names)}
-  report_args = dict(num_bootstrap=ec.num_bootstrap, level=ec.ci_level, seed=config.seed)
   result['intervention'] = 'flip all bits' if not bits else f'flip bits {list(bits)}'
-  result['bias_report'] = bias.bias_report(probs['before'], probs['after'], pred,
-                                           test.attribute_names, test.task, **report_args)
+  num_classes = config.model.classifier.num_classes
+  readable = [result['probe_accuracy'][n]['real'] for n in test.attribute_names]
+  report = lambda p, logits_hat, logits_after: bias.reliance_report(
+      p['before'], p['after'], np.argmax(logits_hat, -1), np.argmax(logits_after, -1),
+      test.attribute_names, test.task, num_classes, readable,
+      min_probe_accuracy=ec.get('min_probe_accuracy', 0.75),
+      min_shift=ec.get('min_shift', 0.05), level=ec.ci_level)
+  result['bias_report'] = report(probs, out['logits_hat'], out['logits_masked'])
+  # A property of the training data, not of the classifier: shown apart from the report.
+  train = data_lib.load(config.data, 'train')
+  result['data_association'] = bias.label_association(train.labels, train.attributes,
+                                                      test.attribute_names, num_classes)
 
   # Ground truth, where the data can be re-rendered with one attribute flipped.
   result['reliance'] = ground_truth_reliance(config, mods, clf_p, test, mesh)
@@ -194,9 +203,7 @@ def evaluate(config, workdir: str, *, mesh=None) -> dict:
     s_out = _explain(config, mods, mesh, s_stages, test, mask, 'sanity test')
     s_probs = _probe(config, mods, mesh, s_stages['explainer'][0].params, probe_p, test,
                      s_out['hhat'], s_out['hhat_masked'], 'sanity probes')
-    s_report = bias.bias_report(s_probs['before'], s_probs['after'],
-                                np.argmax(s_out['logits_hat'], -1), test.attribute_names,
-                                test.task, **report_args)
+    s_report = report(s_probs, s_out['logits_hat'], s_out['logits_masked'])
     result['sanity'] = bias.sanity_summary(result['bias_report'], s_report,
                                            config.sanity.warn_rank_correlation)
     result['sanity']['random_accuracy'] = float(metrics.accuracy(s_out['logits'], labels))

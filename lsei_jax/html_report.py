@@ -62,20 +62,40 @@ def render(result: dict, eval_dir: str, *, task: str, workdir: str = '',
 
   rows = []
   for r in result['bias_report']:
-    sig = r['ci_low'] > 0 or r['ci_high'] < 0
-    cls = 'task' if r['is_task'] else ('sig' if sig else '')
-    by = r['shift_from_class']
+    if not r.get('readable', True):
+      verdict = (f'not readable (its probe reads real unbiased images at '
+                 f'{100 * r["probe_accuracy"]:.0f}%)')
+    else:
+      verdict = 'relied on' if r.get('flagged') else 'no evidence'
+    cls = 'task' if r['is_task'] else ('sig' if r.get('flagged') else '')
     rows.append([f'<td class="{cls}">{e(r["attribute"])}{" (task)" if r["is_task"] else ""}</td>',
-                 f'{r["shift"]:+.3f}', f'[{r["ci_low"]:+.3f}, {r["ci_high"]:+.3f}]',
-                 '—' if by['0'] is None else f'{by["0"]:+.3f}',
-                 '—' if by['1'] is None else f'{by["1"]:+.3f}'])
-  parts += ['<h2>Bias report</h2>',
+                 e(verdict), f'{r["shift"]:+.3f}', f'[{r["ci_low"]:+.3f}, {r["ci_high"]:+.3f}]',
+                 str(r.get('toward_class', 1))])
+  n_changed = result['bias_report'][0].get('num_changed') if result['bias_report'] else None
+  parts += ['<h2>Bias report: what the classifier relies on</h2>',
             '<p>For each attribute, how much an attribute probe\'s probability moves between '
-            'g(ĥ) and g(ĥ\') (signed towards the other class; bootstrap interval). The task '
-            'attribute should move; any other attribute that moves is something the classifier '
-            'ties to its decision. Bold red: interval excludes 0.</p>',
-            _table(['attribute', 'shift', 'interval', 'from class 0', 'from class 1'], rows),
+            'g(ĥ) and g(ĥ\') as the intervention moves the classifier\'s decision towards a '
+            'class (the two directions weighted equally, so a change the intervention makes to '
+            'every image alike cancels; only samples whose decision changed count'
+            + (f': {n_changed} here' if n_changed is not None else '') + '). '
+            '<b>Relied on</b>: the probe reads the attribute on real unbiased images, the '
+            'interval (Bonferroni-corrected over attributes and classes) excludes 0 and '
+            '|shift| is at least the configured minimum. <b>Not readable</b>: the probe cannot '
+            'read the attribute on real unbiased images (e.g. it learned it through a '
+            'correlated attribute), so its shift says nothing. Bold red: relied on.</p>',
+            _table(['attribute', 'verdict', 'shift', 'interval', 'towards class'], rows),
             _img(os.path.join(eval_dir, 'bias_report.png'), 'bias report bars')]
+  assoc = result.get('data_association')
+  if assoc:
+    parts += ['<h3>Property of the training data (not of the classifier)</h3>',
+              '<p>How much each attribute goes with the label in the training split: the spread '
+              'of P(attribute | class) over the classes (0: independent, 1: the same as the '
+              'label). A correlation in the data is a chance for the classifier to take a '
+              'shortcut, not evidence that it did.</p>',
+              _table(['attribute', 'spread', 'P(attribute | class)'],
+                     [[e(n), f'{v["spread"]:.2f}',
+                       ', '.join('—' if x is None else f'{x:.2f}' for x in v['by_class'])]
+                      for n, v in assoc.items()])]
   if result.get('reliance'):
     rel = result['reliance']
     parts += ['<h3>Ground truth: reliance</h3>',

@@ -24,12 +24,13 @@ def _fmt(x) -> str:
 
 def format_bias(m: dict, top: int = 6) -> str:
   """The bias report's largest shifts and the sanity verdict as plain text."""
-  lines = [f'Bias report ({m.get("intervention", "flip all bits")}): shift of attribute '
-           'probabilities towards the other class']
+  lines = [f'Bias report ({m.get("intervention", "flip all bits")}): what the classifier '
+           'relies on (shift of attribute probabilities as decisions move to a class)']
   for r in m['bias_report'][:top]:
-    sig = '*' if r['ci_low'] > 0 or r['ci_high'] < 0 else ' '
+    verdict = ('relied on' if r.get('flagged') else 'no evidence') if r.get('readable', True) \
+        else 'not readable'
     lines.append(f'  {r["attribute"]:>14}{" (task)" if r["is_task"] else "       "} '
-                 f'{r["shift"]:+.3f} [{r["ci_low"]:+.3f}, {r["ci_high"]:+.3f}] {sig}')
+                 f'{r["shift"]:+.3f} [{r["ci_low"]:+.3f}, {r["ci_high"]:+.3f}] {verdict}')
   rel = m.get('reliance')
   if rel:
     lines.append('Ground truth (counterfactual test images, one attribute flipped): '

@@ -38,18 +38,29 @@ def test_perfect_confounding_cannot_be_balanced_and_is_left_alone():
 
 def test_directed_shifts_match_a_hand_computation():
   rng = np.random.default_rng(2)
-  n, a, c = 50, 3, 3
+  n, a, c = 60, 3, 3
   before, after = rng.random((n, a)), rng.random((n, a))
   pb, pa = rng.integers(0, c, n), rng.integers(0, c, n)
   s = bias.directed_shifts(before, after, pb, pa, c)
   changed = pb != pa
+  delta = after - before
   for k in range(c):
-    d = (pa == k).astype(float) - (pb == k).astype(float)
-    v = (d[:, None] * (after - before))[changed]
-    np.testing.assert_allclose(s['mean'][k], v.mean(0), rtol=0, atol=1e-12)
-    np.testing.assert_allclose(s['se'][k], v.std(0, ddof=1) / np.sqrt(changed.sum()),
-                               rtol=0, atol=1e-12)
+    to, away = delta[changed & (pa == k)], delta[changed & (pb == k)]
+    np.testing.assert_allclose(s['mean'][k], 0.5 * (to.mean(0) - away.mean(0)), atol=1e-12)
+    se = 0.5 * np.sqrt(to.var(0, ddof=1) / len(to) + away.var(0, ddof=1) / len(away))
+    np.testing.assert_allclose(s['se'][k], se, atol=1e-12)
+    assert s['num_to'][k] == len(to) and s['num_from'][k] == len(away)
   assert s['num_changed'] == changed.sum()
+
+
+def test_a_uniform_change_cancels_whatever_the_mix_of_directions():
+  # 90 decisions move 0→1, 10 move 1→0; every g(ĥ') gets +0.3 on attribute 0 regardless.
+  pb = np.r_[np.zeros(90, int), np.ones(10, int)]
+  before = np.random.default_rng(5).random((100, 1))
+  s = bias.directed_shifts(before, before + 0.3, pb, 1 - pb, 2)
+  assert abs(s['mean'][1, 0]) < 1e-12
+  one_way = bias.directed_shifts(before, before + 0.3, np.zeros(100, int), np.ones(100, int), 2)
+  assert np.isinf(one_way['se'][1, 0])
 
 
 def test_two_class_sign_and_gates():
@@ -99,4 +110,4 @@ def test_three_classes_pick_the_class_the_attribute_moves_with():
   d = np.where(pa == 2, 0.3, np.where(pb == 2, -0.3, 0.0))
   before = np.full((120, 1), 0.5)
   rows = bias.reliance_report(before, before + d[:, None], pb, pa, ['x'], 'y', 3, [1.0])
-  assert rows[0]['toward_class'] == 2 and rows[0]['shift'] == pytest.approx(0.2)
+  assert rows[0]['toward_class'] == 2 and rows[0]['shift'] == pytest.approx(0.3)

@@ -26,8 +26,11 @@ Methods (all on the same trained stages of a cell):
                   only (no gates)
   balanced_gated  balanced + gates, flip-all (what evaluation reports)
   balanced_gated_decisive   balanced + gates, decisive bits only
-  association     reference, not an explanation of the model's internals: |P(ŷ=1|a=1) −
-                  P(ŷ=1|a=0)| on the unbiased test labels (needs labelled unbiased data)
+  prediction_association   what the report ships as its verdict
+                  (bias.prediction_association): |P(ŷ=1|a=1) − P(ŷ=1|a=0)| on the unbiased
+                  test split, flagged when its Bonferroni interval excludes 0 and it is at
+                  least 0.05 (lines written before the rows were stored: with the bound
+                  s.e. ≤ 1/√N, which is within 0.3% of the exact one at N = 1024)
 
 Usage (resumable: one JSON line per finished cell; finished cells are skipped):
   python benchmarks/truthfulness.py --out runs/truthfulness            # the full grid
@@ -58,7 +61,7 @@ RHOS = (0.5, 0.9, 1.0)
 DIFFICULTY = {'easy': (1.0, 0.04), 'hard': (0.7, 0.08)}
 SEEDS = (0, 1, 2)
 METHODS = ('flip_all', 'per_bit', 'tcav', 'gated', 'balanced', 'balanced_gated',
-           'balanced_gated_decisive', 'association')
+           'balanced_gated_decisive', 'prediction_association')
 
 
 def grid(ci: bool = False) -> list[dict]:
@@ -164,6 +167,8 @@ def run_cell(cell: dict, workdir: str, base: str = 'small') -> dict:
   line['association'] = [float(abs(np.mean(pred_c[test.attributes[:, a]] == 1)
                                    - np.mean(pred_c[~test.attributes[:, a]] == 1)))
                          for a in range(len(names))]
+  line['association_rows'] = bias.prediction_association(pred_c, test.attributes, names, task,
+                                                         num_classes)
   line['reliance'] = evaluation.ground_truth_reliance(config, mods, clf_p, test, mesh)
   line['seconds'] = {'train': t_train, 'total': time.time() - t0}
   return line
@@ -184,11 +189,16 @@ def method_scores(line: dict, method: str) -> tuple[dict, dict]:
       score[t['concept']] = max(score[t['concept']], abs(t['score'] - 0.5))
       flag[t['concept']] |= bool(t['significant'])
     return score, flag
-  if method == 'association':
+  if method == 'prediction_association':
+    if 'association_rows' in line:
+      rows = line['association_rows']
+      return ({r['attribute']: abs(r['shift']) for r in rows},
+              {r['attribute']: r['flagged'] for r in rows})
     n_test = line['reliance'][names[0]]['num_examples']
-    se = 1.0 / np.sqrt(n_test)         # ≥ the s.e. of a difference of two proportions
+    z = bias._normal_quantile(1 - 0.05 / (2 * len(names)))  # pylint: disable=protected-access
+    se = 1.0 / np.sqrt(n_test)   # ≈ max s.e. of a difference of two proportions, n ≈ N/2 each
     return ({n: v for n, v in zip(names, line['association'])},
-            {n: bool(v > max(MARGIN, 3 * se)) for n, v in zip(names, line['association'])})
+            {n: bool(v - z * se > 0 and v >= 0.05) for n, v in zip(names, line['association'])})
   variant = 'balanced' if method.startswith('balanced') else 'biased'
   inter = 'decisive' if method.endswith('decisive') else 'flip_all'
   gated = method.endswith('gated') or method.endswith('gated_decisive') or method == 'gated'

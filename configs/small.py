@@ -6,7 +6,7 @@ from configs import shapes
 def get_config():
   c = shapes.get_config()
   c.log_every = 100
-  c.data.update(num_train=4096, num_test=1024)
+  c.data.update(num_train=4096, num_test=1024, object_scale=1.0, noise=0.04)
   c.model.classifier.update(channels=(8, 8, 16, 16, 32, 32), strides=(1, 2, 1, 2, 1, 2),
                            hidden_dim=64)
   c.model.dvae.update(latent_dim=8, hidden=(64, 32))

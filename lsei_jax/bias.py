@@ -257,3 +257,59 @@ def label_association(labels: np.ndarray, attributes: np.ndarray, names: Sequenc
     seen = [v for v in by if v is not None]
     out[name] = {'by_class': by, 'spread': float(max(seen) - min(seen)) if seen else 0.0}
   return out
+
+
+def prediction_association(pred: np.ndarray, attributes: np.ndarray, names: Sequence[str],
+                           task: str, num_classes: int, *, level: float = 0.95,
+                           min_effect: float = 0.05, max_confounding: float = 0.1
+                           ) -> list[dict]:
+  """Which attributes the classifier's predictions depend on, on an evaluation split whose
+  attributes are independent of each other (shapes' unbiased test split).
+
+  Where attribute a is independent of everything else in the split, the difference
+  effect_k = P(ŷ = k | a = 1) − P(ŷ = k | a = 0) is the average causal effect of a on the
+  prediction of class k: nothing else can carry it. The truthfulness benchmark
+  (benchmarks/truthfulness.py) measured it against the counterfactual ground truth.
+
+  Args:
+    pred: int [N] predictions of the classifier on the split; attributes: bool [N, A].
+    level: family-wise confidence of the intervals (Bonferroni over attributes × classes).
+    min_effect: the smallest |effect| reported as relied on.
+    max_confounding: |correlation| with another attribute of the split above which a's
+      effect could be that attribute's: a is then reported as confounded, not relied on.
+
+  Returns one row per attribute, sorted by |shift|: shift (= effect_k, k = 1 for two
+  classes, else the class of the largest |effect|), toward_class, se, ci_low, ci_high,
+  flagged (interval excludes 0, |effect| ≥ min_effect, not confounded), confounded_by
+  (names), is_task.
+  """
+  pred = np.asarray(pred)
+  attributes = np.asarray(attributes, bool)
+  classes = [1] if num_classes == 2 else list(range(num_classes))
+  z = _normal_quantile(1 - (1 - level) / (2 * len(names) * len(classes)))
+  x = attributes.astype(np.float64)
+  sd = x.std(0)
+  corr = np.corrcoef(x.T) if len(names) > 1 else np.ones((1, 1))
+  rows = []
+  for a, name in enumerate(names):
+    on, off = attributes[:, a], ~attributes[:, a]
+    best = None
+    for k in classes:
+      if not on.any() or not off.any():
+        eff, se = 0.0, np.inf
+      else:
+        p1, p0 = np.mean(pred[on] == k), np.mean(pred[off] == k)
+        eff = float(p1 - p0)
+        se = float(np.sqrt(p1 * (1 - p1) / on.sum() + p0 * (1 - p0) / off.sum()))
+      if best is None or abs(eff) > abs(best[1]):
+        best = (k, eff, se)
+    k, eff, se = best
+    confounded = [names[b] for b in range(len(names)) if b != a and sd[a] > 0 and sd[b] > 0
+                  and abs(corr[a, b]) > max_confounding]
+    lo, hi = eff - z * se, eff + z * se
+    rows.append({'attribute': name, 'shift': eff, 'toward_class': int(k), 'se': se,
+                 'ci_low': lo, 'ci_high': hi, 'confounded_by': confounded,
+                 'flagged': bool((lo > 0 or hi < 0) and abs(eff) >= min_effect
+                                 and not confounded),
+                 'is_task': name == task})
+  return sorted(rows, key=lambda r: -abs(r['shift']))

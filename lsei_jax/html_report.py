@@ -62,29 +62,43 @@ def render(result: dict, eval_dir: str, *, task: str, workdir: str = '',
 
   rows = []
   for r in result['bias_report']:
-    if not r.get('readable', True):
-      verdict = (f'not readable (its probe reads real unbiased images at '
-                 f'{100 * r["probe_accuracy"]:.0f}%)')
+    if r.get('confounded_by'):
+      verdict = 'cannot tell: correlated with ' + ', '.join(r['confounded_by'])
     else:
-      verdict = 'relied on' if r.get('flagged') else 'no evidence'
-    cls = 'task' if r['is_task'] else ('sig' if r.get('flagged') else '')
+      verdict = 'relied on' if r['flagged'] else 'no evidence'
+    cls = 'task' if r['is_task'] and not r['flagged'] else ('sig' if r['flagged'] else '')
     rows.append([f'<td class="{cls}">{e(r["attribute"])}{" (task)" if r["is_task"] else ""}</td>',
                  e(verdict), f'{r["shift"]:+.3f}', f'[{r["ci_low"]:+.3f}, {r["ci_high"]:+.3f}]',
                  str(r.get('toward_class', 1))])
-  n_changed = result['bias_report'][0].get('num_changed') if result['bias_report'] else None
   parts += ['<h2>Bias report: what the classifier relies on</h2>',
-            '<p>For each attribute, how much an attribute probe\'s probability moves between '
-            'g(ĥ) and g(ĥ\') as the intervention moves the classifier\'s decision towards a '
-            'class (the two directions weighted equally, so a change the intervention makes to '
-            'every image alike cancels; only samples whose decision changed count'
-            + (f': {n_changed} here' if n_changed is not None else '') + '). '
-            '<b>Relied on</b>: the probe reads the attribute on real unbiased images, the '
-            'interval (Bonferroni-corrected over attributes and classes) excludes 0 and '
-            '|shift| is at least the configured minimum. <b>Not readable</b>: the probe cannot '
-            'read the attribute on real unbiased images (e.g. it learned it through a '
-            'correlated attribute), so its shift says nothing. Bold red: relied on.</p>',
-            _table(['attribute', 'verdict', 'shift', 'interval', 'towards class'], rows),
+            '<p>For each attribute, how much the probability that the classifier predicts a '
+            'class changes between test images with and without the attribute: '
+            'P(ŷ = k | attribute) − P(ŷ = k | no attribute), with a Bonferroni-corrected '
+            'interval. On a test split whose attributes are independent of each other this is '
+            'the attribute\'s average effect on the decision; an attribute that correlates '
+            'with another one in the test split cannot be told apart from it. '
+            '<b>Relied on</b>: the interval excludes 0 and the effect is at least the '
+            'configured minimum. Bold red: relied on.</p>',
+            _table(['attribute', 'verdict', 'effect', 'interval', 'class'], rows),
             _img(os.path.join(eval_dir, 'bias_report.png'), 'bias report bars')]
+  inter = result.get('intervention_report')
+  if inter:
+    rows = []
+    for r in inter:
+      if not r['readable']:
+        view = f'not readable (probe {100 * r["probe_accuracy"]:.0f}% on real test images)'
+      else:
+        view = 'moves with the decision' if r['flagged'] else 'does not move'
+      rows.append([e(r['attribute']) + (' (task)' if r['is_task'] else ''), e(view),
+                   f'{r["shift"]:+.3f}', f'[{r["ci_low"]:+.3f}, {r["ci_high"]:+.3f}]'])
+    parts += ['<h3>The explainer\'s view: what changes in g(ĥ\') (not a verdict)</h3>',
+              '<p>How an attribute probe\'s probability moves between the concept images '
+              'g(ĥ) and g(ĥ\') as the intervention moves the decision towards a class (both '
+              'directions weighted equally; only samples whose decision changed). On the '
+              'truthfulness benchmark (README) this flags many attributes the classifier does '
+              'not use — the intervention changes them together with the decision — so it '
+              'shows what the concept images look like, not what the classifier relies on.</p>',
+              _table(['attribute', 'in g(ĥ\')', 'shift', 'interval'], rows)]
   assoc = result.get('data_association')
   if assoc:
     parts += ['<h3>Property of the training data (not of the classifier)</h3>',

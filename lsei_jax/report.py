@@ -24,11 +24,11 @@ def _fmt(x) -> str:
 
 def format_bias(m: dict, top: int = 6) -> str:
   """The bias report's largest shifts and the sanity verdict as plain text."""
-  lines = [f'Bias report ({m.get("intervention", "flip all bits")}): what the classifier '
-           'relies on (shift of attribute probabilities as decisions move to a class)']
+  lines = ['Bias report: what the classifier relies on (change of P(prediction) with the '
+           'attribute on the test split)']
   for r in m['bias_report'][:top]:
-    verdict = ('relied on' if r.get('flagged') else 'no evidence') if r.get('readable', True) \
-        else 'not readable'
+    verdict = ('cannot tell: correlated with ' + ', '.join(r['confounded_by'])
+               if r.get('confounded_by') else 'relied on' if r['flagged'] else 'no evidence')
     lines.append(f'  {r["attribute"]:>14}{" (task)" if r["is_task"] else "       "} '
                  f'{r["shift"]:+.3f} [{r["ci_low"]:+.3f}, {r["ci_high"]:+.3f}] {verdict}')
   rel = m.get('reliance')

@@ -111,3 +111,27 @@ def test_three_classes_pick_the_class_the_attribute_moves_with():
   before = np.full((120, 1), 0.5)
   rows = bias.reliance_report(before, before + d[:, None], pb, pa, ['x'], 'y', 3, [1.0])
   assert rows[0]['toward_class'] == 2 and rows[0]['shift'] == pytest.approx(0.3)
+
+
+def test_prediction_association_flags_what_the_predictions_depend_on():
+  rng = np.random.default_rng(6)
+  attrs = rng.random((4000, 3)) < 0.5
+  pred = (attrs[:, 0] ^ (rng.random(4000) < 0.1)).astype(int)     # reads a, 10% noise
+  rows = {r['attribute']: r for r in bias.prediction_association(
+      pred, attrs, ['a', 'b', 'c'], 'a', 2)}
+  p1, p0 = np.mean(pred[attrs[:, 0]] == 1), np.mean(pred[~attrs[:, 0]] == 1)
+  assert rows['a']['shift'] == pytest.approx(p1 - p0, abs=1e-12) and rows['a']['flagged']
+  se = np.sqrt(p1 * (1 - p1) / attrs[:, 0].sum() + p0 * (1 - p0) / (~attrs[:, 0]).sum())
+  assert rows['a']['se'] == pytest.approx(se, abs=1e-12)
+  assert not rows['b']['flagged'] and not rows['c']['flagged']
+  # An attribute that copies a in the evaluation split is confounded, not relied on.
+  attrs[:, 2] = attrs[:, 0]
+  rows = {r['attribute']: r for r in bias.prediction_association(
+      pred, attrs, ['a', 'b', 'c'], 'a', 2)}
+  assert rows['c']['confounded_by'] == ['a'] and not rows['c']['flagged']
+  assert not rows['a']['flagged']                  # nor can a be told apart from c
+  # Three classes: the class whose probability moves most with the attribute.
+  pred3 = np.where(attrs[:, 1], 2, 0)
+  rows = {r['attribute']: r for r in bias.prediction_association(
+      pred3, attrs[:, :2], ['a', 'b'], 'a', 3)}
+  assert rows['b']['toward_class'] in (0, 2) and abs(rows['b']['shift']) == 1.0

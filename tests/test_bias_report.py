@@ -3,7 +3,9 @@
 
 Two classifiers trained on biased data (colour agreeing with the shape label):
   shortcut: ρ = 1 and a faint shape: the classifier reads the colour and ignores the shape;
-  no_shortcut: ρ = 0.9, the default shape, trained longer: it reads the shape, not the colour.
+  no_shortcut: ρ = 0.9, a larger shape, trained longer: it reads the shape (≈ 98% on the
+  unbiased split), not the colour (flipping the colour changes as few predictions as flipping
+  an independent attribute).
 """
 import html.parser
 import base64
@@ -28,7 +30,7 @@ def _config(name):
     c.data.update(rho=1.0, object_scale=0.6, noise=0.1)
     c.sanity.enabled = True
   else:
-    c.data.rho = 0.9
+    c.data.update(rho=0.9, object_scale=1.3)
     c.classifier.steps = 1500
   return c
 
@@ -65,7 +67,8 @@ def test_shortcut_classifier_is_reported_on_colour_and_not_on_the_ignored_shape(
 def test_biased_data_but_unbiased_classifier_flags_no_other_attribute(reports):
   result, _ = reports['no_shortcut']
   rel, relied = _truth(result)
-  assert rel['shape'] > 0.8 and not relied['color'], rel
+  independent = max(rel[n] for n in INDEPENDENT)
+  assert rel['shape'] > 0.9 and rel['color'] <= independent + 0.01, rel
   assert _flagged(result) == {'shape'}
   # The data's bias is shown, as a property of the data.
   assert result['data_association']['color']['spread'] == pytest.approx(0.8, abs=0.03)

@@ -15,7 +15,7 @@ import numpy as np
 from absl import logging
 
 from lsei_jax import data as data_lib
-from lsei_jax import checkpoints, fisher, models, parallel, steps
+from lsei_jax import balance, checkpoints, fisher, models, parallel, steps
 from lsei_jax import errors, validate
 from lsei_jax import signature as signature_lib
 from lsei_jax import workdir as workdir_lib
@@ -78,6 +78,16 @@ def build(config, num_attributes: int | None = None) -> Models:
 def signature(config, stage: str) -> dict:
   """Fields that must not change while a workdir holds checkpoints of `stage`."""
   return signature_lib.stage_signature(config, stage)
+
+
+def balance_weights(config, ds) -> np.ndarray | None:
+  """Per-example sampling weights [N] of the train split for the stages with balance=True
+  (explainer, probe): the label decorrelated from every attribute (balance.py)."""
+  if not (config.explainer.get('balance', False) or config.probe.get('balance', False)):
+    return None
+  task = ds.task if ds.task in ds.attribute_names else None
+  return balance.balancing_weights(
+      ds.labels, ds.attributes, None if task is None else ds.attribute_names.index(task))
 
 
 def stage_rngs(config, stage: str) -> tuple[jax.Array, jax.Array]:
@@ -223,10 +233,15 @@ def _train(config, workdir, stages, *, mesh, hooks, random_classifier) -> dict[s
                                        signature(config, name))
     return state
 
-  def batches(arrays_fn, n, batch_size, offset):
+  def batches(arrays_fn, n, batch_size, offset, weights=None):
     pi, pc = jax.process_index(), jax.process_count()
+    if weights is not None:   # balanced stages: examples drawn ∝ weights (balance.py)
+      return lambda step: arrays_fn(balance.weighted_batch_indices(
+          weights, batch_size, step, config.seed + offset, pi, pc))
     return lambda step: arrays_fn(data_lib.batch_indices(n, batch_size, step,
                                                          config.seed + offset, pi, pc))
+
+  weights = balance_weights(config, ds)
 
   images = lambda i: ds.images[i].astype(np.float32) / 255.0
 
@@ -291,7 +306,8 @@ def _train(config, workdir, stages, *, mesh, hooks, random_classifier) -> dict[s
     state, metas[name] = run(Stage(
         name, cfg.steps, template_state(config, mods, name, mesh, init_key),
         explainer_step(mods.explainer, scfg, mesh),
-        batches(lambda i: {'image': images(i), 'hhat': hhat[i]}, len(ds), cfg.batch_size, 2),
+        batches(lambda i: {'image': images(i), 'hhat': hhat[i]}, len(ds), cfg.batch_size, 2,
+                weights if cfg.get('balance', False) else None),
         step_key, extra=(info_c2, sigma), upstream=link, signature=signature(config, name)))
     g_state = state if name == 'explainer' else g_state
   if 'probe' not in wanted:
@@ -312,7 +328,8 @@ def _train(config, workdir, stages, *, mesh, hooks, random_classifier) -> dict[s
       parallel.data_parallel_step(steps.probe_step, mesh,
                                   compiler_options=parallel.convnet_compiler_options()),
       batches(lambda i: {'image': probe_images[i].astype(np.float32) / 255.0,
-                         'attributes': probe_attrs[i]}, len(probe_images), cfg.batch_size, 3),
+                         'attributes': probe_attrs[i]}, len(probe_images), cfg.batch_size, 3,
+              np.concatenate([weights, weights]) if cfg.get('balance', False) else None),
       step_key, upstream=dict(link, explainer=checkpoints.identity(metas['explainer'])),
       signature=signature(config, 'probe')))
   return metas

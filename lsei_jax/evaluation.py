@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from lsei_jax import (bias, checkpoints, crosscheck, fisher, interventions, metrics,
-                      parallel, steps)
+from lsei_jax import (bias, checkpoints, compile_cache, crosscheck, fisher, interventions,
+                      metrics, parallel, steps)
 from lsei_jax import data as data_lib
 from lsei_jax.pipeline import (Models, build, generator_apply, head_apply, mean_information,
                                signature, template_state)
@@ -85,6 +85,7 @@ def _probe(config, mods, mesh, g_params, probe_params, test, before, after, desc
 def evaluate(config, workdir: str, *, mesh=None) -> dict:
   """Computes every evaluation figure; writes WORKDIR/eval/{metrics.json, *.png, report.html}."""
   from lsei_jax import html_report, plots  # pylint: disable=g-import-not-at-top
+  compile_cache.enable()  # library use gets the cache too, not only the CLI
   mesh = parallel.make_mesh() if mesh is None else mesh
   parallel.check_batch(config.eval.batch_size, mesh, 'config.eval.batch_size')
   test = data_lib.load(config.data, 'test')

@@ -15,7 +15,7 @@ import numpy as np
 from absl import logging
 
 from lsei_jax import data as data_lib
-from lsei_jax import checkpoints, fisher, models, parallel, steps
+from lsei_jax import checkpoints, compile_cache, fisher, models, parallel, steps
 from lsei_jax.trainer import Stage, load_complete, run_stage, save_untrained
 
 STAGES = ('classifier', 'dvae', 'explainer', 'explainer_noreg', 'probe')
@@ -200,6 +200,7 @@ def train(config, workdir: str, stages: Sequence[str] | None = None, *, mesh=Non
   training one (the model-randomisation sanity check trains the rest on top of it).
   Returns {stage: final checkpoint meta} for every stage touched.
   """
+  compile_cache.enable()  # library use gets the cache too, not only the CLI
   mesh = parallel.make_mesh() if mesh is None else mesh
   validate_config(config, mesh)
   check_workdir(workdir)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging as py_logging
-import os
 import sys
 from typing import Callable
 

@@ -2,6 +2,7 @@
 attribute probes, the bias report and the model-randomisation sanity check."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 
@@ -21,6 +22,7 @@ TABLE_KEYS = ('accuracy', 'recon_accuracy', 'agreement', 'flip_all_change', 'inf
               'info_cosine_noreg')
 
 
+@functools.lru_cache(maxsize=16)
 def _outputs_fn(mods: Models, mesh):
   """((clf, dvae params, mask [K]), {'image': uint8}) → per-example arrays.
 
@@ -42,6 +44,7 @@ def _outputs_fn(mods: Models, mesh):
   return parallel.data_parallel_apply(f, mesh, parallel.convnet_compiler_options())
 
 
+@functools.lru_cache(maxsize=16)
 def _probe_fn(mods: Models, mesh):
   """((g, probe params), {'before', 'after': ĥ [b,d], 'image': uint8}) → probe probabilities
   [b, A] of g(before), g(after) and of the real image."""

@@ -6,11 +6,13 @@ and ĥ = d(1[l(h) > 0]) (for the explainer) are computed once per stage, not eve
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from absl import logging
 
@@ -64,7 +66,8 @@ def check_workdir(workdir: str) -> None:
     raise PermissionError(f'--workdir={workdir}: {parent} is not writable')
 
 
-@dataclasses.dataclass
+# Frozen, so hashable by value: jitted functions are built once per (Models, mesh).
+@dataclasses.dataclass(frozen=True)
 class Models:
   classifier: models.Classifier
   dvae: models.DVAE
@@ -125,7 +128,13 @@ def template_state(config, mods: Models, stage: str, mesh, rng: jax.Array | None
 
 def explainer_step(explainer, cfg, mesh) -> Callable:
   """The jitted explainer step; with fisher_every = k > 1, the regularized step on every
-  k-th state.step and the plain one between (two compilations, no lax.cond)."""
+  k-th state.step and the plain one between (two compilations, no lax.cond). Built once
+  per (explainer, cfg, mesh): the sanity run reuses the main run's compiled step."""
+  return _explainer_step(explainer, ml_collections.FrozenConfigDict(cfg), mesh)
+
+
+@functools.lru_cache(maxsize=16)
+def _explainer_step(explainer, cfg, mesh) -> Callable:
   make = lambda reg: parallel.data_parallel_step(
       steps.make_explainer_step(explainer, cfg, regularize=reg), mesh, num_replicated=2,
       compiler_options=parallel.convnet_compiler_options())
@@ -135,6 +144,7 @@ def explainer_step(explainer, cfg, mesh) -> Callable:
 
 
 # ----------------------------------------------------------------------- frozen functions
+@functools.lru_cache(maxsize=16)
 def embed_fn(mods: Models, mesh) -> Callable:
   """(classifier params, {'image': uint8 [b,H,W,3]}) → h [b, d]."""
   def f(params, batch):
@@ -143,12 +153,14 @@ def embed_fn(mods: Models, mesh) -> Callable:
   return parallel.data_parallel_apply(f, mesh, parallel.convnet_compiler_options())
 
 
+@functools.lru_cache(maxsize=16)
 def reconstruct_fn(mods: Models, mesh) -> Callable:
   """(dvae params, {'h': [b, d]}) → ĥ [b, d] (eval-mode code)."""
   return parallel.data_parallel_apply(
       lambda p, b: steps.encode_decode(mods.dvae, p, b['h'])[1], mesh)
 
 
+@functools.lru_cache(maxsize=16)
 def info_fn(apply: Callable, loss: str, num_samples: int, mesh) -> Callable:
   """((params, σ [d], key), {'e': [b, d], 'index': [b]}) → information per example [b, d].
 
@@ -163,6 +175,7 @@ def info_fn(apply: Callable, loss: str, num_samples: int, mesh) -> Callable:
   return parallel.data_parallel_apply(f, mesh)
 
 
+@functools.lru_cache(maxsize=16)
 def render_fn(mods: Models, mesh) -> Callable:
   """(explainer params, {'e': [b, d]}) → images uint8 [b, H, W, 3] = 255·sigmoid(g(e))."""
   def f(params, batch):
@@ -171,10 +184,12 @@ def render_fn(mods: Models, mesh) -> Callable:
   return parallel.data_parallel_apply(f, mesh)
 
 
+@functools.lru_cache(maxsize=16)
 def head_apply(mods: Models) -> Callable:
   return lambda p, e: mods.classifier.apply({'params': p}, e, method='head')
 
 
+@functools.lru_cache(maxsize=16)
 def generator_apply(mods: Models) -> Callable:
   return lambda p, e: mods.explainer.apply({'params': p}, e)
 

@@ -4,7 +4,8 @@
 
 Each setting runs `bench_stages.py --stage explainer` (batch 64, 64×64, 8 perturbations by
 default) in its own process, so that peak RSS (ru_maxrss, compilation included) belongs to
-that setting alone. chunk 0 is the unbounded step (with --group perturbations per unrolled
+that setting alone: `peak_rss_steps_mb` is the peak of the timed steps (the peak is reset
+after compilation and warm-up), `peak_rss_mb` the whole process's. chunk 0 is the unbounded step (with --group perturbations per unrolled
 group). Prints bench_stages' JSON line per setting, then a table with each setting's time
 relative to the unbounded step.
 """
@@ -43,10 +44,12 @@ def main():
   base = next((r for r in rows if r['fisher_chunk'] == 0), rows[0])
   print(f'\n{args.stage}, batch {args.batch}, {args.image}×{args.image}, '
         f'{args.samples} perturbations')
-  print('| fisher_chunk | peak RSS GB | median step s | × unbounded | compile s | other CPU |')
-  print('|---|---|---|---|---|---|')
+  print('| fisher_chunk | peak RSS of the steps GB | peak RSS with compilation GB | '
+        'median step s | × unbounded | compile s | other CPU |')
+  print('|---|---|---|---|---|---|---|')
   for r in rows:
-    print(f"| {r['fisher_chunk'] or 'none'} | {r['peak_rss_mb'] / 1024:.2f} | "
+    steps_gb = (r.get('peak_rss_steps_mb') or float('nan')) / 1024
+    print(f"| {r['fisher_chunk'] or 'none'} | {steps_gb:.2f} | {r['peak_rss_mb'] / 1024:.2f} | "
           f"{r['median_step_s']:.3f} | {r['median_step_s'] / base['median_step_s']:.2f} | "
           f"{r['compile_s']:.1f} | {r['other_cpu_frac']:.2f} |")
 

@@ -158,23 +158,6 @@ def _machine_busy_s() -> float:
   return (sum(v[:8]) - v[3] - v[4]) / os.sysconf('SC_CLK_TCK')
 
 
-def _reset_peak_rss() -> bool:
-  """Resets the process's peak RSS (Linux: VmHWM), so that the peak of the timed steps
-  alone can be read, without compilation's (peak_rss_mb includes it). False if unsupported."""
-  try:
-    with open('/proc/self/clear_refs', 'w') as f:
-      f.write('5')
-    return True
-  except OSError:
-    return False
-
-
-def _peak_rss_mb() -> float:
-  with open('/proc/self/status') as f:
-    kb = next(int(l.split()[1]) for l in f if l.startswith('VmHWM:'))
-  return round(kb / 1024, 1)
-
-
 def _peak_device_mb() -> float | None:
   """Peak memory the accelerator's allocator handed out (None where it does not say, e.g.
   XLA:CPU, whose memory is in peak_rss_mb)."""
@@ -213,7 +196,6 @@ def main():
   compile_s = time.perf_counter() - t0
   for _ in range(max(args.warmup - 1, 0)):
     carry = jax.block_until_ready(step(carry, data))
-  steps_rss = _reset_peak_rss()
   times = []
   busy0, own0, wall0 = _machine_busy_s(), time.process_time(), time.perf_counter()
   for _ in range(args.steps):
@@ -231,7 +213,6 @@ def main():
       'compile_s': round(compile_s, 3), 'other_cpu_frac': round(max(other, 0.0), 3),
       'fisher_chunk': args.fisher_chunk, 'fisher_group': args.fisher_group,
       'peak_rss_mb': round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-      'peak_rss_steps_mb': _peak_rss_mb() if steps_rss else None,
       'peak_device_mb': _peak_device_mb(),
       'jax_version': jax.__version__,
       'device': jax.devices()[0].device_kind}))

@@ -39,11 +39,6 @@ def batch_sigma(e: Array, scale: float = 1.0) -> Array:
 # `jax.jit(fisher_information, static_argnames=STATIC_ARGNAMES)` compiles the estimator
 # itself; everything else (e, key, sigma, sigma_scale, floor) may be traced.
 STATIC_ARGNAMES = ('fn', 'num_samples', 'loss', 'chunk_size', 'group_size')
-# More chunks than this run as a device loop (lax.scan) instead of unrolled groups, so that
-# compile time stays bounded; XLA:CPU runs convolutions inside loops far slower.
-MAX_UNROLLED_CHUNKS = 32
-
-
 def _check_arguments(e: Array, sigma, loss: str) -> None:
   if loss not in ('ce', 'bce'):
     raise ValueError(f"unknown Fisher loss {loss!r}: expected 'ce' or 'bce'")
@@ -80,10 +75,10 @@ def fisher_information(fn: Callable[[Array], Array], e: Array, key: Array, *,
     sigma: None → `sigma_scale` × the batch std of each coordinate of e; a float or a
       [d] array fixes it.
     floor: lower bound on f in the denominator.
-    chunk_size: if set, perturbations are processed `chunk_size` at a time, each chunk
-      under jax.checkpoint (recomputed in the backward pass), which bounds memory when the
-      estimate is differentiated. Chunks are unrolled (no device loop) up to
-      MAX_UNROLLED_CHUNKS of them, a lax.scan beyond. Same noise, same value as unchunked.
+    chunk_size: if set, perturbations are processed `chunk_size` at a time in a lax.scan,
+      each chunk recomputed in the backward pass (jax.checkpoint): bounds memory, also
+      when the estimate is differentiated. Same noise, same value as unchunked. Costs
+      time on XLA:CPU, which runs convolutions inside loops slowly.
     group_size: if set, perturbations are traced `group_size` at a time in an unrolled
       loop: the same values and memory, but smaller working sets, which is faster on CPU
       for convolutional fn (e.g. 2 of 8 perturbations: regularized explainer step 1.6×).
@@ -123,19 +118,20 @@ def fisher_information_from_noise(fn: Callable[[Array], Array], e: Array, noise:
   sigma = jnp.broadcast_to(jnp.asarray(sigma, e.dtype), e.shape[-1:])
   target = jax.lax.stop_gradient(fn(e))
   if chunk_size is not None and chunk_size < num_samples:
-    # Every chunk returns its sum, never a stacked [S, B, d] array: lax.map's stacked
-    # outputs were miscompiled by XLA:CPU's default YNNPACK fusion (5% off, jaxlib 0.10).
+    # A device loop: the one formulation whose buffers XLA:CPU reuses from chunk to chunk.
+    # Planned temp memory of the gradient of the 64×64 explainer's Fisher vector (batch
+    # 64, 8 draws): 98 MB in chunks of 1, 344 in chunks of 4, against 634-733 MB unrolled,
+    # with or without jax.checkpoint or optimization barriers between chunks. Each chunk
+    # returns its sum, never a stacked [S, B, d] array: lax.map's stacked outputs were
+    # miscompiled by XLA:CPU's default YNNPACK fusion (5% off, jaxlib 0.10). Checkpointed:
+    # the backward pass recomputes each chunk from its draws.
+    chunk = jax.checkpoint(lambda z: _information_sum(fn, e, target, sigma, z, loss, floor))
     num_full = num_samples // chunk_size
-    if num_full > MAX_UNROLLED_CHUNKS:
-      # Checkpointed: the backward pass recomputes each chunk from its draws.
-      chunk = jax.checkpoint(lambda z: _information_sum(fn, e, target, sigma, z, loss, floor))
-      full = noise[:num_full * chunk_size].reshape((num_full, chunk_size) + e.shape)
-      total, _ = jax.lax.scan(lambda acc, z: (acc + chunk(z), None),
-                              jnp.zeros(e.shape, e.dtype), full)
-      if num_samples % chunk_size:
-        total = total + chunk(noise[num_full * chunk_size:])
-    else:
-      total = _serial_chunks(fn, e, target, sigma, noise, chunk_size, loss, floor)
+    full = noise[:num_full * chunk_size].reshape((num_full, chunk_size) + e.shape)
+    total, _ = jax.lax.scan(lambda acc, z: (acc + chunk(z), None),
+                            jnp.zeros(e.shape, e.dtype), full)
+    if num_samples % chunk_size:
+      total = total + chunk(noise[num_full * chunk_size:])
     per = total / num_samples
   elif group_size is not None and group_size < num_samples:
     per = sum(_information_sum(fn, e, target, sigma, noise[i:i + group_size], loss, floor)
@@ -158,50 +154,6 @@ def _information_sum(fn: Callable[[Array], Array], e: Array, target: Array, sigm
     return grads**2 / jnp.maximum(f, floor)[:, None]
   return jnp.sum(jax.vmap(per_sample)(noise), axis=0)
 
-
-def _serial_chunks(fn: Callable[[Array], Array], e: Array, target: Array, sigma: Array,
-                   noise: Array, chunk_size: int, loss: str, floor: float) -> Array:
-  """`_information_sum` over all of noise [S, B, d], `chunk_size` draws at a time, chunk
-  after chunk, forward and backward, without a device loop.
-
-  Unrolled chunks alone do not bound memory: XLA may schedule them side by side (measured:
-  jax.checkpoint per chunk kept the explainer step's peak RSS at the unbounded level). Here
-  each chunk's draws pass an optimization barrier together with the running sum of the
-  chunk before, so a chunk cannot start before the previous one finished; the backward
-  pass (a custom VJP) recomputes chunk by chunk the same way, keeping only the inputs.
-  Differentiable in reverse mode (also twice), not in forward mode.
-  """
-  conv, consts = jax.closure_convert(fn, e)   # fn(x) = conv(x, *consts), consts explicit
-  starts = range(0, noise.shape[0], chunk_size)
-
-  def chunk_sum(consts, e, sigma, target, z):
-    return _information_sum(lambda x: conv(x, *consts), e, target, sigma, z, loss, floor)
-
-  def serially(step, acc, noise):
-    for i in starts:
-      z, acc = jax.lax.optimization_barrier((noise[i:i + chunk_size], acc))
-      acc = step(z, acc)
-    return acc
-
-  @jax.custom_vjp
-  def run(consts, e, sigma, target, noise):
-    return serially(lambda z, acc: acc + chunk_sum(consts, e, sigma, target, z),
-                    jnp.zeros(e.shape, e.dtype), noise)
-
-  def fwd(consts, e, sigma, target, noise):
-    return run(consts, e, sigma, target, noise), (consts, e, sigma, target, noise)
-
-  def bwd(res, ct):
-    consts, e, sigma, target, noise = res
-    def step(z, acc):
-      _, vjp = jax.vjp(lambda c, e_, s: chunk_sum(c, e_, s, target, z), consts, e, sigma)
-      return jax.tree.map(jnp.add, acc, vjp(ct))
-    grads = serially(step, jax.tree.map(jnp.zeros_like, (consts, e, sigma)), noise)
-    # target is a stop_gradient and noise a constant draw: no cotangent flows to them.
-    return grads + (jnp.zeros_like(target), jnp.zeros_like(noise))
-
-  run.defvjp(fwd, bwd)
-  return run(consts, e, sigma, target, noise)
 
 
 def similarity(a: Array, b: Array, kind: str = 'cosine', eps: float = 1e-12) -> Array:

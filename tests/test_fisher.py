@@ -211,8 +211,8 @@ def _linear_problem(d=5, m=3, B=16, seed=1):
 
 
 # 16 rows, d = 5, hundreds of perturbations per chunk: the sizes at which lax.map's chunked
-# outputs came out 4-5% off under XLA:CPU's default YNNPACK fusion. (S, chunk) covers 2 and 8
-# unrolled chunks, a remainder chunk, and more than MAX_UNROLLED_CHUNKS (the lax.scan path).
+# outputs came out 4-5% off under XLA:CPU's default YNNPACK fusion. (S, chunk) covers 2, 8
+# and 40 chunks and a remainder chunk.
 @pytest.mark.parametrize('loss', ['ce', 'bce'])
 @pytest.mark.parametrize('num_samples,chunk', [(1000, 500), (4000, 500), (1000, 300),
                                                (4000, 100)])

@@ -2,6 +2,7 @@
 attribute probes, the bias report and the model-randomisation sanity check."""
 from __future__ import annotations
 
+import functools
 import os
 
 import jax
@@ -9,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from lsei_jax import (atomic, bias, checkpoints, crosscheck, errors, fisher, interventions,
-                      metrics, parallel, reliance, steps, validate)
+from lsei_jax import (atomic, bias, checkpoints, compile_cache, crosscheck, errors, fisher,
+                      interventions, metrics, parallel, reliance, steps, validate)
 from lsei_jax import workdir as workdir_lib
 from lsei_jax import data as data_lib
 from lsei_jax.pipeline import (Models, build, generator_apply, head_apply, mean_information,
@@ -21,6 +22,7 @@ TABLE_KEYS = ('accuracy', 'recon_accuracy', 'agreement', 'flip_all_change', 'inf
               'info_cosine_noreg')
 
 
+@functools.lru_cache(maxsize=16)
 def _outputs_fn(mods: Models, mesh):
   """((clf, dvae params, mask [K]), {'image': uint8}) → per-example arrays.
 
@@ -48,6 +50,7 @@ def _outputs_fn(mods: Models, mesh):
   return parallel.data_parallel_apply(f, mesh, parallel.convnet_compiler_options())
 
 
+@functools.lru_cache(maxsize=16)
 def _probe_fn(mods: Models, mesh):
   """((g, probe params), {'before', 'after': ĥ [b,d], 'image': uint8}) → probe probabilities
   [b, A] of g(before), g(after) and of the real image."""
@@ -61,11 +64,17 @@ def _probe_fn(mods: Models, mesh):
   return parallel.data_parallel_apply(f, mesh, parallel.convnet_compiler_options())
 
 
-def classify_fn(mods: Models, clf_params, batch_size: int, mesh):
-  """uint8 images [N, H, W, 3] → logits of c(x) [N, C] (NumPy, in batches)."""
-  fn = parallel.data_parallel_apply(
+@functools.lru_cache(maxsize=16)
+def _classify_apply(mods: Models, mesh):
+  """(classifier params, {'image': uint8 [b,H,W,3]}) → logits [b, C]."""
+  return parallel.data_parallel_apply(
       lambda p, b: mods.classifier.apply({'params': p}, b['image'].astype(jnp.float32) / 255.0),
       mesh, parallel.convnet_compiler_options())
+
+
+def classify_fn(mods: Models, clf_params, batch_size: int, mesh):
+  """uint8 images [N, H, W, 3] → logits of c(x) [N, C] (NumPy, in batches)."""
+  fn = _classify_apply(mods, mesh)
   return lambda images: parallel.map_in_batches(fn, clf_params, {'image': images}, batch_size,
                                                 mesh)
 
@@ -110,6 +119,7 @@ def _probe(config, mods, mesh, g_params, probe_params, test, before, after, desc
 
 def evaluate(config, workdir: str, *, mesh=None) -> dict:
   """Computes every evaluation figure; writes WORKDIR/eval/{metrics.json, *.png, report.html}."""
+  compile_cache.enable()  # library use gets the cache too, not only the CLI
   mesh = parallel.make_mesh() if mesh is None else mesh
   with errors.as_user_errors():
     parallel.check_batch(config.eval.batch_size, mesh, 'config.eval.batch_size')

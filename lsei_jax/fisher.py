@@ -1,4 +1,4 @@
-"""Functional Fisher information of a function of an embedding (DESIGN.md §6, Eq. 3–5).
+"""Functional Fisher information of a function of an embedding (docs/method.md §6, Eq. 3–5).
 
 For F: R^d → R^m (logits) and embeddings e [B, d]:
   e_ε = e + ε,  ε_i ~ N(0, σ_i²)

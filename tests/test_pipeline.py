@@ -112,6 +112,16 @@ def test_eval_metrics(trained_workdir, tiny_config):
   assert set(saved['probe_accuracy']) == {'shape', 'color', 'size', 'position', 'background',
                                           'texture'}
   assert os.path.getsize(os.path.join(workdir, 'eval', 'fig3_grid.png')) > 0
+  # Concept-learner metrics of the DVAE, consistent with Table 1 and the per-bit analysis.
+  c = saved['concepts']
+  assert c['kind'] == 'dvae' and c['num_units'] == tiny_config.model.dvae.latent_dim
+  assert c['num_decisive_units'] == sum(v > 0 for v in saved['per_bit_change'])
+  if saved['accuracy'] != c['accuracy_mean_ablation']:
+    assert c['accuracy_recovered'] == pytest.approx(
+        (saved['recon_accuracy'] - c['accuracy_mean_ablation'])
+        / (saved['accuracy'] - c['accuracy_mean_ablation']))
+  assert 0 <= c['l0'] <= c['num_units'] and c['variance_explained'] <= 1.0
+  assert saved['intervention'] == 'flip all bits'
 
 
 def test_eval_before_training_names_the_stage(tmp_path, tiny_config):

@@ -1,0 +1,36 @@
+"""Each concept learner end to end: trained by the stage graph, evaluated, metrics written."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from lsei_jax import evaluation, pipeline
+
+
+@pytest.mark.parametrize('kind', ['topk_sae', 'nmf'])
+def test_pipeline_and_evaluation_run_with_each_learner(kind, tiny_config, tmp_path):
+  config = tiny_config.copy_and_resolve_references()
+  config.model.concepts.kind = kind
+  config.explainer.train_noreg = False
+  config.sanity.enabled = False
+  workdir = str(tmp_path)
+  metas = pipeline.train(config, workdir)
+  assert metas['dvae']['config']['model.concepts.kind'] == kind
+  result = evaluation.evaluate(config, workdir)
+  c = result['concepts']
+  assert c['kind'] == kind and c['num_units'] == config.model[kind].latent_dim
+  if kind == 'topk_sae':
+    assert 0 < c['l0'] <= config.model.topk_sae.k
+  assert c['variance_explained'] <= 1.0 and c['normalized_mse'] >= 0.0
+  assert 0 <= c['dead_fraction'] <= 1 and 0 <= c['num_decisive_units'] <= c['num_units']
+  assert set(c['factor_recovery']['best_unit_auc']) == set(result['probe_accuracy'])
+  assert result['intervention'] == 'toggle all units'
+  assert 0.0 <= result['flip_all_change'] <= 1.0 and len(result['per_bit_change']) == c['num_units']
+  saved = json.load(open(os.path.join(workdir, 'eval', 'metrics.json')))
+  assert saved['concepts']['l0'] == pytest.approx(c['l0'])
+  # A learner's checkpoint is not loaded as another kind's.
+  other = config.copy_and_resolve_references()
+  other.model.concepts.kind = 'nmf' if kind == 'topk_sae' else 'topk_sae'
+  with pytest.raises(Exception, match='model.concepts.kind'):
+    evaluation.evaluate(other, workdir)

@@ -5,7 +5,8 @@ import os
 import numpy as np
 import pytest
 
-from lsei_jax import evaluation, pipeline
+import lsei_jax
+from lsei_jax import concepts, data, evaluation, pipeline
 
 
 @pytest.mark.parametrize('kind', ['topk_sae', 'nmf'])
@@ -29,6 +30,16 @@ def test_pipeline_and_evaluation_run_with_each_learner(kind, tiny_config, tmp_pa
   assert 0.0 <= result['flip_all_change'] <= 1.0 and len(result['per_bit_change']) == c['num_units']
   saved = json.load(open(os.path.join(workdir, 'eval', 'metrics.json')))
   assert saved['concepts']['l0'] == pytest.approx(c['l0'])
+  page = open(os.path.join(workdir, 'eval', 'report.html'), encoding='utf-8').read()
+  assert f'Concept learner: {kind}' in page
+  # The notebook API uses the same learner: toggling every unit of every image.
+  run = lsei_jax.load_run(config, workdir)
+  images = data.load(config.data, 'test').images[:4]
+  out = run.intervene(images)
+  code, after = np.asarray(out['bits']), np.asarray(out['bits_after'])
+  on = concepts.on_values(code)
+  np.testing.assert_allclose(after, np.where(code > 0, 0.0, on), rtol=1e-6)
+  assert out['image_after'].shape == images.shape
   # A learner's checkpoint is not loaded as another kind's.
   other = config.copy_and_resolve_references()
   other.model.concepts.kind = 'nmf' if kind == 'topk_sae' else 'topk_sae'

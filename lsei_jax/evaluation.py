@@ -312,15 +312,57 @@ def evaluate(config, workdir: str, *, classifier: ClassifierSplit | None = None,
   return result
 
 
+def concept_evaluation(config, workdir: str, *, classifier: ClassifierSplit | None = None,
+                       mesh=None) -> tuple[dict, np.ndarray]:
+  """Table 1 (accuracy, accuracy on ĥ, agreement, % change under toggle-all) and the
+  concept-learner metrics of the run in `workdir`, from its classifier and concept learner
+  only (no explainer or probe needed) → (results, test codes [N, K])."""
+  mesh = parallel.make_mesh() if mesh is None else mesh
+  classifier = pipeline.resolve_classifier(config, classifier, mesh)
+  test = data_lib.load(config.data, 'test')
+  split, identities, mods, _ = load_classifier(config, workdir, mesh, classifier,
+                                               len(test.attribute_names))
+  state = load_stages(config, workdir, mods, mesh, ['dvae'], identities)['dvae'][0]
+  out = _explain(config, split, mods, mesh, state.params, test,
+                 jnp.ones((mods.learner.latent_dim,)), 'concepts')
+  res = {'accuracy': float(metrics.accuracy(out['logits'], test.labels)),
+         'recon_accuracy': float(metrics.recon_accuracy(out['logits_hat'], test.labels)),
+         'agreement': float(metrics.agreement(out['logits_hat'], out['logits'])),
+         'flip_all_change': float(metrics.change_rate(out['logits_hat'], out['logits_flip']))}
+  res['concepts'] = concept_summary(split, mods, out, test, res['accuracy'],
+                                    res['recon_accuracy'])
+  return res, out['code']
+
+
+def codes_on_test(config, workdir: str, *, classifier: ClassifierSplit | None = None, mesh=None
+               ) -> np.ndarray:
+  """The concept learner's codes [N, K] of the test images under the run in `workdir`."""
+  mesh = parallel.make_mesh() if mesh is None else mesh
+  classifier = pipeline.resolve_classifier(config, classifier, mesh)
+  test = data_lib.load(config.data, 'test')
+  split, identities, mods, _ = load_classifier(config, workdir, mesh, classifier,
+                                               len(test.attribute_names))
+  state = load_stages(config, workdir, mods, mesh, ['dvae'], identities)['dvae'][0]
+  return parallel.map_in_batches(_codes_fn(split.embed, mods, mesh), (split.params, state.params),
+                                 {'image': test.images}, config.eval.batch_size, mesh, 'codes')
+
+
 def evaluate_seeds(config, workdir: str, other_workdirs, *, classifier=None, mesh=None) -> dict:
-  """Evaluates `workdir` and runs of other training seeds; mean ± std of Tables 1 and 2.
+  """Evaluates `workdir` and runs of other training seeds; mean ± std of Tables 1 and 2,
+  and the concept code's stability: Hungarian-matched |correlation| of the test codes of
+  each other run with those of `workdir` (concept_metrics.stability).
 
   Writes WORKDIR/eval/seeds.json and adds the aggregate to WORKDIR/eval/report.html.
   """
   results = [evaluate(config, wd, classifier=classifier, mesh=mesh)
              for wd in (*other_workdirs, workdir)]
   agg = bias.aggregate_seeds(results, TABLE_KEYS)
-  agg_out = {'workdirs': [*other_workdirs, workdir], 'figures': agg}
+  codes = codes_on_test(config, workdir, classifier=classifier, mesh=mesh)
+  stab = [concept_metrics.stability(codes, codes_on_test(config, wd, classifier=classifier,
+                                                      mesh=mesh)) for wd in other_workdirs]
+  agg_out = {'workdirs': [*other_workdirs, workdir], 'figures': agg,
+             'concept_stability': {'values': stab,
+                                   'mean': float(np.mean(stab)) if stab else None}}
   eval_dir = os.path.join(workdir, 'eval')
   if jax.process_index() == 0:
     with open(os.path.join(eval_dir, 'seeds.json'), 'w') as f:

@@ -133,6 +133,8 @@ def test_seed_aggregation(trained_workdir, workdir_copy, tiny_config):
   out = evaluation.evaluate_seeds(tiny_config, workdir_copy, [trained_workdir[0]])
   acc = out['figures']['accuracy']
   assert acc['n'] == 2 and acc['std'] == 0.0  # the same run twice
+  # The same codes twice: stability 1 unless the code is constant (then 0 by definition).
+  assert out['concept_stability']['values'] in ([pytest.approx(1.0)], [0.0])
   assert acc['mean'] == pytest.approx(acc['values'][0])
   saved = json.load(open(os.path.join(workdir_copy, 'eval', 'seeds.json')))
   assert saved['figures']['accuracy']['n'] == 2

@@ -30,6 +30,13 @@ def test_pipeline_and_evaluation_run_with_each_learner(kind, tiny_config, tmp_pa
   assert 0.0 <= result['flip_all_change'] <= 1.0 and len(result['per_bit_change']) == c['num_units']
   saved = json.load(open(os.path.join(workdir, 'eval', 'metrics.json')))
   assert saved['concepts']['l0'] == pytest.approx(c['l0'])
+  # Without explainer or probe: the same Table 1 figures and concept metrics.
+  alone, codes = evaluation.concept_evaluation(config, workdir)
+  for key in ('accuracy', 'recon_accuracy', 'agreement', 'flip_all_change'):
+    assert alone[key] == pytest.approx(result[key]), key
+  for key in ('variance_explained', 'l0', 'dead_fraction', 'accuracy_recovered'):
+    assert alone['concepts'][key] == pytest.approx(c[key]), key
+  assert codes.shape == (config.data.num_test, c['num_units'])
   page = open(os.path.join(workdir, 'eval', 'report.html'), encoding='utf-8').read()
   assert f'Concept learner: {kind}' in page
   # The notebook API uses the same learner: toggling every unit of every image.

@@ -312,17 +312,23 @@ def evaluate(config, workdir: str, *, classifier: ClassifierSplit | None = None,
   return result
 
 
-def concept_evaluation(config, workdir: str, *, classifier: ClassifierSplit | None = None,
-                       mesh=None) -> tuple[dict, np.ndarray]:
-  """Table 1 (accuracy, accuracy on ĥ, agreement, % change under toggle-all) and the
-  concept-learner metrics of the run in `workdir`, from its classifier and concept learner
-  only (no explainer or probe needed) → (results, test codes [N, K])."""
+def _learner_run(config, workdir: str, classifier, mesh) -> tuple:
+  """(split, mods, concept learner state, test split, mesh) of the run in `workdir`."""
   mesh = parallel.make_mesh() if mesh is None else mesh
   classifier = pipeline.resolve_classifier(config, classifier, mesh)
   test = data_lib.load(config.data, 'test')
   split, identities, mods, _ = load_classifier(config, workdir, mesh, classifier,
                                                len(test.attribute_names))
   state = load_stages(config, workdir, mods, mesh, ['dvae'], identities)['dvae'][0]
+  return split, mods, state, test, mesh
+
+
+def concept_evaluation(config, workdir: str, *, classifier: ClassifierSplit | None = None,
+                       mesh=None) -> tuple[dict, np.ndarray]:
+  """Table 1 (accuracy, accuracy on ĥ, agreement, % change under toggle-all) and the
+  concept-learner metrics of the run in `workdir`, from its classifier and concept learner
+  only (no explainer or probe needed) → (results, test codes [N, K])."""
+  split, mods, state, test, mesh = _learner_run(config, workdir, classifier, mesh)
   out = _explain(config, split, mods, mesh, state.params, test,
                  jnp.ones((mods.learner.latent_dim,)), 'concepts')
   res = {'accuracy': float(metrics.accuracy(out['logits'], test.labels)),
@@ -334,15 +340,10 @@ def concept_evaluation(config, workdir: str, *, classifier: ClassifierSplit | No
   return res, out['code']
 
 
-def codes_on_test(config, workdir: str, *, classifier: ClassifierSplit | None = None, mesh=None
-               ) -> np.ndarray:
+def codes_on_test(config, workdir: str, *, classifier: ClassifierSplit | None = None,
+                  mesh=None) -> np.ndarray:
   """The concept learner's codes [N, K] of the test images under the run in `workdir`."""
-  mesh = parallel.make_mesh() if mesh is None else mesh
-  classifier = pipeline.resolve_classifier(config, classifier, mesh)
-  test = data_lib.load(config.data, 'test')
-  split, identities, mods, _ = load_classifier(config, workdir, mesh, classifier,
-                                               len(test.attribute_names))
-  state = load_stages(config, workdir, mods, mesh, ['dvae'], identities)['dvae'][0]
+  split, mods, state, test, mesh = _learner_run(config, workdir, classifier, mesh)
   return parallel.map_in_batches(_codes_fn(split.embed, mods, mesh), (split.params, state.params),
                                  {'image': test.images}, config.eval.batch_size, mesh, 'codes')
 

@@ -18,7 +18,7 @@ and a `model.<kind>` config section.
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable, Protocol
+from typing import Callable, Protocol
 
 import flax.linen as nn
 import jax
@@ -86,6 +86,24 @@ def signature(config) -> dict:
   sig = {f'model.{kind}.{k}': v for k, v in section(config, kind).items()}
   # Older DVAE checkpoints recorded only model.dvae.*: keep them loadable.
   return sig if kind == 'dvae' else {'model.concepts.kind': kind, **sig}
+
+
+class ModuleLearner:
+  """Base of learners whose module has encode(h) → code and decode(code) methods."""
+  module: nn.Module
+
+  @property
+  def latent_dim(self) -> int:
+    return self.module.latent_dim
+
+  def encode(self, params, h: Array) -> Array:
+    return self.module.apply({'params': params}, h, method='encode')
+
+  def decode(self, params, code: Array) -> Array:
+    return self.module.apply({'params': params}, code, method='decode')
+
+  def check_input(self, h: np.ndarray) -> None:
+    del h  # any real embedding
 
 
 # ----------------------------------------------------------------------- interventions

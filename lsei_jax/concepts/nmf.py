@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lsei_jax import steps
+from lsei_jax.concepts import ModuleLearner
 
 Array = jax.Array
 
@@ -82,7 +83,7 @@ class NMFModule(nn.Module):
 
 
 @dataclasses.dataclass(frozen=True)
-class Learner:
+class Learner(ModuleLearner):
   """NMF; config section model.nmf: latent_dim (K), encode_sweeps."""
   module: NMFModule
   kind: str = 'nmf'
@@ -91,16 +92,6 @@ class Learner:
   @classmethod
   def from_config(cls, cfg, embed_dim: int) -> 'Learner':
     return cls(NMFModule(embed_dim, cfg.latent_dim, cfg.encode_sweeps))
-
-  @property
-  def latent_dim(self) -> int:
-    return self.module.latent_dim
-
-  def encode(self, params, h: Array) -> Array:
-    return self.module.apply({'params': params}, h, method='encode')
-
-  def decode(self, params, code: Array) -> Array:
-    return self.module.apply({'params': params}, code, method='decode')
 
   def make_step(self, cfg) -> Callable:
     def step(state, batch: dict, rng: Array):

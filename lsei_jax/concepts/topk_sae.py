@@ -14,9 +14,9 @@ from typing import Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from lsei_jax import steps
+from lsei_jax.concepts import ModuleLearner
 from lsei_jax.parallel import AXIS
 
 Array = jax.Array
@@ -88,7 +88,7 @@ def sae_loss(module: TopKSAEModule, params, h: Array, k_aux: int, aux_weight: fl
 
 
 @dataclasses.dataclass(frozen=True)
-class Learner:
+class Learner(ModuleLearner):
   """TopK SAE; config section model.topk_sae: latent_dim (K), k, k_aux, aux_weight."""
   module: TopKSAEModule
   k_aux: int = 32
@@ -102,16 +102,6 @@ class Learner:
       raise ValueError(f'config.model.topk_sae.k={cfg.k} must be in [1, latent_dim='
                        f'{cfg.latent_dim}]')
     return cls(TopKSAEModule(embed_dim, cfg.latent_dim, cfg.k), cfg.k_aux, cfg.aux_weight)
-
-  @property
-  def latent_dim(self) -> int:
-    return self.module.latent_dim
-
-  def encode(self, params, h: Array) -> Array:
-    return self.module.apply({'params': params}, h, method='encode')
-
-  def decode(self, params, code: Array) -> Array:
-    return self.module.apply({'params': params}, code, method='decode')
 
   def make_step(self, cfg) -> Callable:
     def step(state, batch: dict, rng: Array):
@@ -131,6 +121,3 @@ class Learner:
                                      dict(parts, loss=loss, dead_fraction=jnp.mean(dead)))
       return state.replace(params=normalize_decoder(state.params)), metrics
     return step
-
-  def check_input(self, h: np.ndarray) -> None:
-    del h

@@ -138,3 +138,10 @@ def test_kind_and_signature():
   config.model.topk_sae.k = 99
   with pytest.raises(ValueError, match='topk_sae.k=99'):
     concepts.build(config, 4)
+
+
+def test_pipeline_refuses_an_unknown_learner_before_writing(tmp_path):
+  config = _config('sae')
+  with pytest.raises(ValueError, match="config.model.concepts.kind='sae'"):
+    pipeline.train(config, str(tmp_path / 'wd'))
+  assert not (tmp_path / 'wd').exists()

@@ -3,7 +3,7 @@
 Layout: WORKDIR/<stage>/<step>/{state, meta}. `meta` (JSON) records the stage name, the
 total steps, whether the stage is complete, a fingerprint of the parameters, the
 identity {step, fingerprint} of every upstream stage it was trained on, and the
-architecture fields that make a checkpoint incompatible if they change.
+config fields that shape the checkpoint (signature.py): a change is refused by name.
 """
 from __future__ import annotations
 
@@ -16,8 +16,11 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from lsei_jax import signature as signature_lib
+from lsei_jax.errors import UserError, disk_full, disk_full_message
 
-class CheckpointError(RuntimeError):
+
+class CheckpointError(UserError, RuntimeError):
   """A checkpoint is missing, from another stage, or inconsistent with its upstream."""
 
 
@@ -75,9 +78,17 @@ class StageCheckpoints:
 
   def save(self, step: int, state: Any, meta: dict) -> None:
     meta = _jsonable(dict(meta, stage=self.stage, step=int(step)))
-    self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
-    self.manager.wait_until_finished()
+    try:
+      self.manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+      self.manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      full = disk_full(e)
+      if full is None:
+        raise
+      # Orbax writes into a temporary directory first: older steps are intact.
+      raise CheckpointError(disk_full_message(full, os.path.join(self.directory, str(step))))
+
 
   def set_aside(self, step: int) -> str:
     """Renames an unreadable step directory to <step>.unreadable-<n> (kept, never deleted),
@@ -112,7 +123,11 @@ def check_upstream(stage: str, directory: str, recorded: dict, current: dict) ->
 
 
 def check_config(stage: str, directory: str, recorded: dict, current: dict) -> None:
-  """Refuses to resume a stage whose architecture fields changed; names the fields."""
+  """Refuses a stage checkpoint whose signature (signature.stage_signature) differs from
+  the current config's; names the fields."""
+  if '_signature' in current and (legacy := signature_lib.legacy_message(stage, directory,
+                                                                          recorded)):
+    raise CheckpointError(legacy)
   current = _jsonable(current)
   changed = sorted(k for k in set(recorded) | set(current) if recorded.get(k) != current.get(k))
   if changed:

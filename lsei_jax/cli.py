@@ -3,14 +3,15 @@ from __future__ import annotations
 
 import logging as py_logging
 import os
+import signal
 import sys
+import threading
 from typing import Callable
 
 import jax
 from absl import flags, logging
 
-from lsei_jax.checkpoints import CheckpointError
-from lsei_jax.trainer import NonFiniteError
+from lsei_jax import errors
 
 flags.DEFINE_bool('verbose', False, 'Show full tracebacks and library (Orbax) logs.')
 flags.DEFINE_string('compilation_cache', os.path.expanduser('~/.cache/lsei_jax/xla'),
@@ -25,14 +26,15 @@ flags.DEFINE_bool('distributed', False, 'Call jax.distributed.initialize() (impl
                   '--coordinator_address).')
 FLAGS = flags.FLAGS
 
-# Errors that are the user's to fix: one line, no traceback.
-USER_ERRORS = (ValueError, KeyError, CheckpointError, NonFiniteError, FileNotFoundError,
-               PermissionError, OSError)
 
 
 class _QuietLibraries(py_logging.Filter):
+  """Without --verbose, no Orbax or asyncio logs: a failed save (a full disk, …) logs
+  dozens of tracebacks from Orbax's threads, while the main thread raises the one error
+  the user sees."""
+
   def filter(self, record):
-    return 'orbax' not in record.pathname or record.levelno >= py_logging.ERROR
+    return not any(name in record.pathname for name in ('orbax', 'asyncio'))
 
 
 def parse_flags(argv):
@@ -71,16 +73,40 @@ def setup() -> None:
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
 
 
+def _sigterm(signum, frame):
+  # Raised in the main thread wherever it is: training stops the way Ctrl-C stops it.
+  raise KeyboardInterrupt(f'signal {signal.Signals(signum).name}')
+
+
 def run_main(main: Callable[[], None]) -> None:
-  """Runs main(); user errors become 'error: …' on stderr and exit status 1."""
+  """Runs main(); user errors, a full disk and interrupts become one 'error: …' line on
+  stderr and exit status 1 (130 for an interrupt); anything else is a bug and keeps its
+  traceback."""
   setup()
+  in_main = threading.current_thread() is threading.main_thread()
+  previous = signal.signal(signal.SIGTERM, _sigterm) if in_main else None
   try:
     main()
-  except USER_ERRORS as e:
+  except KeyboardInterrupt as e:
     if FLAGS.verbose:
       raise
-    print(f'error: {e}', file=sys.stderr)
+    how = str(e) if isinstance(e, errors.Interrupted) else (
+        f'interrupted ({str(e) or "Ctrl-C"}) outside a training loop; saved '
+        f'checkpoints are intact: rerun `{errors.resume_command()}` to go on')
+    print(f'error: {how}', file=sys.stderr)
+    sys.exit(130)
+  except Exception as e:  # pylint: disable=broad-except
+    full = errors.disk_full(e)
+    if FLAGS.verbose or not (errors.is_user_error(e) or full is not None):
+      raise
+    if errors.is_user_error(e):  # its message names the path of a full disk, if any
+      msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+    else:
+      msg = errors.disk_full_message(full)
+    print(f'error: {msg}', file=sys.stderr)
     sys.exit(1)
   finally:
+    if in_main:
+      signal.signal(signal.SIGTERM, previous)
     if jax.process_count() > 1:
       jax.distributed.shutdown()

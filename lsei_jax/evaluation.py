@@ -7,7 +7,6 @@ both. Stages are loaded by walking `pipeline.GRAPH`.
 """
 from __future__ import annotations
 
-import json
 import os
 
 import jax
@@ -15,14 +14,16 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from lsei_jax import (bias, checkpoints, concept_metrics, concepts, crosscheck, fisher,
-                      html_report, interventions, metrics, parallel, pipeline, plots)
+from lsei_jax import (atomic, bias, checkpoints, concept_metrics, concepts, crosscheck, errors,
+                      fisher, html_report, interventions, metrics, parallel, pipeline, plots,
+                      validate)
 from lsei_jax import data as data_lib
+from lsei_jax import workdir as workdir_lib
 from lsei_jax.classifier_split import ClassifierSplit
-from lsei_jax.pipeline import (Models, build, generator_apply, mean_information, signature,
-                               stream, template_state)
+from lsei_jax.pipeline import (Models, build, generator_apply, mean_information,
+                               random_classifier_state, signature, stream, template_state)
 from lsei_jax.report import TABLE_KEYS  # noqa: F401  (public here too)
-from lsei_jax.trainer import load_complete
+from lsei_jax.trainer import check_untrained, load_complete
 
 
 def _outputs_fn(embed, head_fn, mods: Models, mesh, add_error: bool = False):
@@ -154,15 +155,16 @@ def _probe(config, mods, mesh, g_params, probe_params, test, before, after, desc
 
 def compute(config, workdir: str, *, classifier: ClassifierSplit | None = None, mesh=None
             ) -> tuple[dict, dict]:
-  """Every evaluation figure → (result dict, arrays the figures show). Writes nothing."""
+  """Every evaluation figure → (result dict, arrays the figures show). Writes nothing
+  (`evaluate` runs it under the workdir's lock)."""
   mesh = parallel.make_mesh() if mesh is None else mesh
-  parallel.check_batch(config.eval.batch_size, mesh, 'config.eval.batch_size')
+  with errors.as_user_errors():
+    parallel.check_batch(config.eval.batch_size, mesh, 'config.eval.batch_size')
   classifier = pipeline.resolve_classifier(config, classifier, mesh)
   test = data_lib.load(config.data, 'test')
   split, identities, mods, num_classes = load_classifier(config, workdir, mesh, classifier,
                                                          len(test.attribute_names))
-  pipeline.check_labels(test.labels, num_classes, f'the test split of config.data (task '
-                        f'{config.data.task!r})')
+  validate.check_data(test, config, 'test', None if classifier is None else num_classes)
   # Every stage after the classifier, in graph order (the λ = 0 explainer when trained).
   names = [sd.name for sd in pipeline.GRAPH if sd.name != 'classifier' and (
       sd.name != 'explainer_noreg' or os.path.isdir(os.path.join(workdir, sd.name)))]
@@ -249,6 +251,10 @@ def compute(config, workdir: str, *, classifier: ClassifierSplit | None = None, 
     sdir = os.path.join(workdir, 'sanity')
     if classifier is None:
       s_split, s_ident, _, _ = load_classifier(config, sdir, mesh, None, len(test.attribute_names))
+      # The stored random classifier must be the one this config makes, never a trained one.
+      s_meta = load_stages(config, sdir, mods, mesh, ['classifier'])['classifier'][1]
+      check_untrained(f'{sdir}/classifier', 'classifier', s_meta,
+                      checkpoints.fingerprint(random_classifier_state(config, mods, mesh).params))
     else:
       rand = pipeline.randomized_split(classifier, stream(config.seed, 'sanity/classifier'))
       s_split, s_ident, _, _ = load_classifier(config, sdir, mesh, rand, len(test.attribute_names))
@@ -280,20 +286,23 @@ def write(result: dict, figures: dict, eval_dir: str, *, workdir: str = '',
   """WORKDIR/eval/{metrics.json, fig3_grid.png, attribution_grid.png, per_bit.png,
   bias_report.png, report.html} from `compute`'s output."""
   os.makedirs(eval_dir, exist_ok=True)
-  plots.save_grid(os.path.join(eval_dir, 'fig3_grid.png'),
-                  [figures['image'], figures['g_hhat'], figures['g_flip']],
-                  titles=('original', 'g(h^)', "g(h^')"))
-  plots.save_grid(os.path.join(eval_dir, 'attribution_grid.png'),
-                  [figures['attribution_image'], figures['ig'], figures['g_hhat'],
-                   figures['g_flip']], titles=('image', 'IG', 'g(h^)', "g(h^')"))
-  plots.per_bit_bars(os.path.join(eval_dir, 'per_bit.png'),
-                     {'per_class': result['per_bit_change_by_class'],
-                      'single_bit_change': result['single_bit_change']})
+  draw = {
+      'fig3_grid.png': lambda p: plots.save_grid(
+          p, [figures['image'], figures['g_hhat'], figures['g_flip']],
+          titles=('original', 'g(h^)', "g(h^')")),
+      'attribution_grid.png': lambda p: plots.save_grid(
+          p, [figures['attribution_image'], figures['ig'], figures['g_hhat'],
+              figures['g_flip']], titles=('image', 'IG', 'g(h^)', "g(h^')")),
+      'per_bit.png': lambda p: plots.per_bit_bars(
+          p, {'per_class': result['per_bit_change_by_class'],
+              'single_bit_change': result['single_bit_change']}),
+  }
   if result.get('bias_report'):
-    plots.bias_bars(os.path.join(eval_dir, 'bias_report.png'), result['bias_report'],
-                    result['intervention'])
-  with open(os.path.join(eval_dir, 'metrics.json'), 'w') as f:
-    json.dump(result, f, indent=2)
+    draw['bias_report.png'] = lambda p: plots.bias_bars(p, result['bias_report'],
+                                                        result['intervention'])
+  for fname, fn in draw.items():
+    atomic.write_with(os.path.join(eval_dir, fname), fn)
+  atomic.write_json(os.path.join(eval_dir, 'metrics.json'), result)
   html_report.write(os.path.join(eval_dir, 'report.html'), result, eval_dir,
                     task=result.get('task', ''), workdir=workdir, seeds=seeds)
   logging.info('wrote %s', eval_dir)
@@ -306,9 +315,14 @@ def evaluate(config, workdir: str, *, classifier: ClassifierSplit | None = None,
   classifier: the `ClassifierSplit` the workdir was trained on, when it was given rather
   than trained (default: the one config.classifier.source names, if any).
   """
-  result, figures = compute(config, workdir, classifier=classifier, mesh=mesh)
-  if jax.process_index() == 0:
-    write(result, figures, os.path.join(workdir, 'eval'), workdir=workdir)
+  mesh = parallel.make_mesh() if mesh is None else mesh
+  with errors.as_user_errors():
+    parallel.check_batch(config.eval.batch_size, mesh, 'config.eval.batch_size')
+  validate.check_config(config)
+  with workdir_lib.lock(workdir):
+    result, figures = compute(config, workdir, classifier=classifier, mesh=mesh)
+    if jax.process_index() == 0:
+      write(result, figures, os.path.join(workdir, 'eval'), workdir=workdir)
   return result
 
 
@@ -365,9 +379,9 @@ def evaluate_seeds(config, workdir: str, other_workdirs, *, classifier=None, mes
              'concept_stability': {'values': stab,
                                    'mean': float(np.mean(stab)) if stab else None}}
   eval_dir = os.path.join(workdir, 'eval')
-  if jax.process_index() == 0:
-    with open(os.path.join(eval_dir, 'seeds.json'), 'w') as f:
-      json.dump(agg_out, f, indent=2)
-    html_report.write(os.path.join(eval_dir, 'report.html'), results[-1], eval_dir,
-                      task=config.data.task, workdir=workdir, seeds=agg)
+  with workdir_lib.lock(workdir):
+    if jax.process_index() == 0:
+      atomic.write_json(os.path.join(eval_dir, 'seeds.json'), agg_out)
+      html_report.write(os.path.join(eval_dir, 'report.html'), results[-1], eval_dir,
+                        task=config.data.task, workdir=workdir, seeds=agg)
   return agg_out

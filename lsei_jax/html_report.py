@@ -11,7 +11,7 @@ import html
 import io
 import os
 
-from lsei_jax import plots
+from lsei_jax import atomic, plots
 from lsei_jax.report import TABLE_KEYS
 
 _CSS = """body{font-family:system-ui,sans-serif;max-width:960px;margin:2em auto;color:#222}
@@ -194,6 +194,5 @@ def render(result: dict, eval_dir: str | None = None, *, task: str | None = None
 
 
 def write(path: str, result: dict, eval_dir: str | None = None, **kwargs) -> None:
-  """Writes `render(result, eval_dir, **kwargs)` to path."""
-  with open(path, 'w') as f:
-    f.write(render(result, eval_dir, **kwargs))
+  """Writes `render(result, eval_dir, **kwargs)` to path (atomically)."""
+  atomic.write_text(path, render(result, eval_dir, **kwargs))

@@ -22,7 +22,11 @@ import numpy as np
 from absl import logging
 
 from lsei_jax import data as data_lib
-from lsei_jax import checkpoints, classifier_split, concepts, fisher, models, parallel, steps
+from lsei_jax import (atomic, checkpoints, classifier_split, concepts, errors, fisher, models,
+                      parallel, steps, validate)
+from lsei_jax import signature as signature_lib
+from lsei_jax import workdir as workdir_lib
+from lsei_jax.workdir import check_workdir  # noqa: F401  (public here too)
 from lsei_jax.classifier_split import ClassifierSplit
 from lsei_jax.trainer import Stage, load_complete, run_stage, save_untrained
 
@@ -77,28 +81,6 @@ def validate_config(config, mesh) -> None:
     raise ValueError('config.explainer.fisher_batch must not exceed config.explainer.batch_size')
 
 
-def check_workdir(workdir: str) -> None:
-  """A workdir must be (or become) a writable directory; says which it is not."""
-  path = os.path.abspath(workdir)
-  if os.path.exists(path) and not os.path.isdir(path):
-    raise NotADirectoryError(f'--workdir={workdir} is a file, not a directory')
-  parent = path
-  while not os.path.exists(parent):
-    parent = os.path.dirname(parent)
-  if not os.access(parent, os.W_OK):
-    raise PermissionError(f'--workdir={workdir}: {parent} is not writable')
-
-
-def check_labels(labels: np.ndarray, num_classes: int, what: str) -> None:
-  """Labels must be class indices of the classifier: in [0, C)."""
-  labels = np.asarray(labels)
-  bad = np.unique(labels[(labels < 0) | (labels >= num_classes)])
-  if bad.size:
-    raise ValueError(f'{what} has labels {bad[:5].tolist()} outside [0, {num_classes}) for a '
-                     f'classifier with {num_classes} classes; relabel the data or give a '
-                     f'classifier with more classes')
-
-
 @dataclasses.dataclass
 class Models:
   """The stage modules. `dvae` is the concept learner's module (models.DVAE for the
@@ -127,18 +109,10 @@ def build(config, num_attributes: int | None = None, embed_dim: int | None = Non
 
 def signature(config, stage: str) -> dict:
   """Fields that must not change while a workdir holds checkpoints of `stage`."""
-  base = {'image_size': config.data.image_size, 'task': config.data.task,
-          **{f'model.classifier.{k}': v for k, v in config.model.classifier.items()}}
-  if stage == 'classifier':
-    return base
-  if stage == 'dvae':
-    return concepts.signature(config)
-  if stage == 'probe':
-    return {'image_size': config.data.image_size, 'data': config.data.name,
-            **{f'model.probe.{k}': v for k, v in config.model.probe.items()}}
-  weight = config.explainer.fisher_weight if stage == 'explainer' else 0.0
-  return {'image_size': config.data.image_size, 'fisher_weight': weight,
-          **{f'model.explainer.{k}': v for k, v in config.model.explainer.items()}}
+  sig = signature_lib.stage_signature(config, stage)
+  if stage in ('dvae', 'explainer', 'explainer_noreg') and concepts.kind_of(config) != 'dvae':
+    sig.update(concepts.signature(config))  # the learner's kind and sizes shape ĥ
+  return sig
 
 
 def explainer_step(explainer, cfg, mesh) -> Callable:
@@ -235,8 +209,8 @@ def check_classifier_workdir(workdir: str, given: dict | None) -> None:
 def _record_given(workdir: str, given: dict, d: int, num_classes: int, name: str) -> None:
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, GIVEN_FILE), 'w') as f:
-      json.dump(dict(given, embed_dim=d, num_classes=num_classes, cut=name), f, indent=2)
+    atomic.write_json(os.path.join(workdir, GIVEN_FILE),
+                      dict(given, embed_dim=d, num_classes=num_classes, cut=name))
 
 
 # ----------------------------------------------------------------------- frozen functions
@@ -382,7 +356,7 @@ def _explainer_def(name: str) -> StageDef:
   def step(ctx):
     scfg = ctx.config.explainer.copy_and_resolve_references()
     with scfg.unlocked():
-      scfg.fisher_weight = signature(ctx.config, name)['fisher_weight']
+      scfg.fisher_weight = signature(ctx.config, name)['explainer.fisher_weight']
     return explainer_step(ctx.mods.explainer, scfg, ctx.mesh)
   return StageDef(
       name, ('classifier', 'dvae'), 'explainer',
@@ -472,6 +446,11 @@ def template_state(config, mods: Models, stage: str, mesh, rng: jax.Array | None
                             mesh)
 
 
+def random_classifier_state(config, mods: Models, mesh):
+  """The sanity check's untrained classifier: a pure function of the seed (its named stream)."""
+  return template_state(config, mods, 'classifier', mesh, stream(config.seed, 'sanity/classifier'))
+
+
 def link_of(stage: str, identities: dict) -> dict:
   """{upstream: identity} that `stage` records / is checked against."""
   return {u: identities[u] for u in STAGE_DEFS[stage].upstream if u in identities}
@@ -505,13 +484,23 @@ def train(config, workdir: str, stages: Sequence[str] | None = None, *,
   classifier's entry is its identity {'given': fingerprint}).
   """
   mesh = parallel.make_mesh() if mesh is None else mesh
-  validate_config(config, mesh)
+  with errors.as_user_errors():
+    validate_config(config, mesh)
+  validate.check_config(config)
   check_workdir(workdir)
   classifier = resolve_classifier(config, classifier, mesh)
+  with workdir_lib.lock(workdir):
+    return _train(config, workdir, stages, classifier=classifier, mesh=mesh, hooks=hooks,
+                  random_classifier=random_classifier)
+
+
+def _train(config, workdir, stages, *, classifier, mesh, hooks, random_classifier
+           ) -> dict[str, dict]:
   wanted = stage_names(config) if not stages else tuple(stages)
   unknown = [s for s in wanted if s not in STAGES + ('sanity',)]
   if unknown:
-    raise ValueError(f'unknown stage(s) {unknown}; known: {", ".join(STAGES + ("sanity",))}')
+    raise errors.UserError(f'unknown stage(s) {unknown}; known: '
+                           f'{", ".join(STAGES + ("sanity",))}')
   if 'sanity' in wanted:
     rest = tuple(s for s in wanted if s != 'sanity')
     metas = train(config, workdir, rest, classifier=classifier, mesh=mesh,
@@ -529,8 +518,7 @@ def train(config, workdir: str, stages: Sequence[str] | None = None, *,
     d, num_classes = config.model.classifier.hidden_dim, config.model.classifier.num_classes
     given = None
     check_classifier_workdir(workdir, None)
-  check_labels(ds.labels, num_classes, f'the train split of config.data (task '
-               f'{config.data.task!r})')
+  validate.check_data(ds, config, 'train', None if given is None else num_classes)
   mods = build(config, len(ds.attribute_names), d)
   ctx = Context(config, mesh, mods, ds, d)
   logging.info('train split: %d images, task %r, %d classes, d=%d, %d devices', len(ds),
@@ -551,10 +539,9 @@ def train(config, workdir: str, stages: Sequence[str] | None = None, *,
       continue
     template = parallel.replicate(sd.template(ctx, stage_rngs(config, sd.name)[0]), mesh)
     if sd.name == 'classifier' and random_classifier:
-      state, meta = save_untrained(
-          workdir, 'classifier',
-          parallel.replicate(sd.template(ctx, stream(config.seed, 'sanity/classifier')), mesh),
-          signature(config, 'classifier'))
+      state, meta = save_untrained(workdir, 'classifier',
+                                   random_classifier_state(config, mods, mesh),
+                                   signature(config, 'classifier'))
     elif sd.name in wanted:
       cfg = config[sd.section]
       arrays, prepare = sd.inputs(ctx)

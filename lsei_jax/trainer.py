@@ -11,11 +11,11 @@ import numpy as np
 from absl import logging
 from tqdm.auto import tqdm
 
-from lsei_jax import checkpoints, parallel
+from lsei_jax import checkpoints, errors, parallel
 from lsei_jax.metric_writer import MetricWriter
 
 
-class NonFiniteError(RuntimeError):
+class NonFiniteError(errors.UserError, RuntimeError):
   """A loss or gradient norm became NaN or inf; the bad state was not saved."""
 
 
@@ -104,7 +104,7 @@ def run_stage(stage: Stage, workdir: str, mesh, *, save_every: int, max_to_keep:
       state = stage.state
 
     writer = MetricWriter(ckpt.directory)
-    meta = None
+    meta, done = None, start
     # The next host batch is assembled on a thread while the device runs this step;
     # batch_fn is a pure function of the step index, so this cannot change results.
     prefetch = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix='prefetch')
@@ -140,6 +140,11 @@ def run_stage(stage: Stage, workdir: str, mesh, *, save_every: int, max_to_keep:
           meta = ckpt.read_meta(done)
           for hook in hooks:
             hook(stage.name, done, state)
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM turned into one by the CLI
+      raise errors.Interrupted(
+          f'{stage.name} interrupted ({str(e) or "Ctrl-C"}) after step {done} of '
+          f'{stage.num_steps} (last checkpoint: {_describe(ckpt.latest_step())} in '
+          f'{ckpt.directory}); rerun `{errors.resume_command()}` to resume from it') from e
     finally:
       prefetch.shutdown(wait=True, cancel_futures=True)
       writer.close()
@@ -150,6 +155,16 @@ def run_stage(stage: Stage, workdir: str, mesh, *, save_every: int, max_to_keep:
     ckpt.close()
 
 
+def _train_advice(workdir: str, stage: str) -> str:
+  # The sanity check's stages live in WORKDIR/sanity and are made by training WORKDIR with
+  # --stages=sanity (its classifier is random); training the subdirectory directly would
+  # put a trained classifier there.
+  parent, base = os.path.split(os.path.normpath(workdir))
+  if base == 'sanity':
+    return f'python train.py --config=… --workdir={parent} --stages=sanity'
+  return f'python train.py --config=… --workdir={workdir} --stages={stage}'
+
+
 def load_complete(workdir: str, stage: str, template: Any, signature: dict | None = None
                   ) -> tuple[Any, dict]:
   """The final state and meta of a finished stage, or an error naming what to train.
@@ -158,7 +173,7 @@ def load_complete(workdir: str, stage: str, template: Any, signature: dict | Non
   """
   missing = checkpoints.CheckpointError(
       f'stage {stage!r} has no checkpoint in {workdir}: train it first '
-      f'(python train.py --workdir={workdir} --stages={stage} …)')
+      f'({_train_advice(workdir, stage)})')
   if not os.path.isdir(os.path.join(workdir, stage)):
     raise missing
   ckpt = checkpoints.StageCheckpoints(workdir, stage, read_only=True)
@@ -177,14 +192,34 @@ def load_complete(workdir: str, stage: str, template: Any, signature: dict | Non
     ckpt.close()
 
 
+def check_untrained(directory: str, stage: str, meta: dict, expected: str) -> None:
+  """Refuses a checkpoint that is not the untrained state with fingerprint `expected`."""
+  if meta.get('fingerprint') != expected or meta.get('num_steps') != 0:
+    raise checkpoints.CheckpointError(
+        f'{directory} holds a {stage} trained for {meta.get("num_steps")} steps '
+        f'(fingerprint {meta.get("fingerprint")}), not the untrained one this config '
+        f'makes (fingerprint {expected}); move {directory} away and rerun train.py on the '
+        f'parent workdir with --stages=sanity to recreate it')
+
+
 def save_untrained(workdir: str, stage: str, state: Any, signature: dict) -> tuple[Any, dict]:
-  """Stores `state` as a complete 0-step checkpoint of `stage` (or loads the one stored)."""
-  if os.path.isdir(os.path.join(workdir, stage)):
-    return load_complete(workdir, stage, state, signature)
+  """Stores `state` as a complete 0-step checkpoint of `stage`, or loads the one stored.
+
+  `state` is recreated deterministically by the caller, so a missing or unfinished one
+  (a run killed during its first save) is simply written again; a stored one must be this
+  very state (same fingerprint), never a trained one put in its place.
+  """
   ckpt = checkpoints.StageCheckpoints(workdir, stage)
   try:
-    ckpt.save(0, state, {'num_steps': 0, 'complete': True, 'upstream': {}, 'config': signature,
-                         'fingerprint': checkpoints.fingerprint(state.params)})
+    expected = checkpoints.fingerprint(state.params)
+    if ckpt.latest_step() is not None:
+      _, meta = _restore_latest(ckpt, state, lambda meta: checkpoints.check_config(
+          stage, ckpt.directory, meta.get('config', {}), signature))
+      if meta is not None:
+        check_untrained(ckpt.directory, stage, meta, expected)
+        return state, meta
+    ckpt.save(0, state, {'num_steps': 0, 'complete': True, 'upstream': {},
+                         'config': signature, 'fingerprint': expected})
     return state, ckpt.read_meta(0)
   finally:
     ckpt.close()

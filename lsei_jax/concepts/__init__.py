@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lsei_jax.errors import UserError
+
 Array = jax.Array
 
 # kind → module defining `Learner` (imported lazily: one module per learner).
@@ -51,7 +53,7 @@ class ConceptLearner(Protocol):
     parallel.data_parallel_step; cfg is the stage's config section (config.dvae)."""
 
   def check_input(self, h: np.ndarray) -> None:
-    """Raises a one-line ValueError if h [N, d] is not data this learner can model."""
+    """Raises a one-line errors.UserError if h [N, d] is not data this learner can model."""
 
 
 def kind_of(config) -> str:
@@ -59,7 +61,7 @@ def kind_of(config) -> str:
   section = config.model.get('concepts', None)
   kind = section.get('kind', DEFAULT_KIND) if section is not None else DEFAULT_KIND
   if kind not in KINDS:
-    raise ValueError(f'unknown concept learner config.model.concepts.kind={kind!r}; known: '
+    raise UserError(f'unknown concept learner config.model.concepts.kind={kind!r}; known: '
                      f'{", ".join(KINDS)}')
   return kind
 
@@ -68,7 +70,7 @@ def section(config, kind: str | None = None):
   """The config section with the learner's sizes: config.model.<kind>."""
   kind = kind or kind_of(config)
   if kind not in config.model:
-    raise ValueError(f'config.model.concepts.kind={kind!r} needs a config.model.{kind} '
+    raise UserError(f'config.model.concepts.kind={kind!r} needs a config.model.{kind} '
                      f'section with its sizes (see configs/shapes.py)')
   return config.model[kind]
 

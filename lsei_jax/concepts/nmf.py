@@ -18,6 +18,7 @@ import numpy as np
 
 from lsei_jax import steps
 from lsei_jax.concepts import ModuleLearner
+from lsei_jax.errors import UserError
 
 Array = jax.Array
 
@@ -113,6 +114,6 @@ class Learner(ModuleLearner):
   def check_input(self, h: np.ndarray) -> None:
     low = float(np.min(h))
     if low < 0:
-      raise ValueError(f'NMF needs a non-negative embedding (the layer after a ReLU), but h '
+      raise UserError(f'NMF needs a non-negative embedding (the layer after a ReLU), but h '
                        f'has entries down to {low:.3g}; cut the classifier after a ReLU or '
                        f'set config.model.concepts.kind=topk_sae')

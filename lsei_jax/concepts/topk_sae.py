@@ -17,6 +17,7 @@ import jax.numpy as jnp
 
 from lsei_jax import steps
 from lsei_jax.concepts import ModuleLearner
+from lsei_jax.errors import UserError
 from lsei_jax.parallel import AXIS
 
 Array = jax.Array
@@ -99,7 +100,7 @@ class Learner(ModuleLearner):
   @classmethod
   def from_config(cls, cfg, embed_dim: int) -> 'Learner':
     if not 0 < cfg.k <= cfg.latent_dim:
-      raise ValueError(f'config.model.topk_sae.k={cfg.k} must be in [1, latent_dim='
+      raise UserError(f'config.model.topk_sae.k={cfg.k} must be in [1, latent_dim='
                        f'{cfg.latent_dim}]')
     return cls(TopKSAEModule(embed_dim, cfg.latent_dim, cfg.k), cfg.k_aux, cfg.aux_weight)
 

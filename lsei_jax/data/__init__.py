@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from lsei_jax.data import bias_splits, byo, shapes
+from lsei_jax.errors import as_user_errors
 
 SPLITS = {'shapes': ('train', 'test', 'test_biased'),
           'celeba': ('train', 'validation', 'test'),
@@ -44,6 +45,12 @@ class Dataset:
 
 
 def load(data_config: Any, split: str) -> Dataset:
+  """Loads `split` of the configured data (see _load); bad data is a UserError."""
+  with as_user_errors():
+    return _load(data_config, split)
+
+
+def _load(data_config: Any, split: str) -> Dataset:
   """Loads `split` of the configured data.
 
   Splits: 'train', 'test' (what evaluation uses; unbiased for shapes, the official test

@@ -30,6 +30,11 @@ def check_images(images: np.ndarray, what: str) -> np.ndarray:
   if images.dtype == np.uint8:
     return images
   if np.issubdtype(images.dtype, np.floating):
+    finite = np.isfinite(images)
+    if not finite.all():
+      i = int(np.argwhere(~finite)[0][0])
+      raise ValueError(f'{what}: {int((~finite).sum())} pixel value(s) are NaN or infinite '
+                       f'(first in image #{i}); fix or drop those images')
     if images.size and (images.min() < 0 or images.max() > 1):
       raise ValueError(f'{what}: float images must lie in [0, 1], got '
                        f'[{images.min():.3g}, {images.max():.3g}]; or pass uint8')
@@ -217,8 +222,23 @@ def read_csv(path: str) -> tuple[list[str], tuple[str, ...], np.ndarray, np.ndar
 
 
 def _read_image(path: str) -> np.ndarray:
-  with Image.open(path) as im:
-    return np.asarray(im.convert('RGB'))  # greyscale / palette / RGBA → RGB
+  """uint8 [H, W, 3]; 16-bit greyscale scaled to 8 bits (PIL's convert('RGB') clips it)."""
+  try:
+    with Image.open(path) as im:
+      if im.mode in ('I;16', 'I;16L', 'I;16B', 'I;16N', 'I'):
+        grey = np.asarray(im).astype(np.int64)
+        if grey.size and (grey.min() < 0 or grey.max() > 65535):
+          raise ValueError(f'{path}: integer image with values outside [0, 65535] '
+                           f'(mode {im.mode}); save it as 8- or 16-bit PNG')
+        grey = np.round(grey / 257.0).astype(np.uint8)  # 65535 → 255
+        return np.repeat(grey[..., None], 3, -1)
+      if im.mode == 'F':
+        raise ValueError(f'{path}: floating-point image (mode F) is not supported; save '
+                         'it as an 8- or 16-bit PNG')
+      return np.asarray(im.convert('RGB'))  # greyscale / palette / RGBA → RGB
+  except (OSError, SyntaxError) as e:  # PIL: truncated or not an image
+    raise ValueError(f'cannot read image {path}: {e}; re-export it or remove it from the '
+                     'CSV') from e
 
 
 def load_folder(data_config, split: str):

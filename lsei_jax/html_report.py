@@ -76,6 +76,9 @@ def _concepts_section(c: dict | None) -> list[str]:
           ['decisive units', str(c.get('num_decisive_units', '—'))]]
   fr = c.get('factor_recovery') or {}
   out = [f'<h2>Concept learner: {e(c["kind"])}</h2>', _table(['metric', 'value'], rows)]
+  if c.get('frequency_histogram'):
+    out.append(_drawn(lambda f: plots.frequency_bars(f, c['frequency_histogram'], c['kind']),
+                      'activation frequency histogram'))
   if fr:
     out += [f'<p>Recovery of the annotated attributes: mean matched |correlation| (MCC, '
             f'Hungarian matching of units to attributes) {num(fr["mcc"])}.</p>',

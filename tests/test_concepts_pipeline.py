@@ -14,7 +14,7 @@ def test_pipeline_and_evaluation_run_with_each_learner(kind, tiny_config, tmp_pa
   config = tiny_config.copy_and_resolve_references()
   config.model.concepts.kind = kind
   config.explainer.train_noreg = False
-  config.sanity.enabled = False
+  config.sanity.enabled = kind == 'nmf'  # the model-randomisation run with a real-valued code
   workdir = str(tmp_path)
   metas = pipeline.train(config, workdir)
   assert metas['dvae']['config']['model.concepts.kind'] == kind
@@ -38,7 +38,8 @@ def test_pipeline_and_evaluation_run_with_each_learner(kind, tiny_config, tmp_pa
     assert alone['concepts'][key] == pytest.approx(c[key]), key
   assert codes.shape == (config.data.num_test, c['num_units'])
   page = open(os.path.join(workdir, 'eval', 'report.html'), encoding='utf-8').read()
-  assert f'Concept learner: {kind}' in page
+  assert f'Concept learner: {kind}' in page and 'alt="activation frequency histogram"' in page
+  assert (result['sanity'] is not None) == (kind == 'nmf')
   # The notebook API uses the same learner: toggling every unit of every image.
   run = lsei_jax.load_run(config, workdir)
   images = data.load(config.data, 'test').images[:4]

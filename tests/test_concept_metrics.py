@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from lsei_jax import concept_metrics as cm
+from lsei_jax import report
 
 
 def _brute_force(cost):
@@ -111,3 +112,15 @@ def test_summary_keys():
   assert s['variance_explained'] == pytest.approx(1.0)
   assert s['accuracy_recovered'] == pytest.approx(1.0)
   assert s['num_decisive_units'] == 0 and s['num_units'] == 4
+
+
+def test_format_concepts():
+  rng = np.random.default_rng(0)
+  h, attrs = rng.random((30, 4)), (rng.random((30, 2)) > 0.5).astype(float)
+  c = dict(cm.summary(h, h, h, acc_h=0.9, acc_hhat=0.9, acc_mean=0.5,
+                      decisive=np.zeros((30, 4), bool)), kind='nmf',
+           factor_recovery=cm.factor_recovery(h, attrs, ['a', 'b']))
+  text = report.format_concepts({'concepts': c})
+  assert 'Concept learner nmf: variance explained 1.000' in text and 'L0 4.00 of 4' in text
+  assert 'accuracy recovered 1.000' in text and 'best unit AUC a ' in text
+  assert report.format_concepts({}) == ''

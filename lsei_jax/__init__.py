@@ -7,6 +7,7 @@ jit/vmap friendly (flags and callables are static arguments: see each docstring)
 from lsei_jax import baselines, bias, concept_metrics, concepts
 from lsei_jax.api import Run, evaluate, explain, load_run, train
 from lsei_jax.classifier_split import ClassifierSplit, from_module, split_at
+from lsei_jax.bias import prediction_association, reliance_report
 from lsei_jax.fisher import batch_sigma, fisher_information, fisher_regularizer, similarity
 from lsei_jax.interventions import (bit_set_mask, decisive_bits, flip_all_mask, intervene,
                                     single_bit_masks)
@@ -14,6 +15,7 @@ from lsei_jax.losses import bce_with_logits, classifier_loss, dvae_loss, explain
 from lsei_jax.metrics import accuracy, agreement, change_rate, info_cosine, recon_accuracy
 from lsei_jax.models import C1, C2, DVAE, Classifier, Explainer
 from lsei_jax.relaxed_bernoulli import bernoulli_kl, hard_code, relaxed_bernoulli
+from lsei_jax.reliance import reliance_by_attribute
 
 __all__ = [
     'baselines', 'bias', 'concepts', 'concept_metrics',
@@ -25,5 +27,6 @@ __all__ = [
     'intervene', 'flip_all_mask', 'single_bit_masks', 'bit_set_mask', 'decisive_bits',
     'classifier_loss', 'dvae_loss', 'explainer_loss', 'bce_with_logits',
     'accuracy', 'agreement', 'change_rate', 'recon_accuracy', 'info_cosine',
+    'reliance_by_attribute', 'prediction_association', 'reliance_report',
 ]
 __version__ = '0.1.0'

@@ -140,3 +140,180 @@ def aggregate_seeds(results: Sequence[dict], keys: Sequence[str]) -> dict:
       out[k] = {'mean': float(arr.mean()), 'std': float(arr.std(ddof=1)) if len(arr) > 1 else 0.0,
                 'n': len(arr), 'values': [float(v) for v in arr]}
   return out
+
+
+# ------------------------------------------------------------------ what the classifier relies on
+def directed_shifts(p_before: np.ndarray, p_after: np.ndarray, pred_before: np.ndarray,
+                    pred_after: np.ndarray, num_classes: int) -> dict:
+  """How each attribute moves as decisions move towards each class.
+
+  Per class k and attribute a, with Δ = p_after − p_before:
+    to_k   = mean of Δ[:, a] over the samples whose prediction moved to k,
+    from_k = mean of Δ[:, a] over those whose prediction moved away from k,
+    shift[k, a] = ½ (to_k − from_k).
+  The two directions get equal weight, so a change the intervention makes to every sample
+  alike (say, every g(ĥ') drawn lighter) cancels whatever the mix of directions; only an
+  attribute that moves with the decision remains. Positive: the attribute rises as decisions
+  move to k and falls as they leave it (two classes: k = 1 is the bias report's sign).
+  Samples whose prediction did not change count in neither mean.
+
+  Returns {'mean' [C, A], 'se' [C, A] (standard error; inf where a direction has fewer than
+  2 samples: a one-way move cannot be told from a uniform change), 'num_changed',
+  'num_to' [C], 'num_from' [C]}.
+  """
+  delta = np.asarray(p_after, np.float64) - np.asarray(p_before, np.float64)
+  pb, pa = np.asarray(pred_before), np.asarray(pred_after)
+  changed = pb != pa
+  num_a = delta.shape[-1]
+  mean = np.zeros((num_classes, num_a))
+  se = np.full((num_classes, num_a), np.inf)
+  n_to, n_from = np.zeros(num_classes, int), np.zeros(num_classes, int)
+
+  def stats(rows):
+    if len(rows) < 2:
+      return (rows.mean(0) if len(rows) else np.zeros(num_a)), np.full(num_a, np.inf)
+    return rows.mean(0), rows.std(0, ddof=1) / np.sqrt(len(rows))
+
+  for k in range(num_classes):
+    to, away = changed & (pa == k), changed & (pb == k)
+    n_to[k], n_from[k] = to.sum(), away.sum()
+    (m_to, s_to), (m_from, s_from) = stats(delta[to]), stats(delta[away])
+    mean[k] = 0.5 * (m_to - m_from)
+    se[k] = 0.5 * np.sqrt(s_to**2 + s_from**2)
+  return {'mean': mean, 'se': se, 'num_changed': int(changed.sum()),
+          'num_to': n_to.tolist(), 'num_from': n_from.tolist()}
+
+
+def _normal_quantile(p: float) -> float:
+  """Φ⁻¹(p) by bisection on erf (no SciPy)."""
+  from math import erf, sqrt  # pylint: disable=g-import-not-at-top
+  lo, hi = -40.0, 40.0
+  for _ in range(200):
+    mid = (lo + hi) / 2
+    lo, hi = (mid, hi) if 0.5 * (1 + erf(mid / sqrt(2))) < p else (lo, mid)
+  return (lo + hi) / 2
+
+
+def reliance_report(p_before: np.ndarray, p_after: np.ndarray, pred_before: np.ndarray,
+                    pred_after: np.ndarray, names: Sequence[str], task: str,
+                    num_classes: int, probe_accuracy: Sequence[float], *,
+                    min_probe_accuracy: float = 0.75, min_shift: float = 0.05,
+                    level: float = 0.95) -> list[dict]:
+  """Which attributes the classifier's decision moves, with what can and cannot be read.
+
+  Args:
+    p_before, p_after: probe probabilities [N, A] on g(ĥ) and on g(ĥ') after an intervention.
+    pred_before, pred_after: int [N], c2's prediction before / after it.
+    probe_accuracy: [A] accuracy of each probe on real images of an unbiased split. A probe
+      that cannot read its attribute there (e.g. one that learned it through a correlated
+      attribute) is not used: its attribute is 'not readable', never flagged.
+    min_probe_accuracy: that bar (chance is about 0.5 for a balanced binary attribute).
+    min_shift: the smallest |shift| (in probe probability) reported as relied on.
+    level: family-wise confidence: intervals are Bonferroni-corrected over the attributes
+      and the classes they are tested against.
+
+  Returns one row per attribute, sorted by |shift| (unreadable ones last): shift, the class
+  it is signed towards (`toward_class`; with 2 classes always 1, so the sign says which
+  class the attribute goes with; with C > 2 the class of the largest |shift|), a corrected
+  normal interval [ci_low, ci_high], readable, flagged (readable, interval excluding 0 and
+  |shift| ≥ min_shift), is_task, num_changed (samples whose prediction changed).
+  """
+  return report_rows(directed_shifts(p_before, p_after, pred_before, pred_after, num_classes),
+                     names, task, num_classes, probe_accuracy,
+                     min_probe_accuracy=min_probe_accuracy, min_shift=min_shift, level=level)
+
+
+def report_rows(s: dict, names: Sequence[str], task: str, num_classes: int,
+                probe_accuracy: Sequence[float], *, min_probe_accuracy: float = 0.75,
+                min_shift: float = 0.05, level: float = 0.95) -> list[dict]:
+  """reliance_report's rows from directed_shifts' output `s` (see reliance_report)."""
+  s = dict(s, mean=np.asarray(s['mean'], np.float64), se=np.asarray(s['se'], np.float64))
+  classes = [1] if num_classes == 2 else list(range(num_classes))
+  tests = len(names) * len(classes)
+  z = _normal_quantile(1 - (1 - level) / (2 * tests))
+  rows = []
+  for a, name in enumerate(names):
+    k = max(classes, key=lambda c: abs(s['mean'][c, a]))
+    mean, se = float(s['mean'][k, a]), float(s['se'][k, a])
+    readable = bool(probe_accuracy[a] >= min_probe_accuracy)
+    lo, hi = mean - z * se, mean + z * se
+    rows.append({'attribute': name, 'shift': mean, 'se': se, 'ci_low': lo, 'ci_high': hi,
+                 'toward_class': int(k), 'readable': readable,
+                 'probe_accuracy': float(probe_accuracy[a]),
+                 'flagged': bool(readable and (lo > 0 or hi < 0) and abs(mean) >= min_shift),
+                 'is_task': name == task, 'num_changed': s['num_changed']})
+  return sorted(rows, key=lambda r: (not r['readable'], -abs(r['shift'])))
+
+
+def label_association(labels: np.ndarray, attributes: np.ndarray, names: Sequence[str],
+                      num_classes: int) -> dict[str, dict]:
+  """How much each attribute goes with the label in a split (a property of the data).
+
+  {name: {'by_class': [P(a = 1 | y = k) for k], 'spread': max_k − min_k of those}}; with two
+  classes, spread = |P(a | y = 1) − P(a | y = 0)| (0: independent, 1: the same as the label).
+  """
+  labels = np.asarray(labels)
+  attributes = np.asarray(attributes, bool)
+  out = {}
+  for a, name in enumerate(names):
+    by = [float(attributes[labels == k, a].mean()) if np.any(labels == k) else None
+          for k in range(num_classes)]
+    seen = [v for v in by if v is not None]
+    out[name] = {'by_class': by, 'spread': float(max(seen) - min(seen)) if seen else 0.0}
+  return out
+
+
+def prediction_association(pred: np.ndarray, attributes: np.ndarray, names: Sequence[str],
+                           task: str, num_classes: int, *, level: float = 0.95,
+                           min_effect: float = 0.05, max_confounding: float = 0.1
+                           ) -> list[dict]:
+  """Which attributes the classifier's predictions depend on, on an evaluation split whose
+  attributes are independent of each other (shapes' unbiased test split).
+
+  Where attribute a is independent of everything else in the split, the difference
+  effect_k = P(ŷ = k | a = 1) − P(ŷ = k | a = 0) is the average causal effect of a on the
+  prediction of class k: nothing else can carry it. The truthfulness benchmark
+  (benchmarks/truthfulness.py) measured it against the counterfactual ground truth.
+
+  Args:
+    pred: int [N] predictions of the classifier on the split; attributes: bool [N, A].
+    level: family-wise confidence of the intervals (Bonferroni over attributes × classes).
+    min_effect: the smallest |effect| reported as relied on.
+    max_confounding: |correlation| with another attribute of the split above which a's
+      effect could be that attribute's: a is then reported as confounded, not relied on.
+
+  Returns one row per attribute, sorted by |shift|: shift (= effect_k, k = 1 for two
+  classes, else the class of the largest |effect|), toward_class, se, ci_low, ci_high,
+  flagged (interval excludes 0, |effect| ≥ min_effect, not confounded), confounded_by
+  (names), is_task.
+  """
+  pred = np.asarray(pred)
+  attributes = np.asarray(attributes, bool)
+  classes = [1] if num_classes == 2 else list(range(num_classes))
+  z = _normal_quantile(1 - (1 - level) / (2 * len(names) * len(classes)))
+  x = attributes.astype(np.float64)
+  sd = x.std(0)
+  corr = np.corrcoef(x.T) if len(names) > 1 else np.ones((1, 1))
+  rows = []
+  for a, name in enumerate(names):
+    on, off = attributes[:, a], ~attributes[:, a]
+    best = None
+    for k in classes:
+      if not on.any() or not off.any():
+        eff, se = 0.0, np.inf
+      else:
+        p1, p0 = np.mean(pred[on] == k), np.mean(pred[off] == k)
+        eff = float(p1 - p0)
+        se = float(np.sqrt(p1 * (1 - p1) / on.sum() + p0 * (1 - p0) / off.sum()))
+      if best is None or abs(eff) > abs(best[1]):
+        best = (k, eff, se)
+    k, eff, se = best
+    confounded = [names[b] for b in range(len(names)) if b != a and sd[a] > 0 and sd[b] > 0
+                  and abs(corr[a, b]) > max_confounding]
+    lo, hi = eff - z * se, eff + z * se
+    rows.append({'attribute': name, 'shift': eff, 'toward_class': int(k), 'se': se,
+                 'ci_low': lo, 'ci_high': hi, 'confounded_by': confounded,
+                 'flagged': bool((lo > 0 or hi < 0) and abs(eff) >= min_effect
+                                 and not confounded),
+                 'is_task': name == task})
+  return sorted(rows, key=lambda r: -abs(r['shift']))

@@ -42,7 +42,7 @@ def _img(eval_dir: str | None, name: str, alt: str) -> str:
 
 
 def _drawn(draw, alt: str) -> str:
-  """A figure drawn from the results (plots.* accepts a file object) embedded."""
+  """A figure drawn from the results (plots.* accept a file object) embedded."""
   buf = io.BytesIO()
   draw(buf)
   return _png(buf.getvalue(), alt)
@@ -115,33 +115,70 @@ def render(result: dict, eval_dir: str | None = None, *, task: str | None = None
               'g(ĥ), and after flipping every concept bit g(ĥ\').</figcaption></figure>']
 
   rows = []
-  for r in result.get('bias_report') or ():
-    sig = r['ci_low'] > 0 or r['ci_high'] < 0
-    cls = 'task' if r['is_task'] else ('sig' if sig else '')
-    by = r['shift_from_class']
+  for r in result['bias_report']:
+    if r.get('confounded_by'):
+      verdict = 'cannot tell: correlated with ' + ', '.join(r['confounded_by'])
+    else:
+      verdict = 'relied on' if r['flagged'] else 'no evidence'
+    cls = 'task' if r['is_task'] and not r['flagged'] else ('sig' if r['flagged'] else '')
     rows.append([f'<td class="{cls}">{e(r["attribute"])}{" (task)" if r["is_task"] else ""}</td>',
-                 f'{r["shift"]:+.3f}', f'[{r["ci_low"]:+.3f}, {r["ci_high"]:+.3f}]',
-                 '—' if by['0'] is None else f'{by["0"]:+.3f}',
-                 '—' if by['1'] is None else f'{by["1"]:+.3f}'])
-  if result.get('bias_report') is None:
-    parts += ['<h2>Bias report</h2>',
-              f'<p>{e(result.get("bias_report_note", "not computed"))}</p>']
-  else:
-    parts += ['<h2>Bias report</h2>',
-              '<p>For each attribute, how much an attribute probe\'s probability moves between '
-              'g(ĥ) and g(ĥ\') (signed towards the other class; bootstrap interval). The task '
-              'attribute should move; any other attribute that moves is something the classifier '
-              'ties to its decision. Bold red: interval excludes 0.</p>',
-              _table(['attribute', 'shift', 'interval', 'from class 0', 'from class 1'], rows),
-              _drawn(lambda f: plots.bias_bars(f, result['bias_report'],
-                                               result.get('intervention', 'flip all bits')),
-                     'bias report bars')]
+                 e(verdict), f'{r["shift"]:+.3f}', f'[{r["ci_low"]:+.3f}, {r["ci_high"]:+.3f}]',
+                 str(r.get('toward_class', 1))])
+  parts += ['<h2>Bias report: what the classifier relies on</h2>',
+            '<p>For each attribute, how much the probability that the classifier predicts a '
+            'class changes between test images with and without the attribute: '
+            'P(ŷ = k | attribute) − P(ŷ = k | no attribute), with a Bonferroni-corrected '
+            'interval. On a test split whose attributes are independent of each other this is '
+            'the attribute\'s average effect on the decision; an attribute that correlates '
+            'with another one in the test split cannot be told apart from it. '
+            '<b>Relied on</b>: the interval excludes 0 and the effect is at least the '
+            'configured minimum. Bold red: relied on.</p>',
+            _table(['attribute', 'verdict', 'effect', 'interval', 'class'], rows),
+            _drawn(lambda f: plots.bias_bars(f, result['bias_report'],
+                                             result.get('intervention', 'flip all bits')),
+                   'bias report bars')]
+  inter = result.get('intervention_report')
+  if inter:
+    rows = []
+    for r in inter:
+      if not r['readable']:
+        view = f'not readable (probe {100 * r["probe_accuracy"]:.0f}% on real test images)'
+      else:
+        view = 'moves with the decision' if r['flagged'] else 'does not move'
+      rows.append([e(r['attribute']) + (' (task)' if r['is_task'] else ''), e(view),
+                   f'{r["shift"]:+.3f}', f'[{r["ci_low"]:+.3f}, {r["ci_high"]:+.3f}]'])
+    parts += ['<h3>The explainer\'s view: what changes in g(ĥ\') (not a verdict)</h3>',
+              '<p>How an attribute probe\'s probability moves between the concept images '
+              'g(ĥ) and g(ĥ\') as the intervention moves the decision towards a class (both '
+              'directions weighted equally; only samples whose decision changed). On the '
+              'truthfulness benchmark (README) this flags many attributes the classifier does '
+              'not use — the intervention changes them together with the decision — so it '
+              'shows what the concept images look like, not what the classifier relies on.</p>',
+              _table(['attribute', 'in g(ĥ\')', 'shift', 'interval'], rows)]
+  assoc = result.get('data_association')
+  if assoc:
+    parts += ['<h3>Property of the training data (not of the classifier)</h3>',
+              '<p>How much each attribute goes with the label in the training split: the spread '
+              'of P(attribute | class) over the classes (0: independent, 1: the same as the '
+              'label). A correlation in the data is a chance for the classifier to take a '
+              'shortcut, not evidence that it did.</p>',
+              _table(['attribute', 'spread', 'P(attribute | class)'],
+                     [[e(n), f'{v["spread"]:.2f}',
+                       ', '.join('—' if x is None else f'{x:.2f}' for x in v['by_class'])]
+                      for n, v in assoc.items()])]
+  if result.get('reliance'):
+    rel = result['reliance']
+    parts += ['<h3>Ground truth: reliance</h3>',
+              '<p>The test images rendered again with one attribute flipped and nothing else '
+              'changed: the fraction of the classifier\'s predictions that change, and the mean '
+              'drop of the predicted class\'s probability. This is what the classifier relies '
+              'on, measured directly.</p>',
+              _table(['attribute', 'predictions changed', 'mean probability drop'],
+                     [[e(n), f'{100 * v["flip_rate"]:.1f}%', f'{v["mean_prob_change"]:+.3f}']
+                      for n, v in sorted(rel.items(), key=lambda kv: -kv[1]['flip_rate'])])]
 
   if result.get('tcav'):
     tc = {(t['concept'], t['class']): t for t in result['tcav']}
-    # Rows in the bias report's order when there is one, else in the attributes' order.
-    order = [r['attribute'] for r in result.get('bias_report') or ()] or list(
-        dict.fromkeys(t['concept'] for t in result['tcav']))
     classes = sorted({t['class'] for t in result['tcav']})
     cell = lambda t: (f'<td class="{"sig" if t["significant"] else ""}">{t["score"]:.2f} '
                       f'(p={t["p_value"]:.3g})</td>')
@@ -151,8 +188,8 @@ def render(result: dict, eval_dir: str | None = None, *, task: str | None = None
               'with the t-test against random vectors; bold red: significant. Rows in the bias '
               'report\'s order.</p>',
               _table(['concept'] + [f'class {k}' for k in classes],
-                     [[e(a)] + [cell(tc[(a, k)]) for k in classes]
-                      for a in order if (a, classes[0]) in tc])]
+                     [[e(r['attribute'])] + [cell(tc[(r['attribute'], k)]) for k in classes]
+                      for r in result['bias_report'] if (r['attribute'], classes[0]) in tc])]
   attr_grid = _img(eval_dir, 'attribution_grid.png', 'image, IG, g(ĥ), g(ĥ\')')
   if attr_grid:
     parts += ['<h3>Cross-check: input attributions</h3><figure>', attr_grid,

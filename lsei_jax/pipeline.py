@@ -22,8 +22,8 @@ import numpy as np
 from absl import logging
 
 from lsei_jax import data as data_lib
-from lsei_jax import (atomic, checkpoints, classifier_split, concepts, errors, fisher, models,
-                      parallel, steps, validate)
+from lsei_jax import (atomic, balance, checkpoints, classifier_split, concepts, errors, fisher,
+                      models, parallel, steps, validate)
 from lsei_jax import signature as signature_lib
 from lsei_jax import workdir as workdir_lib
 from lsei_jax.workdir import check_workdir  # noqa: F401  (public here too)
@@ -113,6 +113,16 @@ def signature(config, stage: str) -> dict:
   if stage in ('dvae', 'explainer', 'explainer_noreg') and concepts.kind_of(config) != 'dvae':
     sig.update(concepts.signature(config))  # the learner's kind and sizes shape ĥ
   return sig
+
+
+def balance_weights(config, ds) -> np.ndarray | None:
+  """Per-example sampling weights [N] of the train split for the stages with balance=True
+  (explainer, probe): the label decorrelated from every attribute (balance.py)."""
+  if not (config.explainer.get('balance', False) or config.probe.get('balance', False)):
+    return None
+  task = ds.task if ds.task in ds.attribute_names else None
+  return balance.balancing_weights(
+      ds.labels, ds.attributes, None if task is None else ds.attribute_names.index(task))
 
 
 def explainer_step(explainer, cfg, mesh) -> Callable:
@@ -293,6 +303,12 @@ class Context:
         embed_fn(self.classifier.embed, self.mesh), self.classifier.params,
         {'image': self.data.images}, self.config.eval.batch_size, self.mesh, 'embed train'))
 
+  def balance(self, section: str) -> np.ndarray | None:
+    """Sampling weights [N] of the train split when config.<section>.balance, else None."""
+    if not self.config[section].get('balance', False):
+      return None
+    return self.derived('balance', lambda: balance_weights(self.config, self.data))
+
   def hhat_train(self) -> np.ndarray:
     """ĥ = decode(encode(h)) [N, d] of the train images (the concept learner's eval code)."""
     return self.derived('hhat', lambda: parallel.map_in_batches(
@@ -309,6 +325,8 @@ class StageDef:
   template: (ctx, init key) → a fresh, unreplicated train state.
   step: ctx → the compiled data-parallel step.
   inputs: ctx → (arrays [N, …] its batches are drawn from, host transform of a batch).
+  weights: ctx → sampling weights [N] of those arrays (balanced stages), or None: uniform
+    shuffled epochs.
   extra: ctx → replicated extra step arguments.
   stream: the random stream's name (default: the stage name).
   """
@@ -318,6 +336,7 @@ class StageDef:
   template: Callable[[Context, jax.Array], Any]
   step: Callable[[Context], Callable]
   inputs: Callable[[Context], tuple[dict, Callable[[dict], dict]]]
+  weights: Callable[[Context], np.ndarray | None] = lambda ctx: None
   extra: Callable[[Context], tuple] = lambda ctx: ()
   stream: str = ''
 
@@ -364,6 +383,7 @@ def _explainer_def(name: str) -> StageDef:
                                       ctx.config.explainer),
       step=step,
       inputs=lambda ctx: ({'image': ctx.data.images, 'hhat': ctx.hhat_train()}, _float_images),
+      weights=lambda ctx: ctx.balance('explainer'),
       extra=_explainer_extra,
       # Both explainers draw the same initialisation and batches: Table 2's with / without
       # comparison then differs in the regularizer only.
@@ -410,7 +430,10 @@ GRAPH: tuple[StageDef, ...] = (
              step=lambda ctx: parallel.data_parallel_step(
                  steps.probe_step, ctx.mesh,
                  compiler_options=parallel.convnet_compiler_options()),
-             inputs=_probe_inputs),
+             inputs=_probe_inputs,
+             # Real images and g(ĥ) of them: the train split's weights twice.
+             weights=lambda ctx: (None if ctx.balance('probe') is None
+                                  else np.concatenate([ctx.balance('probe')] * 2))),
 )
 STAGE_DEFS = {s.name: s for s in GRAPH}
 
@@ -547,9 +570,15 @@ def _train(config, workdir, stages, *, classifier, mesh, hooks, random_classifie
       arrays, prepare = sd.inputs(ctx)
       n = len(next(iter(arrays.values())))
       order_seed = stream_seed(config.seed, f'{sd.stream_name}/batches')
-      batch_fn = (lambda arrays, prepare, n, bs: lambda step: prepare(
-          {k: v[data_lib.batch_indices(n, bs, step, order_seed, pi, pc)]
-           for k, v in arrays.items()}))(arrays, prepare, n, cfg.batch_size)
+      weights = sd.weights(ctx)
+      if weights is None:
+        indices = lambda step, n=n, bs=cfg.batch_size: data_lib.batch_indices(
+            n, bs, step, order_seed, pi, pc)
+      else:   # balanced stages: examples drawn ∝ weights (balance.py)
+        indices = lambda step, w=weights, bs=cfg.batch_size: balance.weighted_batch_indices(
+            w, bs, step, order_seed, pi, pc)
+      batch_fn = (lambda arrays, prepare, indices: lambda step: prepare(
+          {k: v[indices(step)] for k, v in arrays.items()}))(arrays, prepare, indices)
       state, meta = run_stage(
           Stage(sd.name, cfg.steps, template, sd.step(ctx), batch_fn,
                 stage_rngs(config, sd.name)[1], extra=sd.extra(ctx), upstream=link,

@@ -57,15 +57,18 @@ def bias_bars(path: str, report: list[dict], intervention: str = 'flip all bits'
   rows = list(reversed(report))                                    # largest at the top
   shift = np.array([r['shift'] for r in rows])
   err = np.array([[r['shift'] - r['ci_low'] for r in rows], [r['ci_high'] - r['shift'] for r in rows]])
-  colors = ['0.6' if r['is_task'] else ('tab:red' if r['ci_low'] > 0 or r['ci_high'] < 0
-                                          else 'tab:blue') for r in rows]
+  flagged = lambda r: r.get('flagged', r['ci_low'] > 0 or r['ci_high'] < 0)
+  colors = ['0.85' if not r.get('readable', True) else
+            ('0.6' if r['is_task'] and not flagged(r) else
+             ('tab:red' if flagged(r) else 'tab:blue')) for r in rows]
   fig, ax = plt.subplots(figsize=(6, 0.4 * len(rows) + 1.4), dpi=110)
   ax.barh(np.arange(len(rows)), shift, xerr=err, color=colors, capsize=3)
   ax.set_yticks(np.arange(len(rows)))
-  ax.set_yticklabels([r['attribute'] + (' (task)' if r['is_task'] else '') for r in rows])
+  ax.set_yticklabels([r['attribute'] + (' (task)' if r['is_task'] else '')
+                      + ('' if r.get('readable', True) else ' (not readable)') for r in rows])
   ax.axvline(0, color='k', lw=0.8)
-  ax.set_xlabel('shift of probe probability towards the other class')
-  ax.set_title(f'Bias report ({intervention}); red: interval excludes 0', fontsize=10)
+  ax.set_xlabel('change of P(prediction = class) with the attribute (test split)')
+  ax.set_title('Bias report; red: relied on', fontsize=10)
   fig.tight_layout()
   fig.savefig(path)
   plt.close(fig)

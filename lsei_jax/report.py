@@ -26,14 +26,19 @@ def _fmt(x) -> str:
 
 def format_bias(m: dict, top: int = 6) -> str:
   """The bias report's largest shifts and the sanity verdict as plain text."""
-  lines = [f'Bias report ({m.get("intervention", "flip all bits")}): shift of attribute '
-           'probabilities towards the other class']
-  if m.get('bias_report') is None:
-    return lines[0] + f': {m.get("bias_report_note", "not computed")}'
+  lines = ['Bias report: what the classifier relies on (change of P(prediction) with the '
+           'attribute on the test split)']
   for r in m['bias_report'][:top]:
-    sig = '*' if r['ci_low'] > 0 or r['ci_high'] < 0 else ' '
+    verdict = ('cannot tell: correlated with ' + ', '.join(r['confounded_by'])
+               if r.get('confounded_by') else 'relied on' if r['flagged'] else 'no evidence')
     lines.append(f'  {r["attribute"]:>14}{" (task)" if r["is_task"] else "       "} '
-                 f'{r["shift"]:+.3f} [{r["ci_low"]:+.3f}, {r["ci_high"]:+.3f}] {sig}')
+                 f'{r["shift"]:+.3f} [{r["ci_low"]:+.3f}, {r["ci_high"]:+.3f}] {verdict}')
+  rel = m.get('reliance')
+  if rel:
+    lines.append('Ground truth (counterfactual test images, one attribute flipped): '
+                 'predictions changed')
+    for n, v in sorted(rel.items(), key=lambda kv: -kv[1]['flip_rate']):
+      lines.append(f'  {n:>14} {100 * v["flip_rate"]:5.1f}%')
   s = m.get('sanity')
   if s:
     lines.append(f'Sanity (random classifier): rank correlation {s["rank_correlation"]:+.2f}, '

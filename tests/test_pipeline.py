@@ -123,6 +123,14 @@ def test_eval_metrics(trained_workdir, tiny_config):
         / (saved['accuracy'] - c['accuracy_mean_ablation']))
   assert 0 <= c['l0'] <= c['num_units'] and c['variance_explained'] <= 1.0
   assert saved['intervention'] == 'flip all bits'
+  # Ground truth from counterfactual test images, one entry per attribute; the verdict and
+  # the explainer's view cover every attribute.
+  assert set(saved['reliance']) == set(saved['probe_accuracy'])
+  for v in saved['reliance'].values():
+    assert 0.0 <= v['flip_rate'] <= 1.0 and v['num_examples'] == 64
+  assert {r['attribute'] for r in saved['intervention_report']} == set(saved['reliance'])
+  assert all('flagged' in r for r in saved['bias_report'])
+  assert 'Ground truth: reliance' in open(os.path.join(workdir, 'eval', 'report.html')).read()
 
 
 def test_eval_before_training_names_the_stage(tmp_path, tiny_config):

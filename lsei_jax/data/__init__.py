@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -68,10 +68,7 @@ def _load(data_config: Any, split: str) -> Dataset:
     known = SPLITS[name] + tuple(bias_splits.CELEBA)
     raise ValueError(f'unknown split {split!r} for {name!r} data; known: {", ".join(known)}')
   if name == 'shapes':
-    return _shapes(int(data_config.image_size), data_config.task,
-                   data_config.get('spurious'), float(data_config.rho),
-                   int(data_config.seed), split,
-                   int(data_config.num_train if split == 'train' else data_config.num_test))
+    return _shapes(*_shapes_args(data_config, split))
   if name == 'celeba':
     return _celeba(data_config, split)
   images, labels, attributes, names = (byo.load_arrays if name == 'numpy'
@@ -109,8 +106,16 @@ def _without_bias(data_config: Any) -> Any:
   return c
 
 
+def _shapes_args(data_config: Any, split: str) -> tuple:
+  return (int(data_config.image_size), data_config.task, data_config.get('spurious'),
+          float(data_config.rho), int(data_config.seed), split,
+          int(data_config.num_train if split == 'train' else data_config.num_test),
+          float(data_config.get('noise', 0.04)), float(data_config.get('object_scale', 1.0)))
+
+
 @functools.lru_cache(maxsize=8)
-def _shapes(image_size, task, spurious, rho, seed, split, num) -> Dataset:
+def _shapes(image_size, task, spurious, rho, seed, split, num, noise=0.04, object_scale=1.0,
+            flip=None) -> Dataset:
   """task: an attribute, or 'a+b+…': the label is how many of them are on (a K+1-class
   task); the spurious attribute is then correlated with the first."""
   parts = task.split('+')
@@ -124,10 +129,23 @@ def _shapes(image_size, task, spurious, rho, seed, split, num) -> Dataset:
                      f'distinct and differ from config.data.spurious={spurious!r}')
   split_rho = 0.5 if split == 'test' else rho
   d = shapes.generate(num, image_size=image_size, task=parts[0], spurious=spurious,
-                      rho=split_rho, seed=seed, split=split)
+                      rho=split_rho, seed=seed, split=split, noise=noise,
+                      object_scale=object_scale, flip=flip)
   cols = [shapes.ATTRIBUTES.index(p) for p in parts]
   labels = d['attributes'][:, cols].sum(1).astype(np.int32)
   return Dataset(d['image'], labels, d['attributes'], shapes.ATTRIBUTES, task)
+
+
+def counterfactual_renderer(data_config: Any, split: str
+                            ) -> Callable[[str], np.ndarray] | None:
+  """attribute name → uint8 images [N,H,W,3] of `split` re-rendered with only that attribute
+  flipped (same order and nuisance as load(data_config, split).images); None for data that
+  cannot be re-rendered (only the embedded shapes can)."""
+  if data_config.name != 'shapes' or data_config.get('bias_split', ''):
+    return None
+  args = _shapes_args(data_config, split)
+  # Not cached: six flipped copies of a split would crowd the loaded splits out of the cache.
+  return lambda name: _shapes.__wrapped__(*args, flip=name).images
 
 
 def batch_indices(num_examples: int, global_batch: int, step: int, seed: int,

@@ -9,7 +9,12 @@ Each RGB image shows one object on a background. Attributes (all binary, 1 = sec
   texture    plain | striped
 The task label is one attribute; a spurious attribute agrees with it in a fraction `rho`
 of the images; every other attribute is an independent fair coin. Jitter in hue, position,
-size, brightness and pixel noise keeps it from being solved by one pixel.
+size, brightness and pixel noise keeps it from being solved by one pixel; `object_scale`
+(< 1: a smaller object) and `noise` make the shape harder to read.
+
+Ground truth of reliance: `render` draws its nuisance (jitter, noise) from the generator
+independently of the attribute values, so `counterfactual` — the same split rendered again
+with one attribute column flipped — differs from `generate`'s images in that attribute only.
 """
 from __future__ import annotations
 
@@ -32,13 +37,17 @@ def sample_attributes(rng: np.random.Generator, n: int, task: str, spurious: str
 
 
 def render(rng: np.random.Generator, attrs: np.ndarray, image_size: int,
-           noise: float = 0.04) -> np.ndarray:
-  """uint8 images [n, S, S, 3] for attributes bool [n, A] (vectorised over the batch)."""
+           noise: float = 0.04, object_scale: float = 1.0) -> np.ndarray:
+  """uint8 images [n, S, S, 3] for attributes bool [n, A] (vectorised over the batch).
+
+  Every draw from rng has a shape fixed by n alone (never by an attribute value): the same
+  generator state renders the same nuisance whatever the attributes are.
+  """
   n, S = attrs.shape[0], image_size
   a = {name: attrs[:, i] for i, name in enumerate(ATTRIBUTES)}
   u = lambda lo, hi: rng.uniform(lo, hi, n)[:, None, None]
   yy, xx = np.meshgrid((np.arange(S) + 0.5) / S, (np.arange(S) + 0.5) / S, indexing='ij')
-  radius = np.where(a['size'], 0.21, 0.13)[:, None, None] * u(0.9, 1.1)
+  radius = np.where(a['size'], 0.21, 0.13)[:, None, None] * u(0.9, 1.1) * object_scale
   cx = np.where(a['position'], 0.70, 0.30)[:, None, None] + u(-0.06, 0.06)
   cy = 0.5 + u(-0.15, 0.15)
   dx, dy = xx - cx, yy - cy
@@ -61,10 +70,7 @@ def render(rng: np.random.Generator, attrs: np.ndarray, image_size: int,
   return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
-def generate(num: int, *, image_size: int = 32, task: str = 'shape',
-             spurious: str | None = 'color', rho: float = 0.9, seed: int = 0,
-             split: str = 'train', chunk: int = 4096) -> dict[str, np.ndarray]:
-  """Deterministic from (seed, split). Returns {'image' uint8 [N,S,S,3], 'attributes' bool [N,A]}."""
+def _check(task: str, spurious: str | None, rho: float) -> None:
   for name in (task, spurious):
     if name is not None and name not in ATTRIBUTES:
       raise ValueError(f'unknown shapes attribute {name!r}; known: {", ".join(ATTRIBUTES)}')
@@ -72,10 +78,27 @@ def generate(num: int, *, image_size: int = 32, task: str = 'shape',
     raise ValueError(f'spurious attribute must differ from the task attribute ({task!r})')
   if not 0.0 <= rho <= 1.0:
     raise ValueError(f'rho must be in [0, 1], got {rho}')
+
+
+def generate(num: int, *, image_size: int = 32, task: str = 'shape',
+             spurious: str | None = 'color', rho: float = 0.9, seed: int = 0,
+             split: str = 'train', chunk: int = 4096, noise: float = 0.04,
+             object_scale: float = 1.0, flip: str | None = None) -> dict[str, np.ndarray]:
+  """Deterministic from (seed, split). Returns {'image' uint8 [N,S,S,3], 'attributes' bool [N,A]}.
+
+  flip: an attribute name; its column is negated after sampling and before rendering, so
+  the images are the counterfactuals of flip=None's (same nuisance, that attribute changed).
+  """
+  _check(task, spurious, rho)
+  if flip is not None and flip not in ATTRIBUTES:
+    raise ValueError(f'cannot flip unknown shapes attribute {flip!r}; known: '
+                     f'{", ".join(ATTRIBUTES)}')
   split_id = zlib.crc32(split.encode())  # stable across runs, unlike hash()
   rng = np.random.default_rng([seed, split_id])
   attrs = sample_attributes(rng, num, task, spurious, rho)
-  images = np.concatenate([render(rng, attrs[i:i + chunk], image_size)
+  if flip is not None:
+    attrs[:, ATTRIBUTES.index(flip)] ^= True
+  images = np.concatenate([render(rng, attrs[i:i + chunk], image_size, noise, object_scale)
                            for i in range(0, num, chunk)]) if num else \
       np.zeros((0, image_size, image_size, 3), np.uint8)
   return {'image': images, 'attributes': attrs}

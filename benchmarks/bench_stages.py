@@ -158,6 +158,14 @@ def _machine_busy_s() -> float:
   return (sum(v[:8]) - v[3] - v[4]) / os.sysconf('SC_CLK_TCK')
 
 
+def _peak_device_mb() -> float | None:
+  """Peak memory the accelerator's allocator handed out (None where it does not say, e.g.
+  XLA:CPU, whose memory is in peak_rss_mb)."""
+  stats = jax.devices()[0].memory_stats() or {}
+  peak = stats.get('peak_bytes_in_use')
+  return None if peak is None else round(peak / 2**20, 1)
+
+
 def add_step_args(ap: argparse.ArgumentParser) -> None:
   """The flags that pick the step `build_from_args` builds (shared with profile_step.py)."""
   ap.add_argument('--stage', choices=STAGES, required=True)
@@ -205,6 +213,7 @@ def main():
       'compile_s': round(compile_s, 3), 'other_cpu_frac': round(max(other, 0.0), 3),
       'fisher_chunk': args.fisher_chunk, 'fisher_group': args.fisher_group,
       'peak_rss_mb': round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+      'peak_device_mb': _peak_device_mb(),
       'jax_version': jax.__version__,
       'device': jax.devices()[0].device_kind}))
 

@@ -5,7 +5,6 @@ given as a ClassifierSplit, and the method's functions (docs/method.md §3–§6
 jit/vmap friendly (flags and callables are static arguments: see each docstring).
 """
 from lsei_jax import baselines, bias, concept_metrics, concepts
-from lsei_jax.api import Run, evaluate, explain, load_run, train
 from lsei_jax.classifier_split import ClassifierSplit, from_module, split_at
 from lsei_jax.bias import prediction_association, reliance_report
 from lsei_jax.fisher import batch_sigma, fisher_information, fisher_regularizer, similarity
@@ -30,3 +29,14 @@ __all__ = [
     'reliance_by_attribute', 'prediction_association', 'reliance_report',
 ]
 __version__ = '0.1.0'
+
+# The pipeline entry points load on first use: they bring in training, plotting
+# (matplotlib) and reporting, which the functional API above does not need.
+_API = ('Run', 'evaluate', 'explain', 'load_run', 'train')
+
+
+def __getattr__(name):
+  if name in _API:
+    from lsei_jax import api  # pylint: disable=g-import-not-at-top
+    return getattr(api, name)
+  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

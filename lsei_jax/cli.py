@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging as py_logging
-import os
 import signal
 import sys
 import threading
@@ -11,11 +10,12 @@ from typing import Callable
 import jax
 from absl import flags, logging
 
-from lsei_jax import errors
+from lsei_jax import compile_cache, errors
 
 flags.DEFINE_bool('verbose', False, 'Show full tracebacks and library (Orbax) logs.')
-flags.DEFINE_string('compilation_cache', os.path.expanduser('~/.cache/lsei_jax/xla'),
-                    'Persistent XLA compilation cache directory ("" disables).')
+flags.DEFINE_string('compilation_cache', None,
+                    'Persistent XLA compilation cache directory ("" disables); default '
+                    f'${compile_cache.ENV}, else {compile_cache.DEFAULT_DIR}.')
 flags.DEFINE_string('coordinator_address', None,
                     'Multi-process runs: host:port of process 0 (jax.distributed). Unset on '
                     'Cloud TPU pods and SLURM, where JAX finds its peers itself with '
@@ -67,10 +67,7 @@ def setup() -> None:
     jax.distributed.initialize(**kwargs)
     logging.info('process %d of %d, %d local / %d global devices', jax.process_index(),
                  jax.process_count(), jax.local_device_count(), jax.device_count())
-  cache = os.environ.get('LSEI_JAX_COMPILATION_CACHE', FLAGS.compilation_cache)
-  if cache:
-    jax.config.update('jax_compilation_cache_dir', cache)
-    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
+  compile_cache.enable(FLAGS.compilation_cache)
 
 
 def _sigterm(signum, frame):

@@ -2,6 +2,8 @@
 same hidden layer, input attributions, and the attribution model-randomisation test."""
 from __future__ import annotations
 
+import functools
+import types
 from typing import Callable, Sequence
 
 import jax
@@ -40,8 +42,7 @@ def attribution_sanity(model, params, images: np.ndarray, target: np.ndarray,
   whose maps barely change once every layer is random."""
   out = {}
   for name in cfg.methods:
-    method = ATTRIBUTIONS[name]
-    fn = jax.jit(lambda p, x, t: method(lambda y: model.apply({'params': p}, y), x, t, cfg))
+    fn = _attribution_fn(name, model, cfg.ig_steps)
     r = baselines.model_randomization(fn, model, params, jnp.asarray(images),
                                       jnp.asarray(target), key)
     out[name] = {'layers': list(r['layers']),
@@ -53,6 +54,14 @@ def attribution_sanity(model, params, images: np.ndarray, target: np.ndarray,
     v.pop('raw')
     v['flagged'] = flags[k]
   return out
+
+
+@functools.lru_cache(maxsize=16)
+def _attribution_fn(name: str, model, ig_steps: int) -> Callable:
+  """jit of one attribution method, built once per (method, model): evaluation passes and
+  every randomised layer reuse its compilations."""
+  method, cfg = ATTRIBUTIONS[name], types.SimpleNamespace(ig_steps=ig_steps)
+  return jax.jit(lambda p, x, t: method(lambda y: model.apply({'params': p}, y), x, t, cfg))
 
 
 def ig_heatmaps(logit_fn: Callable, images: np.ndarray, target: np.ndarray, steps: int

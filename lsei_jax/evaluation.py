@@ -7,6 +7,7 @@ both. Stages are loaded by walking `pipeline.GRAPH`.
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import jax
@@ -14,10 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from lsei_jax import (atomic, bias, checkpoints, concept_metrics, concepts, crosscheck, errors,
-                      fisher, html_report, interventions, metrics, parallel, pipeline, plots,
-                      reliance,
-                      validate)
+from lsei_jax import (atomic, bias, checkpoints, compile_cache, concept_metrics, concepts,
+                      crosscheck, errors, fisher, html_report, interventions, metrics, parallel,
+                      pipeline, plots, reliance, validate)
 from lsei_jax import data as data_lib
 from lsei_jax import workdir as workdir_lib
 from lsei_jax.classifier_split import ClassifierSplit
@@ -27,6 +27,7 @@ from lsei_jax.report import TABLE_KEYS  # noqa: F401  (public here too)
 from lsei_jax.trainer import check_untrained, load_complete
 
 
+@functools.lru_cache(maxsize=16)
 def _outputs_fn(embed, head_fn, mods: Models, mesh, add_error: bool = False):
   """((clf, learner params, mask [K], on_value [K]), {'image': uint8}) → per-example arrays
   of the classifier embed / head_fn (a ClassifierSplit's functions) and the concept learner.
@@ -61,6 +62,7 @@ def _outputs_fn(embed, head_fn, mods: Models, mesh, add_error: bool = False):
   return parallel.data_parallel_apply(f, mesh, parallel.convnet_compiler_options())
 
 
+@functools.lru_cache(maxsize=16)
 def _codes_fn(embed, mods: Models, mesh):
   """((clf, learner params), {'image': uint8}) → codes [b, K]."""
   learner = mods.learner
@@ -69,6 +71,7 @@ def _codes_fn(embed, mods: Models, mesh):
       mesh, parallel.convnet_compiler_options())
 
 
+@functools.lru_cache(maxsize=16)
 def _probe_fn(mods: Models, mesh):
   """((g, probe params), {'before', 'after': ĥ [b,d], 'image': uint8}) → probe probabilities
   [b, A] of g(before), g(after) and of the real image."""
@@ -82,11 +85,17 @@ def _probe_fn(mods: Models, mesh):
   return parallel.data_parallel_apply(f, mesh, parallel.convnet_compiler_options())
 
 
+@functools.lru_cache(maxsize=16)
+def _classify_apply(embed, head, mesh):
+  """(classifier params, {'image': uint8 [b,H,W,3]}) → logits [b, C] = head(embed(x))."""
+  return parallel.data_parallel_apply(
+      lambda p, b: head(p, embed(p, b['image'].astype(jnp.float32) / 255.0)),
+      mesh, parallel.convnet_compiler_options())
+
+
 def classify_fn(split: ClassifierSplit, batch_size: int, mesh):
   """uint8 images [N, H, W, 3] → logits of c(x) [N, C] (NumPy, in batches)."""
-  fn = parallel.data_parallel_apply(
-      lambda p, b: split.head(p, split.embed(p, b['image'].astype(jnp.float32) / 255.0)),
-      mesh, parallel.convnet_compiler_options())
+  fn = _classify_apply(split.embed, split.head, mesh)
   return lambda images: parallel.map_in_batches(fn, split.params, {'image': images},
                                                 batch_size, mesh)
 
@@ -353,6 +362,7 @@ def evaluate(config, workdir: str, *, classifier: ClassifierSplit | None = None,
   classifier: the `ClassifierSplit` the workdir was trained on, when it was given rather
   than trained (default: the one config.classifier.source names, if any).
   """
+  compile_cache.enable()  # library use gets the cache too, not only the CLI
   mesh = parallel.make_mesh() if mesh is None else mesh
   with errors.as_user_errors():
     parallel.check_batch(config.eval.batch_size, mesh, 'config.eval.batch_size')

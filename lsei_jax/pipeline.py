@@ -11,6 +11,7 @@ case it is not trained and its fingerprint is recorded instead.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -18,12 +19,13 @@ from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from absl import logging
 
 from lsei_jax import data as data_lib
-from lsei_jax import (atomic, balance, checkpoints, classifier_split, concepts, errors, fisher,
-                      models, parallel, steps, validate)
+from lsei_jax import (atomic, balance, checkpoints, classifier_split, compile_cache, concepts,
+                      errors, fisher, models, parallel, steps, validate)
 from lsei_jax import signature as signature_lib
 from lsei_jax import workdir as workdir_lib
 from lsei_jax.workdir import check_workdir  # noqa: F401  (public here too)
@@ -81,7 +83,8 @@ def validate_config(config, mesh) -> None:
     raise ValueError('config.explainer.fisher_batch must not exceed config.explainer.batch_size')
 
 
-@dataclasses.dataclass
+# Frozen, so hashable by value: jitted functions are built once per (Models, mesh).
+@dataclasses.dataclass(frozen=True)
 class Models:
   """The stage modules. `dvae` is the concept learner's module (models.DVAE for the
   paper's kind) and `learner` the learner itself (lsei_jax.concepts)."""
@@ -127,7 +130,13 @@ def balance_weights(config, ds) -> np.ndarray | None:
 
 def explainer_step(explainer, cfg, mesh) -> Callable:
   """The jitted explainer step; with fisher_every = k > 1, the regularized step on every
-  k-th state.step and the plain one between (two compilations, no lax.cond)."""
+  k-th state.step and the plain one between (two compilations, no lax.cond). Built once
+  per (explainer, cfg, mesh): the sanity run reuses the main run's compiled step."""
+  return _explainer_step(explainer, ml_collections.FrozenConfigDict(cfg), mesh)
+
+
+@functools.lru_cache(maxsize=16)
+def _explainer_step(explainer, cfg, mesh) -> Callable:
   make = lambda reg: parallel.data_parallel_step(
       steps.make_explainer_step(explainer, cfg, regularize=reg), mesh, num_replicated=2,
       compiler_options=parallel.convnet_compiler_options())
@@ -224,6 +233,7 @@ def _record_given(workdir: str, given: dict, d: int, num_classes: int, name: str
 
 
 # ----------------------------------------------------------------------- frozen functions
+@functools.lru_cache(maxsize=16)
 def embed_fn(embed: Callable, mesh) -> Callable:
   """(classifier params, {'image': uint8 [b,H,W,3]}) → h [b, d] = embed(params, image)."""
   def f(params, batch):
@@ -231,6 +241,7 @@ def embed_fn(embed: Callable, mesh) -> Callable:
   return parallel.data_parallel_apply(f, mesh, parallel.convnet_compiler_options())
 
 
+@functools.lru_cache(maxsize=16)
 def reconstruct_fn(mods: Models, mesh) -> Callable:
   """(concept learner params, {'h': [b, d]}) → ĥ [b, d] (eval-mode code)."""
   learner = mods.learner
@@ -238,6 +249,7 @@ def reconstruct_fn(mods: Models, mesh) -> Callable:
       lambda p, b: learner.decode(p, learner.encode(p, b['h'])), mesh)
 
 
+@functools.lru_cache(maxsize=16)
 def info_fn(apply: Callable, loss: str, num_samples: int, mesh) -> Callable:
   """((params, σ [d], key), {'e': [b, d], 'index': [b]}) → information per example [b, d].
 
@@ -252,6 +264,7 @@ def info_fn(apply: Callable, loss: str, num_samples: int, mesh) -> Callable:
   return parallel.data_parallel_apply(f, mesh)
 
 
+@functools.lru_cache(maxsize=16)
 def render_fn(mods: Models, mesh) -> Callable:
   """(explainer params, {'e': [b, d]}) → images uint8 [b, H, W, 3] = 255·sigmoid(g(e))."""
   def f(params, batch):
@@ -264,6 +277,7 @@ def head_apply(split: ClassifierSplit) -> Callable:
   return split.head
 
 
+@functools.lru_cache(maxsize=16)
 def generator_apply(mods: Models) -> Callable:
   return lambda p, e: mods.explainer.apply({'params': p}, e)
 
@@ -506,6 +520,7 @@ def train(config, workdir: str, stages: Sequence[str] | None = None, *,
   Returns {stage: final checkpoint meta} for every stage trained or loaded (a given
   classifier's entry is its identity {'given': fingerprint}).
   """
+  compile_cache.enable()  # library use gets the cache too, not only the CLI
   mesh = parallel.make_mesh() if mesh is None else mesh
   with errors.as_user_errors():
     validate_config(config, mesh)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from lsei_jax import fisher_information, fisher_regularizer, similarity
-from lsei_jax.fisher import batch_sigma
+from lsei_jax.fisher import STATIC_ARGNAMES, batch_sigma, fisher_information_from_noise
 
 
 def _softmax(x):
@@ -180,3 +180,143 @@ def test_cosine_of_tiny_vectors_is_exact_and_differentiable():
   assert tiny == pytest.approx(expected, rel=1e-5)
   grad = jax.grad(lambda x: fisher_regularizer(x * 1e-20, b * 1e-22))(a)
   assert np.all(np.isfinite(np.asarray(grad))) and np.any(np.asarray(grad) != 0)
+
+
+# ----------------------------------------------------------------------------- exact paths
+def _numpy_fisher_linear_vec(W, b, e, sigma, noise, loss, target=None):
+  """Float64 oracle for F(e) = e W + b, all draws at once: noise [S, B, d] → I [d].
+
+  target: the unperturbed logits [B, m] (default e W + b), held fixed as stop_gradient does.
+  """
+  W, b, e = (np.asarray(a, np.float64) for a in (W, b, e))
+  target = e @ W + b if target is None else target           # [B, m]
+  x = (e + sigma * np.asarray(noise, np.float64)) @ W + b     # [S, B, m]
+  if loss == 'ce':
+    t = _softmax(target)
+    logq = x - x.max(-1, keepdims=True)
+    logq = logq - np.log(np.exp(logq).sum(-1, keepdims=True))
+    f = -(t * logq).sum(-1)
+    grad = (np.exp(logq) - t) @ W.T
+  else:
+    t = _sigmoid(target)
+    f = (np.logaddexp(0, x) - t * x).sum(-1)
+    grad = (_sigmoid(x) - t) @ W.T
+  return (grad**2 / np.maximum(f, 1e-8)[..., None]).mean((0, 1))
+
+
+def _linear_problem(d=5, m=3, B=16, seed=1):
+  rng = np.random.default_rng(seed)
+  return (rng.normal(size=(d, m)).astype(np.float32), rng.normal(size=m).astype(np.float32),
+          rng.normal(size=(B, d)).astype(np.float32))
+
+
+# 16 rows, d = 5, hundreds of perturbations per chunk: the sizes at which lax.map's chunked
+# outputs came out 4-5% off under XLA:CPU's default YNNPACK fusion. (S, chunk) covers 2, 8
+# and 40 chunks and a remainder chunk.
+@pytest.mark.parametrize('loss', ['ce', 'bce'])
+@pytest.mark.parametrize('num_samples,chunk', [(1000, 500), (4000, 500), (1000, 300),
+                                               (4000, 100)])
+def test_chunked_estimate_matches_float64_numpy_at_scale(loss, num_samples, chunk):
+  W, b, e = _linear_problem()
+  key, sigma = jax.random.key(0), 0.5
+  noise = np.asarray(jax.random.normal(key, (num_samples,) + e.shape))
+  expected = _numpy_fisher_linear_vec(W, b, e, sigma, noise, loss)
+  fn = lambda x: x @ W + b
+  for kw in ({'chunk_size': chunk}, {'group_size': chunk}, {}):
+    info = fisher_information(fn, jnp.asarray(e), key, num_samples=num_samples, loss=loss,
+                              sigma=sigma, **kw)
+    np.testing.assert_allclose(np.asarray(info), expected, rtol=1e-5, err_msg=str(kw))
+
+
+@pytest.mark.parametrize('num_samples,chunk', [(1000, 500), (1000, 300), (2400, 60)])
+def test_chunked_gradient_matches_float64_finite_differences(num_samples, chunk):
+  # d Σ_i I_i / d(W, b) against central differences of the float64 oracle (same noise;
+  # the target F(e) is a stop_gradient, so it stays at the unperturbed weights).
+  W, b, e = _linear_problem(m=2)
+  key, sigma = jax.random.key(3), 0.5
+  noise = np.asarray(jax.random.normal(key, (num_samples,) + e.shape))
+  target = e.astype(np.float64) @ W + b
+
+  def oracle(Wb):
+    return _numpy_fisher_linear_vec(Wb[:-1], Wb[-1], e, sigma, noise, 'ce', target).sum()
+  Wb = np.concatenate([W, b[None]]).astype(np.float64)
+  h = 1e-6
+  expected = np.zeros_like(Wb)
+  for idx in np.ndindex(*Wb.shape):
+    step = np.zeros_like(Wb)
+    step[idx] = h
+    expected[idx] = (oracle(Wb + step) - oracle(Wb - step)) / (2 * h)
+
+  def total(Wb, **kw):
+    return jnp.sum(fisher_information(lambda x: x @ Wb[:-1] + Wb[-1], jnp.asarray(e), key,
+                                      num_samples=num_samples, loss='ce', sigma=sigma, **kw))
+  for kw in ({'chunk_size': chunk}, {'group_size': chunk}, {}):
+    grad = jax.jit(jax.grad(lambda p: total(p, **kw)))(jnp.asarray(Wb, jnp.float32))
+    np.testing.assert_allclose(np.asarray(grad), expected, rtol=1e-5,
+                               atol=1e-5 * np.abs(expected).max(), err_msg=str(kw))
+
+
+def test_chunked_mlp_value_and_gradient_equal_unchunked_at_scale():
+  # A nonlinear fn, hundreds of perturbations per chunk, under jit with XLA's default flags.
+  mlp = nn.Sequential([nn.Dense(32), nn.relu, nn.Dense(4)])
+  e = jax.random.normal(jax.random.key(0), (16, 5))
+  params = mlp.init(jax.random.key(1), e)
+
+  def total(p, **kw):
+    return fisher_information(lambda x: mlp.apply(p, x), e, jax.random.key(2),
+                              num_samples=1200, loss='ce', **kw)
+  full_v = jax.jit(total)(params)
+  full_g = jax.jit(jax.grad(lambda p: total(p).sum()))(params)
+  for kw in ({'chunk_size': 500}, {'chunk_size': 30}, {'group_size': 400}):
+    np.testing.assert_allclose(jax.jit(lambda p: total(p, **kw))(params), full_v, rtol=1e-5)
+    g = jax.jit(jax.grad(lambda p: total(p, **kw).sum()))(params)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5,
+                                                         atol=1e-6 * np.abs(b).max()),
+                 g, full_g)
+
+
+# ----------------------------------------------------------------------------- API promises
+def test_jit_of_the_estimator_itself_with_documented_static_argnames():
+  W, b, e = _linear_problem()
+  fn = lambda x: x @ W + b
+  jitted = jax.jit(fisher_information, static_argnames=STATIC_ARGNAMES)
+  kw = dict(num_samples=64, loss='bce', chunk_size=16)
+  a = jitted(fn, jnp.asarray(e), jax.random.key(0), sigma=jnp.full(5, 0.3), **kw)
+  b_ = fisher_information(fn, jnp.asarray(e), jax.random.key(0), sigma=0.3, **kw)
+  np.testing.assert_allclose(a, b_, rtol=1e-6)
+  # sigma_scale and floor are traced: changing them does not need static arguments.
+  jitted(fn, jnp.asarray(e), jax.random.key(0), sigma_scale=0.5, floor=1e-6, **kw)
+
+
+def test_one_row_needs_a_fixed_sigma_and_gives_the_exact_value_with_one():
+  W, b, e = _linear_problem()
+  fn = lambda x: x @ W + b
+  with pytest.raises(ValueError, match='batch std of e.*1 row.*fixed sigma'):
+    fisher_information(fn, jnp.asarray(e[:1]), jax.random.key(0), num_samples=8, loss='ce')
+  with pytest.raises(ValueError, match='fixed sigma'):
+    jax.jit(lambda x: fisher_information(fn, x, jax.random.key(0), num_samples=8,
+                                         loss='ce'))(jnp.asarray(e[:1]))
+  key = jax.random.key(0)
+  info = fisher_information(fn, jnp.asarray(e[:1]), key, num_samples=200, loss='ce',
+                            sigma=0.4)
+  noise = np.asarray(jax.random.normal(key, (200, 1, 5)))
+  np.testing.assert_allclose(info, _numpy_fisher_linear_vec(W, b, e[:1], 0.4, noise, 'ce'),
+                             rtol=1e-5)
+
+
+@pytest.mark.parametrize('num_samples', [0, -3])
+def test_fewer_than_one_sample_is_refused(num_samples):
+  W, b, e = _linear_problem()
+  with pytest.raises(ValueError, match=f'num_samples={num_samples}.*at least one'):
+    fisher_information(lambda x: x @ W + b, jnp.asarray(e), jax.random.key(0),
+                       num_samples=num_samples, loss='ce')
+
+
+def test_embeddings_that_are_not_2d_are_refused_by_name():
+  W, b, e = _linear_problem()
+  fn = lambda x: x @ W + b
+  for bad in (jnp.zeros((2, 16, 5)), jnp.zeros(5)):
+    with pytest.raises(ValueError, match=r'shape \[B, d\].*jax.vmap'):
+      fisher_information(fn, bad, jax.random.key(0), num_samples=4, loss='ce', sigma=0.1)
+  with pytest.raises(ValueError, match=r'noise must have shape \[S, B, d\]'):
+    fisher_information_from_noise(fn, jnp.asarray(e), jnp.zeros((4, 16, 4)), 0.1, loss='ce')

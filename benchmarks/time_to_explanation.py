@@ -1,0 +1,185 @@
+"""Time to an explanation: every stage of a run split into compile / train / eval seconds,
+with a cold and a warm persistent compilation cache.
+
+  python benchmarks/time_to_explanation.py --scenario demo
+  python benchmarks/time_to_explanation.py --scenario given_classifier
+  python benchmarks/time_to_explanation.py --scenario celeba64 --steps 6
+
+Scenarios:
+  demo              configs/shapes.py end to end: train.py's stages, then eval.py's evaluate.
+  given_classifier  the same with the classifier already trained (a user who brings one):
+                    the classifier is trained first, untimed and without the cache, and
+                    every timed run starts from a copy of that workdir.
+  celeba64          configs/celeba_smiling.py (paper architecture, 64×64) on synthetic
+                    64×64 shapes images instead of CelebA: each stage runs --steps steps;
+                    the step time, measured between the 2nd and the last step, is
+                    extrapolated to the config's steps (reported as `extrapolated_s`, an
+                    estimate, not a measurement). Eval runs on --celeba_test images.
+
+Each run is a fresh process (import, tracing and compilation included) in a fresh workdir;
+`cold` starts with an empty cache directory, `warm` reuses the one `cold` filled. compile_s
+sums JAX's tracing, lowering and XLA compilation (or cache load) events; train_s / eval_s is
+the rest of the stage's wall time (data, steps, checkpoints). Prints one JSON line per
+(run, stage), then a table. other_cpu_frac: CPU used by other processes (shared machine).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+T_START = time.perf_counter()
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def _busy_s() -> float:
+  with open('/proc/stat') as f:
+    v = [int(x) for x in f.readline().split()[1:]]
+  return (sum(v[:8]) - v[3] - v[4]) / os.sysconf('SC_CLK_TCK')
+
+
+def _config(scenario: str, steps: int, celeba_test: int):
+  if scenario != 'celeba64':
+    from configs import shapes  # pylint: disable=g-import-not-at-top
+    return shapes.get_config()
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from configs import celeba_smiling, shapes  # pylint: disable=g-import-not-at-top
+  c = celeba_smiling.get_config()
+  full = {s: c[s].steps for s in ('classifier', 'dvae', 'explainer', 'probe')}
+  c.data = ml_collections.ConfigDict(dict(shapes.get_config().data, image_size=64,
+                                          num_train=4096, num_test=celeba_test))
+  for s in full:
+    c[s].steps = steps
+  c.checkpoint.update(every_steps=2, max_to_keep=2)   # hooks time steps 2 … steps
+  c.eval.fisher_examples = min(c.eval.fisher_examples, celeba_test)
+  c.explainer.info_examples = min(c.explainer.info_examples, celeba_test)
+  c.eval.batch_size = min(c.eval.batch_size, celeba_test)
+  return c, full
+
+
+def child(args) -> None:
+  """One timed run in this process: prints a JSON line per stage."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from jax import monitoring  # pylint: disable=g-import-not-at-top
+  from jax._src import dispatch  # pylint: disable=g-import-not-at-top
+  from lsei_jax import compile_cache, evaluation, pipeline  # pylint: disable=g-import-not-at-top
+
+  compile_cache.enable(args.cache_dir)
+  compile_events = (dispatch.JAXPR_TRACE_EVENT, dispatch.JAXPR_TO_MLIR_MODULE_EVENT,
+                    dispatch.BACKEND_COMPILE_EVENT)
+  acc = {'compile': 0.0}
+
+  def listener(event, duration, **_):
+    if event in compile_events:
+      acc['compile'] += duration
+  monitoring.register_event_duration_secs_listener(listener)
+
+  got = _config(args.scenario, args.steps, args.celeba_test)
+  config, full = got if isinstance(got, tuple) else (got, None)
+  stages = [s for s in pipeline.stage_names(config)
+            if not (args.scenario == 'given_classifier' and s == 'classifier')]
+  base = dict(scenario=args.scenario, cache=args.label, jax_version=jax.__version__,
+              threads=os.cpu_count())
+  print(json.dumps(dict(base, stage='startup', wall_s=round(time.perf_counter() - T_START, 2))),
+        flush=True)
+  for stage in stages + ['eval']:
+    marks: dict[str, list] = {}
+    hook = lambda name, step, state: marks.setdefault(name, []).append(
+        (step, time.perf_counter()))
+    acc['compile'], busy0, t0 = 0.0, _busy_s(), time.perf_counter()
+    own0 = time.process_time()
+    if stage == 'eval':
+      evaluation.evaluate(config, args.workdir)
+    else:
+      pipeline.train(config, args.workdir, (stage,), hooks=(hook,))
+    wall = time.perf_counter() - t0
+    other = ((_busy_s() - busy0) - (time.process_time() - own0)) / (wall * os.cpu_count())
+    row = dict(base, stage=stage, wall_s=round(wall, 2), compile_s=round(acc['compile'], 2),
+               other_cpu_frac=round(max(other, 0.0), 3))
+    row['eval_s' if stage == 'eval' else 'train_s'] = round(wall - acc['compile'], 2)
+    if full is not None and stage != 'eval':
+      # Extrapolation: per-step time between the first and last checkpoint of each
+      # sub-stage (the sanity run has three), times the config's steps.
+      est = 0.0
+      per_step = {}
+      for name, m in marks.items():
+        (s0, t_a), (s1, t_b) = m[0], m[-1]
+        per_step[name] = (t_b - t_a) / max(s1 - s0, 1)
+        est += per_step[name] * full[name.split('/')[-1].replace('_noreg', '')]
+      row.update(steps_run=args.steps, per_step_s={k: round(v, 4) for k, v in per_step.items()},
+                 extrapolated_s=round(wall + est - sum(
+                     v * args.steps for v in per_step.values()), 1),
+                 config_steps={k: full[k.split('/')[-1].replace('_noreg', '')]
+                               for k in per_step})
+    print(json.dumps(row), flush=True)
+
+
+def _run_child(args, label: str, workdir: str, cache_dir: str) -> list[dict]:
+  cmd = [sys.executable, os.path.abspath(__file__), '--child', '--scenario', args.scenario,
+         '--label', label, '--workdir', workdir, '--cache_dir', cache_dir,
+         '--steps', str(args.steps), '--celeba_test', str(args.celeba_test)]
+  out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT)
+  rows = [json.loads(l) for l in out.stdout.splitlines() if l.startswith('{')]
+  for r in rows:
+    print(json.dumps(r), flush=True)
+  return rows
+
+
+def main():
+  ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  ap.add_argument('--scenario', choices=('demo', 'given_classifier', 'celeba64'),
+                  default='demo')
+  ap.add_argument('--runs', nargs='+', default=['cold', 'warm'])
+  ap.add_argument('--steps', type=int, default=6, help='celeba64: steps per stage')
+  ap.add_argument('--celeba_test', type=int, default=512, help='celeba64: test images')
+  ap.add_argument('--child', action='store_true', help=argparse.SUPPRESS)
+  ap.add_argument('--label', default='', help=argparse.SUPPRESS)
+  ap.add_argument('--workdir', default='', help=argparse.SUPPRESS)
+  ap.add_argument('--cache_dir', default='', help=argparse.SUPPRESS)
+  args = ap.parse_args()
+  if args.child:
+    return child(args)
+  tmp = tempfile.mkdtemp(prefix='tte_')
+  try:
+    cache_dir = os.path.join(tmp, 'xla')
+    base = None
+    if args.scenario == 'given_classifier':
+      base = os.path.join(tmp, 'given')
+      env = dict(os.environ, PYTHONPATH=ROOT)
+      subprocess.run([sys.executable, 'train.py', '--config=configs/shapes.py',
+                      f'--workdir={base}', '--stages=classifier', '--compilation_cache='],
+                     check=True, capture_output=True, cwd=ROOT, env=env)
+    rows = []
+    for i, label in enumerate(args.runs):
+      wd = os.path.join(tmp, f'run{i}')
+      if base:
+        shutil.copytree(base, wd)
+      rows += _run_child(args, label, wd, cache_dir)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+  print(f'\n{args.scenario}: seconds per stage (compile + train/eval = wall)')
+  print('| run | stage | compile s | train/eval s | wall s | other CPU |'
+        + (' extrapolated s |' if args.scenario == 'celeba64' else ''))
+  print('|---|---|---|---|---|---|' + ('---|' if args.scenario == 'celeba64' else ''))
+  for label in args.runs:
+    mine = [r for r in rows if r['cache'] == label]
+    for r in mine:
+      work = r.get('train_s', r.get('eval_s', ''))
+      ext = f" {r.get('extrapolated_s', '')} |" if args.scenario == 'celeba64' else ''
+      print(f"| {label} | {r['stage']} | {r.get('compile_s', '')} | {work} | {r['wall_s']} | "
+            f"{r.get('other_cpu_frac', '')} |{ext}")
+    total = sum(r['wall_s'] for r in mine)
+    comp = sum(r.get('compile_s', 0) for r in mine)
+    ext = sum(r.get('extrapolated_s', r['wall_s']) for r in mine)
+    print(f"| {label} | **total** | {comp:.1f} | {total - comp:.1f} | {total:.1f} | |"
+          + (f' {ext:.0f} |' if args.scenario == 'celeba64' else ''))
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,55 @@
+"""Jitted functions are built once per (models, mesh) and reused: a second evaluation
+traces nothing of its own, and the sanity run reuses the explainer step."""
+import traceback
+
+import jax
+import jax.numpy as jnp
+from jax import monitoring
+from jax._src import dispatch
+
+from lsei_jax import evaluation, parallel, pipeline
+
+
+def _traces_during(fn) -> list[str]:
+  """Names of the functions JAX traced while fn() ran, except flax parameter initialisers
+  (the cascading-randomisation test initialises a fresh model eagerly on purpose)."""
+  names = []
+
+  def listener(event, duration, fun_name=None, **_):
+    del duration
+    if event == dispatch.JAXPR_TRACE_EVENT:
+      stack = traceback.extract_stack()
+      if not any(f.name == 'param' and 'flax' in f.filename for f in stack):
+        names.append(fun_name)
+  monitoring.register_event_duration_secs_listener(listener)
+  try:
+    fn()
+  finally:
+    monitoring.unregister_event_duration_listener(listener)
+  return names
+
+
+def test_second_evaluation_retraces_nothing(workdir_copy, tiny_config):
+  first = _traces_during(lambda: evaluation.evaluate(tiny_config, workdir_copy))
+
+  def second():
+    evaluation.evaluate(tiny_config, workdir_copy)
+    jax.jit(lambda x: x + 1)(jnp.ones(3))   # proves the counter sees traces
+  names = _traces_during(second)
+  assert names == ['<lambda>'], f'retraced in the second pass: {names} (first: {first})'
+
+
+def test_explainer_step_is_built_once_per_models_config_and_mesh(tiny_config):
+  mods = pipeline.build(tiny_config, 3)
+  again = pipeline.build(tiny_config, 3)
+  mesh = parallel.make_mesh()
+  cfg = tiny_config.explainer
+  step = pipeline.explainer_step(mods.explainer, cfg, mesh)
+  assert pipeline.explainer_step(again.explainer, cfg.copy_and_resolve_references(),
+                                 mesh) is step
+  # The classifier's functions are the same objects for equal modules, so is what they build.
+  embed = lambda m: pipeline.builtin_split(m, {}).embed
+  assert pipeline.embed_fn(embed(again), mesh) is pipeline.embed_fn(embed(mods), mesh)
+  other = cfg.copy_and_resolve_references()
+  other.fisher_samples += 1
+  assert pipeline.explainer_step(mods.explainer, other, mesh) is not step

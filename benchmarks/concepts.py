@@ -5,7 +5,8 @@ autoencoder at the DVAE's L0, and NMF, over several seeds.
       [--seeds 0 1 2] [--kinds dvae topk_sae nmf] [--steps 1500] [--out concepts.json]
 
 Trains the config's classifier once (WORKDIR/classifier), then for each seed and learner
-its concept stage on that classifier (WORKDIR/<kind>_s<seed>), the DVAE first: the TopK
+its concept stage on that classifier, given as a ClassifierSplit so that only the
+learner's seed changes (WORKDIR/<kind>_s<seed>), the DVAE first: the TopK
 SAE's k is the DVAE's mean number of bits on (rounded, ≥ 1; matched L0). NMF has no L0
 knob: its L0 is reported as found. Per run it prints one JSON line with Table 1's figures
 (accuracy, accuracy on ĥ, agreement, % change under toggle-all) and the concept metrics
@@ -20,7 +21,6 @@ import importlib.util
 import itertools
 import json
 import os
-import shutil
 import sys
 import time
 
@@ -53,17 +53,16 @@ def get(d: dict, path) -> float:
   return float(d)
 
 
-def run_learner(config, base: str, kind: str, seed: int, mesh) -> tuple[dict, np.ndarray]:
-  """Trains `kind` on the classifier in base/classifier (copied) and evaluates it."""
+def run_learner(config, base: str, split, kind: str, seed: int, mesh
+                ) -> tuple[dict, np.ndarray]:
+  """Trains `kind` with `seed` on the given classifier split and evaluates it."""
   wd = os.path.join(base, f'{kind}_s{seed}')
-  if not os.path.isdir(os.path.join(wd, 'classifier')):
-    shutil.copytree(os.path.join(base, 'classifier'), os.path.join(wd, 'classifier'))
   c = config.copy_and_resolve_references()
   c.seed, c.model.concepts.kind = seed, kind
   t0 = time.time()
-  pipeline.train(c, wd, ['dvae'], mesh=mesh)
+  pipeline.train(c, wd, ['dvae'], classifier=split, mesh=mesh)
   train_s = time.time() - t0
-  res, codes = evaluation.concept_evaluation(c, wd, mesh=mesh)
+  res, codes = evaluation.concept_evaluation(c, wd, classifier=split, mesh=mesh)
   res.update(kind=kind, seed=seed, train_s=train_s)
   return res, codes
 
@@ -82,6 +81,7 @@ def main(argv=None) -> dict:
     config.dvae.steps = args.steps
   mesh = parallel.make_mesh()
   pipeline.train(config, args.workdir, ['classifier'], mesh=mesh)
+  split = evaluation.load_classifier(config, args.workdir, mesh, None, None)[0]
   runs, codes = [], {}
   kinds = sorted(args.kinds, key=lambda k: k != 'dvae')  # the DVAE first: it sets k
   for seed in args.seeds:
@@ -89,7 +89,7 @@ def main(argv=None) -> dict:
       if kind == 'topk_sae' and 'dvae' in kinds:
         dvae_l0 = next(r for r in runs if r['kind'] == 'dvae' and r['seed'] == seed)
         config.model.topk_sae.k = max(1, int(round(dvae_l0['concepts']['l0'])))
-      res, codes[kind, seed] = run_learner(config, args.workdir, kind, seed, mesh)
+      res, codes[kind, seed] = run_learner(config, args.workdir, split, kind, seed, mesh)
       if kind == 'topk_sae':
         res['k'] = int(config.model.topk_sae.k)
       runs.append(res)

@@ -27,9 +27,13 @@ def main(argv):
     if FLAGS.seed_workdirs:
       agg = evaluation.evaluate_seeds(FLAGS.config, FLAGS.workdir, FLAGS.seed_workdirs)
       print(report.format_seeds(agg['figures']))
+      if agg['concept_stability']['mean'] is not None:
+        print(f'  concept code stability (Hungarian-matched |corr| with each other run): '
+              f'{agg["concept_stability"]["mean"]:.3f}')
     result = json.load(open(f'{FLAGS.workdir}/eval/metrics.json')) if FLAGS.seed_workdirs \
         else evaluation.evaluate(FLAGS.config, FLAGS.workdir)
     print(report.format_tables(result))
+    print(report.format_concepts(result))
     print(report.format_bias(result))
     print(f'wrote {FLAGS.workdir}/eval/report.html, metrics.json and figures')
   cli.run_main(run)

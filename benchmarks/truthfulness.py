@@ -131,7 +131,7 @@ def run_cell(cell: dict, workdir: str, base: str = 'small') -> dict:
   split = pipeline.builtin_split(mods, clf_p)
   out = evaluation._explain(config, split, mods, mesh,  # pylint: disable=protected-access
                             stages['dvae'][0].params, test,
-                            np.ones(config.model.dvae.latent_dim, np.float32), 'explain')
+                            np.ones(mods.learner.latent_dim, np.float32), 'explain')
   pred = np.argmax(out['logits_hat'], -1)
   after = {'flip_all': np.argmax(out['logits_flip'], -1),
            'decisive': np.argmax(out['logits_decisive'], -1)}

@@ -27,6 +27,13 @@ def get_config() -> ml_collections.ConfigDict:
       num_classes=2, dropout=0.5))
   c.model.dvae = ml_collections.ConfigDict(dict(latent_dim=16, hidden=(256, 128, 64),
                                                 dropout=0.1))
+  # Concept learner on h (the 'dvae' stage): 'dvae' (the paper), 'topk_sae' or 'nmf'
+  # (lsei_jax.concepts); its sizes are in model.<kind>, its training in config.dvae.
+  c.model.concepts = ml_collections.ConfigDict(dict(kind='dvae', on_quantile=0.9,
+                                                    add_error=False))
+  c.model.topk_sae = ml_collections.ConfigDict(dict(latent_dim=64, k=4, k_aux=32,
+                                                    aux_weight=1 / 32))
+  c.model.nmf = ml_collections.ConfigDict(dict(latent_dim=16, encode_sweeps=20))
   c.model.explainer = ml_collections.ConfigDict(dict(channels=(128, 64, 32, 16)))
   # Attribute probe (bias report): a small CNN, one sigmoid output per attribute.
   # Stride 1 first: with stride 2 it reads colour, size, position and background but not

@@ -8,6 +8,8 @@ def get_config():
   c.data.update(image_size=16, num_train=256, num_test=64, object_scale=1.0, noise=0.04)
   c.model.classifier.update(channels=(4, 8), strides=(2, 2), hidden_dim=16)
   c.model.dvae.update(latent_dim=6, hidden=(16, 8))
+  c.model.topk_sae.update(latent_dim=12, k=2, k_aux=4)
+  c.model.nmf.update(latent_dim=6, encode_sweeps=5)
   c.model.explainer.update(channels=(8, 4))
   c.model.probe.update(channels=(4, 8), strides=(2, 2), hidden_dim=8)
   c.probe.update(steps=8, batch_size=32, warmup_steps=2)

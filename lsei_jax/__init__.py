@@ -4,7 +4,7 @@ Public API: the pipeline entry points (train, evaluate, load_run, explain) for a
 given as a ClassifierSplit, and the method's functions (docs/method.md §3–§6), pure and
 jit/vmap friendly (flags and callables are static arguments: see each docstring).
 """
-from lsei_jax import baselines, bias
+from lsei_jax import baselines, bias, concept_metrics, concepts
 from lsei_jax.classifier_split import ClassifierSplit, from_module, split_at
 from lsei_jax.bias import prediction_association, reliance_report
 from lsei_jax.fisher import batch_sigma, fisher_information, fisher_regularizer, similarity
@@ -17,7 +17,7 @@ from lsei_jax.relaxed_bernoulli import bernoulli_kl, hard_code, relaxed_bernoull
 from lsei_jax.reliance import reliance_by_attribute
 
 __all__ = [
-    'baselines', 'bias',
+    'baselines', 'bias', 'concepts', 'concept_metrics',
     'ClassifierSplit', 'split_at', 'from_module',
     'train', 'evaluate', 'load_run', 'explain', 'Run',
     'C1', 'C2', 'Classifier', 'DVAE', 'Explainer',

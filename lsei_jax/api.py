@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lsei_jax import evaluation, interventions, models, parallel, pipeline, steps
+from lsei_jax import concepts, evaluation, interventions, models, parallel, pipeline, steps
 from lsei_jax.classifier_split import ClassifierSplit
 from lsei_jax.data import byo
 
@@ -38,10 +38,13 @@ def _float_images(images) -> Array:
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-  """A trained run: the classifier, the DVAE and the explainer g, as plain functions.
+  """A trained run: the classifier, the concept learner (the DVAE by default) and the
+  explainer g, as plain functions.
 
   Every method takes and returns arrays with a leading batch axis and is jit-compiled.
   metrics: WORKDIR/eval/metrics.json when the run was evaluated, else {}.
+  dvae / dvae_params: the concept learner's module and params; learner: the learner
+  (lsei_jax.concepts; None means the paper's DVAE in `dvae`).
   """
   config: Any
   workdir: str
@@ -51,6 +54,7 @@ class Run:
   explainer: models.Explainer
   explainer_params: Any
   metrics: dict
+  learner: Any = None
   _fns: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
   def classify(self, images) -> Array:
@@ -62,11 +66,12 @@ class Run:
     return self._jit('embed')(self.classifier.params, _float_images(images))
 
   def encode(self, h) -> Array:
-    """Concept bits z = 1[l(h) > 0] [B, K] (float32 0/1)."""
+    """Concept code [B, K]: the DVAE's bits z = 1[l(h) > 0] (float32 0/1), or the learner's
+    non-negative code."""
     return self._jit('encode')(self.dvae_params, jnp.asarray(h, jnp.float32))
 
   def decode(self, bits) -> Array:
-    """ĥ = d(z) [B, d]."""
+    """ĥ = d(z) [B, d] of codes [B, K]."""
     return self._jit('decode')(self.dvae_params, jnp.asarray(bits, jnp.float32))
 
   def render(self, e) -> Array:
@@ -77,8 +82,10 @@ class Run:
     """c2(e) logits [B, C]."""
     return self._jit('head')(self.classifier.params, jnp.asarray(e, jnp.float32))
 
-  def intervene(self, images, mask=None) -> dict[str, Array]:
-    """Flips concept bits (mask [K] or [B, K]; default all) of each image's code.
+  def intervene(self, images, mask=None, on_value=None) -> dict[str, Array]:
+    """Flips concept bits (mask [K] or [B, K]; default all) of each image's code; for a
+    real-valued code, toggles the units (concepts.toggle: on → 0, off → on_value [K],
+    default the 0.9 quantile of each unit's activations in this batch).
 
     Returns h, bits, bits_after, hhat, hhat_after, logits (c2(ĥ)), logits_after (c2(ĥ')),
     image (g(ĥ)) and image_after (g(ĥ')).
@@ -86,7 +93,11 @@ class Run:
     h = self.embed(images)
     z = self.encode(h)
     mask = interventions.flip_all_mask(z.shape[-1]) if mask is None else jnp.asarray(mask)
-    z_after = interventions.intervene(z, mask)
+    if self.learner is None or self.learner.binary:
+      z_after = interventions.intervene(z, mask)
+    else:
+      on = concepts.on_values(np.asarray(z)) if on_value is None else on_value
+      z_after = concepts.toggle(z, mask, jnp.asarray(on, z.dtype))
     hhat, hhat_after = self.decode(z), self.decode(z_after)
     return {'h': h, 'bits': z, 'bits_after': z_after, 'hhat': hhat, 'hhat_after': hhat_after,
             'logits': self.head(hhat), 'logits_after': self.head(hhat_after),
@@ -100,8 +111,10 @@ class Run:
           'classify': jax.jit(lambda p, x: c.head(p, c.embed(p, x))),
           'embed': jax.jit(c.embed), 'head': jax.jit(c.head),
           'encode': jax.jit(lambda p, h: steps.hard_code(
-              dvae.apply({'params': p}, h, method='encode'))),
-          'decode': jax.jit(lambda p, z: dvae.apply({'params': p}, z, method='decode')),
+              dvae.apply({'params': p}, h, method='encode'))) if self.learner is None
+          else jax.jit(self.learner.encode),
+          'decode': jax.jit(lambda p, z: dvae.apply({'params': p}, z, method='decode'))
+          if self.learner is None else jax.jit(self.learner.decode),
           'render': jax.jit(lambda p, e: jax.nn.sigmoid(g.apply({'params': p}, e))),
       })
     return self._fns[name]
@@ -122,7 +135,7 @@ def load_run(config, workdir: str, *, classifier: ClassifierSplit | None = None,
   host = lambda tree: jax.tree.map(np.asarray, tree)
   return Run(config, workdir, dataclasses.replace(split, params=host(split.params)),
              mods.dvae, host(stages['dvae'][0].params), mods.explainer,
-             host(stages['explainer'][0].params), metrics)
+             host(stages['explainer'][0].params), metrics, mods.learner)
 
 
 def explain(classifier: ClassifierSplit | None, data: dict | None = None, *, config,

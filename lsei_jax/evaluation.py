@@ -15,10 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from lsei_jax import (atomic, bias, checkpoints, compile_cache, crosscheck, errors, fisher,
-                      html_report,
-                      interventions, metrics, parallel, pipeline, plots, reliance, steps,
-                      validate)
+from lsei_jax import (atomic, bias, checkpoints, compile_cache, concept_metrics, concepts,
+                      crosscheck, errors, fisher, html_report, interventions, metrics, parallel,
+                      pipeline, plots, reliance, validate)
 from lsei_jax import data as data_lib
 from lsei_jax import workdir as workdir_lib
 from lsei_jax.classifier_split import ClassifierSplit
@@ -29,32 +28,47 @@ from lsei_jax.trainer import check_untrained, load_complete
 
 
 @functools.lru_cache(maxsize=16)
-def _outputs_fn(embed, head_fn, mods: Models, mesh):
-  """((clf, dvae params, mask [K]), {'image': uint8}) → per-example arrays of the
-  classifier embed / head_fn (a ClassifierSplit's functions) and the DVAE.
+def _outputs_fn(embed, head_fn, mods: Models, mesh, add_error: bool = False):
+  """((clf, learner params, mask [K], on_value [K]), {'image': uint8}) → per-example arrays
+  of the classifier embed / head_fn (a ClassifierSplit's functions) and the concept learner.
 
-  logits of c(x), c2(ĥ), c2(ĥ') for flip-all; ĥ, ĥ' (flip-all) and ĥ_m (z XOR mask) with
-  c2(ĥ_m); decisive [b, K]: which single-bit flips change c2's prediction; ĥ_dec (z XOR
-  decisive, every decisive bit of the sample flipped) with c2(ĥ_dec).
+  Interventions toggle units (concepts.toggle: z XOR m for the DVAE's bits; on → 0, off →
+  on_value for real-valued codes), with add_error the reconstruction error added back.
+  logits of c(x), c2(ĥ), c2(ĥ') for toggle-all; h, code, ĥ, ĥ' (toggle-all) and ĥ_m
+  (toggle mask) with c2(ĥ_m); decisive [b, K]: which single-unit toggles change c2(ĥ)'s
+  prediction; ĥ_dec (every decisive unit of the sample toggled) with c2(ĥ_dec).
   """
+  learner = mods.learner
+
   def f(params, batch):
-    clf_p, dvae_p, mask = params
+    clf_p, lp, mask, on = params
     x = batch['image'].astype(jnp.float32) / 255.0
     h = embed(clf_p, x)
     head = lambda e: head_fn(clf_p, e)
-    decode = lambda z: mods.dvae.apply({'params': dvae_p}, z, method='decode')
-    z, hhat = steps.encode_decode(mods.dvae, dvae_p, h)
-    hhat_flip = decode(interventions.intervene(z, interventions.flip_all_mask(z.shape[-1])))
-    hhat_masked = decode(interventions.intervene(z, mask))
-    decisive = interventions.decisive_bits(z, decode, head)
-    # Per sample, the bits whose single flip changes the prediction, flipped together.
-    hhat_decisive = decode(interventions.intervene(z, decisive))
+    decode = lambda z: learner.decode(lp, z)
+    z = learner.encode(lp, h)
+    hhat = decode(z)
+    edit = lambda m: concepts.intervened(decode, h, z, concepts.toggle(z, m, on), add_error)
+    hhat_flip = edit(jnp.ones(z.shape[-1]))
+    hhat_masked = edit(mask)
+    decisive = concepts.decisive_units(z, decode, head, on)
+    # Per sample, the units whose single toggle changes the prediction, toggled together.
+    hhat_decisive = edit(decisive)
     return {'logits': head(h), 'logits_hat': head(hhat), 'logits_flip': head(hhat_flip),
-            'h': h, 'hhat': hhat, 'hhat_flip': hhat_flip,
+            'h': h, 'code': z, 'hhat': hhat, 'hhat_flip': hhat_flip,
             'hhat_masked': hhat_masked, 'logits_masked': head(hhat_masked),
             'hhat_decisive': hhat_decisive, 'logits_decisive': head(hhat_decisive),
             'decisive': decisive}
   return parallel.data_parallel_apply(f, mesh, parallel.convnet_compiler_options())
+
+
+@functools.lru_cache(maxsize=16)
+def _codes_fn(embed, mods: Models, mesh):
+  """((clf, learner params), {'image': uint8}) → codes [b, K]."""
+  learner = mods.learner
+  return parallel.data_parallel_apply(
+      lambda p, b: learner.encode(p[1], embed(p[0], b['image'].astype(jnp.float32) / 255.0)),
+      mesh, parallel.convnet_compiler_options())
 
 
 @functools.lru_cache(maxsize=16)
@@ -129,11 +143,44 @@ def load_classifier(config, workdir: str, mesh, classifier: ClassifierSplit | No
   return classifier, {'classifier': given}, build(config, num_attributes, d), num_classes
 
 
+def on_value(config, split, mods: Models, mesh, learner_params, test) -> jax.Array:
+  """[K]: the value a unit switched on takes: 1 for boolean codes, else the
+  config.model.concepts.on_quantile of its nonzero activations on the test images."""
+  if mods.learner.binary:
+    return jnp.ones((mods.learner.latent_dim,), jnp.float32)
+  codes = parallel.map_in_batches(_codes_fn(split.embed, mods, mesh),
+                                  (split.params, learner_params), {'image': test.images},
+                                  config.eval.batch_size, mesh, 'codes')
+  return jnp.asarray(concepts.on_values(codes, _concepts_cfg(config).get('on_quantile', 0.9)))
+
+
+def _concepts_cfg(config):
+  return config.model.get('concepts', None) or {}
+
+
 def _explain(config, split, mods, mesh, dvae_params, test, mask, desc) -> dict:
-  """Per-example outputs of `_outputs_fn` on the test images for one (classifier, DVAE)."""
-  return parallel.map_in_batches(_outputs_fn(split.embed, split.head, mods, mesh),
-                                 (split.params, dvae_params, mask),
+  """Per-example outputs of `_outputs_fn` on the test images for one (classifier, concept
+  learner)."""
+  on = on_value(config, split, mods, mesh, dvae_params, test)
+  fn = _outputs_fn(split.embed, split.head, mods, mesh,
+                   bool(_concepts_cfg(config).get('add_error', False)))
+  return parallel.map_in_batches(fn, (split.params, dvae_params, mask, on),
                                  {'image': test.images}, config.eval.batch_size, mesh, desc)
+
+
+def concept_summary(split, mods: Models, out: dict, test, accuracy: float,
+                    recon_accuracy: float) -> dict:
+  """The concept-learner metrics (concept_metrics.summary) and recovery of the test
+  split's annotated attributes, from `_explain`'s outputs."""
+  hbar = out['h'].mean(0, keepdims=True)
+  mean_pred = int(np.argmax(np.asarray(split.head(split.params, jnp.asarray(hbar))), -1)[0])
+  acc_mean = float(np.mean(test.labels == mean_pred))
+  return {'kind': mods.learner.kind,
+          **concept_metrics.summary(out['h'], out['hhat'], out['code'], acc_h=accuracy,
+                                    acc_hhat=recon_accuracy, acc_mean=acc_mean,
+                                    decisive=out['decisive']),
+          'factor_recovery': concept_metrics.factor_recovery(out['code'], test.attributes,
+                                                              test.attribute_names)}
 
 
 def _probe(config, mods, mesh, g_params, probe_params, test, before, after, desc) -> dict:
@@ -159,7 +206,7 @@ def compute(config, workdir: str, *, classifier: ClassifierSplit | None = None, 
       sd.name != 'explainer_noreg' or os.path.isdir(os.path.join(workdir, sd.name)))]
   stages = load_stages(config, workdir, mods, mesh, names, identities)
   clf_p = split.params
-  num_bits = config.model.dvae.latent_dim
+  num_bits = mods.learner.latent_dim
   bits = tuple(config.eval.bias_bits)
   mask = (interventions.bit_set_mask(num_bits, list(bits)) if bits
           else interventions.flip_all_mask(num_bits))
@@ -174,6 +221,8 @@ def compute(config, workdir: str, *, classifier: ClassifierSplit | None = None, 
       'agreement': float(metrics.agreement(out['logits_hat'], out['logits'])),
       'flip_all_change': float(metrics.change_rate(out['logits_hat'], out['logits_flip'])),
   }
+  result['concepts'] = concept_summary(split, mods, out, test, result['accuracy'],
+                                       result['recon_accuracy'])
 
   # Table 2: information of g and c2 at ĥ, with the same σ and perturbation keys.
   ec = config.eval
@@ -208,7 +257,8 @@ def compute(config, workdir: str, *, classifier: ClassifierSplit | None = None, 
       n: {'real': float(np.mean((probs['real'][:, a] > 0.5) == attrs[:, a])),
           'generated': float(np.mean((probs['before'][:, a] > 0.5) == attrs[:, a]))}
       for a, n in enumerate(test.attribute_names)}
-  result['intervention'] = 'flip all bits' if not bits else f'flip bits {list(bits)}'
+  verb, unit = ('flip', 'bits') if mods.learner.binary else ('toggle', 'units')
+  result['intervention'] = f'{verb} all {unit}' if not bits else f'{verb} {unit} {list(bits)}'
   readable = [result['probe_accuracy'][n]['real'] for n in test.attribute_names]
   # The verdict: how the classifier's own predictions depend on each attribute over the
   # test split (benchmarks/truthfulness.py: this is what matches the ground truth).
@@ -324,15 +374,58 @@ def evaluate(config, workdir: str, *, classifier: ClassifierSplit | None = None,
   return result
 
 
+def _learner_run(config, workdir: str, classifier, mesh) -> tuple:
+  """(split, mods, concept learner state, test split, mesh) of the run in `workdir`."""
+  mesh = parallel.make_mesh() if mesh is None else mesh
+  classifier = pipeline.resolve_classifier(config, classifier, mesh)
+  test = data_lib.load(config.data, 'test')
+  split, identities, mods, _ = load_classifier(config, workdir, mesh, classifier,
+                                               len(test.attribute_names))
+  state = load_stages(config, workdir, mods, mesh, ['dvae'], identities)['dvae'][0]
+  return split, mods, state, test, mesh
+
+
+def concept_evaluation(config, workdir: str, *, classifier: ClassifierSplit | None = None,
+                       mesh=None) -> tuple[dict, np.ndarray]:
+  """Table 1 (accuracy, accuracy on ĥ, agreement, % change under toggle-all) and the
+  concept-learner metrics of the run in `workdir`, from its classifier and concept learner
+  only (no explainer or probe needed) → (results, test codes [N, K])."""
+  split, mods, state, test, mesh = _learner_run(config, workdir, classifier, mesh)
+  out = _explain(config, split, mods, mesh, state.params, test,
+                 jnp.ones((mods.learner.latent_dim,)), 'concepts')
+  res = {'accuracy': float(metrics.accuracy(out['logits'], test.labels)),
+         'recon_accuracy': float(metrics.recon_accuracy(out['logits_hat'], test.labels)),
+         'agreement': float(metrics.agreement(out['logits_hat'], out['logits'])),
+         'flip_all_change': float(metrics.change_rate(out['logits_hat'], out['logits_flip']))}
+  res['concepts'] = concept_summary(split, mods, out, test, res['accuracy'],
+                                    res['recon_accuracy'])
+  return res, out['code']
+
+
+def codes_on_test(config, workdir: str, *, classifier: ClassifierSplit | None = None,
+                  mesh=None) -> np.ndarray:
+  """The concept learner's codes [N, K] of the test images under the run in `workdir`."""
+  split, mods, state, test, mesh = _learner_run(config, workdir, classifier, mesh)
+  return parallel.map_in_batches(_codes_fn(split.embed, mods, mesh), (split.params, state.params),
+                                 {'image': test.images}, config.eval.batch_size, mesh, 'codes')
+
+
 def evaluate_seeds(config, workdir: str, other_workdirs, *, classifier=None, mesh=None) -> dict:
-  """Evaluates `workdir` and runs of other training seeds; mean ± std of Tables 1 and 2.
+  """Evaluates `workdir` and runs of other training seeds; mean ± std of Tables 1 and 2,
+  and the concept code's stability: Hungarian-matched |correlation| of the test codes of
+  each other run with those of `workdir` (concept_metrics.stability).
 
   Writes WORKDIR/eval/seeds.json and adds the aggregate to WORKDIR/eval/report.html.
   """
   results = [evaluate(config, wd, classifier=classifier, mesh=mesh)
              for wd in (*other_workdirs, workdir)]
   agg = bias.aggregate_seeds(results, TABLE_KEYS)
-  agg_out = {'workdirs': [*other_workdirs, workdir], 'figures': agg}
+  codes = codes_on_test(config, workdir, classifier=classifier, mesh=mesh)
+  stab = [concept_metrics.stability(codes, codes_on_test(config, wd, classifier=classifier,
+                                                      mesh=mesh)) for wd in other_workdirs]
+  agg_out = {'workdirs': [*other_workdirs, workdir], 'figures': agg,
+             'concept_stability': {'values': stab,
+                                   'mean': float(np.mean(stab)) if stab else None}}
   eval_dir = os.path.join(workdir, 'eval')
   with workdir_lib.lock(workdir):
     if jax.process_index() == 0:

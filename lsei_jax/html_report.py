@@ -61,6 +61,34 @@ def _table(header, rows) -> str:
   return f'<table><tr>{head}</tr>{body}</table>'
 
 
+def _concepts_section(c: dict | None) -> list[str]:
+  """The concept learner's metrics (evaluation.concept_summary) and factor recovery."""
+  if not c:
+    return []
+  e = html.escape
+  num = lambda v, fmt='.3f': '—' if v is None or v != v else format(v, fmt)
+  rows = [['variance of h explained by ĥ', num(c['variance_explained'])],
+          ['normalised MSE', num(c['normalized_mse'])],
+          ['L0 (units on per sample)', f'{num(c["l0"], ".2f")} of {c["num_units"]}'],
+          ['units never on / always on', f'{100 * c["dead_fraction"]:.1f}% / '
+                                         f'{100 * c["always_on_fraction"]:.1f}%'],
+          ['accuracy recovered (vs mean ablation)', num(c['accuracy_recovered'])],
+          ['decisive units', str(c.get('num_decisive_units', '—'))]]
+  fr = c.get('factor_recovery') or {}
+  out = [f'<h2>Concept learner: {e(c["kind"])}</h2>', _table(['metric', 'value'], rows)]
+  if c.get('frequency_histogram'):
+    out.append(_drawn(lambda f: plots.frequency_bars(f, c['frequency_histogram'], c['kind']),
+                      'activation frequency histogram'))
+  if fr:
+    out += [f'<p>Recovery of the annotated attributes: mean matched |correlation| (MCC, '
+            f'Hungarian matching of units to attributes) {num(fr["mcc"])}.</p>',
+            _table(['attribute', 'matched unit', 'corr', 'best unit', 'its AUC'],
+                   [[e(a), str(fr['matched'].get(a, {}).get('unit', '—')),
+                     num(fr['matched'].get(a, {}).get('corr')), str(b['unit']),
+                     num(b['auc'])] for a, b in fr['best_unit_auc'].items()])]
+  return out
+
+
 def render(result: dict, eval_dir: str | None = None, *, task: str | None = None,
            workdir: str = '', seeds: dict | None = None) -> str:
   """The report page of a results dict; image grids from eval_dir when it has them."""
@@ -79,6 +107,7 @@ def render(result: dict, eval_dir: str | None = None, *, task: str | None = None
               _table(['figure', 'mean', '± std', 'values'],
                      [[e(_LABELS[k]), _fmt(k, v['mean']), _fmt(k, v['std']),
                        ', '.join(_fmt(k, x) for x in v['values'])] for k, v in seeds.items()])]
+  parts += _concepts_section(result.get('concepts'))
   grid = _img(eval_dir, 'fig3_grid.png', 'original, g(ĥ), g(ĥ\')')
   if grid:
     parts += ['<h2>Concept images</h2><figure>', grid,

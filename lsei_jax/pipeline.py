@@ -24,8 +24,8 @@ import numpy as np
 from absl import logging
 
 from lsei_jax import data as data_lib
-from lsei_jax import (atomic, balance, checkpoints, classifier_split, compile_cache, errors,
-                      fisher, models, parallel, steps, validate)
+from lsei_jax import (atomic, balance, checkpoints, classifier_split, compile_cache, concepts,
+                      errors, fisher, models, parallel, steps, validate)
 from lsei_jax import signature as signature_lib
 from lsei_jax import workdir as workdir_lib
 from lsei_jax.workdir import check_workdir  # noqa: F401  (public here too)
@@ -74,6 +74,7 @@ def validate_config(config, mesh) -> None:
   if not config.model.dvae.latent_dim > 0:
     raise ValueError(f'config.model.dvae.latent_dim must be positive, got '
                      f'{config.model.dvae.latent_dim}')
+  concepts.build(config, config.model.classifier.hidden_dim)  # kind and sizes (no params)
   if config.explainer.fisher_weight < 0:
     raise ValueError('config.explainer.fisher_weight must be ≥ 0')
   parallel.check_batch(config.explainer.fisher_batch, mesh, 'config.explainer.fisher_batch')
@@ -85,30 +86,36 @@ def validate_config(config, mesh) -> None:
 # Frozen, so hashable by value: jitted functions are built once per (Models, mesh).
 @dataclasses.dataclass(frozen=True)
 class Models:
+  """The stage modules. `dvae` is the concept learner's module (models.DVAE for the
+  paper's kind) and `learner` the learner itself (lsei_jax.concepts)."""
   classifier: models.Classifier
-  dvae: models.DVAE
+  dvae: Any
   explainer: models.Explainer
   probe: models.Classifier | None = None
+  learner: concepts.ConceptLearner | None = None
 
 
 def build(config, num_attributes: int | None = None, embed_dim: int | None = None) -> Models:
   """The stage modules; the attribute probe needs the dataset's attribute count and the
-  DVAE the embedding width d (default: config.model.classifier.hidden_dim)."""
+  concept learner the embedding width d (default: config.model.classifier.hidden_dim)."""
   probe = None
   if num_attributes is not None:
     pc = config.model.probe
     probe = models.Classifier(channels=tuple(pc.channels), strides=tuple(pc.strides),
                               hidden_dim=pc.hidden_dim, num_classes=num_attributes,
                               dropout=0.0)
-  clf, dvae, g = steps.build_models(config)
-  if embed_dim is not None:
-    dvae = dvae.clone(hidden_dim=embed_dim)
-  return Models(clf, dvae, g, probe)
+  clf, _, g = steps.build_models(config)
+  learner = concepts.build(config, config.model.classifier.hidden_dim if embed_dim is None
+                           else embed_dim)
+  return Models(clf, learner.module, g, probe, learner)
 
 
 def signature(config, stage: str) -> dict:
   """Fields that must not change while a workdir holds checkpoints of `stage`."""
-  return signature_lib.stage_signature(config, stage)
+  sig = signature_lib.stage_signature(config, stage)
+  if stage in ('dvae', 'explainer', 'explainer_noreg') and concepts.kind_of(config) != 'dvae':
+    sig.update(concepts.signature(config))  # the learner's kind and sizes shape ĥ
+  return sig
 
 
 def balance_weights(config, ds) -> np.ndarray | None:
@@ -236,9 +243,10 @@ def embed_fn(embed: Callable, mesh) -> Callable:
 
 @functools.lru_cache(maxsize=16)
 def reconstruct_fn(mods: Models, mesh) -> Callable:
-  """(dvae params, {'h': [b, d]}) → ĥ [b, d] (eval-mode code)."""
+  """(concept learner params, {'h': [b, d]}) → ĥ [b, d] (eval-mode code)."""
+  learner = mods.learner
   return parallel.data_parallel_apply(
-      lambda p, b: steps.encode_decode(mods.dvae, p, b['h'])[1], mesh)
+      lambda p, b: learner.decode(p, learner.encode(p, b['h'])), mesh)
 
 
 @functools.lru_cache(maxsize=16)
@@ -316,7 +324,7 @@ class Context:
     return self.derived('balance', lambda: balance_weights(self.config, self.data))
 
   def hhat_train(self) -> np.ndarray:
-    """ĥ = d(1[l(h) > 0]) [N, d] of the train images."""
+    """ĥ = decode(encode(h)) [N, d] of the train images (the concept learner's eval code)."""
     return self.derived('hhat', lambda: parallel.map_in_batches(
         reconstruct_fn(self.mods, self.mesh), self.states['dvae'].params,
         {'h': self.h_train()}, self.config.eval.batch_size, self.mesh, 'reconstruct'))
@@ -407,6 +415,13 @@ def _probe_inputs(ctx: Context) -> tuple[dict, Callable]:
   return arrays, _float_images
 
 
+def _concept_inputs(ctx: Context) -> tuple[dict, Callable]:
+  """h = c1(x) of the train images, checked for the concept learner (NMF needs h ≥ 0)."""
+  h = ctx.h_train()
+  ctx.mods.learner.check_input(h)
+  return {'h': h}, lambda b: b
+
+
 GRAPH: tuple[StageDef, ...] = (
     StageDef('classifier', (), 'classifier',
              template=lambda ctx, rng: _init(ctx.mods.classifier, rng, _image0(ctx),
@@ -420,8 +435,8 @@ GRAPH: tuple[StageDef, ...] = (
              template=lambda ctx, rng: _init(ctx.mods.dvae, rng, jnp.zeros((1, ctx.embed_dim)),
                                              ctx.config.dvae),
              step=lambda ctx: parallel.data_parallel_step(
-                 steps.make_dvae_step(ctx.mods.dvae, ctx.config.dvae), ctx.mesh),
-             inputs=lambda ctx: ({'h': ctx.h_train()}, lambda b: b)),
+                 ctx.mods.learner.make_step(ctx.config.dvae), ctx.mesh),
+             inputs=_concept_inputs),
     _explainer_def('explainer'),
     _explainer_def('explainer_noreg'),
     StageDef('probe', ('classifier', 'dvae', 'explainer'), 'probe',

@@ -72,3 +72,19 @@ def bias_bars(path: str, report: list[dict], intervention: str = 'flip all bits'
   fig.tight_layout()
   fig.savefig(path)
   plt.close(fig)
+
+
+def frequency_bars(path, hist: dict, kind: str = '') -> None:
+  """Histogram of log10 unit activation frequencies (concept_metrics.frequency_histogram),
+  units never active as a separate bar at the left."""
+  edges, counts = np.asarray(hist['log10_edges']), np.asarray(hist['counts'])
+  fig, ax = plt.subplots(figsize=(6, 2.8), dpi=110)
+  width = edges[1] - edges[0] if len(edges) > 1 else 0.1
+  ax.bar(edges[:-1], counts, width=width, align='edge', color='tab:blue', edgecolor='w')
+  ax.bar([edges[0] - 1.5 * width], [hist['never']], width=width, color='tab:red')
+  ax.set_xlabel('log10 fraction of test samples a unit is on (red: never on)')
+  ax.set_ylabel('units')
+  ax.set_title(f'Activation frequencies {kind}'.strip(), fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)

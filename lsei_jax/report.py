@@ -48,6 +48,25 @@ def format_bias(m: dict, top: int = 6) -> str:
 
 
 
+def format_concepts(m: dict) -> str:
+  """The concept learner's metrics (metrics.json 'concepts') as plain text; '' without."""
+  c = m.get('concepts')
+  if not c:
+    return ''
+  lines = [f'Concept learner {c["kind"]}: variance explained {c["variance_explained"]:.3f}, '
+           f'normalised MSE {c["normalized_mse"]:.4f}, L0 {c["l0"]:.2f} of {c["num_units"]}, '
+           f'never on {100 * c["dead_fraction"]:.1f}%, always on '
+           f'{100 * c["always_on_fraction"]:.1f}%',
+           f'  accuracy recovered {c["accuracy_recovered"]:.3f} (mean ablation '
+           f'{100 * c["accuracy_mean_ablation"]:.2f}%), decisive units '
+           f'{c.get("num_decisive_units", "—")}']
+  fr = c.get('factor_recovery')
+  if fr:
+    best = ', '.join(f'{a} {b["auc"]:.2f}' for a, b in fr['best_unit_auc'].items())
+    lines.append(f'  attributes: MCC {fr["mcc"]:.3f}; best unit AUC {best}')
+  return '\n'.join(lines)
+
+
 def format_seeds(agg: dict) -> str:
   """Mean ± std over training seeds of each Table 1 / Table 2 figure."""
   n = max(v['n'] for v in agg.values())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lsei_jax import steps
+from lsei_jax import concepts, steps
 from lsei_jax.errors import UserError
 
 _STAGE_SECTIONS = ('classifier', 'dvae', 'explainer', 'probe')
@@ -48,12 +48,13 @@ def check_config(config) -> None:
       steps.make_optimizer(config[stage], max(int(config[stage].steps), 1))
     except ValueError as e:
       raise UserError(f'config.{stage}: {e}') from None
-  k = config.model.dvae.latent_dim
+  kind = concepts.kind_of(config)
+  k = concepts.section(config, kind).latent_dim  # units of the configured concept learner
   bits = list(config.eval.bias_bits)
   bad = [b for b in bits if not (isinstance(b, (int, np.integer)) and 0 <= b < k)]
   if bad or len(set(bits)) != len(bits):
     raise UserError(f'config.eval.bias_bits={tuple(bits)}: bits must be distinct integers in '
-                    f'[0, {k}) (config.model.dvae.latent_dim={k}); () flips all of them')
+                    f'[0, {k}) (config.model.{kind}.latent_dim={k}); () flips all of them')
   size, channels = config.data.image_size, tuple(config.model.explainer.channels)
   s0 = size // 2**len(channels)
   if s0 < 1 or s0 * 2**len(channels) != size:

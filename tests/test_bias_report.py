@@ -112,13 +112,13 @@ def test_report_page_is_self_contained_with_its_figures(shortcut):
   result, wd = shortcut
   page = _Collector()
   page.feed(open(os.path.join(wd, 'eval', 'report.html')).read())
-  assert len(page.images) == 4
+  assert len(page.images) == 5  # incl. the concept learner's activation-frequency histogram
   for src in page.images:
     assert src.startswith('data:image/png;base64,')
     img = Image.open(io.BytesIO(base64.b64decode(src.split(',', 1)[1])))
     assert img.size[0] > 100 and img.size[1] > 100
   assert {'Tables 1 and 2', 'Bias report: what the classifier relies on', 'Ground truth: reliance',
-          'Sanity check: model randomisation'} <= set(page.headings)
+          'Sanity check: model randomisation', 'Concept learner: dvae'} <= set(page.headings)
   saved = json.load(open(os.path.join(wd, 'eval', 'metrics.json')))
   for key in ('per_bit_change', 'single_bit_change', 'bias_report', 'intervention_report',
               'data_association', 'reliance', 'sanity', 'tcav', 'attribution_sanity'):

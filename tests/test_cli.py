@@ -21,6 +21,7 @@ def test_train_then_eval_end_to_end(tmp_path):
            '--config.classifier.steps=8', '--config.explainer.train_noreg=False')
   assert r.returncode == 0, r.stderr[-3000:]
   assert 'Table 1' in r.stdout and 'Table 2' in r.stdout
+  assert 'Concept learner dvae: variance explained' in r.stdout
   m = json.load(open(os.path.join(wd, 'eval', 'metrics.json')))
   assert {'accuracy', 'recon_accuracy', 'agreement', 'flip_all_change', 'info_cosine'} <= set(m)
   assert 'info_cosine_noreg' not in m
@@ -41,3 +42,11 @@ def test_bad_config_value_is_a_one_line_error(tmp_path):
   assert 'config.dvae.learning_rate must be positive' in r.stderr
   assert 'Traceback' not in r.stderr
   assert not os.listdir(tmp_path)  # nothing written
+
+
+def test_unknown_concept_learner_is_a_one_line_error(tmp_path):
+  r = _run('train.py', '--config=configs/tiny.py', f'--workdir={tmp_path}',
+           '--config.model.concepts.kind=pca')
+  assert r.returncode == 1
+  assert "error: unknown concept learner config.model.concepts.kind='pca'" in r.stderr
+  assert 'Traceback' not in r.stderr

@@ -113,6 +113,16 @@ def test_eval_metrics(trained_workdir, tiny_config):
   assert set(saved['probe_accuracy']) == {'shape', 'color', 'size', 'position', 'background',
                                           'texture'}
   assert os.path.getsize(os.path.join(workdir, 'eval', 'fig3_grid.png')) > 0
+  # Concept-learner metrics of the DVAE, consistent with Table 1 and the per-bit analysis.
+  c = saved['concepts']
+  assert c['kind'] == 'dvae' and c['num_units'] == tiny_config.model.dvae.latent_dim
+  assert c['num_decisive_units'] == sum(v > 0 for v in saved['per_bit_change'])
+  if saved['accuracy'] != c['accuracy_mean_ablation']:
+    assert c['accuracy_recovered'] == pytest.approx(
+        (saved['recon_accuracy'] - c['accuracy_mean_ablation'])
+        / (saved['accuracy'] - c['accuracy_mean_ablation']))
+  assert 0 <= c['l0'] <= c['num_units'] and c['variance_explained'] <= 1.0
+  assert saved['intervention'] == 'flip all bits'
   # Ground truth from counterfactual test images, one entry per attribute; the verdict and
   # the explainer's view cover every attribute.
   assert set(saved['reliance']) == set(saved['probe_accuracy'])
@@ -132,6 +142,8 @@ def test_seed_aggregation(trained_workdir, workdir_copy, tiny_config):
   out = evaluation.evaluate_seeds(tiny_config, workdir_copy, [trained_workdir[0]])
   acc = out['figures']['accuracy']
   assert acc['n'] == 2 and acc['std'] == 0.0  # the same run twice
+  # The same codes twice: stability 1 unless the code is constant (then 0 by definition).
+  assert out['concept_stability']['values'] in ([pytest.approx(1.0)], [0.0])
   assert acc['mean'] == pytest.approx(acc['values'][0])
   saved = json.load(open(os.path.join(workdir_copy, 'eval', 'seeds.json')))
   assert saved['figures']['accuracy']['n'] == 2

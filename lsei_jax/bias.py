@@ -73,9 +73,15 @@ def bias_report(p_before: np.ndarray, p_after: np.ndarray, pred: np.ndarray,
     by_class = {str(c): float(delta[pred == c, a].mean()) if np.any(pred == c) else None
                 for c in (0, 1)}
     rows.append({'attribute': name, 'shift': float(mean[a]), 'ci_low': float(lo[a]),
-                 'ci_high': float(hi[a]), 'is_task': name == task,
+                 'ci_high': float(hi[a]), 'is_task': is_task_attribute(name, task),
                  'shift_from_class': by_class})
   return sorted(rows, key=lambda r: -abs(r['shift']))
+
+
+def is_task_attribute(name: str, task: str) -> bool:
+  """Whether attribute `name` is (part of) the task: the task itself, or one of the
+  attributes a compound task joins with '+' (e.g. 'shape+color', data.shapes)."""
+  return name == task or name in task.split('+')
 
 
 def top_candidate(report: list[dict]) -> dict | None:
@@ -241,7 +247,7 @@ def report_rows(s: dict, names: Sequence[str], task: str, num_classes: int,
                  'toward_class': int(k), 'readable': readable,
                  'probe_accuracy': float(probe_accuracy[a]),
                  'flagged': bool(readable and (lo > 0 or hi < 0) and abs(mean) >= min_shift),
-                 'is_task': name == task, 'num_changed': s['num_changed']})
+                 'is_task': is_task_attribute(name, task), 'num_changed': s['num_changed']})
   return sorted(rows, key=lambda r: (not r['readable'], -abs(r['shift'])))
 
 
@@ -315,5 +321,5 @@ def prediction_association(pred: np.ndarray, attributes: np.ndarray, names: Sequ
                  'ci_low': lo, 'ci_high': hi, 'confounded_by': confounded,
                  'flagged': bool((lo > 0 or hi < 0) and abs(eff) >= min_effect
                                  and not confounded),
-                 'is_task': name == task})
+                 'is_task': is_task_attribute(name, task)})
   return sorted(rows, key=lambda r: -abs(r['shift']))

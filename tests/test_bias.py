@@ -79,3 +79,14 @@ def test_aggregate_seeds():
   agg = bias.aggregate_seeds([{'a': 0.8, 'b': None}, {'a': 0.9}, {'a': 1.0}], ['a', 'b'])
   assert agg['a']['mean'] == pytest.approx(0.9) and agg['a']['std'] == pytest.approx(0.1)
   assert agg['a']['n'] == 3 and 'b' not in agg
+
+
+def test_compound_task_marks_each_of_its_attributes_as_task():
+  rng = np.random.default_rng(0)
+  attrs = rng.random((4000, 3)) < 0.5                      # shape, color, size
+  pred = attrs[:, 0].astype(int) + attrs[:, 1].astype(int)  # 3 classes: shape + color
+  rows = bias.prediction_association(pred, attrs, ['shape', 'color', 'size'], 'shape+color', 3)
+  task = {r['attribute']: r['is_task'] for r in rows}
+  assert task == {'shape': True, 'color': True, 'size': False}
+  assert {r['attribute'] for r in rows if r['flagged']} == {'shape', 'color'}
+  assert not bias.is_task_attribute('shape', 'shapes') and bias.is_task_attribute('x', 'x')

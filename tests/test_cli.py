@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -35,18 +37,14 @@ def test_eval_without_training_is_a_one_line_error(tmp_path):
   assert 'Traceback' not in r.stderr
 
 
-def test_bad_config_value_is_a_one_line_error(tmp_path):
-  r = _run('train.py', '--config=configs/tiny.py', f'--workdir={tmp_path}',
-           '--config.dvae.learning_rate=-1')
+@pytest.mark.parametrize('override, message', [
+    ('--config.dvae.learning_rate=-1', 'config.dvae.learning_rate must be positive'),
+    ('--config.model.concepts.kind=pca',
+     "error: unknown concept learner config.model.concepts.kind='pca'"),
+])
+def test_bad_config_value_is_a_one_line_error(tmp_path, override, message):
+  r = _run('train.py', '--config=configs/tiny.py', f'--workdir={tmp_path}', override)
   assert r.returncode == 1
-  assert 'config.dvae.learning_rate must be positive' in r.stderr
+  assert message in r.stderr
   assert 'Traceback' not in r.stderr
   assert not os.listdir(tmp_path)  # nothing written
-
-
-def test_unknown_concept_learner_is_a_one_line_error(tmp_path):
-  r = _run('train.py', '--config=configs/tiny.py', f'--workdir={tmp_path}',
-           '--config.model.concepts.kind=pca')
-  assert r.returncode == 1
-  assert "error: unknown concept learner config.model.concepts.kind='pca'" in r.stderr
-  assert 'Traceback' not in r.stderr

@@ -8,7 +8,8 @@ import json
 from absl import app, flags
 from ml_collections import config_flags
 
-from lsei_jax import cli, evaluation, report
+from lsei_jax import cli
+from lsei_jax.reporting import evaluation, report
 
 config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).',
                                 lock_config=True)

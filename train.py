@@ -6,7 +6,8 @@
 from absl import app, flags
 from ml_collections import config_flags
 
-from lsei_jax import cli, pipeline
+from lsei_jax import cli
+from lsei_jax.training import pipeline
 
 config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).',
                                 lock_config=True)

@@ -35,7 +35,8 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from lsei_jax import fisher, losses, models, parallel, relaxed_bernoulli, steps  # noqa: E402
+from lsei_jax import fisher, losses, models, relaxed_bernoulli  # noqa: E402
+from lsei_jax.training import parallel, steps  # noqa: E402
 from lsei_jax.relaxed_bernoulli import hard_code  # noqa: E402
 
 STAGES = ('classifier', 'dvae', 'explainer', 'explainer_noreg', 'fisher', 'dvae_pipeline',

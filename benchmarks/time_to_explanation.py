@@ -68,7 +68,9 @@ def child(args) -> None:
   import jax  # pylint: disable=g-import-not-at-top
   from jax import monitoring  # pylint: disable=g-import-not-at-top
   from jax._src import dispatch  # pylint: disable=g-import-not-at-top
-  from lsei_jax import compile_cache, evaluation, pipeline  # pylint: disable=g-import-not-at-top
+  from lsei_jax import compile_cache  # pylint: disable=g-import-not-at-top
+  from lsei_jax.reporting import evaluation  # pylint: disable=g-import-not-at-top
+  from lsei_jax.training import pipeline  # pylint: disable=g-import-not-at-top
 
   compile_cache.enable(args.cache_dir)
   compile_events = (dispatch.JAXPR_TRACE_EVENT, dispatch.JAXPR_TO_MLIR_MODULE_EVENT,

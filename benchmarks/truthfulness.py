@@ -106,7 +106,8 @@ def _balanced(config):
 def run_cell(cell: dict, workdir: str, base: str = 'small') -> dict:
   """Trains the cell's stages (both variants of g and the probes) and returns its JSON line."""
   import jax  # pylint: disable=g-import-not-at-top
-  from lsei_jax import bias, crosscheck, evaluation, parallel, pipeline  # pylint: disable=g-import-not-at-top
+  from lsei_jax.reporting import bias, crosscheck, evaluation  # pylint: disable=g-import-not-at-top
+  from lsei_jax.training import parallel, pipeline  # pylint: disable=g-import-not-at-top
   from lsei_jax import data as data_lib  # pylint: disable=g-import-not-at-top
   t0 = time.time()
   config = cell_config(cell, base)
@@ -179,7 +180,7 @@ def run_cell(cell: dict, workdir: str, base: str = 'small') -> dict:
 # ------------------------------------------------------------------------------ scoring
 def method_scores(line: dict, method: str) -> tuple[dict, dict]:
   """({attribute: score}, {attribute: flagged}) of `method` in one cell's line."""
-  from lsei_jax import bias  # pylint: disable=g-import-not-at-top
+  from lsei_jax.reporting import bias  # pylint: disable=g-import-not-at-top
   names, task = line['names'], line['task']
   if method in ('flip_all', 'per_bit'):
     rep = line['biased/' + ('flip_all' if method == 'flip_all' else 'decisive')]['old_report']
@@ -235,7 +236,7 @@ def summarize(lines: list[dict], methods=METHODS) -> dict:
   relies on nothing (it predicts one class) have no order to recover and are left out of the
   Spearman median. `spearman_raw` is the same over raw scores and raw reliance.
   """
-  from lsei_jax import bias  # pylint: disable=g-import-not-at-top
+  from lsei_jax.reporting import bias  # pylint: disable=g-import-not-at-top
   out = {}
   for m in methods:
     rho, rho_raw, tp, fp, fn, strong_hit, strong, fp_unused, unused_n = ([], [], 0, 0, 0, 0, 0,

@@ -4,9 +4,10 @@ Public API: the pipeline entry points (train, evaluate, load_run, explain) for a
 given as a ClassifierSplit, and the method's functions (docs/method.md §3–§6), pure and
 jit/vmap friendly (flags and callables are static arguments: see each docstring).
 """
-from lsei_jax import baselines, bias, concept_metrics, concepts
+from lsei_jax import baselines, concept_metrics, concepts
+from lsei_jax.reporting import bias
 from lsei_jax.classifier_split import ClassifierSplit, from_module, split_at
-from lsei_jax.bias import prediction_association, reliance_report
+from lsei_jax.reporting.bias import prediction_association, reliance_report
 from lsei_jax.fisher import batch_sigma, fisher_information, fisher_regularizer, similarity
 from lsei_jax.interventions import (bit_set_mask, decisive_bits, flip_all_mask, intervene,
                                     single_bit_masks)

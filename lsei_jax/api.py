@@ -17,7 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lsei_jax import concepts, evaluation, interventions, models, parallel, pipeline, steps
+from lsei_jax import concepts, interventions, models
+from lsei_jax.reporting import evaluation
+from lsei_jax.training import parallel, pipeline, steps
 from lsei_jax.classifier_split import ClassifierSplit
 from lsei_jax.data import byo
 

@@ -3,7 +3,8 @@ gates against float64 oracles written out by hand."""
 import numpy as np
 import pytest
 
-from lsei_jax import balance, bias
+from lsei_jax.training import balance
+from lsei_jax.reporting import bias
 from lsei_jax.data import shapes
 
 

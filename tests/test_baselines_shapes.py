@@ -24,8 +24,9 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from lsei_jax import baselines, data as data_lib, parallel, pipeline, steps
-from lsei_jax.trainer import load_complete
+from lsei_jax import baselines, data as data_lib
+from lsei_jax.training import parallel, pipeline, steps
+from lsei_jax.training.trainer import load_complete
 
 KEYS = range(5)
 

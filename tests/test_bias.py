@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from lsei_jax import bias
+from lsei_jax.reporting import bias
 
 
 def test_per_bit_summary_hand_values():

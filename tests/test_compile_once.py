@@ -7,7 +7,8 @@ import jax.numpy as jnp
 from jax import monitoring
 from jax._src import dispatch
 
-from lsei_jax import evaluation, parallel, pipeline
+from lsei_jax.reporting import evaluation
+from lsei_jax.training import parallel, pipeline
 
 
 def _traces_during(fn) -> list[str]:

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from lsei_jax import concept_metrics as cm
-from lsei_jax import report
+from lsei_jax.reporting import report
 
 
 def _brute_force(cost):

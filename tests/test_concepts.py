@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from lsei_jax import concepts, interventions, parallel, pipeline, steps
+from lsei_jax import concepts, interventions
+from lsei_jax.training import parallel, pipeline, steps
 from lsei_jax.concepts import nmf, topk_sae
 
 

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 import lsei_jax
-from lsei_jax import concepts, data, evaluation, pipeline
+from lsei_jax import concepts, data
+from lsei_jax.reporting import evaluation
+from lsei_jax.training import pipeline
 
 
 @pytest.mark.parametrize('kind', ['topk_sae', 'nmf'])

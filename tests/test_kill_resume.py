@@ -6,7 +6,7 @@ import subprocess
 import sys
 import time
 
-from lsei_jax import checkpoints
+from lsei_jax.training import checkpoints
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARGS = ['--config=configs/tiny.py', '--stages=classifier,dvae',

@@ -6,8 +6,8 @@ import sys
 
 import jax
 import numpy as np
-from lsei_jax import parallel, pipeline
-from lsei_jax.trainer import load_complete
+from lsei_jax.training import parallel, pipeline
+from lsei_jax.training.trainer import load_complete
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARGS = ['--config=configs/tiny.py', '--stages=classifier,dvae',

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 import lsei_jax
-from lsei_jax import checkpoints, data as data_lib, pipeline
+from lsei_jax.training import checkpoints, pipeline
+from lsei_jax import data as data_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from lsei_jax import parallel, pipeline, steps
+from lsei_jax.training import parallel, pipeline, steps
 
 
 def _config():

@@ -3,8 +3,9 @@ import os
 
 import pytest
 
-from lsei_jax import checkpoints, evaluation, pipeline
-from lsei_jax.trainer import NonFiniteError
+from lsei_jax.training import checkpoints, pipeline
+from lsei_jax.reporting import evaluation
+from lsei_jax.training.trainer import NonFiniteError
 
 
 class Interrupt(Exception):

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lsei_jax import checkpoints, pipeline
+from lsei_jax.training import checkpoints, pipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -66,7 +66,8 @@ def test_a_trained_classifier_in_place_of_the_random_one_is_refused(workdir_copy
 
 
 def test_missing_sanity_stage_advises_training_the_parent(tmp_path, tiny_config):
-  from lsei_jax import evaluation, parallel
+  from lsei_jax.reporting import evaluation
+  from lsei_jax.training import parallel
   mesh = parallel.make_mesh()
   mods = pipeline.build(tiny_config, 6)
   with pytest.raises(checkpoints.CheckpointError) as e:
@@ -125,7 +126,7 @@ def _lock(workdir, pid, host=None):
 
 
 def test_a_workdir_in_use_is_refused_naming_the_holder(workdir_copy, tiny_config):
-  from lsei_jax import evaluation
+  from lsei_jax.reporting import evaluation
   holder = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])
   eval_dir = os.path.join(workdir_copy, 'eval')
   before = sorted(os.listdir(eval_dir)) if os.path.isdir(eval_dir) else None
@@ -179,7 +180,7 @@ def test_bad_values_are_refused_before_anything_trains(field, tmp_path, tiny_con
 
 
 def test_eval_refuses_out_of_range_bits_before_writing(workdir_copy, tiny_config):
-  from lsei_jax import evaluation
+  from lsei_jax.reporting import evaluation
   metrics = os.path.join(workdir_copy, 'eval', 'metrics.json')
   before = os.path.getmtime(metrics) if os.path.exists(metrics) else None
   with pytest.raises(ValueError, match=r'bias_bits=\(6,\)'):
@@ -266,7 +267,8 @@ def test_truncated_png_error_names_the_file(tmp_path, tiny_config):
 
 # ----------------------------------------------------------- finding 6: outputs, messages
 def test_atomic_write_keeps_the_old_file_when_the_disk_is_full(tmp_path):
-  from lsei_jax import atomic, errors
+  from lsei_jax.training import atomic
+  from lsei_jax import errors
   path = str(tmp_path / 'metrics.json')
   atomic.write_json(path, {'good': 1})
 
@@ -282,7 +284,7 @@ def test_atomic_write_keeps_the_old_file_when_the_disk_is_full(tmp_path):
 
 
 def test_eval_on_a_full_disk_keeps_the_previous_figure(workdir_copy, tiny_config, monkeypatch):
-  from lsei_jax import evaluation, plots
+  from lsei_jax.reporting import evaluation, plots
   eval_dir = os.path.join(workdir_copy, 'eval')
   os.makedirs(eval_dir, exist_ok=True)
   fig = os.path.join(eval_dir, 'fig3_grid.png')
@@ -324,7 +326,8 @@ def _run_main(fn, capsys):
 
 
 def test_cli_one_line_for_user_errors_traceback_for_bugs(capsys):
-  from lsei_jax import checkpoints as ckpts, cli
+  from lsei_jax.training import checkpoints as ckpts
+  from lsei_jax import cli
 
   def user():
     raise ckpts.CheckpointError('config.x must be positive, got 0')

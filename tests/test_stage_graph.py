@@ -2,7 +2,7 @@
 import jax
 import numpy as np
 
-from lsei_jax import pipeline
+from lsei_jax.training import pipeline
 
 
 def test_upstream_closure_follows_the_graph():

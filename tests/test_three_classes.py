@@ -7,7 +7,8 @@ import pytest
 
 import lsei_jax
 from configs import shapes3
-from lsei_jax import bias, data as data_lib
+from lsei_jax.reporting import bias
+from lsei_jax import data as data_lib
 
 
 @pytest.fixture(scope='module')
@@ -67,7 +68,7 @@ def test_two_class_bias_report_refuses_a_third_class():
 
 
 def test_html_report_from_the_results_dict_alone(three_class_run, tmp_path):
-  from lsei_jax import html_report
+  from lsei_jax.reporting import html_report
   _, workdir, _ = three_class_run
   result = json.load(open(os.path.join(workdir, 'eval', 'metrics.json')))
   html_report.write(str(tmp_path / 'report.html'), result)   # no figure files anywhere

@@ -7,7 +7,8 @@ from typing import Callable
 import jax
 import numpy as np
 
-from lsei_jax import models, steps
+from lsei_jax import models
+from lsei_jax.training import steps
 from lsei_jax.relaxed_bernoulli import hard_code
 
 Array = jax.Array

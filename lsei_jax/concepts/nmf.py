@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lsei_jax import steps
+from lsei_jax.training import steps
 from lsei_jax.concepts import ModuleLearner
 from lsei_jax.errors import UserError
 

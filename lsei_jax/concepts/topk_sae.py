@@ -15,10 +15,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lsei_jax import steps
+from lsei_jax.training import steps
 from lsei_jax.concepts import ModuleLearner
 from lsei_jax.errors import UserError
-from lsei_jax.parallel import AXIS
+from lsei_jax.training.parallel import AXIS
 
 Array = jax.Array
 

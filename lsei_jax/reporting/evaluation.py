@@ -15,16 +15,17 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from lsei_jax import (atomic, bias, checkpoints, compile_cache, concept_metrics, concepts,
-                      crosscheck, errors, fisher, html_report, interventions, metrics, parallel,
-                      pipeline, plots, reliance, validate)
+from lsei_jax import (compile_cache, concept_metrics, concepts, errors, fisher, interventions,
+                      metrics, reliance)
+from lsei_jax.reporting import bias, crosscheck, html_report, plots
+from lsei_jax.training import atomic, checkpoints, parallel, pipeline, validate
 from lsei_jax import data as data_lib
-from lsei_jax import workdir as workdir_lib
+from lsei_jax.training import workdir as workdir_lib
 from lsei_jax.classifier_split import ClassifierSplit
-from lsei_jax.pipeline import (Models, build, generator_apply, mean_information,
+from lsei_jax.training.pipeline import (Models, build, generator_apply, mean_information,
                                random_classifier_state, signature, stream, template_state)
-from lsei_jax.report import TABLE_KEYS  # noqa: F401  (public here too)
-from lsei_jax.trainer import check_untrained, load_complete
+from lsei_jax.reporting.report import TABLE_KEYS  # noqa: F401  (public here too)
+from lsei_jax.training.trainer import check_untrained, load_complete
 
 
 @functools.lru_cache(maxsize=16)

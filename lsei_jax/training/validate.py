@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from lsei_jax import concepts, steps
+from lsei_jax import concepts
+from lsei_jax.training import steps
 from lsei_jax.errors import UserError
 
 _STAGE_SECTIONS = ('classifier', 'dvae', 'explainer', 'probe')

@@ -24,13 +24,13 @@ import numpy as np
 from absl import logging
 
 from lsei_jax import data as data_lib
-from lsei_jax import (atomic, balance, checkpoints, classifier_split, compile_cache, concepts,
-                      errors, fisher, models, parallel, steps, validate)
-from lsei_jax import signature as signature_lib
-from lsei_jax import workdir as workdir_lib
-from lsei_jax.workdir import check_workdir  # noqa: F401  (public here too)
+from lsei_jax import classifier_split, compile_cache, concepts, errors, fisher, models
+from lsei_jax.training import atomic, balance, checkpoints, parallel, steps, validate
+from lsei_jax.training import signature as signature_lib
+from lsei_jax.training import workdir as workdir_lib
+from lsei_jax.training.workdir import check_workdir  # noqa: F401  (public here too)
 from lsei_jax.classifier_split import ClassifierSplit
-from lsei_jax.trainer import Stage, load_complete, run_stage, save_untrained
+from lsei_jax.training.trainer import Stage, load_complete, run_stage, save_untrained
 
 STAGES = ('classifier', 'dvae', 'explainer', 'explainer_noreg', 'probe')
 GIVEN_FILE = 'classifier.json'  # WORKDIR/classifier.json: the given classifier's fingerprint

@@ -16,7 +16,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from lsei_jax import signature as signature_lib
+from lsei_jax.training import signature as signature_lib
 from lsei_jax.errors import UserError, disk_full, disk_full_message
 
 

@@ -17,7 +17,7 @@ import optax
 from flax.training import train_state
 
 from lsei_jax import fisher, losses, models
-from lsei_jax.parallel import AXIS
+from lsei_jax.training.parallel import AXIS
 from lsei_jax.relaxed_bernoulli import hard_code, relaxed_bernoulli
 
 Array = jax.Array

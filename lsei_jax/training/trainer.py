@@ -11,8 +11,9 @@ import numpy as np
 from absl import logging
 from tqdm.auto import tqdm
 
-from lsei_jax import checkpoints, errors, parallel
-from lsei_jax.metric_writer import MetricWriter
+from lsei_jax.training import checkpoints, parallel
+from lsei_jax import errors
+from lsei_jax.training.metric_writer import MetricWriter
 
 
 class NonFiniteError(errors.UserError, RuntimeError):

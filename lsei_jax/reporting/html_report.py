@@ -11,8 +11,9 @@ import html
 import io
 import os
 
-from lsei_jax import atomic, plots
-from lsei_jax.report import TABLE_KEYS
+from lsei_jax.training import atomic
+from lsei_jax.reporting import plots
+from lsei_jax.reporting.report import TABLE_KEYS
 
 _CSS = """body{font-family:system-ui,sans-serif;max-width:960px;margin:2em auto;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 9px;

@@ -311,6 +311,7 @@ def compute(config, workdir: str, *, classifier: ClassifierSplit | None = None, 
   # Model randomisation: the same report over a randomised classifier.
   if config.sanity.enabled:
     sdir = os.path.join(workdir, 'sanity')
+    pipeline.check_sanity_workdir(sdir, mode)
     if mode == 'init':
       s_split, s_ident, _, _ = load_classifier(config, sdir, mesh, None, len(test.attribute_names))
       # The stored random classifier must be the one this config makes, never a trained one.

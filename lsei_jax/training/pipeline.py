@@ -202,6 +202,17 @@ def sanity_classifier(config, split: ClassifierSplit, train_images: np.ndarray
   return classifier_split.random_head(split, stream(config.seed, 'sanity/classifier'), probe)
 
 
+def check_sanity_workdir(sdir: str, mode: str) -> None:
+  """WORKDIR/sanity holds the run of one sanity_mode: a re-initialised classifier
+  checkpoint ('init') or a random head's record ('head'), never the other."""
+  other = {'init': os.path.join(sdir, GIVEN_FILE), 'head': os.path.join(sdir, 'classifier')}
+  if os.path.exists(other[mode]):
+    was = 'head' if mode == 'init' else 'init'
+    raise checkpoints.CheckpointError(
+        f"{sdir} holds the sanity check made with config.sanity.randomize='{was}', not "
+        f"'{mode}': set it back, or move {sdir} away and rerun with --stages=sanity")
+
+
 def trained_split(config, workdir: str, mesh) -> ClassifierSplit:
   """The config's classifier as trained in `workdir` (its complete checkpoint)."""
   mods = build(config)
@@ -645,7 +656,9 @@ def train_sanity(config, workdir: str, *, classifier: ClassifierSplit | None = N
   sdir = os.path.join(workdir, 'sanity')
   stages = ('classifier', 'dvae', 'explainer')
   mesh = parallel.make_mesh() if mesh is None else mesh
-  if sanity_mode(config, classifier is not None) == 'init':
+  mode = sanity_mode(config, classifier is not None)
+  check_sanity_workdir(sdir, mode)
+  if mode == 'init':
     return train(config, sdir, stages, mesh=mesh, hooks=named, random_classifier=True)
   base = classifier if classifier is not None else trained_split(config, workdir, mesh)
   rand = sanity_classifier(config, base, data_lib.load(config.data, 'train').images)

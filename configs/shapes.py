@@ -67,7 +67,10 @@ def get_config() -> ml_collections.ConfigDict:
       steps=800, batch_size=128, optimizer='adam', learning_rate=2e-3, schedule='cosine',
       warmup_steps=20, balance=True))
   # Model randomisation: DVAE + explainer trained again over a random classifier.
-  c.sanity = ml_collections.ConfigDict(dict(enabled=True, warn_rank_correlation=0.5))
+  # randomize: 'init' re-initialises the classifier; 'head' keeps its embedding under a
+  # random linear head (the only choice for a given classifier); 'auto' picks by classifier.
+  c.sanity = ml_collections.ConfigDict(dict(enabled=True, warn_rank_correlation=0.5,
+                                            randomize='auto'))
 
   c.checkpoint = ml_collections.ConfigDict(dict(every_steps=200, max_to_keep=2))
   c.eval = ml_collections.ConfigDict(dict(

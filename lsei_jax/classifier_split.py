@@ -183,6 +183,56 @@ def split_at(module: nn.Module, variables: Any, layer: str, *, example: Array,
   return split
 
 
+# ----------------------------------------------------------------------- a random head
+def logit_spread(logits: Array) -> Array:
+  """Std of logits [B, C] after removing each row's mean over the classes (a shift softmax
+  ignores): the scale that sets how confident softmax(logits) is. → scalar."""
+  return jnp.std(logits - jnp.mean(logits, -1, keepdims=True))
+
+
+def _linear_head(p, h: Array) -> Array:
+  """h [B, d] @ kernel [d, C] + bias [C] → logits [B, C]."""
+  return h @ p['random_head']['kernel'] + p['random_head']['bias']
+
+
+@functools.lru_cache(maxsize=32)
+def _given_embed(embed: Callable) -> Callable:
+  """The given embed on the 'classifier' entry of a random-head split's params; one
+  function per embed, so jitted code built from it is reused."""
+  return lambda p, x: embed(p['classifier'], x)
+
+
+def random_head(split: ClassifierSplit, key: Array, images: Array) -> ClassifierSplit:
+  """`split` with its head replaced by a random linear one on the same embedding:
+  head_rand(h) = (h − h̄) @ W, W = s·W0, W0 ~ N(0, 1/d) [d, C] drawn from `key`.
+
+  The model-randomisation sanity check for any classifier (Adebayo et al. 2018, the top-layer
+  step of their cascade): it needs only the functions, never the structure of the params.
+  On the probe batch `images` [N, H, W, 3] (h = embed(images), h̄ its mean [d]):
+  s makes logit_spread of the random logits equal to the real head's (comparable softmax
+  temperatures), and the bias −h̄ @ W centres each class's logit, so the random head is not
+  one class for every image (h ≥ 0 after a ReLU would give every logit the same random
+  offset h̄ @ W). params = {'classifier': split.params, 'random_head': {kernel, bias}}.
+  """
+  images = jnp.asarray(images, jnp.float32)
+  h = jax.jit(split.embed)(split.params, images)
+  real = jax.jit(split.head)(split.params, h)
+  target = float(logit_spread(real))
+  if not np.isfinite(target):
+    raise ValueError(f'the classifier gives non-finite logits on the probe batch of '
+                     f'{len(images)} training images; check its params and {split.name}')
+  d, num_classes = int(h.shape[1]), int(real.shape[1])
+  w0 = jax.random.normal(key, (d, num_classes), jnp.float32) / np.sqrt(d)
+  hbar = jnp.mean(h, 0)
+  spread = float(logit_spread((h - hbar) @ w0))
+  # A constant embedding leaves nothing to scale: the random head is then constant too.
+  w = w0 * (target / spread if spread > 0 else 0.0)
+  params = {'classifier': split.params,
+            'random_head': {'kernel': w, 'bias': -(hbar @ w)}}
+  return ClassifierSplit(embed=_given_embed(split.embed), head=_linear_head, params=params,
+                         name=f'a random head on {split.name}')
+
+
 # Also reachable as constructors of the type: ClassifierSplit.from_module(…), .split_at(…).
 ClassifierSplit.from_module = staticmethod(from_module)
 ClassifierSplit.split_at = staticmethod(split_at)

@@ -6,7 +6,7 @@ import pytest
 
 import lsei_jax
 from examples import resnet
-from lsei_jax import models
+from lsei_jax import classifier_split, errors, models
 from lsei_jax.classifier_split import ClassifierSplit, from_module, split_at
 
 
@@ -84,3 +84,83 @@ def test_shape_errors_name_the_problem():
     one_class.dims((4, 4, 3))
   with pytest.raises(ValueError, match=r"Flax variables \{'params'"):
     from_module(models.Classifier(), {'Conv_0': {}})
+
+
+# ----------------------------------------------------------------------- the random head
+def test_random_head_matches_the_real_heads_logit_spread(resnet_variables):
+  model, variables, x = resnet_variables
+  split = lsei_jax.split_at(model, variables, 'pool', example=x, train=False)
+  key = jax.random.key(7)
+  rand = classifier_split.random_head(split, key, x)
+  assert rand.params['classifier'] is variables  # the given params are never touched
+  logits, real = np.asarray(rand(x), np.float64), np.asarray(split(x), np.float64)
+  assert logits.shape == real.shape == (6, 3)
+  spread = lambda z: np.std(z - z.mean(-1, keepdims=True))
+  np.testing.assert_allclose(spread(logits), spread(real), rtol=1e-5)
+  # Oracle: (h − h̄) @ s·W0 with W0 ~ N(0, 1/d) from the key; each class centred on the batch.
+  h = np.asarray(split.embed(variables, x), np.float64)
+  w0 = np.asarray(jax.random.normal(key, (8, 3)), np.float64) / np.sqrt(8)
+  kernel = np.asarray(rand.params['random_head']['kernel'], np.float64)
+  scale = kernel / w0
+  np.testing.assert_allclose(scale, scale[0, 0], rtol=1e-5)
+  np.testing.assert_allclose(logits, (h - h.mean(0)) @ kernel, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(logits.mean(0), 0, atol=1e-5)
+  assert len(set(np.argmax(logits, -1))) > 1  # not one class for every image
+
+
+def test_random_head_is_a_pure_function_of_the_key():
+  rng = np.random.default_rng(0)
+  params = (jnp.asarray(rng.normal(size=(12, 5)), jnp.float32), jnp.arange(5, dtype=jnp.int32),
+            jnp.asarray(rng.normal(size=(5, 4)), jnp.float32))
+  split = ClassifierSplit(embed=lambda p, x: jax.nn.relu(x.reshape(x.shape[0], -1) @ p[0])[:, p[1]],
+                          head=lambda p, h: h @ p[2], params=params)
+  x = jnp.asarray(rng.uniform(size=(16, 2, 2, 3)), jnp.float32)
+  a, b = (classifier_split.random_head(split, jax.random.key(3), x) for _ in range(2))
+  c = classifier_split.random_head(split, jax.random.key(4), x)
+  for k in ('kernel', 'bias'):
+    np.testing.assert_array_equal(a.params['random_head'][k], b.params['random_head'][k])
+  assert not np.allclose(a.params['random_head']['kernel'], c.params['random_head']['kernel'])
+  assert a.embed is c.embed and a.head is c.head  # one jitted function per given embed
+  assert a.dims((2, 2, 3)) == (5, 4)
+  np.testing.assert_allclose(np.std(a(x) - a(x).mean(-1, keepdims=True)),
+                             np.std(split(x) - split(x).mean(-1, keepdims=True)), rtol=1e-5)
+
+
+def test_random_head_refuses_non_finite_logits():
+  split = ClassifierSplit(embed=lambda p, x: x.reshape(x.shape[0], -1),
+                          head=lambda p, h: jnp.log(h[:, :2] - 2.0), params=())
+  with pytest.raises(ValueError, match='non-finite logits on the probe batch'):
+    classifier_split.random_head(split, jax.random.key(0), jnp.zeros((4, 2, 2, 3)))
+
+
+def test_sanity_mode_for_given_and_builtin(tiny_config):
+  from lsei_jax.training import pipeline
+  config = tiny_config.copy_and_resolve_references()
+  assert pipeline.sanity_mode(config, given=False) == 'init'
+  assert pipeline.sanity_mode(config, given=True) == 'head'
+  config.sanity.randomize = 'head'
+  assert pipeline.sanity_mode(config, given=False) == 'head'
+  config.sanity.randomize = 'init'
+  with pytest.raises(errors.UserError, match="randomize='init'.*use 'head'"):
+    pipeline.sanity_mode(config, given=True)
+  config.sanity.randomize = 'weights'
+  with pytest.raises(errors.UserError, match="must be one of 'auto', 'init', 'head'"):
+    pipeline.sanity_mode(config, given=False)
+
+
+def test_head_randomization_of_attribution_maps(resnet_variables):
+  import types
+  from lsei_jax.reporting import crosscheck
+  model, variables, x = resnet_variables
+  split = lsei_jax.split_at(model, variables, 'pool', example=x, train=False)
+  cfg = types.SimpleNamespace(methods=('gradient', 'integrated_gradients'), ig_steps=3,
+                              flag_threshold=0.5)
+  target = np.asarray(np.argmax(split(x), -1))
+  # Oracle: the head "randomised" to itself gives the same maps (correlation 1, SSIM 1).
+  same = crosscheck.head_randomization(split, split, x, target, cfg)
+  for v in same.values():
+    assert v['layers'] == ['head'] and v['flagged']
+    np.testing.assert_allclose([v['spearman_abs'][0], v['ssim'][0]], 1.0, rtol=1e-5)
+  rand = classifier_split.random_head(split, jax.random.key(0), x)
+  out = crosscheck.head_randomization(split, rand, x, target, cfg)
+  assert all(v['spearman_abs'][0] < 0.99 for v in out.values()), out

@@ -1,5 +1,6 @@
 """Explaining a classifier the library did not define: from Python (the README's example)
 and from the command line (configs/own_model.py + examples/resnet.py)."""
+import dataclasses
 import json
 import os
 import pathlib
@@ -8,12 +9,14 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import lsei_jax
 from lsei_jax.training import checkpoints, pipeline
 from lsei_jax import data as data_lib
+from lsei_jax import errors
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -53,14 +56,16 @@ def test_readme_example_explains_the_given_classifier(readme_run):
   np.testing.assert_array_equal(out['bits_after'], 1 - out['bits'])
   np.testing.assert_allclose(out['logits_after'], run.head(run.decode(1 - out['bits'])),
                              rtol=1e-6)
-  assert run.metrics['sanity'] is not None  # the sanity stage ran over permuted weights
+  # The sanity stage ran over a random head on the given embedding.
+  assert run.metrics['sanity']['randomized'] == 'head'
+  assert run.metrics['attribution_sanity']['gradient']['layers'] == ['head']
   assert os.path.exists(os.path.join(workdir, 'eval', 'report.html'))
 
 
 def test_other_weights_are_refused(readme_run):
   workdir, scope = readme_run
   run, split = scope['run'], scope['split']
-  other = pipeline.randomized_split(split, jax.random.key(5))
+  other = dataclasses.replace(split, params=jax.tree.map(lambda a: a * 1.5, split.params))
   with pytest.raises(checkpoints.CheckpointError, match='classifier given now .* is not the one'):
     lsei_jax.train(run.config, workdir, classifier=other)
   with pytest.raises(checkpoints.CheckpointError, match='is not the one'):
@@ -100,3 +105,63 @@ def test_command_line_own_model(tmp_path):
                         cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
                         capture_output=True, text=True, timeout=300)
   assert proc.returncode == 1 and 'no saved model at config.classifier.path' in proc.stderr
+
+
+# ------------------------------------------- the sanity check for a classifier of plain functions
+def _plain_embed(p, x):
+  """Linear features, reordered by an integer index, normalised by BatchNorm-style running
+  statistics, ReLU: h [B, 16]."""
+  w, order, stats, _ = p
+  z = (x.reshape(x.shape[0], -1) @ w)[:, order]
+  return jax.nn.relu((z - stats['mean']) / jnp.sqrt(stats['var'] + 1e-5))
+
+
+def _plain_head(p, h):
+  return h @ p[3]
+
+
+def _plain_classifier(ds, d=16):
+  """A classifier that is not Flax: params a tuple with an int32 leaf and running stats;
+  the head fitted by least squares on the training images' features."""
+  x = ds.images.astype(np.float32).reshape(len(ds), -1) / 255.0
+  w = np.random.default_rng(0).normal(size=(x.shape[1], d)).astype(np.float32) / 30.0
+  order = np.arange(d, dtype=np.int32)[::-1].copy()
+  z = (x @ w)[:, order]
+  stats = {'mean': z.mean(0), 'var': z.var(0)}
+  h = np.maximum((z - stats['mean']) / np.sqrt(stats['var'] + 1e-5), 0)
+  onehot = np.eye(2, dtype=np.float32)[ds.labels]
+  v = np.linalg.lstsq(np.c_[h, np.ones(len(h))], 4 * onehot - 2, rcond=None)[0][:-1]
+  params = (jnp.asarray(w), jnp.asarray(order), jax.tree.map(jnp.asarray, stats),
+            jnp.asarray(v, jnp.float32))
+  return lsei_jax.ClassifierSplit(embed=_plain_embed, head=_plain_head, params=params,
+                                  name='a plain function pair')
+
+
+def test_sanity_check_of_a_plain_function_pair(tmp_path, tiny_config):
+  config = tiny_config.copy_and_resolve_references()
+  ds = data_lib.load(config.data, 'train')
+  split = _plain_classifier(ds)
+  workdir = str(tmp_path / 'wd')
+  metas = lsei_jax.train(config, workdir, classifier=split)
+  # The sanity run's classifier is the random head, recorded like any given classifier.
+  rand = pipeline.sanity_classifier(config, split, ds.images)
+  record = json.load(open(os.path.join(workdir, 'sanity', 'classifier.json')))
+  assert metas['sanity/classifier'] == {'given': record['given']}
+  assert pipeline.given_identity(rand, config) == metas['sanity/classifier']
+  assert metas['sanity/classifier'] != metas['classifier']
+  assert metas['sanity/explainer']['upstream']['classifier'] == metas['sanity/classifier']
+  assert record['embed_dim'] == 16 and record['num_classes'] == 2
+  result = lsei_jax.evaluate(config, workdir, classifier=split)
+  x = jnp.asarray(data_lib.load(config.data, 'test').images, jnp.float32) / 255.0
+  labels = data_lib.load(config.data, 'test').labels
+  assert result['accuracy'] == pytest.approx(np.mean(np.argmax(split(x), -1) == labels))
+  assert result['sanity']['randomized'] == 'head'
+  assert result['sanity']['random_accuracy'] == pytest.approx(
+      np.mean(np.argmax(rand(x), -1) == labels))
+  assert -1 <= result['sanity']['rank_correlation'] <= 1
+  for v in result['attribution_sanity'].values():
+    assert v['layers'] == ['head'] and -1 <= v['spearman_abs'][0] < 1
+  # 'init' cannot re-initialise a classifier the library did not build.
+  config.sanity.randomize = 'init'
+  with pytest.raises(errors.UserError, match="randomize='init'"):
+    lsei_jax.train(config, workdir, classifier=split)

@@ -196,3 +196,27 @@ def test_evaluation_is_deterministic(trained_workdir, tiny_config, workdir_copy)
   a = evaluation.evaluate(tiny_config, trained_workdir[0])
   b = evaluation.evaluate(tiny_config, workdir_copy)
   assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
+def test_sanity_with_a_random_head_on_the_builtin_classifier(workdir_copy, tiny_config):
+  import shutil
+  from lsei_jax import data as data_lib
+  from lsei_jax.training import parallel
+  head = tiny_config.copy_and_resolve_references()
+  head.sanity.randomize = 'head'
+  sdir = os.path.join(workdir_copy, 'sanity')
+  with pytest.raises(checkpoints.CheckpointError, match="randomize='init', not 'head'"):
+    pipeline.train(head, workdir_copy, ['sanity'])
+  shutil.rmtree(sdir)
+  metas = pipeline.train(head, workdir_copy, ['sanity'])
+  # Oracle: the recorded classifier is the trained one's embedding with the seed's random head.
+  split = pipeline.trained_split(head, workdir_copy, parallel.make_mesh())
+  rand = pipeline.sanity_classifier(head, split, data_lib.load(head.data, 'train').images)
+  assert metas['sanity/classifier'] == pipeline.given_identity(rand, head)
+  assert json.load(open(os.path.join(sdir, 'classifier.json')))['given'] == \
+      metas['sanity/classifier']['given']
+  result = evaluation.evaluate(head, workdir_copy)
+  assert result['sanity']['randomized'] == 'head'
+  assert result['attribution_sanity']['gradient']['layers'][0] == 'c2/Dense_0'  # the cascade
+  with pytest.raises(checkpoints.CheckpointError, match="randomize='head', not 'init'"):
+    evaluation.evaluate(tiny_config, workdir_copy)

@@ -56,6 +56,35 @@ def attribution_sanity(model, params, images: np.ndarray, target: np.ndarray,
   return out
 
 
+def head_randomization(split, rand, images: np.ndarray, target: np.ndarray, cfg) -> dict:
+  """The top-layer step of cascading randomisation for a classifier given as functions:
+  each method's maps of the classifier vs `rand` (the same embedding with the sanity
+  check's random head, pipeline.sanity_classifier), same images and target classes.
+  Same format as `attribution_sanity`, with one level, 'head'."""
+  x, t = jnp.asarray(images), jnp.asarray(target)
+  out = {}
+  for name in cfg.methods:
+    original = _split_attribution_fn(name, split.embed, split.head, cfg.ig_steps)(
+        split.params, x, t)
+    maps = _split_attribution_fn(name, rand.embed, rand.head, cfg.ig_steps)(rand.params, x, t)
+    out[name] = {'layers': ['head'],
+                 'spearman_abs': [float(np.mean(baselines.spearman(original, maps,
+                                                                   absolute=True)))],
+                 'ssim': [float(np.mean(baselines.ssim(baselines.normalize_abs(original),
+                                                      baselines.normalize_abs(maps))))]}
+  for name, v in out.items():
+    v['flagged'] = bool(v['spearman_abs'][-1] > cfg.flag_threshold)  # as flag_insensitive
+  return out
+
+
+@functools.lru_cache(maxsize=16)
+def _split_attribution_fn(name: str, embed: Callable, head: Callable, ig_steps: int
+                          ) -> Callable:
+  """jit of one attribution method of x ↦ head(p, embed(p, x)), built once per functions."""
+  method, cfg = ATTRIBUTIONS[name], types.SimpleNamespace(ig_steps=ig_steps)
+  return jax.jit(lambda p, x, t: method(lambda y: head(p, embed(p, y)), x, t, cfg))
+
+
 @functools.lru_cache(maxsize=16)
 def _attribution_fn(name: str, model, ig_steps: int) -> Callable:
   """jit of one attribution method, built once per (method, model): evaluation passes and

@@ -294,21 +294,31 @@ def compute(config, workdir: str, *, classifier: ClassifierSplit | None = None, 
   pred_c = np.argmax(out['logits'][:ka], -1)
   x_a = test.images[:ka].astype(np.float32) / 255.0
   # Cascading re-initialisation needs the module's own initialisers: the config's classifier.
-  result['attribution_sanity'] = crosscheck.attribution_sanity(
-      mods.classifier, clf_p['params'], x_a, pred_c, stream(config.seed, 'eval/attribution'),
-      ec.attribution) if classifier is None else None
+  # A given one gets the cascade's top-layer step, with the sanity check's random head.
+  given = classifier is not None
+  mode = (pipeline.sanity_mode(config, given) if config.sanity.enabled
+          else 'head' if given else 'init')
+  rand = None if mode == 'init' else pipeline.resolve_classifier(
+      config, pipeline.sanity_classifier(config, split, train.images), mesh)
+  if classifier is None:
+    result['attribution_sanity'] = crosscheck.attribution_sanity(
+        mods.classifier, clf_p['params'], x_a, pred_c, stream(config.seed, 'eval/attribution'),
+        ec.attribution)
+  else:
+    result['attribution_sanity'] = crosscheck.head_randomization(split, rand, x_a, pred_c,
+                                                                 ec.attribution)
 
   # Model randomisation: the same report over a randomised classifier.
   if config.sanity.enabled:
     sdir = os.path.join(workdir, 'sanity')
-    if classifier is None:
+    pipeline.check_sanity_workdir(sdir, mode)
+    if mode == 'init':
       s_split, s_ident, _, _ = load_classifier(config, sdir, mesh, None, len(test.attribute_names))
       # The stored random classifier must be the one this config makes, never a trained one.
       s_meta = load_stages(config, sdir, mods, mesh, ['classifier'])['classifier'][1]
       check_untrained(f'{sdir}/classifier', 'classifier', s_meta,
                       checkpoints.fingerprint(random_classifier_state(config, mods, mesh).params))
     else:
-      rand = pipeline.randomized_split(classifier, stream(config.seed, 'sanity/classifier'))
       s_split, s_ident, _, _ = load_classifier(config, sdir, mesh, rand, len(test.attribute_names))
     s_stages = load_stages(config, sdir, mods, mesh, ['dvae', 'explainer'], s_ident)
     s_out = _explain(config, s_split, mods, mesh, s_stages['dvae'][0].params, test, mask,
@@ -317,6 +327,7 @@ def compute(config, workdir: str, *, classifier: ClassifierSplit | None = None, 
     result['sanity'] = bias.sanity_summary(result['bias_report'], s_report,
                                            config.sanity.warn_rank_correlation)
     result['sanity']['random_accuracy'] = float(metrics.accuracy(s_out['logits'], labels))
+    result['sanity']['randomized'] = mode
   else:
     result['sanity'] = None
 

@@ -202,16 +202,19 @@ def render(result: dict, eval_dir: str | None = None, *, task: str | None = None
              '<td class="sig">maps do not depend on the weights</td>' if v['flagged'] else 'ok']
             for m, v in attr.items()]
     layers = next(iter(attr.values()))['layers']
+    how = ('with the head replaced by the sanity check\'s random head (the top-layer step; '
+           'a given classifier cannot be re-initialised layer by layer)' if layers == ['head']
+           else f'as layers are re-initialised from the top ({e(" → ".join(layers))})')
     parts += ['<h3>Sanity check of the attributions (cascading randomisation)</h3>',
-              f'<p>Rank correlation of |map| with the trained model\'s map as layers are '
-              f're-initialised from the top ({e(" → ".join(layers))}).</p>',
+              f'<p>Rank correlation of |map| with the trained model\'s map {how}.</p>',
               _table(['method', 'Spearman per level', 'verdict'], rows)]
 
   sanity = result.get('sanity')
   if sanity:
     msg = (f'<div class="warn"><b>Warning:</b> {e(sanity["warning"])}</div>' if sanity['warning']
-           else '<div class="ok">The explanation depends on the trained model: a randomly '
-                'initialised classifier gives a different ranking.</div>')
+           else '<div class="ok">The explanation depends on the trained model: a '
+                + ('random head on its embedding' if sanity.get('randomized') == 'head'
+                   else 'randomly initialised classifier') + ' gives a different ranking.</div>')
     parts += ['<h2>Sanity check: model randomisation</h2>', msg,
               _table(['', 'trained classifier', 'random classifier'],
                      [['top candidate bias', e(str(sanity['top_trained'])),

@@ -41,7 +41,8 @@ def format_bias(m: dict, top: int = 6) -> str:
       lines.append(f'  {n:>14} {100 * v["flip_rate"]:5.1f}%')
   s = m.get('sanity')
   if s:
-    lines.append(f'Sanity (random classifier): rank correlation {s["rank_correlation"]:+.2f}, '
+    what = 'random head' if s.get('randomized') == 'head' else 'random classifier'
+    lines.append(f'Sanity ({what}): rank correlation {s["rank_correlation"]:+.2f}, '
                  f'top candidate {s["top_trained"]} vs {s["top_randomized"]}'
                  + (f' — WARNING: {s["warning"]}' if s['warning'] else ''))
   return '\n'.join(lines)

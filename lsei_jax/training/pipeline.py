@@ -172,20 +172,53 @@ def given_identity(split: ClassifierSplit, config) -> dict:
   return {'given': classifier_fingerprint(split, config.data.image_size)}
 
 
-def randomized_split(split: ClassifierSplit, key: jax.Array) -> ClassifierSplit:
-  """The same functions with every weight array's entries permuted at random (the
-  model-randomisation check for classifiers the library cannot re-initialise). Only the
-  'params' collection of Flax variables is shuffled; batch_stats are kept."""
-  params = split.params
-  target = params['params'] if hasattr(params, 'keys') and 'params' in params else params
-  leaves, tree = jax.tree.flatten(target)
-  keys = jax.random.split(key, max(len(leaves), 1))
-  shuffled = [jax.random.permutation(k, x.reshape(-1)).reshape(x.shape)
-              if jnp.issubdtype(x.dtype, jnp.floating) else x for k, x in zip(keys, leaves)]
-  target = jax.tree.unflatten(tree, shuffled)
-  new = dict(params, params=target) if target is not params and hasattr(params, 'keys') \
-      and 'params' in params else target
-  return dataclasses.replace(split, params=new, name=f'randomised {split.name}')
+SANITY_MODES = ('auto', 'init', 'head')
+SANITY_PROBE_IMAGES = 128  # training images the sanity check's random head is scaled on
+
+
+def sanity_mode(config, given: bool) -> str:
+  """How the sanity check randomises the classifier (config.sanity.randomize): 'init'
+  re-initialises the config's own classifier; 'head' keeps the classifier's embedding and
+  puts a random linear head on it (classifier_split.random_head: needs only the functions,
+  so it is the one for a given classifier). 'auto' (default): 'init' for the built-in
+  classifier, 'head' for a given one."""
+  mode = config.sanity.get('randomize', 'auto')
+  if mode not in SANITY_MODES:
+    raise errors.UserError(f'config.sanity.randomize={mode!r}: must be one of '
+                           f'{", ".join(map(repr, SANITY_MODES))}')
+  if mode == 'init' and given:
+    raise errors.UserError("config.sanity.randomize='init' re-initialises the config's own "
+                           "classifier, which a given classifier is not: use 'head' (a random "
+                           "head on its embedding) or 'auto'")
+  return ('head' if given else 'init') if mode == 'auto' else mode
+
+
+def sanity_classifier(config, split: ClassifierSplit, train_images: np.ndarray
+                      ) -> ClassifierSplit:
+  """The sanity check's random-head classifier of `split`: a pure function of the seed
+  (stream 'sanity/classifier'), the classifier and the first SANITY_PROBE_IMAGES training
+  images (uint8 [N, H, W, 3]), on which its logits are scaled like the real head's."""
+  probe = np.asarray(train_images[:SANITY_PROBE_IMAGES], np.float32) / 255.0
+  return classifier_split.random_head(split, stream(config.seed, 'sanity/classifier'), probe)
+
+
+def check_sanity_workdir(sdir: str, mode: str) -> None:
+  """WORKDIR/sanity holds the run of one sanity_mode: a re-initialised classifier
+  checkpoint ('init') or a random head's record ('head'), never the other."""
+  other = {'init': os.path.join(sdir, GIVEN_FILE), 'head': os.path.join(sdir, 'classifier')}
+  if os.path.exists(other[mode]):
+    was = 'head' if mode == 'init' else 'init'
+    raise checkpoints.CheckpointError(
+        f"{sdir} holds the sanity check made with config.sanity.randomize='{was}', not "
+        f"'{mode}': set it back, or move {sdir} away and rerun with --stages=sanity")
+
+
+def trained_split(config, workdir: str, mesh) -> ClassifierSplit:
+  """The config's classifier as trained in `workdir` (its complete checkpoint)."""
+  mods = build(config)
+  state, _ = load_complete(workdir, 'classifier', template_state(config, mods, 'classifier', mesh),
+                           signature(config, 'classifier'))
+  return builtin_split(mods, state.params)
 
 
 def resolve_classifier(config, classifier: ClassifierSplit | None, mesh
@@ -540,6 +573,7 @@ def _train(config, workdir, stages, *, classifier, mesh, hooks, random_classifie
     raise errors.UserError(f'unknown stage(s) {unknown}; known: '
                            f'{", ".join(STAGES + ("sanity",))}')
   if 'sanity' in wanted:
+    sanity_mode(config, classifier is not None)  # a bad choice fails before any training
     rest = tuple(s for s in wanted if s != 'sanity')
     metas = train(config, workdir, rest, classifier=classifier, mesh=mesh,
                   hooks=hooks) if rest else {}
@@ -615,11 +649,17 @@ def train_sanity(config, workdir: str, *, classifier: ClassifierSplit | None = N
                  hooks: Sequence[Callable] = ()) -> dict[str, dict]:
   """Model randomisation: DVAE and explainer trained over a randomised classifier, in
   WORKDIR/sanity, to check that explanations depend on what the classifier learned.
-  The config's classifier is re-initialised; a given one has its weights permuted."""
+  sanity_mode 'init': the config's classifier re-initialised (stored untrained); 'head':
+  the classifier's embedding with a random head (`sanity_classifier`, recorded in
+  WORKDIR/sanity/classifier.json like any given classifier, so later runs are checked)."""
   named = [lambda stage, step, state, h=h: h(f'sanity/{stage}', step, state) for h in hooks]
   sdir = os.path.join(workdir, 'sanity')
   stages = ('classifier', 'dvae', 'explainer')
-  if classifier is not None:
-    rand = randomized_split(classifier, stream(config.seed, 'sanity/classifier'))
-    return train(config, sdir, stages, classifier=rand, mesh=mesh, hooks=named)
-  return train(config, sdir, stages, mesh=mesh, hooks=named, random_classifier=True)
+  mesh = parallel.make_mesh() if mesh is None else mesh
+  mode = sanity_mode(config, classifier is not None)
+  check_sanity_workdir(sdir, mode)
+  if mode == 'init':
+    return train(config, sdir, stages, mesh=mesh, hooks=named, random_classifier=True)
+  base = classifier if classifier is not None else trained_split(config, workdir, mesh)
+  rand = sanity_classifier(config, base, data_lib.load(config.data, 'train').images)
+  return train(config, sdir, stages, classifier=rand, mesh=mesh, hooks=named)

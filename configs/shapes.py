@@ -22,8 +22,8 @@ def get_config() -> ml_collections.ConfigDict:
       object_scale=0.7, noise=0.08))  # < 1 / more: the shape is harder to read
 
   c.model = ml_collections.ConfigDict()
-  # Matmul operands of every dense layer: 'float32' or 'bfloat16' (float32 parameters,
-  # accumulation, losses and Fisher statistics; convolutions stay float32). README, Performance.
+  # Matmul operands of c1's and the DVAE's dense layers: 'float32' or 'bfloat16' (float32
+  # parameters, accumulation, losses; c2, g, convolutions and Fisher statistics stay float32).
   c.model.compute_dtype = 'float32'
   c.model.classifier = ml_collections.ConfigDict(dict(
       channels=(16, 16, 32, 32, 64, 64), strides=(1, 2, 1, 2, 1, 2), hidden_dim=128,

@@ -2,9 +2,11 @@
 
 No training logic here. Every size is a module attribute; defaults follow the paper.
 Images are NHWC float32 in [0, 1]. `compute_dtype` ('float32' or 'bfloat16',
-config.model.compute_dtype) is the dtype of the dense layers' matmul operands (layers.Dense:
-float32 parameters, accumulation and outputs); convolutions stay float32 (on XLA:CPU a
-bfloat16 convolution is no faster).
+config.model.compute_dtype) is the dtype of the matmul operands of c1's and the DVAE's dense
+layers (layers.Dense: float32 parameters, accumulation and outputs). Always float32: the
+convolutions (on XLA:CPU a bfloat16 convolution is no faster) and the two functions whose
+Fisher information is measured, c2 and g: f(e + ε) is a small difference of their outputs,
+which bfloat16 rounding of e + ε and of the logits would blur.
 """
 from __future__ import annotations
 
@@ -41,12 +43,11 @@ class C2(nn.Module):
   """Embedding h [B, d] → logits [B, C]: Dropout, Dense(C)."""
   num_classes: int = 2
   dropout: float = 0.5
-  compute_dtype: str = 'float32'
 
   @nn.compact
   def __call__(self, h: Array, train: bool = False) -> Array:
     h = nn.Dropout(self.dropout, deterministic=not train)(h)
-    return Dense(self.num_classes, self.compute_dtype)(h)
+    return nn.Dense(self.num_classes)(h)
 
 
 class Classifier(nn.Module):
@@ -60,7 +61,7 @@ class Classifier(nn.Module):
 
   def setup(self):
     self.c1 = C1(self.channels, self.strides, self.hidden_dim, self.compute_dtype)
-    self.c2 = C2(self.num_classes, self.dropout, self.compute_dtype)
+    self.c2 = C2(self.num_classes, self.dropout)  # float32: its Fisher information is read
 
   def __call__(self, x: Array, train: bool = False) -> Array:
     """Logits [B, C]."""
@@ -136,7 +137,6 @@ class Explainer(nn.Module):
   image_size: int = 64
   channels: Sequence[int] = (256, 128, 64, 32)
   out_channels: int = 3
-  compute_dtype: str = 'float32'
 
   @nn.compact
   def __call__(self, e: Array) -> Array:
@@ -145,7 +145,7 @@ class Explainer(nn.Module):
     if s0 < 1 or s0 * 2**n_up != self.image_size:
       raise ValueError(f'explainer: image_size {self.image_size} is not a multiple of '
                        f'2^{n_up} (one doubling per entry of channels={tuple(self.channels)})')
-    x = nn.relu(Dense(self.channels[0] * s0 * s0, self.compute_dtype)(e))
+    x = nn.relu(nn.Dense(self.channels[0] * s0 * s0)(e))  # float32: see the module doc
     x = x.reshape(e.shape[0], s0, s0, self.channels[0])
     outs = tuple(self.channels[1:]) + (self.out_channels,)
     for i, ch in enumerate(outs):

@@ -144,8 +144,6 @@ def _dvae_out(m, p, x):
                                   compute_dtype=dt), (3, 8, 8, 3), None),
     (lambda dt: models.DVAE(hidden_dim=16, latent_dim=6, hidden=(32, 8), compute_dtype=dt),
      (3, 16), _dvae_out),
-    (lambda dt: models.Explainer(image_size=8, channels=(8, 4), compute_dtype=dt), (3, 16),
-     None),
 ])
 def test_models_in_bfloat16_share_parameters_and_match_float32(make, inputs, out):
   """The switch changes no parameter (checkpoints load either way) and the outputs only at

@@ -40,8 +40,7 @@ def build_models(config) -> tuple[models.Classifier, models.DVAE, models.Explain
   dvae = models.DVAE(hidden_dim=mc.classifier.hidden_dim, latent_dim=mc.dvae.latent_dim,
                      hidden=tuple(mc.dvae.hidden), dropout=mc.dvae.dropout,
                      compute_dtype=dtype)
-  g = models.Explainer(image_size=config.data.image_size, channels=tuple(mc.explainer.channels),
-                       compute_dtype=dtype)
+  g = models.Explainer(image_size=config.data.image_size, channels=tuple(mc.explainer.channels))
   return clf, dvae, g
 
 

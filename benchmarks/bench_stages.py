@@ -44,14 +44,16 @@ STAGES = ('classifier', 'dvae', 'explainer', 'explainer_noreg', 'fisher', 'dvae_
 
 
 def build(stage: str, batch: int, image: int, samples: int, fisher_batch: int,
-          chunk: int | None = None, group: int | None = None):
+          chunk: int | None = None, group: int | None = None, compute_dtype: str = 'float32'):
   """Returns (step(carry, data) -> carry, carry, data): one jitted step, its state, and
   the frozen arrays it reads. Arrays are arguments, never closed over: XLA would fold a
   frozen forward pass over constant inputs at compile time."""
   key = jax.random.key(0)
   x = jax.random.uniform(key, (batch, image, image, 3))
   y = jax.random.randint(jax.random.key(1), (batch,), 0, 2)
-  clf, dvae = models.Classifier(), models.DVAE()
+  # compute_dtype: c1's and the DVAE's dense matmuls (config.model.compute_dtype).
+  clf = models.Classifier(compute_dtype=compute_dtype)
+  dvae = models.DVAE(compute_dtype=compute_dtype)
   g = models.Explainer(image_size=image)
   cp = clf.init(key, x)['params']
   tx = optax.adam(1e-3)
@@ -178,11 +180,13 @@ def add_step_args(ap: argparse.ArgumentParser) -> None:
                   help='perturbations per chunk in the Fisher estimator (0: all at once)')
   ap.add_argument('--fisher_group', type=int, default=2,
                   help='perturbations per unrolled group in the Fisher estimator (0: all)')
+  ap.add_argument('--compute_dtype', choices=('float32', 'bfloat16'), default='float32',
+                  help="matmul operands of c1's and the DVAE's dense layers")
 
 
 def build_from_args(args: argparse.Namespace):
   return build(args.stage, args.batch, args.image, args.samples, args.fisher_batch,
-               args.fisher_chunk or None, args.fisher_group or None)
+               args.fisher_chunk or None, args.fisher_group or None, args.compute_dtype)
 
 
 def main():
@@ -213,6 +217,7 @@ def main():
       'min_step_s': round(min(times), 5), 'max_step_s': round(max(times), 5),
       'compile_s': round(compile_s, 3), 'other_cpu_frac': round(max(other, 0.0), 3),
       'fisher_chunk': args.fisher_chunk, 'fisher_group': args.fisher_group,
+      'compute_dtype': args.compute_dtype,
       'peak_rss_mb': round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
       'peak_device_mb': _peak_device_mb(),
       'jax_version': jax.__version__,

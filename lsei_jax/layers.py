@@ -6,10 +6,12 @@ as their flax.linen counterparts (checkpoints are interchangeable).
   zero-dilated input (measured on the 2-core CPU at batch 64: the 32→32 stride-2 layer's
   forward + backward 70 → 35 ms).
 - `Upsample2x`: nn.ConvTranspose(k=4, s=2, 'SAME') as four stride-1 phase convolutions.
+- `Dense`: nn.Dense, optionally with bfloat16 matmul operands and float32 accumulation
+  (`compute_dtype`, config.model.compute_dtype): mixed precision where it pays on CPU.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
@@ -19,6 +21,24 @@ from jax.custom_derivatives import SymbolicZero
 
 Array = jax.Array
 _DN = ('NHWC', 'HWIO', 'NHWC')
+COMPUTE_DTYPES = ('float32', 'bfloat16')
+
+
+def mixed_matmul(x: Array, kernel: Array, compute_dtype: str = 'float32') -> Array:
+  """x [..., n] @ kernel [n, m] → [..., m] float32.
+
+  'float32': exactly nn.Dense's dot. 'bfloat16': both operands rounded to bfloat16, products
+  accumulated in float32 (preferred_element_type), so only the operands lose precision;
+  on this project's 2-core CPU a large bf16 dot runs ≈ 2× f32, small ones (< ~10⁸ MACs)
+  gain nothing. Reverse mode gives float32 cotangents rounded to bfloat16 at the cast.
+  """
+  dims = (((x.ndim - 1,), (0,)), ((), ()))
+  if compute_dtype == 'float32':
+    return lax.dot_general(x, kernel, dims)
+  if compute_dtype != 'bfloat16':
+    raise ValueError(f'compute_dtype {compute_dtype!r}: expected one of {COMPUTE_DTYPES}')
+  return lax.dot_general(x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16), dims,
+                         preferred_element_type=jnp.float32)
 
 
 def _conv(x: Array, kernel: Array, strides: tuple[int, int]) -> Array:
@@ -135,3 +155,23 @@ class Upsample2x(nn.Module):
     y = jnp.stack(rows, 2)                              # [B, H, 2 (a), W, 2 (b), C]
     b_, h, _, w, _, c = y.shape
     return y.reshape(b_, 2 * h, 2 * w, c) + bias
+
+
+class Dense(nn.Module):
+  """nn.Dense(features) with the matmul in `compute_dtype` (see `mixed_matmul`).
+
+  Same parameters ('kernel' [n, features], 'bias' [features], float32 whatever the compute
+  dtype: the optimizer updates float32 weights), initialisers and, for 'float32', the same
+  outputs as nn.Dense. The output is float32 in both modes, so activations, losses and the
+  Fisher statistics downstream stay float32.
+  """
+  features: int
+  compute_dtype: str = 'float32'
+  kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
+  bias_init: nn.initializers.Initializer = nn.initializers.zeros_init()
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    kernel = self.param('kernel', self.kernel_init, (x.shape[-1], self.features))
+    bias = self.param('bias', self.bias_init, (self.features,))
+    return mixed_matmul(x, kernel, self.compute_dtype) + bias

@@ -1,7 +1,12 @@
 """Flax linen models (docs/method.md §3): the classifier split as c2∘c1, the DVAE, the explainer g.
 
 No training logic here. Every size is a module attribute; defaults follow the paper.
-Images are NHWC float32 in [0, 1].
+Images are NHWC float32 in [0, 1]. `compute_dtype` ('float32' or 'bfloat16',
+config.model.compute_dtype) is the dtype of the matmul operands of c1's and the DVAE's dense
+layers (layers.Dense: float32 parameters, accumulation and outputs). Always float32: the
+convolutions (on XLA:CPU a bfloat16 convolution is no faster) and the two functions whose
+Fisher information is measured, c2 and g: f(e + ε) is a small difference of their outputs,
+which bfloat16 rounding of e + ε and of the logits would blur.
 """
 from __future__ import annotations
 
@@ -11,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lsei_jax.layers import Conv, Upsample2x  # noqa: F401  (Upsample2x: public here too)
+from lsei_jax.layers import Conv, Dense, Upsample2x  # noqa: F401  (Upsample2x: public here too)
 from lsei_jax.relaxed_bernoulli import hard_code, relaxed_bernoulli
 
 Array = jax.Array
@@ -22,6 +27,7 @@ class C1(nn.Module):
   channels: Sequence[int] = (32, 32, 64, 64, 128, 128)
   strides: Sequence[int] = (1, 2, 1, 2, 1, 2)
   hidden_dim: int = 256
+  compute_dtype: str = 'float32'
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -30,7 +36,7 @@ class C1(nn.Module):
       # parameters, with a faster input gradient when strided.
       x = nn.relu(Conv(ch, (3, 3), strides=s, name=f'Conv_{i}')(x))
     x = x.reshape(x.shape[0], -1)
-    return nn.relu(nn.Dense(self.hidden_dim)(x))
+    return nn.relu(Dense(self.hidden_dim, self.compute_dtype)(x))
 
 
 class C2(nn.Module):
@@ -51,10 +57,11 @@ class Classifier(nn.Module):
   hidden_dim: int = 256
   num_classes: int = 2
   dropout: float = 0.5
+  compute_dtype: str = 'float32'
 
   def setup(self):
-    self.c1 = C1(self.channels, self.strides, self.hidden_dim)
-    self.c2 = C2(self.num_classes, self.dropout)
+    self.c1 = C1(self.channels, self.strides, self.hidden_dim, self.compute_dtype)
+    self.c2 = C2(self.num_classes, self.dropout)  # float32: its Fisher information is read
 
   def __call__(self, x: Array, train: bool = False) -> Array:
     """Logits [B, C]."""
@@ -73,11 +80,12 @@ class MLP(nn.Module):
   """Dense stack with ReLU + Dropout between layers and a linear last layer."""
   features: Sequence[int]
   dropout: float = 0.0
+  compute_dtype: str = 'float32'
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
     for i, f in enumerate(self.features):
-      x = nn.Dense(f)(x)
+      x = Dense(f, self.compute_dtype)(x)
       if i < len(self.features) - 1:
         x = nn.Dropout(self.dropout, deterministic=not train)(nn.relu(x))
     return x
@@ -89,10 +97,13 @@ class DVAE(nn.Module):
   latent_dim: int = 32
   hidden: Sequence[int] = (512, 256, 128)
   dropout: float = 0.1
+  compute_dtype: str = 'float32'
 
   def setup(self):
-    self.encoder = MLP(tuple(self.hidden) + (self.latent_dim,), self.dropout)
-    self.decoder = MLP(tuple(reversed(self.hidden)) + (self.hidden_dim,), self.dropout)
+    self.encoder = MLP(tuple(self.hidden) + (self.latent_dim,), self.dropout,
+                       self.compute_dtype)
+    self.decoder = MLP(tuple(reversed(self.hidden)) + (self.hidden_dim,), self.dropout,
+                       self.compute_dtype)
 
   def encode(self, h: Array, train: bool = False) -> Array:
     """Bernoulli logits l [B, K]."""
@@ -134,7 +145,7 @@ class Explainer(nn.Module):
     if s0 < 1 or s0 * 2**n_up != self.image_size:
       raise ValueError(f'explainer: image_size {self.image_size} is not a multiple of '
                        f'2^{n_up} (one doubling per entry of channels={tuple(self.channels)})')
-    x = nn.relu(nn.Dense(self.channels[0] * s0 * s0)(e))
+    x = nn.relu(nn.Dense(self.channels[0] * s0 * s0)(e))  # float32: see the module doc
     x = x.reshape(e.shape[0], s0, s0, self.channels[0])
     outs = tuple(self.channels[1:]) + (self.out_channels,)
     for i, ch in enumerate(outs):

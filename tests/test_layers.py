@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from lsei_jax import models
-from lsei_jax.layers import Conv, Upsample2x, conv2d_same, conv_by_phases
+from lsei_jax.layers import Conv, Dense, Upsample2x, conv2d_same, conv_by_phases
 
 
 def _close(a, b, tol=1e-4):
@@ -84,3 +84,77 @@ def test_upsample2x_equals_conv_transpose_in_value_and_gradients():
   gg = lambda m: jax.grad(lambda p: jnp.sum(jax.grad(f(m), 1)(p, x) ** 2))(p_ref)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4),
                gg(ref), gg(ours))
+
+
+# ----------------------------------------------------------------------------- mixed precision
+def _bf16(a) -> np.ndarray:
+  """a rounded to bfloat16 (round to nearest even), as float64."""
+  return np.asarray(jnp.asarray(a, jnp.float32).astype(jnp.bfloat16), np.float64)
+
+
+def test_dense_float32_is_flax_dense_bit_for_bit():
+  x = jax.random.normal(jax.random.key(0), (5, 7))
+  ref, ours = nn.Dense(3), Dense(3)
+  p = ref.init(jax.random.key(1), x)
+  jax.tree.map(np.testing.assert_array_equal, p, ours.init(jax.random.key(1), x))
+  np.testing.assert_array_equal(ours.apply(p, x), ref.apply(p, x))
+
+
+def test_dense_bfloat16_is_bf16_operands_with_float32_accumulation():
+  """Oracle: the same product in float64 NumPy on the operands rounded to bfloat16."""
+  n = 512  # long sums: a bfloat16 accumulator would be off by ~1e-2 relative
+  x = jax.random.normal(jax.random.key(0), (16, n))
+  m = Dense(8, compute_dtype='bfloat16')
+  p = m.init(jax.random.key(1), x)
+  assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(p))   # float32 parameters
+  k, b = p['params']['kernel'], p['params']['bias'] + 0.25
+  p = {'params': {'kernel': k, 'bias': b}}
+  y = m.apply(p, x)
+  assert y.dtype == jnp.float32
+  oracle = _bf16(x) @ _bf16(k) + np.asarray(b, np.float64)
+  scale = np.abs(oracle).max()
+  # float32 accumulation of 512 products: error ≤ ~n·2⁻²⁴ relative, far below bf16's 2⁻⁸.
+  np.testing.assert_allclose(y, oracle, atol=1e-5 * scale)
+  # ... and it is the bfloat16 computation, not the float32 one (which differs by ~2⁻⁸).
+  exact = np.asarray(x, np.float64) @ np.asarray(k, np.float64) + np.asarray(b, np.float64)
+  assert np.abs(np.asarray(y) - exact).max() > 1e-3 * scale
+  # Gradients: float32 cotangents, rounded to bfloat16 where they leave the bf16 operands.
+  g = jax.random.normal(jax.random.key(2), y.shape)
+  gx, gp = jax.grad(lambda x, p: jnp.sum(m.apply(p, x) * g), (0, 1))(x, p)
+  g64 = np.asarray(g, np.float64)
+  np.testing.assert_allclose(gx, _bf16(g64 @ _bf16(k).T), rtol=2**-7, atol=1e-6)
+  np.testing.assert_allclose(gp['params']['kernel'], _bf16(_bf16(x).T @ g64), rtol=2**-7,
+                             atol=1e-6)
+  np.testing.assert_allclose(gp['params']['bias'], g64.sum(0), rtol=1e-5)
+
+
+def test_compute_dtype_unknown_is_refused():
+  with pytest.raises(ValueError, match='compute_dtype'):
+    Dense(2, compute_dtype='float16').init(jax.random.key(0), jnp.ones((1, 3)))
+
+
+def _dvae_out(m, p, x):
+  """Encoder logits and the decoder on a fixed code (the hard code z could flip a bit)."""
+  z = (x[:, :6] > 0.5).astype(jnp.float32)
+  return jnp.concatenate([m.apply(p, x, method='encode'), m.apply(p, z, method='decode')], 1)
+
+
+@pytest.mark.parametrize('make,inputs,out', [
+    (lambda dt: models.Classifier(channels=(4, 8), strides=(1, 2), hidden_dim=16,
+                                  compute_dtype=dt), (3, 8, 8, 3), None),
+    (lambda dt: models.DVAE(hidden_dim=16, latent_dim=6, hidden=(32, 8), compute_dtype=dt),
+     (3, 16), _dvae_out),
+])
+def test_models_in_bfloat16_share_parameters_and_match_float32(make, inputs, out):
+  """The switch changes no parameter (checkpoints load either way) and the outputs only at
+  bfloat16 precision: within 2⁻⁶ of the output scale after a few layers."""
+  x = jax.random.uniform(jax.random.key(0), inputs)
+  f32, b16 = make('float32'), make('bfloat16')
+  p = f32.init(jax.random.key(1), x)
+  jax.tree.map(np.testing.assert_array_equal, p, b16.init(jax.random.key(1), x))
+  out = out or (lambda m, p, x: m.apply(p, x))
+  y32, y16 = np.asarray(out(f32, p, x)), np.asarray(out(b16, p, x))
+  assert y16.dtype == np.float32
+  scale = np.abs(y32).max()
+  np.testing.assert_allclose(y16, y32, atol=2**-6 * scale)
+  assert not np.array_equal(y16, y32)

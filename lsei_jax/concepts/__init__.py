@@ -17,6 +17,7 @@ and a `model.<kind>` config section.
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from typing import Callable, Protocol
 
@@ -76,10 +77,15 @@ def section(config, kind: str | None = None):
 
 
 def build(config, embed_dim: int, kind: str | None = None) -> ConceptLearner:
-  """The configured learner for embeddings of width embed_dim (d)."""
+  """The configured learner for embeddings of width embed_dim (d); a learner whose module
+  has dense layers with a `compute_dtype` (the DVAE) gets config.model.compute_dtype."""
   kind = kind or kind_of(config)
-  return importlib.import_module(KINDS[kind]).Learner.from_config(section(config, kind),
-                                                                   embed_dim)
+  learner = importlib.import_module(KINDS[kind]).Learner.from_config(section(config, kind),
+                                                                      embed_dim)
+  dtype = config.model.get('compute_dtype', 'float32')
+  if dtype != 'float32' and hasattr(learner.module, 'compute_dtype'):
+    learner = dataclasses.replace(learner, module=learner.module.clone(compute_dtype=dtype))
+  return learner
 
 
 def signature(config) -> dict:

@@ -103,7 +103,7 @@ def build(config, num_attributes: int | None = None, embed_dim: int | None = Non
     pc = config.model.probe
     probe = models.Classifier(channels=tuple(pc.channels), strides=tuple(pc.strides),
                               hidden_dim=pc.hidden_dim, num_classes=num_attributes,
-                              dropout=0.0)
+                              dropout=0.0, compute_dtype=steps.compute_dtype(config))
   clf, _, g = steps.build_models(config)
   learner = concepts.build(config, config.model.classifier.hidden_dim if embed_dim is None
                            else embed_dim)

@@ -60,6 +60,11 @@ def stage_signature(config, stage: str) -> dict:
     _flatten(name, _section(config, name), sig)
   for key in HARMLESS:
     sig.pop(key, None)
+  # Every stage's dense layers compute in it. Recorded only when not float32, so that
+  # float32 checkpoints written before the field existed keep loading.
+  dtype = config.model.get('compute_dtype', 'float32')
+  if dtype != 'float32':
+    sig['model.compute_dtype'] = dtype
   if stage == 'explainer_noreg':
     for key in _UNUSED_NOREG:
       sig.pop(key, None)

@@ -24,16 +24,22 @@ Array = jax.Array
 TrainState = train_state.TrainState
 
 
+def compute_dtype(config) -> str:
+  """config.model.compute_dtype: the dense layers' matmul dtype ('float32' when absent)."""
+  return config.model.get('compute_dtype', 'float32')
+
+
 def build_models(config) -> tuple[models.Classifier, models.DVAE, models.Explainer]:
   """The three modules from `config.model` (+ data image size)."""
-  mc = config.model
+  mc, dtype = config.model, compute_dtype(config)
   clf = models.Classifier(channels=tuple(mc.classifier.channels),
                           strides=tuple(mc.classifier.strides),
                           hidden_dim=mc.classifier.hidden_dim,
                           num_classes=mc.classifier.num_classes,
-                          dropout=mc.classifier.dropout)
+                          dropout=mc.classifier.dropout, compute_dtype=dtype)
   dvae = models.DVAE(hidden_dim=mc.classifier.hidden_dim, latent_dim=mc.dvae.latent_dim,
-                     hidden=tuple(mc.dvae.hidden), dropout=mc.dvae.dropout)
+                     hidden=tuple(mc.dvae.hidden), dropout=mc.dvae.dropout,
+                     compute_dtype=dtype)
   g = models.Explainer(image_size=config.data.image_size, channels=tuple(mc.explainer.channels))
   return clf, dvae, g
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lsei_jax import concepts
+from lsei_jax import concepts, layers
 from lsei_jax.training import steps
 from lsei_jax.errors import UserError
 
@@ -41,6 +41,10 @@ def check_config(config) -> None:
   if config.explainer.get('fisher_every', 1) < 1:
     raise UserError(f'config.explainer.fisher_every must be ≥ 1 (1 = every step), got '
                     f'{config.explainer.fisher_every}')
+  dtype = config.model.get('compute_dtype', 'float32')
+  if dtype not in layers.COMPUTE_DTYPES:
+    raise UserError(f'config.model.compute_dtype must be one of '
+                    f'{", ".join(map(repr, layers.COMPUTE_DTYPES))}, got {dtype!r}')
   if config.explainer.get('similarity', 'cosine') not in ('cosine', 'dot'):
     raise UserError(f"config.explainer.similarity must be 'cosine' or 'dot', got "
                     f'{config.explainer.similarity!r}')

@@ -109,7 +109,8 @@ def _ranks(x: np.ndarray) -> np.ndarray:
 
 def sanity_summary(trained: list[dict], randomized: list[dict],
                    threshold: float = 0.5, min_shift: float = 0.01) -> dict:
-  """Compares the bias reports of the trained and the randomised classifier.
+  """Compares the explainer's views (reliance_report rows) of the trained and the randomised
+  classifier, each with its own DVAE and explainer (Adebayo et al.'s model randomisation).
 
   rank_correlation: Spearman correlation of |shift| per attribute across the two reports.
   The explanation is flagged as not depending on the model when that correlation exceeds

@@ -323,8 +323,13 @@ def compute(config, workdir: str, *, classifier: ClassifierSplit | None = None, 
     s_stages = load_stages(config, sdir, mods, mesh, ['dvae', 'explainer'], s_ident)
     s_out = _explain(config, s_split, mods, mesh, s_stages['dvae'][0].params, test, mask,
                      'sanity test')
-    s_report = verdict(s_out['logits'])
-    result['sanity'] = bias.sanity_summary(result['bias_report'], s_report,
+    # What the randomisation tests is the explanation the DVAE and g produce (the explainer's
+    # view), read by the same probes. The verdict needs no such check: it is computed from
+    # the classifier's own predictions, so a random classifier changes it by construction.
+    s_probs = _probe(config, mods, mesh, s_stages['explainer'][0].params, probe_p, test,
+                     s_out['hhat'], s_out['hhat_masked'], 'sanity probes')
+    s_report = report(s_probs, s_out['logits_hat'], s_out['logits_masked'])
+    result['sanity'] = bias.sanity_summary(result['intervention_report'], s_report,
                                            config.sanity.warn_rank_correlation)
     result['sanity']['random_accuracy'] = float(metrics.accuracy(s_out['logits'], labels))
     result['sanity']['randomized'] = mode

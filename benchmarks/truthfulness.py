@@ -363,9 +363,11 @@ def todo_cells(cells: list[dict], lines: list[dict], shard: tuple[int, int] = (0
   return [g for g in groups if g]
 
 
-def read_lines(out_dir: str) -> list[dict]:
+def read_lines(out: str) -> list[dict]:
+  """The lines of a JSON-lines file, or of a folder's cells*.jsonl (what runs write)."""
   lines = []
-  for path in sorted(glob.glob(os.path.join(out_dir, '*.jsonl'))):
+  paths = [out] if out.endswith('.jsonl') else sorted(glob.glob(os.path.join(out, 'cells*.jsonl')))
+  for path in paths:
     with open(path) as f:
       lines += [json.loads(l) for l in f if l.strip()]
   return lines
@@ -373,7 +375,8 @@ def read_lines(out_dir: str) -> list[dict]:
 
 def main(argv=None) -> None:
   ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  ap.add_argument('--out', default='runs/truthfulness', help='folder of JSON-lines files')
+  ap.add_argument('--out', default='runs/truthfulness',
+                  help='folder of cells*.jsonl files (with --table also one .jsonl file)')
   ap.add_argument('--shard', default='0/1', help='i/n: run every n-th cell from the i-th')
   ap.add_argument('--base', default='small', help='config the cells derive from')
   ap.add_argument('--ci', action='store_true', help='one tiny cell (what CI runs)')
@@ -390,6 +393,9 @@ def main(argv=None) -> None:
   bad = [l for l in learners if l not in LEARNERS]
   if bad or not learners:
     raise SystemExit(f'--learners: unknown {bad or "(none)"}; known: {",".join(LEARNERS)}')
+  if not args.table and args.out.endswith('.jsonl'):
+    raise SystemExit('--out: runs write cells.<shard>.jsonl into a folder; give a folder '
+                     '(a .jsonl file is read with --table only)')
   if not args.table:
     import jax  # pylint: disable=g-import-not-at-top
     jax.config.update('jax_compilation_cache_dir', args.cache)
@@ -422,7 +428,9 @@ def main(argv=None) -> None:
     summary = summarize(lines)
     print(f'{len(lines)} cells')
     print(format_table(summary))
-  with open(os.path.join(args.out, 'summary.json'), 'w') as f:
+  path = (os.path.splitext(args.out)[0] + '_summary.json' if args.out.endswith('.jsonl')
+          else os.path.join(args.out, 'summary.json'))
+  with open(path, 'w') as f:
     json.dump(summary, f, indent=2)
 
 

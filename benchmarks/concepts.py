@@ -2,12 +2,14 @@
 autoencoder at the DVAE's L0, and NMF, over several seeds.
 
   python benchmarks/concepts.py --config configs/shapes.py --workdir /tmp/concepts \
-      [--seeds 0 1 2] [--kinds dvae topk_sae nmf] [--steps 1500] [--out concepts.json]
+      [--seeds 0 1 2] [--kinds dvae topk_sae nmf] [--steps 1500] [--out concepts.json] \
+      [--set model.topk_sae.b_dec_init=zeros ...]
 
 Trains the config's classifier once (WORKDIR/classifier), then for each seed and learner
 its concept stage on that classifier, given as a ClassifierSplit so that only the
 learner's seed changes (WORKDIR/<kind>_s<seed>), the DVAE first: the TopK
-SAE's k is the DVAE's mean number of bits on (rounded, ≥ 1; matched L0). NMF has no L0
+SAE's k is the DVAE's mean number of bits on (rounded, ≥ 1; matched L0; without the DVAE
+in --kinds, the config's k). NMF has no L0
 knob: its L0 is reported as found. Per run it prints one JSON line with Table 1's figures
 (accuracy, accuracy on ĥ, agreement, % change under toggle-all) and the concept metrics
 (evaluation.concept_evaluation); then per learner mean ± std over seeds, the stability of
@@ -17,6 +19,7 @@ Markdown table. Writes everything to --out as JSON.
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib.util
 import itertools
 import json
@@ -49,6 +52,24 @@ def load_config(path: str):
   return mod.get_config()
 
 
+def set_field(config, item: str) -> None:
+  """Applies 'a.b.c=value' to config (value: a Python literal, else the string)."""
+  field, sep, raw = item.partition('=')
+  if not sep:
+    raise SystemExit(f'--set {item!r}: expected FIELD=VALUE')
+  try:
+    value = ast.literal_eval(raw)
+  except (ValueError, SyntaxError):
+    value = raw
+  *parents, last = field.split('.')
+  node = config
+  for p in parents:
+    node = node[p]
+  if last not in node:
+    raise SystemExit(f'--set: config has no field {field!r}')
+  node[last] = value
+
+
 def get(d: dict, path) -> float:
   for k in path:
     d = d[k]
@@ -77,8 +98,13 @@ def main(argv=None) -> dict:
   ap.add_argument('--kinds', nargs='+', default=['dvae', 'topk_sae', 'nmf'])
   ap.add_argument('--steps', type=int, default=0, help='concept stage steps (0: config)')
   ap.add_argument('--out', default='')
+  ap.add_argument('--set', action='append', default=[], metavar='FIELD=VALUE',
+                  help='override a config field (VALUE parsed as a Python literal, else a '
+                       'string), e.g. model.topk_sae.dead_steps=32')
   args = ap.parse_args(argv)
   config = load_config(args.config)
+  for item in args.set:
+    set_field(config, item)
   if args.steps:
     config.dvae.steps = args.steps
   mesh = parallel.make_mesh()
@@ -112,7 +138,7 @@ def main(argv=None) -> dict:
     lines.append(f'| {kind} | ' + ' | '.join(f'{s[l]["mean"]:.3g} ± {s[l]["std"]:.2g}'
                                              for l in labels) + ' |')
   print('\n'.join(lines))
-  out = {'config': args.config, 'seeds': args.seeds, 'steps': config.dvae.steps,
+  out = {'config': args.config, 'seeds': args.seeds, 'steps': config.dvae.steps, 'set': args.set,
          'runs': runs, 'summary': summary, 'table': lines}
   if args.out:
     with open(args.out, 'w') as f:

@@ -32,10 +32,19 @@ Methods (all on the same trained stages of a cell):
                   least 0.05 (lines written before the rows were stored: with the bound
                   s.e. ≤ 1/√N, which is within 0.3% of the exact one at N = 1024)
 
+Concept learners (--learners dvae,topk_sae,nmf; lsei_jax.concepts): a cell is (data, seed,
+learner). The learners of one (data, seed) share one trained classifier (trained for the
+first, its checkpoint copied into the others' workdirs), so they explain the same model
+against the same truth. The methods that read the learner's code are the explainer-view
+ones (LEARNER_METHODS); tcav and prediction_association read only the classifier and are
+the same for every learner (computed once per classifier, copied into each line).
+
 Usage (resumable: one JSON line per finished cell; finished cells are skipped):
   python benchmarks/truthfulness.py --out runs/truthfulness            # the full grid
   python benchmarks/truthfulness.py --out runs/truthfulness --shard 0/4   # a quarter of it
   python benchmarks/truthfulness.py --out runs/truthfulness --table    # the table only
+  python benchmarks/truthfulness.py --out runs/learners --learners dvae,topk_sae,nmf \
+      --spurious color,background --rhos 0.9,1.0 --difficulty hard --seeds 0   # a sub-grid
 """
 from __future__ import annotations
 
@@ -62,17 +71,36 @@ DIFFICULTY = {'easy': (1.0, 0.04), 'hard': (0.7, 0.08)}
 SEEDS = (0, 1, 2)
 METHODS = ('flip_all', 'per_bit', 'tcav', 'gated', 'balanced', 'balanced_gated',
            'balanced_gated_decisive', 'prediction_association')
+LEARNERS = ('dvae', 'topk_sae', 'nmf')
+# Methods that read the concept learner's code (the rest read only the classifier).
+LEARNER_METHODS = ('flip_all', 'per_bit', 'gated', 'balanced', 'balanced_gated',
+                   'balanced_gated_decisive')
+# Parts of a line that depend only on the cell's classifier: shared by its learners.
+SHARED = ('accuracy', 'tcav', 'association', 'association_rows', 'reliance')
 
 
-def grid(ci: bool = False) -> list[dict]:
+def grid(ci: bool = False, learners=('dvae',), spurious=SPURIOUS, rhos=RHOS,
+         difficulty=tuple(DIFFICULTY), seeds=SEEDS) -> list[dict]:
+  """The cells, the learners of one (data, seed) next to each other (they share its
+  classifier)."""
   if ci:
-    return [dict(spurious='color', rho=1.0, difficulty='hard', seed=0)]
-  return [dict(spurious=s, rho=r, difficulty=d, seed=k)
-          for s, r, d, k in itertools.product(SPURIOUS, RHOS, DIFFICULTY, SEEDS)]
+    return [dict(spurious='color', rho=1.0, difficulty='hard', seed=0, learner=l)
+            for l in learners]
+  return [dict(spurious=s, rho=r, difficulty=d, seed=k, learner=l)
+          for s, r, d, k, l in itertools.product(spurious, rhos, difficulty, seeds, learners)]
+
+
+def base_key(cell: dict) -> str:
+  """The cell's data and seed: what its classifier depends on."""
+  return f'{cell["spurious"]}-rho{cell["rho"]}-{cell["difficulty"]}-s{cell["seed"]}'
+
+
+def learner_of(cell: dict) -> str:
+  return cell.get('learner', 'dvae')  # lines written before the learner dimension: the DVAE
 
 
 def cell_key(cell: dict) -> str:
-  return f'{cell["spurious"]}-rho{cell["rho"]}-{cell["difficulty"]}-s{cell["seed"]}'
+  return f'{base_key(cell)}-{learner_of(cell)}'
 
 
 def cell_config(cell: dict, base: str = 'small'):
@@ -92,6 +120,7 @@ def cell_config(cell: dict, base: str = 'small'):
     c.explainer.balance = c.probe.balance = False    # the biased variant; see _balanced
     c.sanity.enabled = False
     c.log_every = 10**6
+    c.model.concepts.kind = learner_of(cell)   # each learner at the base config's sizes
   return c
 
 
@@ -103,8 +132,14 @@ def _balanced(config):
   return c
 
 
-def run_cell(cell: dict, workdir: str, base: str = 'small') -> dict:
-  """Trains the cell's stages (both variants of g and the probes) and returns its JSON line."""
+def run_cell(cell: dict, workdir: str, base: str = 'small', classifier_from: str | None = None,
+             shared: dict | None = None) -> dict:
+  """Trains the cell's stages (both variants of g and the probes) and returns its JSON line.
+
+  classifier_from: a finished classifier checkpoint folder of the same (data, seed) (another
+  learner's cell) to reuse instead of training one; shared: that cell's line, whose
+  classifier-only parts (SHARED) are copied instead of computed again.
+  """
   import jax  # pylint: disable=g-import-not-at-top
   from lsei_jax.reporting import bias, crosscheck, evaluation  # pylint: disable=g-import-not-at-top
   from lsei_jax.training import parallel, pipeline  # pylint: disable=g-import-not-at-top
@@ -112,6 +147,9 @@ def run_cell(cell: dict, workdir: str, base: str = 'small') -> dict:
   t0 = time.time()
   config = cell_config(cell, base)
   wd, wd_bal = os.path.join(workdir, 'biased'), os.path.join(workdir, 'balanced')
+  if classifier_from is not None and not os.path.isdir(os.path.join(wd, 'classifier')):
+    # The classifier's signature has no concept-learner field: the copy loads as complete.
+    shutil.copytree(classifier_from, os.path.join(wd, 'classifier'))
   pipeline.train(config, wd)
   for stage in ('classifier', 'dvae'):            # the same classifier and DVAE
     if not os.path.isdir(os.path.join(wd_bal, stage)):
@@ -162,6 +200,10 @@ def run_cell(cell: dict, workdir: str, base: str = 'small') -> dict:
           'old_report': {r['attribute']: [r['shift'], r['ci_low'], r['ci_high']] for r in old}}
     line[f'{variant}/probe_accuracy_real'] = probe_acc_real
     line[f'{variant}/probe_accuracy_generated'] = probe_acc_gen
+  if shared is not None:
+    line.update({k: shared[k] for k in SHARED})
+    line['seconds'] = {'train': t_train, 'total': time.time() - t0}
+    return line
   line['tcav'] = crosscheck.tcav_entries(jax.random.key(config.seed + 7),
                                          lambda e: mods.classifier.apply({'params': clf_p}, e,
                                                                          method='head'),
@@ -281,9 +323,51 @@ def format_table(summary: dict) -> str:
   return '\n'.join(rows)
 
 
-def read_lines(out_dir: str) -> list[dict]:
+def by_learner(lines: list[dict]) -> dict[str, list[dict]]:
+  """{learner: its lines}, restricted to the (data, seed) cells every learner finished, so
+  that the learners are compared on the same classifiers."""
+  groups: dict[str, list[dict]] = {}
+  for line in lines:
+    groups.setdefault(learner_of(line), []).append(line)
+  common = set.intersection(*({base_key(l) for l in g} for g in groups.values())) if groups \
+      else set()
+  order = [l for l in LEARNERS if l in groups] + sorted(set(groups) - set(LEARNERS))
+  return {k: [l for l in groups[k] if base_key(l) in common] for k in order}
+
+
+def format_learner_table(summaries: dict[str, dict]) -> str:
+  """One row per (method, learner); the methods that read only the classifier (tcav,
+  prediction_association) get one row, the same for every learner."""
+  f = lambda v: '—' if v is None else f'{v:.2f}'
+  rows = ['| method | learner | median Spearman | (raw) | precision | recall '
+          '| recall (reliance > 0.25) | FPR (unused) |', '|---|---|---|---|---|---|---|---|']
+  first = next(iter(summaries))
+  for m in METHODS:
+    learners = list(summaries) if m in LEARNER_METHODS else [first]
+    for k in learners:
+      s = summaries[k][m]
+      who = k if m in LEARNER_METHODS else 'any (classifier only)'
+      rows.append(f'| {m} | {who} | {f(s["median_spearman"])} | {f(s["median_spearman_raw"])} '
+                  f'| {f(s["precision"])} | {f(s["recall"])} '
+                  f'| {f(s["recall_strong"])} | {f(s["fpr_unused"])} |')
+  return '\n'.join(rows)
+
+
+def todo_cells(cells: list[dict], lines: list[dict], shard: tuple[int, int] = (0, 1)
+               ) -> list[list[dict]]:
+  """The unfinished cells of this shard, grouped by (data, seed) in grid order (a group
+  shares one classifier); shards split the (data, seed) groups, never a group."""
+  done = {cell_key(l) for l in lines}
+  bases = list(dict.fromkeys(base_key(c) for c in cells))[shard[0]::shard[1]]
+  groups = [[c for c in cells if base_key(c) == b and cell_key(c) not in done] for b in bases]
+  return [g for g in groups if g]
+
+
+def read_lines(out: str) -> list[dict]:
+  """The lines of a JSON-lines file, or of a folder's cells*.jsonl (what runs write)."""
   lines = []
-  for path in sorted(glob.glob(os.path.join(out_dir, '*.jsonl'))):
+  paths = [out] if out.endswith('.jsonl') else sorted(glob.glob(os.path.join(out, 'cells*.jsonl')))
+  for path in paths:
     with open(path) as f:
       lines += [json.loads(l) for l in f if l.strip()]
   return lines
@@ -291,34 +375,62 @@ def read_lines(out_dir: str) -> list[dict]:
 
 def main(argv=None) -> None:
   ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  ap.add_argument('--out', default='runs/truthfulness', help='folder of JSON-lines files')
+  ap.add_argument('--out', default='runs/truthfulness',
+                  help='folder of cells*.jsonl files (with --table also one .jsonl file)')
   ap.add_argument('--shard', default='0/1', help='i/n: run every n-th cell from the i-th')
   ap.add_argument('--base', default='small', help='config the cells derive from')
   ap.add_argument('--ci', action='store_true', help='one tiny cell (what CI runs)')
   ap.add_argument('--table', action='store_true', help='only print the table of --out')
   ap.add_argument('--cache', default=os.path.join(tempfile.gettempdir(), 'lsei_jax_truth_jit'))
+  ap.add_argument('--learners', default='dvae', help=f'comma-separated, of {",".join(LEARNERS)}')
+  ap.add_argument('--spurious', default=','.join(SPURIOUS), help='sub-grid: spurious attributes')
+  ap.add_argument('--rhos', default=','.join(map(str, RHOS)), help='sub-grid: values of ρ')
+  ap.add_argument('--difficulty', default=','.join(DIFFICULTY), help='sub-grid: easy, hard')
+  ap.add_argument('--seeds', default=','.join(map(str, SEEDS)), help='sub-grid: seeds')
   args = ap.parse_args(argv)
+  split = lambda v: [x for x in v.split(',') if x]
+  learners = split(args.learners)
+  bad = [l for l in learners if l not in LEARNERS]
+  if bad or not learners:
+    raise SystemExit(f'--learners: unknown {bad or "(none)"}; known: {",".join(LEARNERS)}')
+  if not args.table and args.out.endswith('.jsonl'):
+    raise SystemExit('--out: runs write cells.<shard>.jsonl into a folder; give a folder '
+                     '(a .jsonl file is read with --table only)')
   if not args.table:
     import jax  # pylint: disable=g-import-not-at-top
     jax.config.update('jax_compilation_cache_dir', args.cache)
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
     i, n = (int(x) for x in args.shard.split('/'))
     os.makedirs(args.out, exist_ok=True)
-    done = {l['cell'] for l in read_lines(args.out)}
-    todo = [c for c in grid(args.ci)[i::n] if cell_key(c) not in done]
-    for cell in todo:
+    cells = grid(args.ci, learners, split(args.spurious), [float(r) for r in split(args.rhos)],
+                 split(args.difficulty), [int(k) for k in split(args.seeds)])
+    for group in todo_cells(cells, read_lines(args.out), (i, n)):
       with tempfile.TemporaryDirectory() as wd:
-        line = run_cell(cell, wd, args.base)
-      with open(os.path.join(args.out, f'cells.{i}.jsonl'), 'a') as f:
-        f.write(json.dumps(line) + '\n')
-      rel = {k: round(v['flip_rate'], 2) for k, v in line['reliance'].items()}
-      print(f'{line["cell"]}: acc {line["accuracy"]:.3f} reliance {rel} '
-            f'({line["seconds"]["total"]:.0f} s)', flush=True)
+        clf, first = None, None     # the group's classifier, trained with its first cell
+        for cell in group:
+          line = run_cell(cell, os.path.join(wd, learner_of(cell)), args.base, clf, first)
+          if first is None:
+            clf = os.path.join(wd, learner_of(cell), 'biased', 'classifier')
+            first = line
+          with open(os.path.join(args.out, f'cells.{i}.jsonl'), 'a') as f:
+            f.write(json.dumps(line) + '\n')
+          rel = {k: round(v['flip_rate'], 2) for k, v in line['reliance'].items()}
+          print(f'{line["cell"]}: acc {line["accuracy"]:.3f} reliance {rel} '
+                f'({line["seconds"]["total"]:.0f} s)', flush=True)
   lines = read_lines(args.out)
-  summary = summarize(lines)
-  print(f'{len(lines)} cells')
-  print(format_table(summary))
-  with open(os.path.join(args.out, 'summary.json'), 'w') as f:
+  groups = by_learner(lines)
+  if len(groups) > 1:
+    summaries = {k: summarize(v) for k, v in groups.items()}
+    print(f'{len(next(iter(groups.values())))} cells per learner (those every learner finished)')
+    print(format_learner_table(summaries))
+    summary = {'by_learner': summaries}
+  else:
+    summary = summarize(lines)
+    print(f'{len(lines)} cells')
+    print(format_table(summary))
+  path = (os.path.splitext(args.out)[0] + '_summary.json' if args.out.endswith('.jsonl')
+          else os.path.join(args.out, 'summary.json'))
+  with open(path, 'w') as f:
     json.dump(summary, f, indent=2)
 
 

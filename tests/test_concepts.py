@@ -96,6 +96,74 @@ def test_sae_auxiliary_loss_only_trains_dead_latents():
   assert float(no_dead['aux']) == pytest.approx(1.0)  # ê = 0: the residual unexplained
 
 
+def test_sae_steps_since_fired_on_a_hand_made_sequence():
+  fired = np.array([[1, 0, 0], [0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 0]], bool)  # steps × K
+  want = np.array([[0, 1, 1], [1, 2, 2], [0, 3, 3], [1, 0, 4], [2, 1, 5]])
+  count = jnp.zeros(3, jnp.int32)
+  for f, w in zip(fired, want):
+    count = topk_sae.update_steps_since_fired(count, jnp.asarray(f))
+    np.testing.assert_array_equal(np.asarray(count), w)
+  # Dead for 3 steps: only the latent silent since the start; dead_steps=1: silent now.
+  np.testing.assert_array_equal(np.asarray(topk_sae.dead_latents(count, 3)), [False, False, True])
+  np.testing.assert_array_equal(np.asarray(topk_sae.dead_latents(count, 1)), [True, True, True])
+  np.testing.assert_array_equal(np.asarray(topk_sae.dead_latents(count, 6)), [False] * 3)
+
+
+def test_sae_data_centre():
+  rng = np.random.default_rng(0)
+  h = rng.normal(size=(16, 5)).astype(np.float32)
+  np.testing.assert_allclose(topk_sae.data_centre(jnp.asarray(h), 'mean'), h.mean(0), rtol=1e-6)
+  # Collinear points: the geometric median is the 1-D median, not pulled by the outlier.
+  line = jnp.asarray([[0.0, 0.0], [1.0, 0.0], [2.0, 0.0], [3.0, 0.0], [100.0, 0.0]])
+  np.testing.assert_allclose(topk_sae.data_centre(line, 'median'), [2.0, 0.0], atol=1e-3)
+  # Over devices (psum of the sums): the same as on the whole batch.
+  mesh = parallel.make_mesh()
+  for how in ('mean', 'median'):
+    f = jax.shard_map(lambda x, how=how: topk_sae.data_centre(x, how, parallel.AXIS), mesh=mesh,
+                      in_specs=parallel.P(parallel.AXIS), out_specs=parallel.P(), check_vma=False)
+    np.testing.assert_allclose(f(jnp.asarray(h)), topk_sae.data_centre(jnp.asarray(h), how),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_sae_step_sets_b_dec_from_the_first_batch_and_counts_silent_steps():
+  config = _config('topk_sae')
+  config.model.topk_sae.update(b_dec_init='mean', dead_steps=2)
+  learner = concepts.build(config, 8)
+  cfg = config.dvae.copy_and_resolve_references()
+  with cfg.unlocked():
+    cfg.learning_rate = 0.0   # params move only by the b_dec start
+  mesh = parallel.make_mesh()
+  rng = np.random.default_rng(0)
+  # 4 rows (one per device), k = 2 of K = 12: at most 8 latents fire on a batch.
+  h1, h2 = (jnp.asarray(rng.normal(size=(4, 8)) + 3.0, jnp.float32) for _ in range(2))
+  state = parallel.replicate(
+      pipeline.concept_state(learner, learner.module, jax.random.key(0), h1[:1], cfg), mesh)
+  assert isinstance(state, topk_sae.SAEState)
+  step = parallel.data_parallel_step(learner.make_step(cfg), mesh)
+  state, m = step(state, {'h': h1}, jax.random.key(0))
+  np.testing.assert_allclose(state.params['b_dec'], np.asarray(h1).mean(0), rtol=1e-5)
+  fired1 = np.asarray(learner.encode(state.params, h1) > 0).any(0)
+  np.testing.assert_array_equal(np.asarray(state.steps_since_fired), ~fired1)
+  assert float(m['dead_fraction']) == 0.0          # nothing silent for 2 steps yet
+  state, m = step(state, {'h': h2}, jax.random.key(1))
+  np.testing.assert_allclose(state.params['b_dec'], np.asarray(h1).mean(0), rtol=1e-5)  # kept
+  fired2 = np.asarray(learner.encode(state.params, h2) > 0).any(0)
+  want = np.where(fired2, 0, np.where(fired1, 1, 2))
+  np.testing.assert_array_equal(np.asarray(state.steps_since_fired), want)
+  assert float(m['dead_fraction']) == pytest.approx(np.mean(want >= 2))
+  assert np.mean(want >= 2) >= 4 / 12
+
+
+def test_sae_refuses_bad_dead_latent_settings():
+  config = _config('topk_sae')
+  config.model.topk_sae.dead_steps = 0
+  with pytest.raises(ValueError, match='dead_steps=0 must be ≥ 1'):
+    concepts.build(config, 4)
+  config.model.topk_sae.update(dead_steps=1, b_dec_init='median_of_means')
+  with pytest.raises(ValueError, match="b_dec_init='median_of_means'; known: zeros, mean, median"):
+    concepts.build(config, 4)
+
+
 @pytest.mark.parametrize('kind', ['dvae', 'topk_sae', 'nmf'])
 def test_learner_trains_through_the_data_parallel_step(kind):
   config = _config(kind)
@@ -107,7 +175,8 @@ def test_learner_trains_through_the_data_parallel_step(kind):
   cfg = config.dvae.copy_and_resolve_references()
   with cfg.unlocked():
     cfg.learning_rate = 1e-2
-  state = parallel.replicate(pipeline._init(learner.module, jax.random.key(0), h[:1], cfg), mesh)
+  state = parallel.replicate(
+      pipeline.concept_state(learner, learner.module, jax.random.key(0), h[:1], cfg), mesh)
   step = parallel.data_parallel_step(learner.make_step(cfg), mesh)
   losses = []
   for i in range(30):

@@ -46,3 +46,39 @@ def test_scoring_against_a_known_truth():
   s = truthfulness.summarize([line], ['prediction_association'])['prediction_association']
   assert s['median_spearman'] == pytest.approx(1.0)
   assert s['precision'] == s['recall'] == s['recall_strong'] == 1.0 and s['fpr_unused'] == 0.0
+
+
+def test_learner_dimension_keys_groups_and_resume():
+  cells = truthfulness.grid(learners=('dvae', 'nmf'), spurious=('color',), rhos=(0.9, 1.0),
+                            difficulty=('hard',), seeds=(0,))
+  assert [truthfulness.cell_key(c) for c in cells] == [
+      'color-rho0.9-hard-s0-dvae', 'color-rho0.9-hard-s0-nmf',
+      'color-rho1.0-hard-s0-dvae', 'color-rho1.0-hard-s0-nmf']
+  # A line written before the learner dimension (no 'learner') is the DVAE's.
+  old = dict(spurious='color', rho=0.9, difficulty='hard', seed=0, cell='color-rho0.9-hard-s0')
+  assert truthfulness.cell_key(old) == 'color-rho0.9-hard-s0-dvae'
+  groups = truthfulness.todo_cells(cells, [old])
+  assert [[truthfulness.cell_key(c) for c in g] for g in groups] == [
+      ['color-rho0.9-hard-s0-nmf'], ['color-rho1.0-hard-s0-dvae', 'color-rho1.0-hard-s0-nmf']]
+  # Shards split (data, seed) groups, never the learners of one classifier.
+  assert [[c['learner'] for c in g] for g in truthfulness.todo_cells(cells, [], (1, 2))] == [
+      ['dvae', 'nmf']]
+  assert truthfulness.todo_cells(cells, [dict(c) for c in cells]) == []
+
+
+def test_learner_table_compares_learners_on_common_cells():
+  lines = [dict(spurious='color', rho=r, difficulty='hard', seed=0, learner=l)
+           for r, l in [(0.9, 'nmf'), (0.9, 'dvae'), (1.0, 'dvae'), (0.9, 'topk_sae')]]
+  groups = truthfulness.by_learner(lines)
+  assert list(groups) == ['dvae', 'topk_sae', 'nmf']       # LEARNERS order
+  assert all([l['rho'] for l in g] == [0.9] for g in groups.values())  # ρ 1.0: DVAE only
+  row = lambda v: {'median_spearman': v, 'median_spearman_raw': v, 'precision': v,
+                   'recall': None, 'recall_strong': v, 'fpr_unused': v}
+  summaries = {k: {m: row(i / 10) for m in truthfulness.METHODS}
+               for i, k in enumerate(['dvae', 'nmf'])}
+  table = truthfulness.format_learner_table(summaries).splitlines()
+  assert len(table) == 2 + 2 * len(truthfulness.LEARNER_METHODS) + 2
+  assert '| flip_all | dvae | 0.00 | 0.00 | 0.00 | — | 0.00 | 0.00 |' in table
+  assert '| flip_all | nmf | 0.10 | 0.10 | 0.10 | — | 0.10 | 0.10 |' in table
+  assert [r for r in table if r.startswith('| tcav |')] == [
+      '| tcav | any (classifier only) | 0.00 | 0.00 | 0.00 | — | 0.00 | 0.00 |']

@@ -56,6 +56,10 @@ class ConceptLearner(Protocol):
   def check_input(self, h: np.ndarray) -> None:
     """Raises a one-line errors.UserError if h [N, d] is not data this learner can model."""
 
+  # Optional: create_state(rng, example h [1, d], optax tx) → a TrainState subclass, for a
+  # learner whose step keeps state besides params (pipeline.concept_state; default: a plain
+  # TrainState of `module`).
+
 
 def kind_of(config) -> str:
   """config.model.concepts.kind (default 'dvae' for configs without the section)."""

@@ -1,10 +1,15 @@
 """TopK sparse autoencoder (Gao et al. 2024, "Scaling and evaluating sparse autoencoders").
 
 code = TopK_k(ReLU(W_enc (h − b_dec) + b_enc)), ĥ = code W_dec + b_dec, decoder rows kept at
-unit norm. Dead latents: an auxiliary loss (AuxK) reconstructs the residual h − ĥ from the
-k_aux largest pre-activations of the latents that fired on no row of the (global) batch.
-The paper tracks "dead for N steps" in extra state; the per-batch set keeps the train state
-a plain TrainState (same gradients on 1 or N devices, as every step here).
+unit norm. Against dead latents, as in that paper:
+  - b_dec starts at the centre of the data (b_dec_init 'mean' or 'median', the geometric
+    median as in Bricken et al. 2023 / SAELens), set from the first global batch at step 0,
+    so that the encoder's directions start around the data and not around 0;
+  - AuxK: an auxiliary loss reconstructs the residual h − ĥ from the k_aux largest
+    pre-activations of the latents that have not fired for dead_steps steps. The steps since
+    each latent last fired (on any row of the global batch) are part of the train state
+    (SAEState), so they survive checkpoints and are the same on 1 or N devices. dead_steps=1
+    is "dead in this batch".
 """
 from __future__ import annotations
 
@@ -29,6 +34,53 @@ def topk_relu(pre: Array, k: int) -> Array:
   vals, idx = jax.lax.top_k(pre, k)
   onehot = jax.nn.one_hot(idx, pre.shape[-1], dtype=pre.dtype)      # [B, k, K]
   return jnp.einsum('bk,bkj->bj', nn.relu(vals), onehot)
+
+
+class SAEState(steps.TrainState):
+  """TrainState plus steps_since_fired [K] int32: steps since each latent last fired."""
+  steps_since_fired: Array = None
+
+
+def create_state(module: 'TopKSAEModule', rng: Array, example: Array, tx) -> SAEState:
+  base = steps.create_train_state(module, rng, example, tx)
+  return SAEState(step=base.step, apply_fn=base.apply_fn, params=base.params, tx=base.tx,
+                  opt_state=base.opt_state,
+                  steps_since_fired=jnp.zeros((module.latent_dim,), jnp.int32))
+
+
+def update_steps_since_fired(count: Array, fired: Array) -> Array:
+  """count [K] int after one step in which `fired` [K] bool: 0 where fired, else count + 1."""
+  return jnp.where(fired, 0, count + 1).astype(count.dtype)
+
+
+def dead_latents(count: Array, dead_steps: int) -> Array:
+  """bool [K]: latents that have not fired for at least dead_steps steps (this one included)."""
+  return count >= dead_steps
+
+
+def geometric_median(h: Array, iters: int = 20, axis_name: str | None = None) -> Array:
+  """Weiszfeld's iterations for argmin_m Σ_i ‖h_i − m‖ over the rows of h [B, d] → [d],
+  from the mean; with axis_name, over the rows of every device's h (psum of the sums)."""
+  total = (lambda x: x) if axis_name is None else (lambda x: jax.lax.psum(x, axis_name))
+  mean = total(jnp.sum(h, 0)) / total(jnp.asarray(h.shape[0], h.dtype))
+
+  def body(_, m):
+    w = 1.0 / jnp.maximum(jnp.linalg.norm(h - m, axis=-1), 1e-6)    # [B]
+    return total(w @ h) / total(jnp.sum(w))
+  return jax.lax.fori_loop(0, iters, body, mean)
+
+
+def data_centre(h: Array, how: str, axis_name: str | None = None) -> Array:
+  """The b_dec start [d] from a batch h [B, d]: its mean or geometric median."""
+  if how == 'mean':
+    total = (lambda x: x) if axis_name is None else (lambda x: jax.lax.psum(x, axis_name))
+    return total(jnp.sum(h, 0)) / total(jnp.asarray(h.shape[0], h.dtype))
+  if how == 'median':
+    return geometric_median(h, axis_name=axis_name)
+  raise ValueError(f'unknown b_dec_init {how!r}')
+
+
+B_DEC_INITS = ('zeros', 'mean', 'median')
 
 
 def _unit_rows(key, shape):
@@ -90,10 +142,13 @@ def sae_loss(module: TopKSAEModule, params, h: Array, k_aux: int, aux_weight: fl
 
 @dataclasses.dataclass(frozen=True)
 class Learner(ModuleLearner):
-  """TopK SAE; config section model.topk_sae: latent_dim (K), k, k_aux, aux_weight."""
+  """TopK SAE; config section model.topk_sae: latent_dim (K), k, k_aux, aux_weight,
+  dead_steps (AuxK uses latents silent for that many steps), b_dec_init."""
   module: TopKSAEModule
   k_aux: int = 32
   aux_weight: float = 1 / 32
+  dead_steps: int = 1
+  b_dec_init: str = 'zeros'
   kind: str = 'topk_sae'
   binary: bool = False
 
@@ -102,23 +157,42 @@ class Learner(ModuleLearner):
     if not 0 < cfg.k <= cfg.latent_dim:
       raise UserError(f'config.model.topk_sae.k={cfg.k} must be in [1, latent_dim='
                        f'{cfg.latent_dim}]')
-    return cls(TopKSAEModule(embed_dim, cfg.latent_dim, cfg.k), cfg.k_aux, cfg.aux_weight)
+    dead_steps, b_dec_init = cfg.get('dead_steps', 1), cfg.get('b_dec_init', 'zeros')
+    if not dead_steps >= 1:
+      raise UserError(f'config.model.topk_sae.dead_steps={dead_steps} must be ≥ 1 (1: dead '
+                       f'in the current batch)')
+    if b_dec_init not in B_DEC_INITS:
+      raise UserError(f'config.model.topk_sae.b_dec_init={b_dec_init!r}; known: '
+                       f'{", ".join(B_DEC_INITS)}')
+    return cls(TopKSAEModule(embed_dim, cfg.latent_dim, cfg.k), cfg.k_aux, cfg.aux_weight,
+               int(dead_steps), b_dec_init)
+
+  def create_state(self, rng: Array, example: Array, tx) -> SAEState:
+    return create_state(self.module, rng, example, tx)
 
   def make_step(self, cfg) -> Callable:
-    def step(state, batch: dict, rng: Array):
+    def step(state: SAEState, batch: dict, rng: Array):
       del rng  # deterministic
       h = batch['h']
-      pre = self.module.apply({'params': state.params}, h, method='pre')
+      params = state.params
+      if self.b_dec_init != 'zeros':   # b_dec from the first global batch (step 0 only)
+        start = data_centre(h, self.b_dec_init, AXIS)
+        params = dict(params, b_dec=jnp.where(state.step == 0, start, params['b_dec']))
+      pre = self.module.apply({'params': params}, h, method='pre')
       fired = jnp.any(topk_relu(pre, self.module.k) > 0, axis=0)
-      dead = jax.lax.pmax(fired.astype(jnp.float32), AXIS) == 0  # on the global batch
+      fired = jax.lax.pmax(fired.astype(jnp.float32), AXIS) > 0  # on the global batch
+      count = update_steps_since_fired(state.steps_since_fired, fired)
+      dead = dead_latents(count, self.dead_steps)
 
       def loss_fn(params):
         loss, parts = sae_loss(self.module, params, h, self.k_aux, self.aux_weight, dead)
         parts.pop('code')
         return loss, parts
 
-      (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-      state, metrics = steps._finish(state, grads,
-                                     dict(parts, loss=loss, dead_fraction=jnp.mean(dead)))
-      return state.replace(params=normalize_decoder(state.params)), metrics
+      (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+      state, metrics = steps._finish(state.replace(params=params), grads,
+                                     dict(parts, loss=loss, dead_fraction=jnp.mean(dead),
+                                          fired_fraction=jnp.mean(fired)))
+      return state.replace(params=normalize_decoder(state.params),
+                           steps_since_fired=count), metrics
     return step

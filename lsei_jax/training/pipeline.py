@@ -400,6 +400,17 @@ def _init(module: Any, rng: jax.Array, example: Any, cfg) -> steps.TrainState:
   return steps.create_train_state(module, rng, example, steps.make_optimizer(cfg, max(cfg.steps, 1)))
 
 
+def concept_state(learner, module: Any, rng: jax.Array, example: jax.Array, cfg
+                  ) -> steps.TrainState:
+  """A fresh train state of the concept learner (module: its Flax module; learner may be
+  None): the learner's own `create_state` when it keeps more than params and optimizer
+  state (the TopK SAE's steps since each latent fired)."""
+  create = getattr(learner, 'create_state', None)
+  if create is None:
+    return _init(module, rng, example, cfg)
+  return create(rng, example, steps.make_optimizer(cfg, max(cfg.steps, 1)))
+
+
 def _image0(ctx: Context) -> jax.Array:
   size = ctx.config.data.image_size
   return jnp.zeros((1, size, size, 3))
@@ -465,8 +476,9 @@ GRAPH: tuple[StageDef, ...] = (
              inputs=lambda ctx: ({'image': ctx.data.images, 'label': ctx.data.labels},
                                  _float_images)),
     StageDef('dvae', ('classifier',), 'dvae',
-             template=lambda ctx, rng: _init(ctx.mods.dvae, rng, jnp.zeros((1, ctx.embed_dim)),
-                                             ctx.config.dvae),
+             template=lambda ctx, rng: concept_state(ctx.mods.learner, ctx.mods.dvae, rng,
+                                                     jnp.zeros((1, ctx.embed_dim)),
+                                                     ctx.config.dvae),
              step=lambda ctx: parallel.data_parallel_step(
                  ctx.mods.learner.make_step(ctx.config.dvae), ctx.mesh),
              inputs=_concept_inputs),

@@ -56,6 +56,8 @@ def _config(scenario: str, steps: int, celeba_test: int):
                                           num_train=4096, num_test=celeba_test))
   for s in full:
     c[s].steps = steps
+    if 'warmup_steps' in c[s]:  # a schedule's warmup must fit in the shortened stage
+      c[s].warmup_steps = min(c[s].warmup_steps, max(steps - 1, 0))
   c.checkpoint.update(every_steps=2, max_to_keep=2)   # hooks time steps 2 … steps
   c.eval.fisher_examples = min(c.eval.fisher_examples, celeba_test)
   c.explainer.info_examples = min(c.explainer.info_examples, celeba_test)
@@ -126,7 +128,10 @@ def _run_child(args, label: str, workdir: str, cache_dir: str) -> list[dict]:
   cmd = [sys.executable, os.path.abspath(__file__), '--child', '--scenario', args.scenario,
          '--label', label, '--workdir', workdir, '--cache_dir', cache_dir,
          '--steps', str(args.steps), '--celeba_test', str(args.celeba_test)]
-  out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT)
+  out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+  if out.returncode:
+    tail = [l for l in out.stderr.splitlines() if 'it/s' not in l][-15:]
+    sys.exit(f'the {label} run failed (exit {out.returncode}):\n' + '\n'.join(tail))
   rows = [json.loads(l) for l in out.stdout.splitlines() if l.startswith('{')]
   for r in rows:
     print(json.dumps(r), flush=True)

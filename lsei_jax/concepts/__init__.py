@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lsei_jax.errors import UserError
+from lsei_jax.training import steps
 
 Array = jax.Array
 
@@ -86,7 +87,7 @@ def build(config, embed_dim: int, kind: str | None = None) -> ConceptLearner:
   kind = kind or kind_of(config)
   learner = importlib.import_module(KINDS[kind]).Learner.from_config(section(config, kind),
                                                                       embed_dim)
-  dtype = config.model.get('compute_dtype', 'float32')
+  dtype = steps.compute_dtype(config)
   if dtype != 'float32' and hasattr(learner.module, 'compute_dtype'):
     learner = dataclasses.replace(learner, module=learner.module.clone(compute_dtype=dtype))
   return learner

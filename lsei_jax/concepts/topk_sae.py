@@ -58,23 +58,29 @@ def dead_latents(count: Array, dead_steps: int) -> Array:
   return count >= dead_steps
 
 
+def _total(x: Array, axis_name: str | None) -> Array:
+  """x summed over the devices of axis_name (x itself without one)."""
+  return x if axis_name is None else jax.lax.psum(x, axis_name)
+
+
+def batch_mean(h: Array, axis_name: str | None = None) -> Array:
+  """Mean [d] of the rows of h [B, d]; with axis_name, of every device's rows."""
+  return _total(jnp.sum(h, 0), axis_name) / _total(jnp.asarray(h.shape[0], h.dtype), axis_name)
+
+
 def geometric_median(h: Array, iters: int = 20, axis_name: str | None = None) -> Array:
   """Weiszfeld's iterations for argmin_m Σ_i ‖h_i − m‖ over the rows of h [B, d] → [d],
   from the mean; with axis_name, over the rows of every device's h (psum of the sums)."""
-  total = (lambda x: x) if axis_name is None else (lambda x: jax.lax.psum(x, axis_name))
-  mean = total(jnp.sum(h, 0)) / total(jnp.asarray(h.shape[0], h.dtype))
-
   def body(_, m):
     w = 1.0 / jnp.maximum(jnp.linalg.norm(h - m, axis=-1), 1e-6)    # [B]
-    return total(w @ h) / total(jnp.sum(w))
-  return jax.lax.fori_loop(0, iters, body, mean)
+    return _total(w @ h, axis_name) / _total(jnp.sum(w), axis_name)
+  return jax.lax.fori_loop(0, iters, body, batch_mean(h, axis_name))
 
 
 def data_centre(h: Array, how: str, axis_name: str | None = None) -> Array:
   """The b_dec start [d] from a batch h [B, d]: its mean or geometric median."""
   if how == 'mean':
-    total = (lambda x: x) if axis_name is None else (lambda x: jax.lax.psum(x, axis_name))
-    return total(jnp.sum(h, 0)) / total(jnp.asarray(h.shape[0], h.dtype))
+    return batch_mean(h, axis_name)
   if how == 'median':
     return geometric_median(h, axis_name=axis_name)
   raise ValueError(f'unknown b_dec_init {how!r}')

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from lsei_jax.training import steps
+
 # Bumped when the signature's contents change; checkpoints recorded with another version
 # (or before versions existed: architecture fields only) are refused with a clear message.
 VERSION = 2
@@ -62,7 +64,7 @@ def stage_signature(config, stage: str) -> dict:
     sig.pop(key, None)
   # Every stage's dense layers compute in it. Recorded only when not float32, so that
   # float32 checkpoints written before the field existed keep loading.
-  dtype = config.model.get('compute_dtype', 'float32')
+  dtype = steps.compute_dtype(config)
   if dtype != 'float32':
     sig['model.compute_dtype'] = dtype
   if stage == 'explainer_noreg':

@@ -41,7 +41,7 @@ def check_config(config) -> None:
   if config.explainer.get('fisher_every', 1) < 1:
     raise UserError(f'config.explainer.fisher_every must be ≥ 1 (1 = every step), got '
                     f'{config.explainer.fisher_every}')
-  dtype = config.model.get('compute_dtype', 'float32')
+  dtype = steps.compute_dtype(config)
   if dtype not in layers.COMPUTE_DTYPES:
     raise UserError(f'config.model.compute_dtype must be one of '
                     f'{", ".join(map(repr, layers.COMPUTE_DTYPES))}, got {dtype!r}')

@@ -312,15 +312,22 @@ def summarize(lines: list[dict], methods=METHODS) -> dict:
   return out
 
 
+# The scored columns of both tables: (header, summarize() key).
+_COLUMNS = (('median Spearman', 'median_spearman'), ('(raw)', 'median_spearman_raw'),
+            ('precision', 'precision'), ('recall', 'recall'),
+            ('recall (reliance > 0.25)', 'recall_strong'), ('FPR (unused)', 'fpr_unused'))
+
+
+def _table(first: list[str], rows: list[tuple[list[str], dict]]) -> str:
+  """A Markdown table: the `first` columns (given per row), then the scored ones of `s`."""
+  cols = first + [h for h, _ in _COLUMNS]
+  num = lambda v: '—' if v is None else f'{v:.2f}'
+  return '\n'.join(['| ' + ' | '.join(cols) + ' |', '|' + '---|' * len(cols)] + [
+      '| ' + ' | '.join(lead + [num(s[k]) for _, k in _COLUMNS]) + ' |' for lead, s in rows])
+
+
 def format_table(summary: dict) -> str:
-  f = lambda v: '—' if v is None else f'{v:.2f}'
-  rows = ['| method | median Spearman | (raw) | precision | recall | recall (reliance > 0.25) '
-          '| FPR (unused) |', '|---|---|---|---|---|---|---|']
-  for m, s in summary.items():
-    rows.append(f'| {m} | {f(s["median_spearman"])} | {f(s["median_spearman_raw"])} '
-                f'| {f(s["precision"])} | {f(s["recall"])} '
-                f'| {f(s["recall_strong"])} | {f(s["fpr_unused"])} |')
-  return '\n'.join(rows)
+  return _table(['method'], [([m], s) for m, s in summary.items()])
 
 
 def by_learner(lines: list[dict]) -> dict[str, list[dict]]:
@@ -338,19 +345,10 @@ def by_learner(lines: list[dict]) -> dict[str, list[dict]]:
 def format_learner_table(summaries: dict[str, dict]) -> str:
   """One row per (method, learner); the methods that read only the classifier (tcav,
   prediction_association) get one row, the same for every learner."""
-  f = lambda v: '—' if v is None else f'{v:.2f}'
-  rows = ['| method | learner | median Spearman | (raw) | precision | recall '
-          '| recall (reliance > 0.25) | FPR (unused) |', '|---|---|---|---|---|---|---|---|']
   first = next(iter(summaries))
-  for m in METHODS:
-    learners = list(summaries) if m in LEARNER_METHODS else [first]
-    for k in learners:
-      s = summaries[k][m]
-      who = k if m in LEARNER_METHODS else 'any (classifier only)'
-      rows.append(f'| {m} | {who} | {f(s["median_spearman"])} | {f(s["median_spearman_raw"])} '
-                  f'| {f(s["precision"])} | {f(s["recall"])} '
-                  f'| {f(s["recall_strong"])} | {f(s["fpr_unused"])} |')
-  return '\n'.join(rows)
+  return _table(['method', 'learner'], [
+      ([m, k if m in LEARNER_METHODS else 'any (classifier only)'], summaries[k][m])
+      for m in METHODS for k in (list(summaries) if m in LEARNER_METHODS else [first])])
 
 
 def todo_cells(cells: list[dict], lines: list[dict], shard: tuple[int, int] = (0, 1)

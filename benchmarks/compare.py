@@ -1,6 +1,7 @@
 """lsei_jax against the PyTorch reference (../shared/bench/torch_ref.py), row by row.
 
   python benchmarks/compare.py [--images 64 32] [--stages classifier dvae explainer fisher]
+  python benchmarks/compare.py --device cuda --python_ref python3 --ref_dir DIR   # on a GPU
 
 For each (stage, image) it runs the reference and then lsei_jax with the same settings
 (batch 64, 8 perturbations, 2 threads), each in its own process, after waiting for a quiet
@@ -8,7 +9,9 @@ machine, and retries a run while other processes used more than --max-other of t
 Prints one JSON line per run, then a table: images/s of each, the ratio lsei_jax /
 reference, and the classifier's achieved GFLOP/s against this machine's float32 matmul
 peak (numpy 2048² matmul, median of 10). Needs the reference's venv
-(bash ../shared/bench/setup_torch.sh); nothing in lsei_jax imports it.
+(bash ../shared/bench/setup_torch.sh); nothing in lsei_jax imports it. --device cuda runs
+the reference on the GPU through benchmarks/torch_ref_device.py and lsei_jax on JAX's default
+backend, without the 2-thread limit or the CPU matmul peak.
 """
 from __future__ import annotations
 
@@ -87,6 +90,8 @@ def matmul_peak_gflops() -> float:
 def main() -> int:
   ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   ap.add_argument('--python_ref', default=os.path.expanduser('~/.cache/lsei-torch-ref/bin/python'))
+  ap.add_argument('--ref_dir', default=REF, help="folder holding the reference's torch_ref.py")
+  ap.add_argument('--device', choices=('cpu', 'cuda'), default='cpu')
   ap.add_argument('--stages', nargs='*', default=['classifier', 'dvae', 'explainer', 'fisher'])
   ap.add_argument('--images', nargs='*', type=int, default=[64, 32])
   ap.add_argument('--tries', type=int, default=3)
@@ -102,18 +107,23 @@ def main() -> int:
       warmup, steps = GRID[(stage, image)]
       common = ['--stage', stage, '--batch', '64', '--image', str(image), '--samples', '8',
                 '--steps', str(steps), '--warmup', str(warmup)]
-      ref_cmd = [a.python_ref, 'torch_ref.py', *common, '--threads', '2']
+      if a.device == 'cuda':
+        ref_cmd = [a.python_ref, os.path.join(ROOT, 'benchmarks', 'torch_ref_device.py'),
+                   '--ref_dir', a.ref_dir, *common]
+      else:
+        ref_cmd = [a.python_ref, 'torch_ref.py', *common, '--threads', '2']
       if a.malloc == 'tuned':
         ref_cmd = ['env', 'GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold='
                    '68719476736'] + ref_cmd
-      ref = measured(ref_cmd, REF, a)
+      ref = measured(ref_cmd, a.ref_dir, a)
       ours = measured([sys.executable, 'benchmarks/bench_stages.py', *common], ROOT, a)
       for r in (ref, ours):
         print(json.dumps(r), flush=True)
       if ref and ours:
         rows.append((stage, image, ref, ours))
-  peak = matmul_peak_gflops()
-  print(f'\nfloat32 matmul peak (numpy 2048²): {peak:.0f} GFLOP/s')
+  peak = matmul_peak_gflops() if a.device == 'cpu' else None
+  if peak:
+    print(f'\nfloat32 matmul peak (numpy 2048²): {peak:.0f} GFLOP/s')
   print(f'| stage | image | reference img/s | lsei_jax img/s | ratio | other CPU ref / ours |')
   print('|---|---|---|---|---|---|')
   for stage, image, ref, ours in rows:
@@ -121,7 +131,7 @@ def main() -> int:
           f'{ours["images_per_s"] / ref["images_per_s"]:.2f}× | '
           f'{ref.get("other_cpu_frac", 0):.3f} / {ours.get("other_cpu_frac", 0):.3f} |')
   for stage, image, ref, ours in rows:
-    if stage == 'classifier':
+    if stage == 'classifier' and peak:
       g = ours['images_per_s'] * CLASSIFIER_TRAIN_FLOP[image] / 1e9
       print(f'classifier {image}×{image}: {g:.0f} GFLOP/s = {100 * g / peak:.0f}% of the '
             f'matmul peak')

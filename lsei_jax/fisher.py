@@ -38,7 +38,15 @@ def batch_sigma(e: Array, scale: float = 1.0) -> Array:
 
 # `jax.jit(fisher_information, static_argnames=STATIC_ARGNAMES)` compiles the estimator
 # itself; everything else (e, key, sigma, sigma_scale, floor) may be traced.
-STATIC_ARGNAMES = ('fn', 'num_samples', 'loss', 'chunk_size', 'group_size')
+STATIC_ARGNAMES = ('fn', 'num_samples', 'loss', 'chunk_size', 'group_size', 'precision')
+# Matmul precision of fn's products inside the estimator. JAX's default is not float32
+# everywhere: an H200 ran float32 dots and convolutions at TF32 (relative error 2.9e-4
+# against float64, 2e-7 at 'highest'; benchmarks/gpu_figures.sh), and 17 of the first 29
+# exact-oracle tests of this module failed there; TPUs default to one bfloat16 pass.
+# XLA:CPU computes float32 either way.
+Precision = Literal['default', 'high', 'highest', 'bfloat16', 'tensorfloat32', 'float32']
+DEFAULT_PRECISION: Precision = 'highest'
+
 def _check_arguments(e: Array, sigma, loss: str) -> None:
   if loss not in ('ce', 'bce'):
     raise ValueError(f"unknown Fisher loss {loss!r}: expected 'ce' or 'bce'")
@@ -61,7 +69,8 @@ def fisher_information(fn: Callable[[Array], Array], e: Array, key: Array, *,
                        num_samples: int, loss: LossName,
                        sigma: float | Array | None = None, sigma_scale: float = 1.0,
                        floor: float = 1e-8, chunk_size: int | None = None,
-                       group_size: int | None = None) -> Array:
+                       group_size: int | None = None,
+                       precision: Precision | None = DEFAULT_PRECISION) -> Array:
   """Per-neuron functional Fisher information of `fn` at embeddings `e`.
 
   Args:
@@ -82,6 +91,9 @@ def fisher_information(fn: Callable[[Array], Array], e: Array, key: Array, *,
     group_size: if set, perturbations are traced `group_size` at a time in an unrolled
       loop: the same values and memory, but smaller working sets, which is faster on CPU
       for convolutional fn (e.g. 2 of 8 perturbations: regularized explainer step 1.6×).
+    precision: jax.default_matmul_precision for every product of fn in the estimator and
+      its gradient: 'highest' (default) keeps the statistic float32 on GPUs and TPUs,
+      whose defaults round operands (TF32, bfloat16); None leaves the backend's default.
 
   Returns:
     I [d] = mean over batch and perturbations of (∂f/∂e_i)² / f. Differentiable with
@@ -95,20 +107,29 @@ def fisher_information(fn: Callable[[Array], Array], e: Array, key: Array, *,
     sigma = batch_sigma(jax.lax.stop_gradient(e), sigma_scale)
   noise = jax.random.normal(key, (num_samples,) + e.shape, e.dtype)  # [S, B, d]
   return fisher_information_from_noise(fn, e, noise, sigma, loss=loss, floor=floor,
-                                       chunk_size=chunk_size, group_size=group_size)
+                                       chunk_size=chunk_size, group_size=group_size,
+                                       precision=precision)
 
 
 def fisher_information_from_noise(fn: Callable[[Array], Array], e: Array, noise: Array,
                                   sigma: float | Array, *, loss: LossName,
                                   floor: float = 1e-8, chunk_size: int | None = None,
                                   group_size: int | None = None,
-                                  per_example: bool = False) -> Array:
+                                  per_example: bool = False,
+                                  precision: Precision | None = DEFAULT_PRECISION) -> Array:
   """`fisher_information` with given standard-normal draws `noise` [S, B, d] (ε = σ·noise).
 
   For callers that draw the noise themselves, e.g. per example from its own key so that
   the estimate does not depend on how a batch is split across devices. per_example=True
   returns the per-row vectors [B, d] (mean over perturbations only) instead of [d].
   """
+  if precision is not None:
+    # Read when the products are traced (lax canonicalizes precision=None then), so the
+    # setting holds inside any outer jit, and transposed products keep it in the gradient.
+    with jax.default_matmul_precision(precision):
+      return fisher_information_from_noise(fn, e, noise, sigma, loss=loss, floor=floor,
+                                           chunk_size=chunk_size, group_size=group_size,
+                                           per_example=per_example, precision=None)
   _check_arguments(e, sigma, loss)
   if noise.ndim != 3 or noise.shape[1:] != e.shape:
     raise ValueError(f'noise must have shape [S, B, d] = [S, {e.shape[0]}, {e.shape[1]}] '

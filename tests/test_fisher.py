@@ -288,6 +288,40 @@ def test_jit_of_the_estimator_itself_with_documented_static_argnames():
   jitted(fn, jnp.asarray(e), jax.random.key(0), sigma_scale=0.5, floor=1e-6, **kw)
 
 
+def _products(fn_of_params, params) -> list[str]:
+  """The dot_general and convolution lines of fn_of_params' lowered StableHLO."""
+  text = jax.jit(fn_of_params).lower(params).as_text()
+  return [l for l in text.splitlines()
+          if 'stablehlo.dot_general' in l or 'stablehlo.convolution' in l]
+
+
+@pytest.mark.parametrize('precision, highest', [('highest', True), (None, False)])
+def test_every_product_of_the_estimator_and_its_gradient_runs_at_the_asked_precision(
+    precision, highest):
+  # JAX's default precision rounds float32 operands on GPUs (TF32: 17 of this module's
+  # oracle tests failed on an H200) and TPUs (bfloat16). The statistic asks for 'highest'
+  # by default, in its own products and in the transposed ones of its gradient, whatever
+  # the caller's default; None leaves the products as the caller traces them.
+  conv, dense = nn.Conv(4, (3, 3)), nn.Dense(3)
+  params = {'c': conv.init(jax.random.key(1), jnp.zeros((1, 4, 4, 1))),
+            'd': dense.init(jax.random.key(2), jnp.zeros((1, 64)))}
+  e = jax.random.normal(jax.random.key(0), (5, 16))
+
+  def fn(p, x):
+    h = conv.apply(p['c'], x.reshape(-1, 4, 4, 1))
+    return dense.apply(p['d'], h.reshape(x.shape[0], -1))
+
+  def info(p):
+    return fisher_information(lambda x: fn(p, x), e, jax.random.key(3), num_samples=2,
+                              loss='ce', group_size=1, precision=precision)
+
+  grad = jax.grad(lambda p: jnp.sum(info(p)))
+  for f in (info, grad):
+    lines = _products(f, params)
+    assert len(lines) >= 6  # target, perturbed forward and input gradient: convs and dots
+    assert [('HIGHEST' in l) for l in lines] == [highest] * len(lines)
+
+
 def test_one_row_needs_a_fixed_sigma_and_gives_the_exact_value_with_one():
   W, b, e = _linear_problem()
   fn = lambda x: x @ W + b

@@ -101,6 +101,7 @@ def main() -> int:
   ap.add_argument('--malloc', choices=('default', 'tuned'), default='default',
                   help='reference allocator (see its README); lsei_jax is unaffected')
   a = ap.parse_args()
+  a.ref_dir = os.path.abspath(a.ref_dir)  # the reference runs with cwd=ref_dir
   rows = []
   for stage in a.stages:
     for image in a.images:

@@ -33,6 +33,9 @@ CASES = {
     'batch not divisible by devices': (['--config.classifier.batch_size=30'],
                                        'multiple of the 4 devices'),
     'unknown stage': (['--stages=classifer'], "unknown stage(s) ['classifer']"),
+    'warmup as long as the stage': (['--config.classifier.warmup_steps=100000'],
+                                    'config.classifier: warmup_steps=100000 must be in [0, '
+                                    'steps='),
 }
 
 

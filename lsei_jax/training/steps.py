@@ -49,6 +49,11 @@ def make_optimizer(cfg, num_steps: int) -> optax.GradientTransformation:
   weight_decay, grad_clip."""
   lr = cfg.learning_rate
   if cfg.get('schedule', 'constant') == 'cosine':
+    warmup = cfg.get('warmup_steps', 0) or 0
+    if not 0 <= warmup < max(num_steps, 1):  # optax's own error names decay_steps < 0
+      raise ValueError(f'warmup_steps={warmup} must be in [0, steps={num_steps}) for the '
+                       f"cosine schedule: lower warmup_steps, raise steps, or use "
+                       f"schedule='constant'")
     lr = optax.warmup_cosine_decay_schedule(0.0, lr, cfg.get('warmup_steps', 0) or 0,
                                             max(num_steps, 1), end_value=lr * 0.01)
   elif cfg.get('schedule', 'constant') != 'constant':

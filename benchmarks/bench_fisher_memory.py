@@ -10,6 +10,12 @@ compiles (`peak_rss_mb` with compilation), the second loads the executables from
 and its peak RSS is the step's own (`steps RSS`); times are the second run's. chunk 0 is the unbounded step (with --group perturbations per unrolled
 group). Prints bench_stages' JSON line per setting, then a table with each setting's time
 relative to the unbounded step.
+
+On a shared machine the load changes between those processes, so --paired (default on)
+also times every setting in one more process that runs their steps in turn (round robin,
+--steps rounds): each setting then sees the same load, and the `× unbounded, paired`
+column is the ratio of medians from that process (its RSS is all settings' together, so
+it is not reported).
 """
 from __future__ import annotations
 
@@ -34,7 +40,11 @@ def main():
   ap.add_argument('--samples', type=int, default=8)
   ap.add_argument('--steps', type=int, default=5)
   ap.add_argument('--warmup', type=int, default=2)
+  ap.add_argument('--paired', action=argparse.BooleanOptionalAction, default=True)
+  ap.add_argument('--paired_child', action='store_true', help=argparse.SUPPRESS)
   args = ap.parse_args()
+  if args.paired_child:
+    return _paired_times(args)
   rows = []
   cache = tempfile.mkdtemp(prefix='fisher_mem_cache_')
   for chunk in args.chunks:
@@ -51,18 +61,52 @@ def main():
                compile_s=runs[0]['compile_s'])
     print(json.dumps(row), flush=True)
     rows.append(row)
+  paired = {}
+  if args.paired:
+    cmd = [sys.executable, os.path.abspath(__file__), '--paired_child', '--chunks',
+           *map(str, args.chunks)] + [f'--{k}={getattr(args, k)}' for k in
+                                      ('group', 'stage', 'batch', 'image', 'samples', 'steps',
+                                       'warmup')]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    paired = {int(k): v for k, v in json.loads(out.strip().splitlines()[-1]).items()}
+    print(json.dumps({'paired_median_step_s': paired}), flush=True)
   shutil.rmtree(cache, ignore_errors=True)
   base = next((r for r in rows if r['fisher_chunk'] == 0), rows[0])
   print(f'\n{args.stage}, batch {args.batch}, {args.image}×{args.image}, '
         f'{args.samples} perturbations')
   print('| fisher_chunk | steps RSS GB (cached executable) | peak RSS with compilation GB | '
-        'median step s | × unbounded | compile s | other CPU |')
-  print('|---|---|---|---|---|---|---|')
+        'median step s | × unbounded | × unbounded, paired | compile s | other CPU |')
+  print('|---|---|---|---|---|---|---|---|')
   for r in rows:
-    print(f"| {r['fisher_chunk'] or 'none'} | {r['peak_rss_mb'] / 1024:.2f} | "
+    c = r['fisher_chunk']
+    ratio = f'{paired[c] / paired[base["fisher_chunk"]]:.2f}' if paired else '-'
+    print(f"| {c or 'none'} | {r['peak_rss_mb'] / 1024:.2f} | "
           f"{r['peak_rss_compile_mb'] / 1024:.2f} | "
           f"{r['median_step_s']:.3f} | {r['median_step_s'] / base['median_step_s']:.2f} | "
-          f"{r['compile_s']:.1f} | {r['other_cpu_frac']:.2f} |")
+          f"{ratio} | {r['compile_s']:.1f} | {r['other_cpu_frac']:.2f} |")
+
+
+def _paired_times(args) -> None:
+  """Median step time per chunk setting, the settings' steps run in turn in this process."""
+  # Imported here: the parent process only launches children and needs no JAX.
+  import time
+  sys.path.insert(0, HERE)
+  import jax
+  import bench_stages
+  steps = {}
+  for chunk in args.chunks:
+    step, carry, data = bench_stages.build(args.stage, args.batch, args.image, args.samples,
+                                           args.batch, chunk or None, args.group or None)
+    for _ in range(max(args.warmup, 1)):               # compiles, then warms up
+      carry = jax.block_until_ready(step(carry, data))
+    steps[chunk] = [step, carry, data]
+  times = {chunk: [] for chunk in args.chunks}
+  for _ in range(args.steps):
+    for chunk, s in steps.items():
+      t0 = time.perf_counter()
+      s[1] = jax.block_until_ready(s[0](s[1], s[2]))
+      times[chunk].append(time.perf_counter() - t0)
+  print(json.dumps({c: sorted(t)[len(t) // 2] for c, t in times.items()}))
 
 
 if __name__ == '__main__':

@@ -86,8 +86,10 @@ def fisher_information(fn: Callable[[Array], Array], e: Array, key: Array, *,
     floor: lower bound on f in the denominator.
     chunk_size: if set, perturbations are processed `chunk_size` at a time in a lax.scan,
       each chunk recomputed in the backward pass (jax.checkpoint): bounds memory, also
-      when the estimate is differentiated. Same noise, same value as unchunked. Costs
-      time on XLA:CPU, which runs convolutions inside loops slowly.
+      when the estimate is differentiated. Same noise, same value as unchunked. On
+      XLA:CPU as fast as unchunked when fn's convolutions are `layers.canonical_conv`
+      (models.Explainer's are); lax.conv's own gradients inside the loop run as naive
+      loops, 10-20× slower (see canonical_conv).
     group_size: if set, perturbations are traced `group_size` at a time in an unrolled
       loop: the same values and memory, but smaller working sets, which is faster on CPU
       for convolutional fn (e.g. 2 of 8 perturbations: regularized explainer step 1.6×).
@@ -141,11 +143,13 @@ def fisher_information_from_noise(fn: Callable[[Array], Array], e: Array, noise:
   if chunk_size is not None and chunk_size < num_samples:
     # A device loop: the one formulation whose buffers XLA:CPU reuses from chunk to chunk.
     # Planned temp memory of the gradient of the 64×64 explainer's Fisher vector (batch
-    # 64, 8 draws): 98 MB in chunks of 1, 344 in chunks of 4, against 634-733 MB unrolled,
-    # with or without jax.checkpoint or optimization barriers between chunks. Each chunk
-    # returns its sum, never a stacked [S, B, d] array: lax.map's stacked outputs were
-    # miscompiled by XLA:CPU's default YNNPACK fusion (5% off, jaxlib 0.10). Checkpointed:
-    # the backward pass recomputes each chunk from its draws.
+    # 64, 8 draws; compiled.memory_analysis()): 102 MB in chunks of 1, 192 in chunks of 2,
+    # 372 in chunks of 4, against 633 MB unbounded in groups of 2 and 729 MB all at once;
+    # every unrolled formulation tried (jax.checkpoint per chunk, optimization barriers
+    # between chunks) planned 634-733 MB. Each chunk returns its sum, never a stacked
+    # [S, B, d] array: lax.map's stacked outputs were miscompiled by XLA:CPU's default
+    # YNNPACK fusion (5% off, jaxlib 0.10). Checkpointed: the backward pass recomputes each
+    # chunk from its draws.
     chunk = jax.checkpoint(lambda z: _information_sum(fn, e, target, sigma, z, loss, floor))
     num_full = num_samples // chunk_size
     full = noise[:num_full * chunk_size].reshape((num_full, chunk_size) + e.shape)
@@ -166,14 +170,18 @@ def fisher_information_from_noise(fn: Callable[[Array], Array], e: Array, noise:
 def _information_sum(fn: Callable[[Array], Array], e: Array, target: Array, sigma: Array,
                      noise: Array, loss: str, floor: float) -> Array:
   """Σ over the draws noise [G, B, d] of the per-row information (∂f/∂e)² / f → [B, d]."""
-  def per_sample(z: Array) -> Array:
-    def total_loss(e_eps):
-      f = _loss_against_target(loss, fn(e_eps), target)
-      return jnp.sum(f), f
-    # Rows are independent, so the gradient of the summed loss is every row's own gradient.
-    grads, f = jax.grad(total_loss, has_aux=True)(e + sigma * z)
-    return grads**2 / jnp.maximum(f, floor)[:, None]
-  return jnp.sum(jax.vmap(per_sample)(noise), axis=0)
+  g, b, d = noise.shape
+  # The G draws are stacked as G·B rows of one batch rather than vmapped: the same
+  # arithmetic, but a vmap over a custom_vjp layer (layers.canonical_conv) would compute a
+  # weight gradient per draw (grouped convolutions, slower and larger).
+  e_eps = (e + sigma * noise).reshape(g * b, d)
+  target = jnp.broadcast_to(target, (g,) + target.shape).reshape((g * b,) + target.shape[1:])
+  def total_loss(e_eps):
+    f = _loss_against_target(loss, fn(e_eps), target)
+    return jnp.sum(f), f
+  # Rows are independent, so the gradient of the summed loss is every row's own gradient.
+  grads, f = jax.grad(total_loss, has_aux=True)(e_eps)
+  return jnp.sum((grads**2 / jnp.maximum(f, floor)[:, None]).reshape(g, b, d), axis=0)
 
 
 

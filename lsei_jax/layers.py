@@ -5,12 +5,15 @@ as their flax.linen counterparts (checkpoints are interchangeable).
   is computed as stride-1 "phase" convolutions instead of XLA's convolution over a
   zero-dilated input (measured on the 2-core CPU at batch 64: the 32→32 stride-2 layer's
   forward + backward 70 → 35 ms).
-- `Upsample2x`: nn.ConvTranspose(k=4, s=2, 'SAME') as four stride-1 phase convolutions.
+- `Upsample2x`: nn.ConvTranspose(k=4, s=2, 'SAME') as four stride-1 phase convolutions,
+  each a `canonical_conv`: its gradients (every reverse-mode order) stay in the one conv
+  form XLA:CPU runs fast inside loops too (the Fisher estimator's chunks).
 - `Dense`: nn.Dense, optionally with bfloat16 matmul operands and float32 accumulation
   (`compute_dtype`, config.model.compute_dtype): mixed precision where it pays on CPU.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -106,6 +109,54 @@ def conv2d_same(x: Array, kernel: Array, strides: int | Sequence[int] = 1) -> Ar
   return _strided_conv(x, kernel, strides)
 
 
+Pads = tuple[tuple[int, int], tuple[int, int]]
+
+
+def canonical_conv(x: Array, kernel: Array, padding: Pads) -> Array:
+  """Stride-1 conv, x [B, H, W, C] * kernel [kh, kw, C, O] with explicit padding ((lo, hi),
+  (lo, hi)) → [B, H', W', O], whose derivatives of every reverse-mode order are again
+  stride-1 NHWC/HWIO/NHWC convolutions of explicitly transposed operands.
+
+  Why: XLA:CPU hands a convolution to Eigen only in that canonical form, and the pass that
+  rewrites other forms into it (ConvCanonicalization) only visits top-level convolutions
+  (the entry computation). JAX writes the input gradient as a conv with the kernel's
+  feature dimensions swapped (dim_labels b01f_01oi) and the kernel gradient with batch and
+  features swapped (f01b_i01o); inside a lax.scan / while body or a cond branch XLA:CPU
+  emits those as naive loops (an `…_elemental_kernel_module` per conv): the explainer's
+  Fisher gradient in chunks (fisher_information(chunk_size=…)) ran 8-22× slower than
+  unchunked. Here the transposes are explicit, and top level or not every conv is Eigen's.
+  Reverse mode only (jax.custom_vjp, any order): jax.jvp of it raises.
+  """
+  return _canonical_conv(x, kernel, tuple(tuple(p) for p in padding))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _canonical_conv(x: Array, kernel: Array, padding: Pads) -> Array:
+  return lax.conv_general_dilated(x, kernel, (1, 1), padding, dimension_numbers=_DN)
+
+
+def _canonical_conv_fwd(x: Array, kernel: Array, padding: Pads):
+  return _canonical_conv(x, kernel, padding), (x, kernel)
+
+
+def _canonical_conv_bwd(padding: Pads, residuals, dy: Array):
+  x, kernel = residuals
+  kh, kw = kernel.shape[:2]
+  (lo_h, hi_h), (lo_w, hi_w) = padding
+  # dx: the full correlation of dy with the flipped kernel, its features swapped → [kh, kw, O, C].
+  flipped = jnp.transpose(kernel[::-1, ::-1], (0, 1, 3, 2))
+  dx = _canonical_conv(dy, flipped, ((kh - 1 - lo_h, kh - 1 - hi_h),
+                                     (kw - 1 - lo_w, kw - 1 - hi_w)))
+  # dkernel[h, w, c, o] = Σ_{b, i, j} x_pad[b, i + h, j + w, c] dy[b, i, j, o]: a conv with
+  # x's channels as its batch, x's batch as its features and dy as the kernel.
+  dk = _canonical_conv(jnp.transpose(x, (3, 1, 2, 0)), jnp.transpose(dy, (1, 2, 0, 3)),
+                       padding)                           # [C, kh, kw, O]
+  return dx, jnp.transpose(dk, (1, 2, 0, 3))
+
+
+_canonical_conv.defvjp(_canonical_conv_fwd, _canonical_conv_bwd)
+
+
 class Conv(nn.Module):
   """nn.Conv(features, kernel_size, strides, padding='SAME') on NHWC images.
 
@@ -133,7 +184,8 @@ class Upsample2x(nn.Module):
   Same parameters ('kernel' [4, 4, C_in, C_out], 'bias'), initialisers and outputs as
   nn.ConvTranspose. The transposed convolution's gradients are convolutions with
   dilated inputs or kernels, which XLA:CPU runs far below peak; the phase form has none,
-  which matters most in the Fisher regularizer's second-order gradients.
+  which matters most in the Fisher regularizer's second-order gradients. The phase convs
+  are `canonical_conv`s, so that those gradients also run fast inside a lax.scan.
   """
   features: int
   kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
@@ -148,8 +200,7 @@ class Upsample2x(nn.Module):
     taps, pads = {0: 0, 1: 1}, {0: (1, 0), 1: (0, 1)}
     rows = []
     for a in (0, 1):
-      cols = [lax.conv_general_dilated(x, kernel[taps[a]::2, taps[b]::2], (1, 1),
-                                       (pads[a], pads[b]), dimension_numbers=_DN)
+      cols = [canonical_conv(x, kernel[taps[a]::2, taps[b]::2], (pads[a], pads[b]))
               for b in (0, 1)]
       rows.append(jnp.stack(cols, 3))                   # [B, H, W, 2 (b), C]
     y = jnp.stack(rows, 2)                              # [B, H, 2 (a), W, 2 (b), C]

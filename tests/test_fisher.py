@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lsei_jax import fisher_information, fisher_regularizer, similarity
+from lsei_jax import fisher_information, fisher_regularizer, models, similarity
 from lsei_jax.fisher import STATIC_ARGNAMES, batch_sigma, fisher_information_from_noise
 
 
@@ -273,6 +273,32 @@ def test_chunked_mlp_value_and_gradient_equal_unchunked_at_scale():
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5,
                                                          atol=1e-6 * np.abs(b).max()),
                  g, full_g)
+
+
+def test_chunked_explainer_value_and_gradient_equal_unchunked_and_use_canonical_convs():
+  # The regularizer's real fn, a transposed-conv decoder: chunks (a lax.scan), a remainder
+  # chunk and groups give the unchunked value and parameter gradient, and every
+  # convolution of the chunked gradient is NHWC/HWIO/NHWC without groups, the only form
+  # XLA:CPU runs fast inside a loop body (layers.canonical_conv).
+  g = models.Explainer(image_size=16, channels=(8, 4))
+  e = jax.random.normal(jax.random.key(0), (6, 10))
+  params = g.init(jax.random.key(1), e)['params']
+
+  def total(p, **kw):
+    return fisher_information(lambda x: g.apply({'params': p}, x), e, jax.random.key(2),
+                              num_samples=6, loss='bce', **kw)
+  grad = lambda **kw: jax.jit(jax.grad(lambda p: jnp.sum(total(p, **kw) ** 2)))
+  full_v, full_g = jax.jit(total)(params), grad()(params)
+  for kw in ({'chunk_size': 1}, {'chunk_size': 4}, {'group_size': 4}):
+    np.testing.assert_allclose(jax.jit(lambda p: total(p, **kw))(params), full_v, rtol=1e-5,
+                               err_msg=str(kw))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5,
+                                                         atol=1e-6 * np.abs(b).max()),
+                 grad(**kw)(params), full_g)
+  hlo = grad(chunk_size=2).lower(params).as_text(dialect='hlo')
+  convs = [line for line in hlo.splitlines() if ' convolution(' in line]
+  assert convs and all('dim_labels=b01f_01io->b01f' in c for c in convs)
+  assert not any('feature_group_count' in c for c in convs)
 
 
 # ----------------------------------------------------------------------------- API promises

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from lsei_jax import models
-from lsei_jax.layers import Conv, Dense, Upsample2x, conv2d_same, conv_by_phases
+from lsei_jax.layers import (Conv, Dense, Upsample2x, canonical_conv, conv2d_same,
+                             conv_by_phases)
 
 
 def _close(a, b, tol=1e-4):
@@ -84,6 +85,57 @@ def test_upsample2x_equals_conv_transpose_in_value_and_gradients():
   gg = lambda m: jax.grad(lambda p: jnp.sum(jax.grad(f(m), 1)(p, x) ** 2))(p_ref)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4),
                gg(ref), gg(ours))
+
+
+@pytest.mark.parametrize('kernel,padding', [((2, 2), ((1, 0), (0, 1))),
+                                            ((3, 3), ((1, 1), (1, 1))),
+                                            ((2, 3), ((0, 0), (2, 1)))])
+def test_canonical_conv_equals_lax_conv_to_second_order(kernel, padding):
+  x = jax.random.normal(jax.random.key(0), (2, 6, 7, 3))
+  k = jax.random.normal(jax.random.key(1), (*kernel, 3, 4))
+  ref = lambda x, k: jax.lax.conv_general_dilated(x, k, (1, 1), padding,
+                                                  dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  ours = lambda x, k: canonical_conv(x, k, padding)
+  _close(ours(x, k), ref(x, k))
+  f = lambda conv: lambda x, k: jnp.sum(jnp.sin(conv(x, k)))
+  for argnum in (0, 1):
+    _close(jax.grad(f(ours), argnum)(x, k), jax.grad(f(ref), argnum)(x, k))
+  # both second-order cross terms: d/dk of the input gradient (the Fisher regularizer's)
+  # and d/dx of the kernel gradient
+  for inner, outer in ((0, 1), (1, 0)):
+    gg = lambda conv: jax.grad(lambda x, k: jnp.sum(jax.grad(f(conv), inner)(x, k) ** 2),
+                               outer)(x, k)
+    _close(gg(ours), gg(ref))
+  with pytest.raises(TypeError, match='forward-mode'):     # reverse mode only, as documented
+    jax.jvp(lambda x: ours(x, k), (x,), (x,))
+
+
+def _conv_dim_labels(fn, *args) -> set[str]:
+  """dim_labels of every convolution in fn's HLO as JAX emits it (before XLA's passes)."""
+  text = jax.jit(fn).lower(*args).as_text(dialect='hlo')
+  return {line.split('dim_labels=')[1].split(',')[0] for line in text.splitlines()
+          if ' convolution(' in line}
+
+
+def test_canonical_conv_gradients_inside_a_loop_are_canonical_convolutions():
+  """Inside a while body XLA:CPU runs only NHWC/HWIO/NHWC convolutions through Eigen (its
+  ConvCanonicalization pass skips loop bodies); JAX's own gradient convs are in other forms."""
+  x = jax.random.normal(jax.random.key(0), (3, 2, 5, 5, 4))           # 3 loop iterations
+  k = jax.random.normal(jax.random.key(1), (2, 2, 4, 6))
+  pad = ((1, 0), (0, 1))
+  ref = lambda x, k: jax.lax.conv_general_dilated(x, k, (1, 1), pad,
+                                                  dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  ours = lambda x, k: canonical_conv(x, k, pad)
+
+  def fisher_like(conv):
+    input_grad = jax.grad(lambda x, k: jnp.sum(jnp.sin(conv(x, k))))
+    def total(k, xs):
+      return jax.lax.scan(lambda acc, x: (acc + jnp.sum(input_grad(x, k) ** 2), None),
+                          0.0, xs)[0]
+    return jax.grad(total)
+  assert _conv_dim_labels(fisher_like(ours), k, x) == {'b01f_01io->b01f'}
+  assert _conv_dim_labels(fisher_like(ref), k, x) > {'b01f_01io->b01f'}
+  _close(fisher_like(ours)(k, x), fisher_like(ref)(k, x))
 
 
 # ----------------------------------------------------------------------------- mixed precision

@@ -187,8 +187,9 @@ def make_explainer_step(explainer: models.Explainer, cfg, regularize: bool = Tru
   The regularizer is estimated on every (batch_size / fisher_batch)-th row of the batch
   (the same rows on any number of devices). regularize=False (or fisher_weight 0) gives
   the same step without it; `parallel.every_nth` alternates the two for fisher_every > 1.
-  Not a lax.cond inside one step: XLA:CPU runs convolutions inside a conditional ~45×
-  slower (measured: second-order Upsample2x gradient 0.8 s → 37 s).
+  Not a lax.cond inside one step: XLA:CPU ran convolutions inside a conditional ~45×
+  slower (measured: second-order Upsample2x gradient 0.8 s → 37 s), as it still runs any
+  convolution gradient that is not a `layers.canonical_conv` (Upsample2x's now are).
   """
   weight = float(cfg.fisher_weight)
 

@@ -125,32 +125,37 @@ def canonical_conv(x: Array, kernel: Array, padding: Pads) -> Array:
   emits those as naive loops (an `…_elemental_kernel_module` per conv): the explainer's
   Fisher gradient in chunks (fisher_information(chunk_size=…)) ran 8-22× slower than
   unchunked. Here the transposes are explicit, and top level or not every conv is Eigen's.
-  Reverse mode only (jax.custom_vjp, any order): jax.jvp of it raises.
+  Reverse mode only (jax.custom_vjp, any order): jax.jvp of it raises. The matmul
+  precision in force at the call (jax.default_matmul_precision) is fixed for the gradients
+  too, as for lax's own convolutions, although a custom VJP's backward pass is traced later,
+  outside the caller's context (the Fisher estimator's 'highest').
   """
-  return _canonical_conv(x, kernel, tuple(tuple(p) for p in padding))
+  precision = jax.config.jax_default_matmul_precision
+  return _canonical_conv(x, kernel, tuple(tuple(p) for p in padding), precision)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _canonical_conv(x: Array, kernel: Array, padding: Pads) -> Array:
-  return lax.conv_general_dilated(x, kernel, (1, 1), padding, dimension_numbers=_DN)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _canonical_conv(x: Array, kernel: Array, padding: Pads, precision: str | None) -> Array:
+  return lax.conv_general_dilated(x, kernel, (1, 1), padding, dimension_numbers=_DN,
+                                  precision=precision)
 
 
-def _canonical_conv_fwd(x: Array, kernel: Array, padding: Pads):
-  return _canonical_conv(x, kernel, padding), (x, kernel)
+def _canonical_conv_fwd(x: Array, kernel: Array, padding: Pads, precision: str | None):
+  return _canonical_conv(x, kernel, padding, precision), (x, kernel)
 
 
-def _canonical_conv_bwd(padding: Pads, residuals, dy: Array):
+def _canonical_conv_bwd(padding: Pads, precision: str | None, residuals, dy: Array):
   x, kernel = residuals
   kh, kw = kernel.shape[:2]
   (lo_h, hi_h), (lo_w, hi_w) = padding
   # dx: the full correlation of dy with the flipped kernel, its features swapped → [kh, kw, O, C].
   flipped = jnp.transpose(kernel[::-1, ::-1], (0, 1, 3, 2))
   dx = _canonical_conv(dy, flipped, ((kh - 1 - lo_h, kh - 1 - hi_h),
-                                     (kw - 1 - lo_w, kw - 1 - hi_w)))
+                                     (kw - 1 - lo_w, kw - 1 - hi_w)), precision)
   # dkernel[h, w, c, o] = Σ_{b, i, j} x_pad[b, i + h, j + w, c] dy[b, i, j, o]: a conv with
   # x's channels as its batch, x's batch as its features and dy as the kernel.
   dk = _canonical_conv(jnp.transpose(x, (3, 1, 2, 0)), jnp.transpose(dy, (1, 2, 0, 3)),
-                       padding)                           # [C, kh, kw, O]
+                       padding, precision)                # [C, kh, kw, O]
   return dx, jnp.transpose(dk, (1, 2, 0, 3))
 
 

@@ -348,6 +348,27 @@ def test_every_product_of_the_estimator_and_its_gradient_runs_at_the_asked_preci
     assert [('HIGHEST' in l) for l in lines] == [highest] * len(lines)
 
 
+@pytest.mark.parametrize('precision, highest', [('highest', True), (None, False)])
+def test_the_explainers_custom_vjp_convs_keep_the_precision_in_the_outer_gradient(
+    precision, highest):
+  # Upsample2x's phase convs are layers.canonical_conv, a custom VJP: its backward pass is
+  # traced when the regularizer's gradient is taken, after the estimator's precision context
+  # has closed; the precision must travel with the call.
+  from lsei_jax import models  # pylint: disable=g-import-not-at-top
+  g = models.Explainer(image_size=8, channels=(4, 3))
+  e = jax.random.normal(jax.random.key(0), (3, 5))
+  params = g.init(jax.random.key(1), e)
+
+  def reg(p):
+    info = fisher_information(lambda x: g.apply(p, x), e, jax.random.key(2), num_samples=2,
+                              loss='bce', chunk_size=1, precision=precision)
+    return jnp.sum(info)
+
+  lines = _products(jax.grad(reg), params)
+  assert sum('stablehlo.convolution' in l for l in lines) >= 16
+  assert [('HIGHEST' in l) for l in lines] == [highest] * len(lines)
+
+
 def test_one_row_needs_a_fixed_sigma_and_gives_the_exact_value_with_one():
   W, b, e = _linear_problem()
   fn = lambda x: x @ W + b

@@ -23,7 +23,7 @@ from lsei_jax import data as data_lib
 from lsei_jax.training import workdir as workdir_lib
 from lsei_jax.classifier_split import ClassifierSplit
 from lsei_jax.training.pipeline import (Models, build, generator_apply, mean_information,
-                               random_classifier_state, signature, stream, template_state)
+                               random_classifier_state, restore_target, signature, stream)
 from lsei_jax.reporting.report import TABLE_KEYS  # noqa: F401  (public here too)
 from lsei_jax.training.trainer import check_untrained, load_complete
 
@@ -87,6 +87,13 @@ def _probe_fn(mods: Models, mesh):
 
 
 @functools.lru_cache(maxsize=16)
+def _generate_fn(mods: Models):
+  """(g params, ĥ [b, d]) → sigmoid(g(ĥ)) [b, H, W, 3] (jitted: eagerly, every op of g
+  would compile on its own)."""
+  return jax.jit(lambda p, e: jax.nn.sigmoid(mods.explainer.apply({'params': p}, e)))
+
+
+@functools.lru_cache(maxsize=16)
 def _classify_apply(embed, head, mesh):
   """(classifier params, {'image': uint8 [b,H,W,3]}) → logits [b, C] = head(embed(x))."""
   return parallel.data_parallel_apply(
@@ -117,8 +124,7 @@ def load_stages(config, workdir: str, mods: Models, mesh, names, identities=None
   """Final (state, meta) of the named stages, with every upstream link (pipeline.GRAPH)
   checked; `identities` adds upstream identities not loaded here (a given classifier)."""
   d = mods.dvae.hidden_dim
-  out = {name: load_complete(workdir, name, template_state(config, mods, name, mesh,
-                                                           embed_dim=d),
+  out = {name: load_complete(workdir, name, restore_target(config, mods, name, mesh, d),
                              signature(config, name)) for name in names}
   ident = dict(identities or {}, **{n: checkpoints.identity(m) for n, (_, m) in out.items()})
   for name, (_, meta) in out.items():
@@ -337,11 +343,11 @@ def compute(config, workdir: str, *, classifier: ClassifierSplit | None = None, 
     result['sanity'] = None
 
   k = ec.grid_rows
-  g = lambda e: np.asarray(jax.nn.sigmoid(mods.explainer.apply({'params': g_p}, e)))
+  g = lambda e: np.asarray(_generate_fn(mods)(g_p, e))
   figures = {'image': test.images[:k] / 255.0, 'g_hhat': g(out['hhat'][:k]),
              'g_flip': g(out['hhat_flip'][:k]), 'attribution_image': x_a[:k],
-             'ig': crosscheck.ig_heatmaps(lambda y: split.head(clf_p, split.embed(clf_p, y)),
-                                          x_a[:k], pred_c[:k], ec.attribution.ig_steps)}
+             'ig': crosscheck.ig_heatmaps(split, x_a[:k], pred_c[:k], ec.attribution.ig_steps,
+                                          model=None if given else mods.classifier)}
   return result, figures
 
 

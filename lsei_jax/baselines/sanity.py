@@ -66,7 +66,11 @@ def cascading_randomization(model: nn.Module, params: Params, key: Array, *init_
   order = list(reversed(layer_paths(fresh))) if order is None else [tuple(p) for p in order]
   out, current = [], params
   for path in order:
-    current = _replace(current, path, _get(fresh, path))
+    # Fresh weights placed like the ones they replace: a jitted attribution function then
+    # sees the same input shardings at every level and traces once, not once per level.
+    new = jax.tree.map(lambda f, old: jax.device_put(f, old.sharding)
+                       if isinstance(old, jax.Array) else f, _get(fresh, path), _get(params, path))
+    current = _replace(current, path, new)
     out.append(('/'.join(path), current))
   return out
 

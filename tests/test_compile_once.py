@@ -54,3 +54,23 @@ def test_explainer_step_is_built_once_per_models_config_and_mesh(tiny_config):
   other = cfg.copy_and_resolve_references()
   other.fisher_samples += 1
   assert pipeline.explainer_step(mods.explainer, other, mesh) is not step
+
+
+def test_evaluation_runs_no_model_op_by_op(workdir_copy, tiny_config):
+  # Outside jit every op of a model compiles on its own (none of it persistently cached):
+  # restore targets come from eval_shape, initialisations and attributions are jitted.
+  # Eager dispatch caches are per process, so they are cleared first.
+  jax.clear_caches()
+  names = []
+
+  def listener(event, duration, fun_name=None, **_):
+    del duration
+    if event == dispatch.JAXPR_TRACE_EVENT:
+      names.append(fun_name)
+  monitoring.register_event_duration_secs_listener(listener)
+  try:
+    evaluation.evaluate(tiny_config, workdir_copy)
+  finally:
+    monitoring.unregister_event_duration_listener(listener)
+  eager_model_ops = {'conv_general_dilated', '_truncated_normal', 'relu', 'dot_general'}
+  assert not eager_model_ops & set(names), sorted(n for n in names if n in eager_model_ops)

@@ -14,17 +14,28 @@ from lsei_jax import baselines
 
 
 def tcav_entries(key: jax.Array, head: Callable, h: np.ndarray, attributes: np.ndarray,
-                 labels: np.ndarray, names: Sequence[str], cfg) -> list[dict]:
+                 labels: np.ndarray, names: Sequence[str], cfg, split=None) -> list[dict]:
   """TCAV of every attribute (as a concept) for every class, at the layer h = c1(x).
 
+  split: the classifier (`head` is then its head at its params): its class gradients are
+  computed by a jit built once per head function.
   Returns [{concept, class, score, p_value, significant}], concepts in `names` order.
   """
+  grads = None
+  if split is not None:
+    grads = _class_gradients_fn(split.head, cfg.output)(split.params, jnp.asarray(h))
   result = baselines.tcav(key, head, jnp.asarray(h), jnp.asarray(attributes),
                           jnp.asarray(labels), num_runs=cfg.num_runs,
                           num_per_side=cfg.num_per_side, output=cfg.output,
-                          cav_method=cfg.cav_method, alpha=cfg.alpha)
+                          cav_method=cfg.cav_method, alpha=cfg.alpha, grads=grads)
   table = baselines.tcav_table(result, names)
   return [{'concept': c, 'class': int(k), **v} for (c, k), v in table.items()]
+
+
+@functools.lru_cache(maxsize=16)
+def _class_gradients_fn(head: Callable, output: str) -> Callable:
+  """jit of (params, h [N, d]) → baselines.class_gradients of h ↦ head(params, h)."""
+  return jax.jit(lambda p, h: baselines.class_gradients(lambda e: head(p, e), h, output))
 
 
 ATTRIBUTIONS = {

@@ -86,6 +86,13 @@ def _probe_fn(mods: Models, mesh):
   return parallel.data_parallel_apply(f, mesh, parallel.convnet_compiler_options())
 
 
+@functools.lru_cache(maxsize=32)
+def _jit(fn):
+  """jax.jit(fn), built once per function: small computations on a few rows, which would
+  otherwise compile op by op."""
+  return jax.jit(fn)
+
+
 @functools.lru_cache(maxsize=16)
 def _generate_fn(mods: Models):
   """(g params, ĥ [b, d]) → sigmoid(g(ĥ)) [b, H, W, 3] (jitted: eagerly, every op of g
@@ -180,7 +187,8 @@ def concept_summary(split, mods: Models, out: dict, test, accuracy: float,
   """The concept-learner metrics (concept_metrics.summary) and recovery of the test
   split's annotated attributes, from `_explain`'s outputs."""
   hbar = out['h'].mean(0, keepdims=True)
-  mean_pred = int(np.argmax(np.asarray(split.head(split.params, jnp.asarray(hbar))), -1)[0])
+  mean_pred = int(np.argmax(np.asarray(_jit(split.head)(split.params, jnp.asarray(hbar))),
+                            -1)[0])
   acc_mean = float(np.mean(test.labels == mean_pred))
   return {'kind': mods.learner.kind,
           **concept_metrics.summary(out['h'], out['hhat'], out['code'], acc_h=accuracy,
@@ -245,8 +253,8 @@ def compute(config, workdir: str, *, classifier: ClassifierSplit | None = None, 
       info_g = mean_information(generator_apply(mods), 'bce', stages[name][0].params, hhat,
                                 sigma, key, ec.fisher_samples, ec.batch_size, mesh,
                                 f'I(g) {name}')
-      result['info_cosine' + suffix] = float(fisher.similarity(jnp.asarray(info_g),
-                                                               jnp.asarray(info_c2)))
+      result['info_cosine' + suffix] = float(_jit(fisher.similarity)(jnp.asarray(info_g),
+                                                                    jnp.asarray(info_c2)))
 
   # Per-bit analysis: which single flips change c2(ĥ)'s prediction.
   pred = np.argmax(out['logits_hat'], -1)
@@ -295,7 +303,7 @@ def compute(config, workdir: str, *, classifier: ClassifierSplit | None = None, 
   head = lambda e: split.head(clf_p, e)
   result['tcav'] = crosscheck.tcav_entries(stream(config.seed, 'eval/tcav'), head, out['h'],
                                            test.attributes, labels, test.attribute_names,
-                                           ec.tcav)
+                                           ec.tcav, split=split)
   ka = ec.attribution.images
   pred_c = np.argmax(out['logits'][:ka], -1)
   x_a = test.images[:ka].astype(np.float32) / 255.0

@@ -2,6 +2,7 @@
 maps of a real Classifier change while a model-blind "method" is flagged."""
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 
 from lsei_jax import baselines
 from lsei_jax.models import Classifier
+from lsei_jax.training import parallel
 
 
 def test_spearman_known_values():
@@ -79,3 +81,25 @@ def test_randomisation_changes_gradient_maps_and_flags_blind_method(small_classi
   assert float(g['ssim'][-1].mean()) < float(results['input']['ssim'][-1].mean())
   np.testing.assert_allclose(results['input']['spearman_abs'], 1.0, rtol=1e-6)
   assert baselines.flag_insensitive(results) == {'gradient': False, 'input': True}
+
+
+def test_randomisation_traces_the_attribution_once_for_placed_params(small_classifier):
+  # Restored checkpoints are committed to a mesh sharding, fresh weights are not: the
+  # fresh ones are placed like the ones they replace, so every level reuses one trace.
+  model, params, x, t = small_classifier
+  mesh = parallel.make_mesh()
+  placed = parallel.replicate(params, mesh)
+
+  @chex.assert_max_traces(n=1)
+  def grad_fn(p, images, target):
+    return baselines.vanilla_gradient(lambda im: model.apply({'params': p}, im), images,
+                                      target)
+
+  r = baselines.model_randomization(jax.jit(grad_fn), model, placed, x, t, jax.random.key(3))
+  assert len(r['layers']) == 4
+  # The same values as with unplaced params (placement is speed only).
+  grad_plain = jax.jit(lambda p, images, target: baselines.vanilla_gradient(
+      lambda im: model.apply({'params': p}, im), images, target))
+  plain = baselines.model_randomization(grad_plain, model, params, x, t, jax.random.key(3))
+  np.testing.assert_allclose(r['spearman'], plain['spearman'], rtol=1e-6)
+  np.testing.assert_allclose(r['ssim'], plain['ssim'], rtol=1e-6)

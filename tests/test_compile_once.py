@@ -4,6 +4,7 @@ import traceback
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import monitoring
 from jax._src import dispatch
 
@@ -54,3 +55,40 @@ def test_explainer_step_is_built_once_per_models_config_and_mesh(tiny_config):
   other = cfg.copy_and_resolve_references()
   other.fisher_samples += 1
   assert pipeline.explainer_step(mods.explainer, other, mesh) is not step
+
+
+def test_evaluation_runs_no_model_op_by_op(workdir_copy, tiny_config):
+  # Outside jit every op of a model compiles on its own (none of it persistently cached):
+  # restore targets come from eval_shape, initialisations and attributions are jitted.
+  # Eager dispatch caches are per process, so they are cleared first.
+  jax.clear_caches()
+  names = []
+
+  def listener(event, duration, fun_name=None, **_):
+    del duration
+    if event == dispatch.JAXPR_TRACE_EVENT:
+      names.append(fun_name)
+  monitoring.register_event_duration_secs_listener(listener)
+  try:
+    evaluation.evaluate(tiny_config, workdir_copy)
+  finally:
+    monitoring.unregister_event_duration_listener(listener)
+  eager_model_ops = {'conv_general_dilated', '_truncated_normal', 'relu', 'dot_general'}
+  assert not eager_model_ops & set(names), sorted(n for n in names if n in eager_model_ops)
+
+
+def test_jitted_initial_state_is_the_eager_one_and_traced_once(tiny_config):
+  # Training starts from initial_state (jitted); checkpoints written from the eager
+  # template_state, and the sanity check's stored random classifier, must stay valid.
+  mods = pipeline.build(tiny_config, 3)
+  mesh = parallel.make_mesh()
+  for stage in ('classifier', 'dvae', 'explainer', 'probe'):
+    rng = pipeline.stage_rngs(tiny_config, stage)[0]
+    eager = pipeline.template_state(tiny_config, mods, stage, mesh, rng)
+    leaves = lambda s: jax.tree.leaves((s.params, s.opt_state, s.step))
+    names = _traces_during(lambda: [pipeline.initial_state(tiny_config, mods, stage, mesh, rng)
+                                    for _ in range(2)])
+    assert names == ['<lambda>'], (stage, names)
+    jitted = pipeline.initial_state(tiny_config, mods, stage, mesh, rng)
+    for a, b in zip(leaves(eager), leaves(jitted), strict=True):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -9,6 +9,7 @@ absolute-value maps normalised to [0, 1].
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Mapping, Sequence
 
 import flax.linen as nn
@@ -61,13 +62,24 @@ def cascading_randomization(model: nn.Module, params: Params, key: Array, *init_
   since restored checkpoints may have sorted keys): for `Classifier`, c2/Dense_0,
   c1/Dense_0, c1/Conv_5, …, c1/Conv_0. Entry i has i + 1 layers randomised.
   """
-  fresh = model.init(key, *init_args, **init_kwargs)['params']
+  fresh = _jitted_init(model, tuple(sorted(init_kwargs.items())))(key, *init_args)['params']
   order = list(reversed(layer_paths(fresh))) if order is None else [tuple(p) for p in order]
   out, current = [], params
   for path in order:
-    current = _replace(current, path, _get(fresh, path))
+    # Fresh weights placed like the ones they replace: a jitted attribution function then
+    # sees the same input shardings at every level and traces once, not once per level.
+    new = jax.tree.map(lambda f, old: jax.device_put(f, old.sharding)
+                       if isinstance(old, jax.Array) else f, _get(fresh, path), _get(params, path))
+    current = _replace(current, path, new)
     out.append(('/'.join(path), current))
   return out
+
+
+@functools.lru_cache(maxsize=16)
+def _jitted_init(model: nn.Module, kwargs: tuple) -> Callable:
+  """jit(model.init), built once per (module, keyword arguments): one compilation instead
+  of an eager one per parameter shape and op (the values are the same)."""
+  return jax.jit(lambda k, *a: model.init(k, *a, **dict(kwargs)))
 
 
 # ----------------------------------------------------------------------------- similarity
@@ -146,16 +158,20 @@ def model_randomization(attribution_fn: Callable[[Params, Array, Array], Array],
   spearman (signed maps), spearman_abs (|maps|), ssim (normalize_abs maps).
   """
   original = attribution_fn(params, images, target)
-  ref = normalize_abs(original)
-  names, rho, rho_abs, sim = [], [], [], []
+  names, sims = [], []
   for name, p in cascading_randomization(model, params, key, images[:1], order=order):
-    maps = attribution_fn(p, images, target)
     names.append(name)
-    rho.append(spearman(original, maps))
-    rho_abs.append(spearman(original, maps, absolute=True))
-    sim.append(ssim(ref, normalize_abs(maps)))
-  return dict(layers=names, spearman=jnp.stack(rho), spearman_abs=jnp.stack(rho_abs),
-              ssim=jnp.stack(sim))
+    sims.append(_similarities(original, attribution_fn(p, images, target)))
+  rho, rho_abs, sim = (jnp.stack(s) for s in zip(*sims))
+  return dict(layers=names, spearman=rho, spearman_abs=rho_abs, ssim=sim)
+
+
+@jax.jit
+def _similarities(original: Array, maps: Array) -> tuple[Array, Array, Array]:
+  """(spearman, spearman of |maps|, ssim of normalize_abs) of original vs maps, each [B];
+  jitted: one compilation serves every layer and method (eagerly, one per op)."""
+  return (spearman(original, maps), spearman(original, maps, absolute=True),
+          ssim(normalize_abs(original), normalize_abs(maps)))
 
 
 def flag_insensitive(results: Mapping[str, Mapping[str, Any]], *, threshold: float = 0.5,

@@ -201,7 +201,8 @@ def tcav(key: Array, c2: Callable[[Array], Array], acts: Array, concepts: Array,
          output: Literal['logit', 'log_prob'] = 'logit', alpha: float = 0.05,
          equal_var: bool = True,
          cav_method: Literal['logistic', 'mean_difference'] = 'logistic', cav_steps: int = 200,
-         learning_rate: float = 0.1, l2: float = 1e-3) -> dict[str, Array]:
+         learning_rate: float = 0.1, l2: float = 1e-3, grads: Array | None = None
+         ) -> dict[str, Array]:
   """TCAV of every (concept, class) pair, with a significance test against random CAVs.
 
   Args:
@@ -225,6 +226,9 @@ def tcav(key: Array, c2: Callable[[Array], Array], acts: Array, concepts: Array,
     equal_var: Student's pooled test (True, the reference code's) or Welch's (False).
     cav_method: 'logistic' (`train_cav`, the reference; cav_steps, learning_rate, l2 are
       its settings) or 'mean_difference' (`mean_difference_cav`).
+    grads: `class_gradients(c2, eval_acts, output)` [N, C, d] when the caller has them
+      (e.g. from a jitted function; outside jit each op compiles on its own); c2 is then
+      not called.
 
   Returns:
     score [A, C] (mean TCAV score over runs), p_value [A, C], significant bool [A, C],
@@ -250,7 +254,8 @@ def tcav(key: Array, c2: Callable[[Array], Array], acts: Array, concepts: Array,
                      f'smallest pool has {m}')
   eval_acts = acts if eval_acts is None else eval_acts
   eval_labels = labels if eval_labels is None else eval_labels
-  grads = class_gradients(c2, jnp.asarray(eval_acts), output)
+  if grads is None:
+    grads = class_gradients(c2, jnp.asarray(eval_acts), output)
   out = _tcav_core(key, jnp.asarray(acts), jnp.asarray(concepts_np), grads,
                    jnp.asarray(eval_labels), num_runs=num_runs, num_per_side=m,
                    negatives=negatives, equal_var=equal_var, cav_method=cav_method,

@@ -23,7 +23,7 @@ from lsei_jax import data as data_lib
 from lsei_jax.training import workdir as workdir_lib
 from lsei_jax.classifier_split import ClassifierSplit
 from lsei_jax.training.pipeline import (Models, build, generator_apply, mean_information,
-                               random_classifier_state, signature, stream, template_state)
+                               random_classifier_state, restore_target, signature, stream)
 from lsei_jax.reporting.report import TABLE_KEYS  # noqa: F401  (public here too)
 from lsei_jax.training.trainer import check_untrained, load_complete
 
@@ -86,6 +86,20 @@ def _probe_fn(mods: Models, mesh):
   return parallel.data_parallel_apply(f, mesh, parallel.convnet_compiler_options())
 
 
+@functools.lru_cache(maxsize=32)
+def _jit(fn):
+  """jax.jit(fn), built once per function: small computations on a few rows, which would
+  otherwise compile op by op."""
+  return jax.jit(fn)
+
+
+@functools.lru_cache(maxsize=16)
+def _generate_fn(mods: Models):
+  """(g params, ĥ [b, d]) → sigmoid(g(ĥ)) [b, H, W, 3] (jitted: eagerly, every op of g
+  would compile on its own)."""
+  return jax.jit(lambda p, e: jax.nn.sigmoid(mods.explainer.apply({'params': p}, e)))
+
+
 @functools.lru_cache(maxsize=16)
 def _classify_apply(embed, head, mesh):
   """(classifier params, {'image': uint8 [b,H,W,3]}) → logits [b, C] = head(embed(x))."""
@@ -117,8 +131,7 @@ def load_stages(config, workdir: str, mods: Models, mesh, names, identities=None
   """Final (state, meta) of the named stages, with every upstream link (pipeline.GRAPH)
   checked; `identities` adds upstream identities not loaded here (a given classifier)."""
   d = mods.dvae.hidden_dim
-  out = {name: load_complete(workdir, name, template_state(config, mods, name, mesh,
-                                                           embed_dim=d),
+  out = {name: load_complete(workdir, name, restore_target(config, mods, name, mesh, d),
                              signature(config, name)) for name in names}
   ident = dict(identities or {}, **{n: checkpoints.identity(m) for n, (_, m) in out.items()})
   for name, (_, meta) in out.items():
@@ -174,7 +187,8 @@ def concept_summary(split, mods: Models, out: dict, test, accuracy: float,
   """The concept-learner metrics (concept_metrics.summary) and recovery of the test
   split's annotated attributes, from `_explain`'s outputs."""
   hbar = out['h'].mean(0, keepdims=True)
-  mean_pred = int(np.argmax(np.asarray(split.head(split.params, jnp.asarray(hbar))), -1)[0])
+  mean_pred = int(np.argmax(np.asarray(_jit(split.head)(split.params, jnp.asarray(hbar))),
+                            -1)[0])
   acc_mean = float(np.mean(test.labels == mean_pred))
   return {'kind': mods.learner.kind,
           **concept_metrics.summary(out['h'], out['hhat'], out['code'], acc_h=accuracy,
@@ -239,8 +253,8 @@ def compute(config, workdir: str, *, classifier: ClassifierSplit | None = None, 
       info_g = mean_information(generator_apply(mods), 'bce', stages[name][0].params, hhat,
                                 sigma, key, ec.fisher_samples, ec.batch_size, mesh,
                                 f'I(g) {name}')
-      result['info_cosine' + suffix] = float(fisher.similarity(jnp.asarray(info_g),
-                                                               jnp.asarray(info_c2)))
+      result['info_cosine' + suffix] = float(_jit(fisher.similarity)(jnp.asarray(info_g),
+                                                                    jnp.asarray(info_c2)))
 
   # Per-bit analysis: which single flips change c2(ĥ)'s prediction.
   pred = np.argmax(out['logits_hat'], -1)
@@ -289,7 +303,7 @@ def compute(config, workdir: str, *, classifier: ClassifierSplit | None = None, 
   head = lambda e: split.head(clf_p, e)
   result['tcav'] = crosscheck.tcav_entries(stream(config.seed, 'eval/tcav'), head, out['h'],
                                            test.attributes, labels, test.attribute_names,
-                                           ec.tcav)
+                                           ec.tcav, split=split)
   ka = ec.attribution.images
   pred_c = np.argmax(out['logits'][:ka], -1)
   x_a = test.images[:ka].astype(np.float32) / 255.0
@@ -337,11 +351,11 @@ def compute(config, workdir: str, *, classifier: ClassifierSplit | None = None, 
     result['sanity'] = None
 
   k = ec.grid_rows
-  g = lambda e: np.asarray(jax.nn.sigmoid(mods.explainer.apply({'params': g_p}, e)))
+  g = lambda e: np.asarray(_generate_fn(mods)(g_p, e))
   figures = {'image': test.images[:k] / 255.0, 'g_hhat': g(out['hhat'][:k]),
              'g_flip': g(out['hhat_flip'][:k]), 'attribution_image': x_a[:k],
-             'ig': crosscheck.ig_heatmaps(lambda y: split.head(clf_p, split.embed(clf_p, y)),
-                                          x_a[:k], pred_c[:k], ec.attribution.ig_steps)}
+             'ig': crosscheck.ig_heatmaps(split, x_a[:k], pred_c[:k], ec.attribution.ig_steps,
+                                          model=None if given else mods.classifier)}
   return result, figures
 
 

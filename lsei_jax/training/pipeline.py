@@ -216,7 +216,7 @@ def check_sanity_workdir(sdir: str, mode: str) -> None:
 def trained_split(config, workdir: str, mesh) -> ClassifierSplit:
   """The config's classifier as trained in `workdir` (its complete checkpoint)."""
   mods = build(config)
-  state, _ = load_complete(workdir, 'classifier', template_state(config, mods, 'classifier', mesh),
+  state, _ = load_complete(workdir, 'classifier', restore_target(config, mods, 'classifier', mesh),
                            signature(config, 'classifier'))
   return builtin_split(mods, state.params)
 
@@ -528,9 +528,48 @@ def template_state(config, mods: Models, stage: str, mesh, rng: jax.Array | None
                             mesh)
 
 
+def restore_target(config, mods: Models, stage: str, mesh, embed_dim: int | None = None):
+  """The structure, shapes, dtypes and replicated shardings of `stage`'s train state
+  (jax.ShapeDtypeStruct leaves), without computing it: what a checkpoint restores into.
+
+  `template_state` would initialise the modules eagerly, one small XLA compilation per
+  distinct parameter shape and op (about 8 s of a warm evaluation, none of it cached).
+  Traced once per (config, models, stage, mesh, d)."""
+  d = embed_dim if embed_dim is not None else mods.dvae.hidden_dim
+  return _restore_target(ml_collections.FrozenConfigDict(config), mods, stage, mesh, d)
+
+
+@functools.lru_cache(maxsize=64)
+def _restore_target(config, mods: Models, stage: str, mesh, d: int):
+  ctx = _context(config, mods, mesh, None, d)
+  shapes = jax.eval_shape(lambda rng: STAGE_DEFS[stage].template(ctx, rng),
+                          stage_rngs(config, stage)[0])
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
+                      shapes)
+
+
 def random_classifier_state(config, mods: Models, mesh):
-  """The sanity check's untrained classifier: a pure function of the seed (its named stream)."""
-  return template_state(config, mods, 'classifier', mesh, stream(config.seed, 'sanity/classifier'))
+  """The sanity check's untrained classifier: a pure function of the seed (its named stream).
+
+  Evaluation recomputes it to check the stored one."""
+  return initial_state(config, mods, 'classifier', mesh, stream(config.seed, 'sanity/classifier'))
+
+
+def initial_state(config, mods: Models, stage: str, mesh, rng: jax.Array,
+                  embed_dim: int | None = None):
+  """`template_state` under jit: the same values (the initialisers are jitted functions
+  either way), one compilation, persistently cached, instead of an eager one per
+  parameter shape and op (seconds per stage on 2 CPU cores, never cached)."""
+  d = config.model.classifier.hidden_dim if embed_dim is None else embed_dim
+  init = _jitted_template(ml_collections.FrozenConfigDict(config), mods, stage, mesh, d)
+  return parallel.replicate(init(rng), mesh)
+
+
+@functools.lru_cache(maxsize=32)
+def _jitted_template(config, mods: Models, stage: str, mesh, d: int) -> Callable:
+  ctx = _context(config, mods, mesh, None, d)
+  return jax.jit(lambda rng: STAGE_DEFS[stage].template(ctx, rng))
 
 
 def link_of(stage: str, identities: dict) -> dict:
@@ -621,7 +660,6 @@ def _train(config, workdir, stages, *, classifier, mesh, hooks, random_classifie
       metas['classifier'] = identities['classifier'] = given
       _record_given(workdir, given, d, num_classes, classifier.name)
       continue
-    template = parallel.replicate(sd.template(ctx, stage_rngs(config, sd.name)[0]), mesh)
     if sd.name == 'classifier' and random_classifier:
       state, meta = save_untrained(workdir, 'classifier',
                                    random_classifier_state(config, mods, mesh),
@@ -640,6 +678,7 @@ def _train(config, workdir, stages, *, classifier, mesh, hooks, random_classifie
             w, bs, step, order_seed, pi, pc)
       batch_fn = (lambda arrays, prepare, indices: lambda step: prepare(
           {k: v[indices(step)] for k, v in arrays.items()}))(arrays, prepare, indices)
+      template = initial_state(config, mods, sd.name, mesh, stage_rngs(config, sd.name)[0], d)
       state, meta = run_stage(
           Stage(sd.name, cfg.steps, template, sd.step(ctx), batch_fn,
                 stage_rngs(config, sd.name)[1], extra=sd.extra(ctx), upstream=link,
@@ -647,7 +686,8 @@ def _train(config, workdir, stages, *, classifier, mesh, hooks, random_classifie
           workdir, mesh, save_every=config.checkpoint.every_steps,
           max_to_keep=config.checkpoint.max_to_keep, log_every=config.log_every, hooks=hooks)
     else:
-      state, meta = load_complete(workdir, sd.name, template, signature(config, sd.name))
+      state, meta = load_complete(workdir, sd.name, restore_target(config, mods, sd.name, mesh, d),
+                                  signature(config, sd.name))
       check_link(sd.name, meta, link, workdir)
     ctx.states[sd.name] = state
     identities[sd.name] = checkpoints.identity(meta)

@@ -7,10 +7,13 @@ config fields that shape the checkpoint (signature.py): a change is refused by n
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
-from typing import Any
+import signal
+import threading
+from typing import Any, Iterator
 
 import jax
 import numpy as np
@@ -78,6 +81,10 @@ class StageCheckpoints:
 
   def save(self, step: int, state: Any, meta: dict) -> None:
     meta = _jsonable(dict(meta, stage=self.stage, step=int(step)))
+    with signals_held():
+      self._save(step, state, meta)
+
+  def _save(self, step: int, state: Any, meta: dict) -> None:
     try:
       self.manager.save(step, args=ocp.args.Composite(
           state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
@@ -104,6 +111,31 @@ class StageCheckpoints:
 
   def close(self) -> None:
     self.manager.close()
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+  """SIGINT and SIGTERM that arrive inside the block are delivered when it ends.
+
+  A KeyboardInterrupt raised inside orbax's save leaves its asynchronous machinery half torn
+  down: the checkpoint may be lost and the process prints 'RuntimeError: Event loop is
+  closed' after the CLI's one-line error. Held, the signal stops training right after the
+  save, which then counts as the last checkpoint. Signal handlers can only be set in the
+  main thread; elsewhere the block runs as it is.
+  """
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  caught: list[int] = []
+  previous = {s: signal.signal(s, lambda signum, frame: caught.append(signum))
+              for s in (signal.SIGINT, signal.SIGTERM)}
+  try:
+    yield
+  finally:
+    for s, handler in previous.items():  # None: a handler not set from Python
+      signal.signal(s, signal.SIG_DFL if handler is None else handler)
+    if caught:  # the restored handler runs now (the CLI's SIGTERM, Python's Ctrl-C)
+      signal.raise_signal(caught[0])
 
 
 def identity(meta: dict) -> dict:

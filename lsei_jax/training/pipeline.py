@@ -519,13 +519,17 @@ def _context(config, mods: Models, mesh, data=None, embed_dim=None) -> Context:
   return Context(config, mesh, mods, data, d)
 
 
+def _embed_dim(mods: Models, embed_dim: int | None) -> int:
+  return mods.dvae.hidden_dim if embed_dim is None else embed_dim
+
+
 def template_state(config, mods: Models, stage: str, mesh, rng: jax.Array | None = None,
                    embed_dim: int | None = None):
-  """A fresh, replicated train state of `stage` (its initial state when rng is the init key)."""
+  """A fresh, replicated train state of `stage` (its initial state when rng is the init key),
+  initialised eagerly: `initial_state` computes the same values under jit."""
   rng = stage_rngs(config, stage)[0] if rng is None else rng
-  d = embed_dim if embed_dim is not None else mods.dvae.hidden_dim
-  return parallel.replicate(STAGE_DEFS[stage].template(_context(config, mods, mesh, None, d), rng),
-                            mesh)
+  ctx = _context(config, mods, mesh, None, _embed_dim(mods, embed_dim))
+  return parallel.replicate(STAGE_DEFS[stage].template(ctx, rng), mesh)
 
 
 def restore_target(config, mods: Models, stage: str, mesh, embed_dim: int | None = None):
@@ -533,16 +537,16 @@ def restore_target(config, mods: Models, stage: str, mesh, embed_dim: int | None
   (jax.ShapeDtypeStruct leaves), without computing it: what a checkpoint restores into.
 
   `template_state` would initialise the modules eagerly, one small XLA compilation per
-  distinct parameter shape and op (about 8 s of a warm evaluation, none of it cached).
-  Traced once per (config, models, stage, mesh, d)."""
-  d = embed_dim if embed_dim is not None else mods.dvae.hidden_dim
-  return _restore_target(ml_collections.FrozenConfigDict(config), mods, stage, mesh, d)
+  distinct parameter shape and op (about 8 s of a warm evaluation, none of it cached); this
+  is the shape of `initial_state`'s jitted template, once per (config, models, stage, mesh,
+  d)."""
+  return _restore_target(ml_collections.FrozenConfigDict(config), mods, stage, mesh,
+                         _embed_dim(mods, embed_dim))
 
 
 @functools.lru_cache(maxsize=64)
 def _restore_target(config, mods: Models, stage: str, mesh, d: int):
-  ctx = _context(config, mods, mesh, None, d)
-  shapes = jax.eval_shape(lambda rng: STAGE_DEFS[stage].template(ctx, rng),
+  shapes = jax.eval_shape(_jitted_template(config, mods, stage, mesh, d),
                           stage_rngs(config, stage)[0])
   sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
@@ -561,8 +565,8 @@ def initial_state(config, mods: Models, stage: str, mesh, rng: jax.Array,
   """`template_state` under jit: the same values (the initialisers are jitted functions
   either way), one compilation, persistently cached, instead of an eager one per
   parameter shape and op (seconds per stage on 2 CPU cores, never cached)."""
-  d = config.model.classifier.hidden_dim if embed_dim is None else embed_dim
-  init = _jitted_template(ml_collections.FrozenConfigDict(config), mods, stage, mesh, d)
+  init = _jitted_template(ml_collections.FrozenConfigDict(config), mods, stage, mesh,
+                          _embed_dim(mods, embed_dim))
   return parallel.replicate(init(rng), mesh)
 
 

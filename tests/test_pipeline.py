@@ -220,3 +220,15 @@ def test_sanity_with_a_random_head_on_the_builtin_classifier(workdir_copy, tiny_
   assert result['attribution_sanity']['gradient']['layers'][0] == 'c2/Dense_0'  # the cascade
   with pytest.raises(checkpoints.CheckpointError, match="randomize='head', not 'init'"):
     evaluation.evaluate(tiny_config, workdir_copy)
+
+
+def test_step_keys_are_fold_in_of_the_step_bit_for_bit():
+  import jax
+  import numpy as np
+  from lsei_jax.training import trainer
+  for rng in (jax.random.key(7), jax.random.PRNGKey(7), jax.random.key(7, impl='rbg')):
+    key_of = trainer.step_keys(rng, 3, 40)
+    for step in (3, 17, 39):
+      want, got = jax.random.fold_in(rng, step), key_of(step)
+      assert want.dtype == got.dtype
+      assert np.array_equal(jax.random.normal(want, (5,)), jax.random.normal(got, (5,)))

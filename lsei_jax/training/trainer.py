@@ -7,6 +7,7 @@ import os
 from typing import Any, Callable, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from tqdm.auto import tqdm
@@ -73,6 +74,23 @@ def _restore_latest(ckpt: checkpoints.StageCheckpoints, template: Any,
   return None, None
 
 
+def step_keys(rng: jax.Array, start: int, stop: int) -> Callable[[int], jax.Array]:
+  """step ↦ jax.random.fold_in(rng, step) for start ≤ step < stop, bitwise, computed in
+  one jitted call; each lookup only wraps a row of host key data (≈ 0.1 ms)."""
+  typed = jnp.issubdtype(rng.dtype, jax.dtypes.prng_key)
+  keys = _fold_in_each(rng, jnp.arange(start, stop))
+  data = np.asarray(jax.random.key_data(keys) if typed else keys)
+  if not typed:  # a raw uint32 key (jax.random.PRNGKey): its rows are keys already
+    return lambda step: data[step - start]
+  impl = jax.random.key_impl(rng)
+  return lambda step: jax.random.wrap_key_data(data[step - start], impl=impl)
+
+
+@jax.jit
+def _fold_in_each(rng: jax.Array, steps: jax.Array) -> jax.Array:
+  return jax.vmap(jax.random.fold_in, (None, 0))(rng, steps)
+
+
 def run_stage(stage: Stage, workdir: str, mesh, *, save_every: int, max_to_keep: int,
               log_every: int, hooks: Sequence[Callable] = ()) -> tuple[Any, dict]:
   """Trains `stage` from its latest checkpoint to num_steps; returns (state, final meta).
@@ -108,18 +126,21 @@ def run_stage(stage: Stage, workdir: str, mesh, *, save_every: int, max_to_keep:
     meta, done = None, start
     # The next host batch is assembled on a thread while the device runs this step;
     # batch_fn is a pure function of the step index, so this cannot change results.
+    # The thread also places it on the devices, and the step keys fold_in(rng, step) are
+    # made in one call up front: on 2 cores, per-step host work (an eager fold_in and a
+    # transfer, ≈ 1-2.5 ms each under load) slowed small steps (the DVAE's) by about 2×.
     prefetch = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix='prefetch')
+    next_batch = lambda step: parallel.shard_batch(stage.batch_fn(step), mesh)
+    step_key = step_keys(stage.rng, start, stage.num_steps)
     try:
       bar = tqdm(range(start, stage.num_steps), desc=stage.name, initial=start,
                  total=stage.num_steps, disable=jax.process_index() != 0)
-      pending = prefetch.submit(stage.batch_fn, start)
+      pending = prefetch.submit(next_batch, start)
       for step in bar:
-        local = pending.result()
+        batch = pending.result()
         if step + 1 < stage.num_steps:
-          pending = prefetch.submit(stage.batch_fn, step + 1)
-        batch = parallel.shard_batch(local, mesh)
-        state, metrics = stage.step(state, batch, jax.random.fold_in(stage.rng, step),
-                                    *stage.extra)
+          pending = prefetch.submit(next_batch, step + 1)
+        state, metrics = stage.step(state, batch, step_key(step), *stage.extra)
         done = step + 1
         is_save = done % save_every == 0 or done == stage.num_steps
         if done % log_every == 0 or is_save:

@@ -215,6 +215,20 @@ def test_sanity_with_a_random_head_on_the_builtin_classifier(workdir_copy, tiny_
   assert metas['sanity/classifier'] == pipeline.given_identity(rand, head)
   assert json.load(open(os.path.join(sdir, 'classifier.json')))['given'] == \
       metas['sanity/classifier']['given']
+  # The random head keeps the embedding, so the concept learner is the run's own, adopted
+  # rather than retrained; oracle: training it over the random head gives the same bits.
+  main_dvae = checkpoints.StageCheckpoints(workdir_copy, 'dvae', read_only=True)
+  main_meta = main_dvae.read_meta(main_dvae.latest_step())
+  main_dvae.close()
+  assert metas['sanity/dvae']['adopted_from'] == workdir_copy
+  assert metas['sanity/dvae']['fingerprint'] == main_meta['fingerprint']
+  assert metas['sanity/dvae']['upstream'] == {'classifier': metas['sanity/classifier']}
+  assert metas['sanity/dvae']['step'] == head.dvae.steps and metas['sanity/dvae']['complete']
+  retrained = pipeline.train(head, os.path.join(workdir_copy, 'retrained'),
+                             ('classifier', 'dvae'), classifier=rand)
+  assert retrained['dvae']['fingerprint'] == main_meta['fingerprint']
+  again = pipeline.train(head, workdir_copy, ['sanity'])   # complete: loaded, not re-adopted
+  assert again == metas
   result = evaluation.evaluate(head, workdir_copy)
   assert result['sanity']['randomized'] == 'head'
   assert result['attribution_sanity']['gradient']['layers'][0] == 'c2/Dense_0'  # the cascade

@@ -30,7 +30,8 @@ from lsei_jax.training import signature as signature_lib
 from lsei_jax.training import workdir as workdir_lib
 from lsei_jax.training.workdir import check_workdir  # noqa: F401  (public here too)
 from lsei_jax.classifier_split import ClassifierSplit
-from lsei_jax.training.trainer import Stage, load_complete, run_stage, save_untrained
+from lsei_jax.training.trainer import (Stage, adopt_stage, load_complete, run_stage,
+                                      save_untrained)
 
 STAGES = ('classifier', 'dvae', 'explainer', 'explainer_noreg', 'probe')
 GIVEN_FILE = 'classifier.json'  # WORKDIR/classifier.json: the given classifier's fingerprint
@@ -594,8 +595,8 @@ def check_link(stage: str, meta: dict, link: dict, workdir: str) -> None:
 # ----------------------------------------------------------------------- training
 def train(config, workdir: str, stages: Sequence[str] | None = None, *,
           classifier: ClassifierSplit | None = None, mesh=None,
-          hooks: Sequence[Callable] = (), random_classifier: bool = False
-          ) -> dict[str, dict]:
+          hooks: Sequence[Callable] = (), random_classifier: bool = False,
+          adopt: dict[str, tuple[Any, str]] | None = None) -> dict[str, dict]:
   """Trains the selected stages (default: every stage of the config) in graph order.
 
   Stages not selected but needed upstream must already be complete in `workdir`.
@@ -605,6 +606,10 @@ def train(config, workdir: str, stages: Sequence[str] | None = None, *,
   later run with other weights is refused.
   random_classifier=True stores an untrained, randomly initialised classifier instead of
   training one (the model-randomisation sanity check trains the rest on top of it).
+  adopt: {stage: (final state, source)} for stages whose training here would reproduce a
+  state trained in `source` bit for bit (same inputs, seed and config): it is stored as the
+  stage's complete checkpoint instead (`trainer.adopt_stage`; the head-mode sanity run's
+  concept learner).
   Returns {stage: final checkpoint meta} for every stage trained or loaded (a given
   classifier's entry is its identity {'given': fingerprint}).
   """
@@ -617,11 +622,12 @@ def train(config, workdir: str, stages: Sequence[str] | None = None, *,
   classifier = resolve_classifier(config, classifier, mesh)
   with workdir_lib.lock(workdir):
     return _train(config, workdir, stages, classifier=classifier, mesh=mesh, hooks=hooks,
-                  random_classifier=random_classifier)
+                  random_classifier=random_classifier, adopt=adopt)
 
 
-def _train(config, workdir, stages, *, classifier, mesh, hooks, random_classifier
+def _train(config, workdir, stages, *, classifier, mesh, hooks, random_classifier, adopt=None
            ) -> dict[str, dict]:
+  adopt = adopt or {}   # {stage: (final state, where it was trained)}: stored, not retrained
   wanted = stage_names(config) if not stages else tuple(stages)
   unknown = [s for s in wanted if s not in STAGES + ('sanity',)]
   if unknown:
@@ -668,6 +674,13 @@ def _train(config, workdir, stages, *, classifier, mesh, hooks, random_classifie
       state, meta = save_untrained(workdir, 'classifier',
                                    random_classifier_state(config, mods, mesh),
                                    signature(config, 'classifier'))
+    elif sd.name in wanted and sd.name in adopt:   # trained already on the same inputs
+      trained, source = adopt[sd.name]
+      state, meta = adopt_stage(
+          Stage(sd.name, config[sd.section].steps, restore_target(config, mods, sd.name, mesh, d),
+                step=None, batch_fn=None, rng=None, upstream=link,
+                signature=signature(config, sd.name)),
+          workdir, trained, source, hooks=hooks)
     elif sd.name in wanted:
       cfg = config[sd.section]
       arrays, prepare = sd.inputs(ctx)
@@ -718,4 +731,30 @@ def train_sanity(config, workdir: str, *, classifier: ClassifierSplit | None = N
     return train(config, sdir, stages, mesh=mesh, hooks=named, random_classifier=True)
   base = classifier if classifier is not None else trained_split(config, workdir, mesh)
   rand = sanity_classifier(config, base, data_lib.load(config.data, 'train').images)
-  return train(config, sdir, stages, classifier=rand, mesh=mesh, hooks=named)
+  # The random head keeps the embedding, so the concept learner would be trained again on
+  # the same h, batches and keys: the run's own one is stored instead (bitwise the same).
+  learner = _complete_concept_learner(config, workdir, base, classifier is not None, mesh)
+  return train(config, sdir, stages, classifier=rand, mesh=mesh, hooks=named,
+               adopt={'dvae': (learner, workdir)} if learner is not None else None)
+
+
+def _complete_concept_learner(config, workdir: str, split: ClassifierSplit, given: bool, mesh):
+  """The final state of WORKDIR's concept learner (its 'dvae' stage) when it is complete and
+  was trained on `split`, WORKDIR's classifier (given, or its checkpoint); else None."""
+  if not os.path.isdir(os.path.join(workdir, 'dvae')):
+    return None
+  size = config.data.image_size
+  d, _ = split.dims((size, size, 3))
+  try:
+    if given:
+      link = {'classifier': given_identity(split, config)}
+    else:
+      _, cmeta = load_complete(workdir, 'classifier',
+                               restore_target(config, build(config), 'classifier', mesh))
+      link = {'classifier': checkpoints.identity(cmeta)}
+    state, meta = load_complete(workdir, 'dvae',
+                                restore_target(config, build(config, None, d), 'dvae', mesh, d),
+                                signature(config, 'dvae'))
+  except checkpoints.CheckpointError:
+    return None
+  return state if meta.get('upstream') == link else None

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import os
 from typing import Any, Callable, Sequence
 
@@ -91,6 +92,46 @@ def _fold_in_each(rng: jax.Array, steps: jax.Array) -> jax.Array:
   return jax.vmap(jax.random.fold_in, (None, 0))(rng, steps)
 
 
+def _check_resumable(stage: Stage, directory: str, meta: dict) -> None:
+  """Refuses a stored checkpoint of `stage` made with other architecture fields, upstream
+  checkpoints or number of steps."""
+  checkpoints.check_config(stage.name, directory, meta.get('config', {}), stage.signature)
+  checkpoints.check_upstream(stage.name, directory, meta.get('upstream', {}), stage.upstream)
+  if meta.get('num_steps') != stage.num_steps:
+    raise checkpoints.CheckpointError(
+        f'{stage.name} in {directory} was trained for {meta.get("num_steps")} steps, '
+        f'the config now asks for {stage.num_steps} (the schedules depend on it); use '
+        f'the original value or a new workdir')
+
+
+def adopt_stage(stage: Stage, workdir: str, trained: Any, source: str, *,
+                hooks: Sequence[Callable] = ()) -> tuple[Any, dict]:
+  """Stores `trained`, the final state that `run_stage(stage, …)` would reproduce (trained
+  in `source` on the very same inputs, seed and config), as the stage's complete checkpoint
+  in `workdir`, instead of training it again; returns (state, final meta).
+
+  A complete checkpoint already there is checked and returned as run_stage would. stage.state
+  is only the restore template. hooks run once, after the save.
+  """
+  ckpt = checkpoints.StageCheckpoints(workdir, stage.name)
+  try:
+    state, meta = _restore_latest(ckpt, stage.state,
+                                  functools.partial(_check_resumable, stage, ckpt.directory))
+    if meta is not None and meta.get('complete'):
+      return state, meta
+    ckpt.save(stage.num_steps, trained, {
+        'num_steps': stage.num_steps, 'complete': True, 'upstream': stage.upstream,
+        'fingerprint': checkpoints.fingerprint(trained.params), 'config': stage.signature,
+        'adopted_from': source})
+    logging.info('%s: adopted the identical %s of %s', stage.name, stage.name, source)
+    meta = ckpt.read_meta(stage.num_steps)
+    for hook in hooks:
+      hook(stage.name, stage.num_steps, trained)
+    return trained, meta
+  finally:
+    ckpt.close()
+
+
 def run_stage(stage: Stage, workdir: str, mesh, *, save_every: int, max_to_keep: int,
               log_every: int, hooks: Sequence[Callable] = ()) -> tuple[Any, dict]:
   """Trains `stage` from its latest checkpoint to num_steps; returns (state, final meta).
@@ -100,17 +141,7 @@ def run_stage(stage: Stage, workdir: str, mesh, *, save_every: int, max_to_keep:
   """
   ckpt = checkpoints.StageCheckpoints(workdir, stage.name, max_to_keep=max_to_keep)
   try:
-    def check(meta):
-      checkpoints.check_config(stage.name, ckpt.directory, meta.get('config', {}),
-                               stage.signature)
-      checkpoints.check_upstream(stage.name, ckpt.directory, meta.get('upstream', {}),
-                                 stage.upstream)
-      if meta.get('num_steps') != stage.num_steps:
-        raise checkpoints.CheckpointError(
-            f'{stage.name} in {ckpt.directory} was trained for {meta.get("num_steps")} steps, '
-            f'the config now asks for {stage.num_steps} (the schedules depend on it); use '
-            f'the original value or a new workdir')
-
+    check = functools.partial(_check_resumable, stage, ckpt.directory)
     state, meta = _restore_latest(ckpt, stage.state, check)
     start = 0
     if meta is not None:

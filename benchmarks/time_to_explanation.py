@@ -16,7 +16,10 @@ Scenarios:
                     extrapolated to the config's steps (reported as `extrapolated_s`, an
                     estimate, not a measurement). Eval runs on --celeba_test images.
 
-Each run is a fresh process (import, tracing and compilation included) in a fresh workdir;
+Each run is a fresh process (import, tracing and compilation included) in a fresh workdir
+that trains every stage in one `pipeline.train` call, as train.py does (frozen inputs such as
+h = c1(x) computed once), then evaluates; a stage's seconds run from the end of the stage
+before it to its own end, so the inputs it is the first to need count for it;
 `cold` starts with an empty cache directory, `warm` reuses the one `cold` filled. compile_s
 sums JAX's tracing, lowering and XLA compilation (or cache load) events; train_s / eval_s is
 the rest of the stage's wall time (data, steps, checkpoints). Prints one JSON line per
@@ -92,27 +95,55 @@ def child(args) -> None:
               threads=os.cpu_count())
   print(json.dumps(dict(base, stage='startup', wall_s=round(time.perf_counter() - T_START, 2))),
         flush=True)
-  for stage in stages + ['eval']:
-    marks: dict[str, list] = {}
-    hook = lambda name, step, state: marks.setdefault(name, []).append(
-        (step, time.perf_counter()))
-    acc['compile'], busy0, t0 = 0.0, _busy_s(), time.perf_counter()
-    own0 = time.process_time()
-    if stage == 'eval':
-      evaluation.evaluate(config, args.workdir)
+  marks: dict[str, list] = {}
+  hook = lambda name, step, state: marks.setdefault(name, []).append((step, time.perf_counter()))
+  # One pipeline.train call over every stage, as train.py makes: frozen inputs (h, ĥ, I(c2))
+  # are computed once, not once per stage. A stage's row runs from the end of the previous
+  # stage to its own end (so its inputs count for it); the sanity run's stages (in
+  # WORKDIR/sanity) are one row.
+  ends: list[tuple] = []
+
+  def clock() -> tuple:
+    return time.perf_counter(), acc['compile'], _busy_s(), time.process_time()
+
+  def timed(fn):
+    def wrapped(stage, workdir, *a, **k):
+      out = fn(stage, workdir, *a, **k)
+      sanity = os.path.basename(os.path.normpath(workdir)) == 'sanity'
+      ends.append(('sanity' if sanity else stage.name, clock()))
+      return out
+    return wrapped
+  pipeline.run_stage = timed(pipeline.run_stage)
+  if hasattr(pipeline, 'adopt_stage'):   # absent before the sanity run adopted the DVAE
+    pipeline.adopt_stage = timed(pipeline.adopt_stage)
+  acc['compile'] = 0.0
+  start = clock()
+  pipeline.train(config, args.workdir, tuple(stages), hooks=(hook,))
+  spans, prev = [], start   # [(label, from, to)] merging consecutive ends of one label
+  for label, at in ends:
+    if spans and spans[-1][0] == label:
+      spans[-1] = (label, spans[-1][1], at)
     else:
-      pipeline.train(config, args.workdir, (stage,), hooks=(hook,))
-    wall = time.perf_counter() - t0
-    other = ((_busy_s() - busy0) - (time.process_time() - own0)) / (wall * os.cpu_count())
-    row = dict(base, stage=stage, wall_s=round(wall, 2), compile_s=round(acc['compile'], 2),
+      spans.append((label, prev, at))
+    prev = at
+  acc['compile'] = 0.0
+  t_eval = clock()
+  evaluation.evaluate(config, args.workdir)
+  spans.append(('eval', t_eval, clock()))
+  for stage, (t0, c0, busy0, own0), (t1, c1, busy1, own1) in spans:
+    wall = t1 - t0
+    other = ((busy1 - busy0) - (own1 - own0)) / (wall * os.cpu_count())
+    row = dict(base, stage=stage, wall_s=round(wall, 2), compile_s=round(c1 - c0, 2),
                other_cpu_frac=round(max(other, 0.0), 3))
-    row['eval_s' if stage == 'eval' else 'train_s'] = round(wall - acc['compile'], 2)
+    row['eval_s' if stage == 'eval' else 'train_s'] = round(wall - (c1 - c0), 2)
     if full is not None and stage != 'eval':
       # Extrapolation: per-step time between the first and last checkpoint of each
       # sub-stage (the sanity run has three), times the config's steps.
       est = 0.0
       per_step = {}
-      for name, m in marks.items():
+      mine = {k: m for k, m in marks.items()
+              if (k.startswith('sanity/') if stage == 'sanity' else k == stage)}
+      for name, m in mine.items():
         (s0, t_a), (s1, t_b) = m[0], m[-1]
         per_step[name] = (t_b - t_a) / max(s1 - s0, 1)
         est += per_step[name] * full[name.split('/')[-1].replace('_noreg', '')]
@@ -148,13 +179,16 @@ def main():
   ap.add_argument('--child', action='store_true', help=argparse.SUPPRESS)
   ap.add_argument('--label', default='', help=argparse.SUPPRESS)
   ap.add_argument('--workdir', default='', help=argparse.SUPPRESS)
-  ap.add_argument('--cache_dir', default='', help=argparse.SUPPRESS)
+  ap.add_argument('--cache_dir', default='',
+                  help='compilation cache directory to use and keep (default: a fresh one)')
   args = ap.parse_args()
   if args.child:
     return child(args)
   tmp = tempfile.mkdtemp(prefix='tte_')
   try:
-    cache_dir = os.path.join(tmp, 'xla')
+    # --cache_dir: a compilation cache kept after the runs (and used as found), e.g. to time
+    # warm runs of two commits in turn; default: a fresh one, removed afterwards.
+    cache_dir = args.cache_dir or os.path.join(tmp, 'xla')
     base = None
     if args.scenario == 'given_classifier':
       base = os.path.join(tmp, 'given')

@@ -34,9 +34,13 @@ def _traces_during(fn) -> list[str]:
 def test_second_evaluation_retraces_nothing(workdir_copy, tiny_config):
   first = _traces_during(lambda: evaluation.evaluate(tiny_config, workdir_copy))
 
+  # The probe's input is made before the window: an eager jnp.ones(3) is itself traced
+  # the first time its shape is seen in the process (the test failed when run alone).
+  x = jnp.ones(3)
+
   def second():
     evaluation.evaluate(tiny_config, workdir_copy)
-    jax.jit(lambda x: x + 1)(jnp.ones(3))   # proves the counter sees traces
+    jax.jit(lambda x: x + 1)(x)   # proves the counter sees traces
   names = _traces_during(second)
   assert names == ['<lambda>'], f'retraced in the second pass: {names} (first: {first})'
 

@@ -97,7 +97,8 @@ def _jit(fn):
 def _generate_fn(mods: Models):
   """(g params, ĥ [b, d]) → sigmoid(g(ĥ)) [b, H, W, 3] (jitted: eagerly, every op of g
   would compile on its own)."""
-  return jax.jit(lambda p, e: jax.nn.sigmoid(mods.explainer.apply({'params': p}, e)))
+  g = generator_apply(mods)
+  return jax.jit(lambda p, e: jax.nn.sigmoid(g(p, e)))
 
 
 @functools.lru_cache(maxsize=16)

@@ -157,21 +157,29 @@ def run_stage(stage: Stage, workdir: str, mesh, *, save_every: int, max_to_keep:
     meta, done = None, start
     # The next host batch is assembled on a thread while the device runs this step;
     # batch_fn is a pure function of the step index, so this cannot change results.
-    # The thread also places it on the devices, and the step keys fold_in(rng, step) are
-    # made in one call up front: on 2 cores, per-step host work (an eager fold_in and a
-    # transfer, ≈ 1-2.5 ms each under load) slowed small steps (the DVAE's) by about 2×.
+    # The step keys fold_in(rng, step) are made in one call up front: an eager fold_in per
+    # step cost ≈ 2.5 ms of host time under load, on the cores the step runs on.
     prefetch = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix='prefetch')
-    next_batch = lambda step: parallel.shard_batch(stage.batch_fn(step), mesh)
+    next_batch = stage.batch_fn
     step_key = step_keys(stage.rng, start, stage.num_steps)
+    # On several CPU devices, at most two steps in flight: with more queued, XLA:CPU's
+    # all-reduce deadlocked (4 forced host devices, small steps: one device never joined
+    # the rendezvous, aborted after 40 s) once the host loop ran ahead of the steps.
+    bounded = mesh.devices.size > 1 and jax.default_backend() == 'cpu'
+    in_flight = None
     try:
       bar = tqdm(range(start, stage.num_steps), desc=stage.name, initial=start,
                  total=stage.num_steps, disable=jax.process_index() != 0)
       pending = prefetch.submit(next_batch, start)
       for step in bar:
-        batch = pending.result()
+        batch = parallel.shard_batch(pending.result(), mesh)
         if step + 1 < stage.num_steps:
           pending = prefetch.submit(next_batch, step + 1)
         state, metrics = stage.step(state, batch, step_key(step), *stage.extra)
+        if bounded:
+          if in_flight is not None:
+            jax.block_until_ready(in_flight)
+          in_flight = metrics
         done = step + 1
         is_save = done % save_every == 0 or done == stage.num_steps
         if done % log_every == 0 or is_save:

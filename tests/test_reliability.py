@@ -379,7 +379,17 @@ def test_sigterm_says_where_training_stopped_and_resumes(tmp_path):
   assert not os.path.exists(os.path.join(wd, '.lock'))
 
 
-def test_a_signal_inside_held_signals_is_delivered_after_the_block():
+@pytest.fixture
+def ctrl_c_raises():
+  """SIGINT handled as Python installs it: a job a shell starts in the background ignores
+  SIGINT from the start, and Python then installs no handler (these tests failed so when
+  the suite ran under `cmd &`)."""
+  previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+  yield
+  signal.signal(signal.SIGINT, previous)
+
+
+def test_a_signal_inside_held_signals_is_delivered_after_the_block(ctrl_c_raises):
   seen = []
   previous = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append('handled'))
   try:
@@ -398,7 +408,8 @@ def test_a_signal_inside_held_signals_is_delivered_after_the_block():
   assert ran_on and signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
-def test_ctrl_c_during_a_save_stops_after_the_checkpoint_is_written(tmp_path, monkeypatch):
+def test_ctrl_c_during_a_save_stops_after_the_checkpoint_is_written(tmp_path, monkeypatch,
+                                                                    ctrl_c_raises):
   # Interrupting orbax mid-save lost the checkpoint and printed 'Event loop is closed' after
   # the CLI's one-line error (seen once in a clean-clone run of the SIGTERM test below).
   ckpt = checkpoints.StageCheckpoints(str(tmp_path), 'classifier')

@@ -160,21 +160,21 @@ def run_stage(stage: Stage, workdir: str, mesh, *, save_every: int, max_to_keep:
     # The step keys fold_in(rng, step) are made in one call up front: an eager fold_in per
     # step cost ≈ 2.5 ms of host time under load, on the cores the step runs on.
     prefetch = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix='prefetch')
-    next_batch = stage.batch_fn
     step_key = step_keys(stage.rng, start, stage.num_steps)
     # On several CPU devices, at most two steps in flight: with more queued, XLA:CPU's
     # all-reduce deadlocked (4 forced host devices, small steps: one device never joined
     # the rendezvous, aborted after 40 s) once the host loop ran ahead of the steps.
-    bounded = mesh.devices.size > 1 and jax.default_backend() == 'cpu'
+    bounded = mesh.devices.size > 1 and mesh.devices.flat[0].platform == 'cpu'
     in_flight = None
     try:
       bar = tqdm(range(start, stage.num_steps), desc=stage.name, initial=start,
                  total=stage.num_steps, disable=jax.process_index() != 0)
-      pending = prefetch.submit(next_batch, start)
+      pending = prefetch.submit(stage.batch_fn, start)
       for step in bar:
-        batch = parallel.shard_batch(pending.result(), mesh)
+        local = pending.result()
         if step + 1 < stage.num_steps:
-          pending = prefetch.submit(next_batch, step + 1)
+          pending = prefetch.submit(stage.batch_fn, step + 1)
+        batch = parallel.shard_batch(local, mesh)
         state, metrics = stage.step(state, batch, step_key(step), *stage.extra)
         if bounded:
           if in_flight is not None:

@@ -28,8 +28,10 @@ Methods (all on the same trained stages of a cell):
   balanced_gated_decisive   balanced + gates, decisive bits only
   prediction_association   what the report ships as its verdict
                   (bias.prediction_association): |P(ŷ=1|a=1) − P(ŷ=1|a=0)| on the unbiased
-                  test split, flagged when its Bonferroni interval excludes 0 and it is at
-                  least 0.05 (lines written before the rows were stored: with the bound
+                  test split, adjusted for the other attributes (least squares; lines
+                  written before the adjustment hold the plain difference), flagged when its
+                  Bonferroni interval excludes 0 and it is at least 0.05 (lines written
+                  before the rows were stored: the plain difference with the bound
                   s.e. ≤ 1/√N, which is within 0.3% of the exact one at N = 1024)
 
 Concept learners (--learners dvae,topk_sae,nmf; lsei_jax.concepts): a cell is (data, seed,

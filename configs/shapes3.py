@@ -15,5 +15,7 @@ def get_config(size: str = ''):
     raise ValueError(f"configs/shapes3.py takes '' or 'tiny', got {size!r}")
   c = tiny.get_config() if size == 'tiny' else shapes.get_config()
   c.data.update(task='shape+color', spurious='size')
+  if size != 'tiny':   # configs/shapes.py's 200 steps read colour alone; this task needs both
+    c.classifier.steps = 600
   c.model.classifier.num_classes = 3
   return c

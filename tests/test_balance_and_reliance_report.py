@@ -114,17 +114,75 @@ def test_three_classes_pick_the_class_the_attribute_moves_with():
   assert rows[0]['toward_class'] == 2 and rows[0]['shift'] == pytest.approx(0.3)
 
 
+def _ols_hc0(y, x):
+  """Oracle: least squares of y on [1, x] by lstsq, HC0 errors by the textbook sandwich."""
+  d = np.column_stack([np.ones(len(y)), x]).astype(np.float64)
+  beta = np.linalg.lstsq(d, y.astype(np.float64), rcond=None)[0]
+  e = y - d @ beta
+  bread = np.linalg.inv(d.T @ d)
+  cov = bread @ (d.T @ np.diag(e ** 2) @ d) @ bread
+  return beta[1:], np.sqrt(np.diag(cov)[1:])
+
+
 def test_prediction_association_flags_what_the_predictions_depend_on():
   rng = np.random.default_rng(6)
   attrs = rng.random((4000, 3)) < 0.5
   pred = (attrs[:, 0] ^ (rng.random(4000) < 0.1)).astype(int)     # reads a, 10% noise
   rows = {r['attribute']: r for r in bias.prediction_association(
       pred, attrs, ['a', 'b', 'c'], 'a', 2)}
-  p1, p0 = np.mean(pred[attrs[:, 0]] == 1), np.mean(pred[~attrs[:, 0]] == 1)
-  assert rows['a']['shift'] == pytest.approx(p1 - p0, abs=1e-12) and rows['a']['flagged']
-  se = np.sqrt(p1 * (1 - p1) / attrs[:, 0].sum() + p0 * (1 - p0) / (~attrs[:, 0]).sum())
-  assert rows['a']['se'] == pytest.approx(se, abs=1e-12)
-  assert not rows['b']['flagged'] and not rows['c']['flagged']
+  beta, se = _ols_hc0((pred == 1).astype(float), attrs.astype(float))
+  for i, n in enumerate('abc'):
+    assert rows[n]['shift'] == pytest.approx(beta[i], abs=1e-12)
+    assert rows[n]['se'] == pytest.approx(se[i], abs=1e-12)
+  assert rows['a']['flagged'] and not rows['b']['flagged'] and not rows['c']['flagged']
+
+
+def test_prediction_association_is_the_plain_difference_on_an_uncorrelated_split():
+  # Every combination of three attributes equally often: no correlation in the sample, so
+  # the adjusted effect is P(ŷ | a) − P(ŷ | ¬a) exactly (its error is the fit's HC0 one);
+  # with a single attribute the error is also the two-sample one.
+  rng = np.random.default_rng(3)
+  attrs = np.array([[(i >> b) & 1 for b in range(3)] for i in range(8)] * 250, bool)
+  pred = ((attrs[:, 0] & attrs[:, 1]) ^ (rng.random(len(attrs)) < 0.2)).astype(int)
+  rows = {r['attribute']: r for r in bias.prediction_association(
+      pred, attrs, ['a', 'b', 'c'], 'a', 2)}
+  for i, n in enumerate('abc'):
+    on = attrs[:, i]
+    p1, p0 = np.mean(pred[on] == 1), np.mean(pred[~on] == 1)
+    assert rows[n]['shift'] == pytest.approx(p1 - p0, abs=1e-12)
+    assert rows[n]['se'] == pytest.approx(_ols_hc0(pred, attrs)[1][i], abs=1e-12)
+    one = bias.prediction_association(pred, attrs[:, i:i + 1], [n], 'a', 2)[0]
+    se = np.sqrt(p1 * (1 - p1) / on.sum() + p0 * (1 - p0) / (~on).sum())
+    assert one['shift'] == pytest.approx(p1 - p0, abs=1e-12)
+    assert one['se'] == pytest.approx(se, abs=1e-12)
+
+
+def test_chance_correlation_with_the_attribute_decided_on_is_not_reliance():
+  # Predictions a function of `a` alone; `b` correlated with `a` in the split at r ≈ 0.08,
+  # under max_confounding (chance correlations of that size occur at N = 2048: the demo's
+  # size and colour, r = −0.05). The plain difference of `b` is then ≈ 0.08 and would pass
+  # the 0.05 bar; the adjusted effect is exactly 0 (a colour-only classifier had `size`
+  # flagged this way).
+  rng = np.random.default_rng(0)
+  for _ in range(1000):
+    a = rng.random(2048) < 0.5
+    attrs = np.stack([a, a ^ (rng.random(2048) < 0.46)], 1)
+    if 0.07 < np.corrcoef(attrs.T)[0, 1] < 0.1:
+      break
+  pred = attrs[:, 0].astype(int)
+  b = attrs[:, 1]
+  assert abs(np.mean(pred[b] == 1) - np.mean(pred[~b] == 1)) > 0.06   # the plain difference
+  rows = {r['attribute']: r for r in bias.prediction_association(pred, attrs, ['a', 'b'],
+                                                                 'a', 2)}
+  assert rows['a']['shift'] == pytest.approx(1.0, abs=1e-9) and rows['a']['flagged']
+  assert rows['b']['shift'] == pytest.approx(0.0, abs=1e-9) and not rows['b']['flagged']
+  assert rows['b']['confounded_by'] == []
+
+
+def test_prediction_association_copy_and_three_classes():
+  rng = np.random.default_rng(6)
+  attrs = rng.random((4000, 3)) < 0.5
+  pred = (attrs[:, 0] ^ (rng.random(4000) < 0.1)).astype(int)
   # An attribute that copies a in the evaluation split is confounded, not relied on.
   attrs[:, 2] = attrs[:, 0]
   rows = {r['attribute']: r for r in bias.prediction_association(

@@ -128,7 +128,9 @@ def render(result: dict, eval_dir: str | None = None, *, task: str | None = None
   parts += ['<h2>Bias report: what the classifier relies on</h2>',
             '<p>For each attribute, how much the probability that the classifier predicts a '
             'class changes between test images with and without the attribute: '
-            'P(ŷ = k | attribute) − P(ŷ = k | no attribute), with a Bonferroni-corrected '
+            'P(ŷ = k | attribute) − P(ŷ = k | no attribute), adjusted for the other '
+            'attributes (their chance correlations in the split removed by a least-squares '
+            'fit on all of them), with a Bonferroni-corrected '
             'interval. On a test split whose attributes are independent of each other this is '
             'the attribute\'s average effect on the decision; an attribute that correlates '
             'with another one in the test split cannot be told apart from it. '

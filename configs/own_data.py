@@ -11,7 +11,9 @@ from configs import shapes
 
 def get_config():
   c = shapes.get_config()
-  c.classifier.steps = 600   # the demo's 200 are tuned to its shortcut, not to real data
+  # The demo's 200 / 600 steps are tuned to its shortcut, not to real data.
+  c.classifier.steps = 600
+  c.dvae.update(steps=1500, anneal_steps=1000)
   c.data = dict(name='folder', path='', csv='', image_size=64, task='', resize=False,
                 test_fraction=0.2, validation_fraction=0.0, seed=0, workers=0)
   return c

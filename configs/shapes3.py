@@ -17,5 +17,6 @@ def get_config(size: str = ''):
   c.data.update(task='shape+color', spurious='size')
   if size != 'tiny':   # configs/shapes.py's 200 steps read colour alone; this task needs both
     c.classifier.steps = 600
+    c.dvae.update(steps=1500, anneal_steps=1000)
   c.model.classifier.num_classes = 3
   return c

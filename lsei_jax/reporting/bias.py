@@ -300,12 +300,13 @@ def prediction_association(pred: np.ndarray, attributes: np.ndarray, names: Sequ
   decides the predictions, that chance correlation alone moves another's difference by as
   much (configs/shapes.py's classifier at 300 steps, seed 0, which reads colour: size
   −0.073 and shape +0.060, both flagged, while re-rendering with either flipped changed
-  2.6% and 2.5% of its predictions; adjusted: −0.022 and +0.025). So effect_k is that difference adjusted
-  for the other attributes: the coefficient of a in the least-squares fit of 1[ŷ = k] on
-  every attribute, with HC0 standard errors. It equals the plain difference where the
-  split's attributes are uncorrelated (with one attribute, its error is the two-sample one),
-  and is exactly 0 for every other attribute when the predictions are a function of a alone. The truthfulness
-  benchmark (benchmarks/truthfulness.py) measures it against the counterfactual ground truth.
+  2.6% and 2.5% of its predictions; adjusted: −0.022 and +0.025). So effect_k is that
+  difference adjusted for the other attributes: the coefficient of a in the least-squares
+  fit of 1[ŷ = k] on every attribute, with HC0 standard errors. It equals the plain
+  difference where the split's attributes are uncorrelated (with one attribute, its error
+  is the two-sample one), and is exactly 0 for every other attribute when the predictions
+  are a function of a alone. The truthfulness benchmark (benchmarks/truthfulness.py)
+  measures it against the counterfactual ground truth.
 
   Args:
     pred: int [N] predictions of the classifier on the split; attributes: bool [N, A].

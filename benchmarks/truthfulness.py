@@ -41,10 +41,16 @@ against the same truth. The methods that read the learner's code are the explain
 ones (LEARNER_METHODS); tcav and prediction_association read only the classifier and are
 the same for every learner (computed once per classifier, copied into each line).
 
+--classifier_only: each cell trains its classifier stage only and scores the verdict
+(prediction_association) alone; its lines keep the test predictions (`pred`), so that
+another verdict can be scored on the very same classifiers later (cells keyed
+`…-classifier`). About 30 s a cell on 2 CPU cores.
+
 Usage (resumable: one JSON line per finished cell; finished cells are skipped):
   python benchmarks/truthfulness.py --out runs/truthfulness            # the full grid
   python benchmarks/truthfulness.py --out runs/truthfulness --shard 0/4   # a quarter of it
   python benchmarks/truthfulness.py --out runs/truthfulness --table    # the table only
+  python benchmarks/truthfulness.py --out runs/verdict --classifier_only  # the verdict only
   python benchmarks/truthfulness.py --out runs/learners --learners dvae,topk_sae,nmf \
       --spurious color,background --rhos 0.9,1.0 --difficulty hard --seeds 0   # a sub-grid
 """
@@ -97,6 +103,10 @@ def base_key(cell: dict) -> str:
   return f'{cell["spurious"]}-rho{cell["rho"]}-{cell["difficulty"]}-s{cell["seed"]}'
 
 
+CLASSIFIER_ONLY = 'classifier'   # the `learner` of --classifier_only cells: none is trained
+CLASSIFIER_METHODS = ('prediction_association',)   # what such a cell can score
+
+
 def learner_of(cell: dict) -> str:
   return cell.get('learner', 'dvae')  # lines written before the learner dimension: the DVAE
 
@@ -122,7 +132,8 @@ def cell_config(cell: dict, base: str = 'small'):
     c.explainer.balance = c.probe.balance = False    # the biased variant; see _balanced
     c.sanity.enabled = False
     c.log_every = 10**6
-    c.model.concepts.kind = learner_of(cell)   # each learner at the base config's sizes
+    if learner_of(cell) != CLASSIFIER_ONLY:    # each learner at the base config's sizes
+      c.model.concepts.kind = learner_of(cell)
   return c
 
 
@@ -219,6 +230,29 @@ def run_cell(cell: dict, workdir: str, base: str = 'small', classifier_from: str
   line['reliance'] = evaluation.ground_truth_reliance(config, split, test, mesh)
   line['seconds'] = {'train': t_train, 'total': time.time() - t0}
   return line
+
+
+def run_classifier_cell(cell: dict, workdir: str, base: str = 'small') -> dict:
+  """The cell's classifier stage only: its accuracy, verdict rows, ground truth and test
+  predictions (so that any verdict can be scored again on the same classifier)."""
+  from lsei_jax.reporting import bias, evaluation  # pylint: disable=g-import-not-at-top
+  from lsei_jax.training import parallel, pipeline  # pylint: disable=g-import-not-at-top
+  from lsei_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+  t0 = time.time()
+  config = cell_config(cell, base)
+  pipeline.train(config, workdir, ('classifier',))
+  mesh = parallel.make_mesh()
+  test = data_lib.load(config.data, 'test')
+  split = pipeline.trained_split(config, workdir, mesh)
+  logits = evaluation.classify_fn(split, config.eval.batch_size, mesh)(test.images)
+  pred = np.argmax(logits, -1)
+  names, num_classes = list(test.attribute_names), config.model.classifier.num_classes
+  return {'cell': cell_key(cell), **cell, 'names': names, 'task': test.task,
+          'accuracy': float(np.mean(pred == test.labels)),
+          'association_rows': bias.prediction_association(pred, test.attributes, names,
+                                                          test.task, num_classes),
+          'reliance': evaluation.ground_truth_reliance(config, split, test, mesh),
+          'pred': pred.astype(int).tolist(), 'seconds': {'total': time.time() - t0}}
 
 
 # ------------------------------------------------------------------------------ scoring
@@ -373,6 +407,14 @@ def read_lines(out: str) -> list[dict]:
   return lines
 
 
+def _append_line(out: str, shard: int, line: dict) -> None:
+  with open(os.path.join(out, f'cells.{shard}.jsonl'), 'a') as f:
+    f.write(json.dumps(line) + '\n')
+  rel = {k: round(v['flip_rate'], 2) for k, v in line['reliance'].items()}
+  print(f'{line["cell"]}: acc {line["accuracy"]:.3f} reliance {rel} '
+        f'({line["seconds"]["total"]:.0f} s)', flush=True)
+
+
 def main(argv=None) -> None:
   ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   ap.add_argument('--out', default='runs/truthfulness',
@@ -387,10 +429,12 @@ def main(argv=None) -> None:
   ap.add_argument('--rhos', default=','.join(map(str, RHOS)), help='sub-grid: values of ρ')
   ap.add_argument('--difficulty', default=','.join(DIFFICULTY), help='sub-grid: easy, hard')
   ap.add_argument('--seeds', default=','.join(map(str, SEEDS)), help='sub-grid: seeds')
+  ap.add_argument('--classifier_only', action='store_true',
+                  help='train each cell\'s classifier only and score the verdict alone')
   args = ap.parse_args(argv)
   split = lambda v: [x for x in v.split(',') if x]
-  learners = split(args.learners)
-  bad = [l for l in learners if l not in LEARNERS]
+  learners = [CLASSIFIER_ONLY] if args.classifier_only else split(args.learners)
+  bad = [l for l in learners if l not in LEARNERS + (CLASSIFIER_ONLY,)]
   if bad or not learners:
     raise SystemExit(f'--learners: unknown {bad or "(none)"}; known: {",".join(LEARNERS)}')
   if not args.table and args.out.endswith('.jsonl'):
@@ -408,18 +452,25 @@ def main(argv=None) -> None:
       with tempfile.TemporaryDirectory() as wd:
         clf, first = None, None     # the group's classifier, trained with its first cell
         for cell in group:
+          if args.classifier_only:
+            line = run_classifier_cell(cell, wd, args.base)
+            _append_line(args.out, i, line)
+            continue
           line = run_cell(cell, os.path.join(wd, learner_of(cell)), args.base, clf, first)
           if first is None:
             clf = os.path.join(wd, learner_of(cell), 'biased', 'classifier')
             first = line
-          with open(os.path.join(args.out, f'cells.{i}.jsonl'), 'a') as f:
-            f.write(json.dumps(line) + '\n')
-          rel = {k: round(v['flip_rate'], 2) for k, v in line['reliance'].items()}
-          print(f'{line["cell"]}: acc {line["accuracy"]:.3f} reliance {rel} '
-                f'({line["seconds"]["total"]:.0f} s)', flush=True)
+          _append_line(args.out, i, line)
   lines = read_lines(args.out)
+  # --classifier_only lines score the verdict alone; they never mix into the full tables.
+  only = [l for l in lines if learner_of(l) == CLASSIFIER_ONLY]
+  lines = [l for l in lines if learner_of(l) != CLASSIFIER_ONLY]
   groups = by_learner(lines)
-  if len(groups) > 1:
+  if args.classifier_only or not lines:
+    summary = summarize(only, CLASSIFIER_METHODS)
+    print(f'{len(only)} cells (classifier only)')
+    print(format_table(summary))
+  elif len(groups) > 1:
     summaries = {k: summarize(v) for k, v in groups.items()}
     print(f'{len(next(iter(groups.values())))} cells per learner (those every learner finished)')
     print(format_learner_table(summaries))

@@ -3,6 +3,7 @@ import json
 import os
 import sys
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), 'benchmarks'))
@@ -82,3 +83,30 @@ def test_learner_table_compares_learners_on_common_cells():
   assert '| flip_all | nmf | 0.10 | 0.10 | 0.10 | — | 0.10 | 0.10 |' in table
   assert [r for r in table if r.startswith('| tcav |')] == [
       '| tcav | any (classifier only) | 0.00 | 0.00 | 0.00 | — | 0.00 | 0.00 |']
+
+
+def test_classifier_only_cell_scores_the_verdict_on_stored_predictions(tmp_path, capsys):
+  out = str(tmp_path / 'verdict')
+  truthfulness.main(['--ci', '--base', 'tiny', '--out', out, '--classifier_only'])
+  lines = truthfulness.read_lines(out)
+  assert len(lines) == 1
+  line = lines[0]
+  assert line['cell'].endswith('-classifier') and len(line['pred']) == 64
+  # The stored predictions are the classifier's: the verdict computed again from them is
+  # the line's own, exactly, and so is the accuracy.
+  from lsei_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+  from lsei_jax.reporting import bias  # pylint: disable=g-import-not-at-top
+  config = truthfulness.cell_config(truthfulness.grid(ci=True)[0], 'tiny')
+  test = data_lib.load(config.data, 'test')
+  pred = np.asarray(line['pred'])
+  assert line['accuracy'] == pytest.approx(np.mean(pred == test.labels), abs=0)
+  again = bias.prediction_association(pred, test.attributes, line['names'], line['task'], 2)
+  assert again == line['association_rows']
+  summary = json.load(open(os.path.join(out, 'summary.json')))
+  assert set(summary) == {'prediction_association'}
+  assert '1 cells (classifier only)' in capsys.readouterr().out
+  # Resumable, and a folder of classifier-only lines is scored as such without the flag.
+  truthfulness.main(['--ci', '--base', 'tiny', '--out', out, '--classifier_only'])
+  assert len(truthfulness.read_lines(out)) == 1
+  truthfulness.main(['--out', out, '--table'])
+  assert '| prediction_association |' in capsys.readouterr().out

@@ -433,10 +433,12 @@ def main(argv=None) -> None:
                   help='train each cell\'s classifier only and score the verdict alone')
   args = ap.parse_args(argv)
   split = lambda v: [x for x in v.split(',') if x]
-  learners = [CLASSIFIER_ONLY] if args.classifier_only else split(args.learners)
-  bad = [l for l in learners if l not in LEARNERS + (CLASSIFIER_ONLY,)]
+  learners = split(args.learners)
+  bad = [l for l in learners if l not in LEARNERS]
   if bad or not learners:
     raise SystemExit(f'--learners: unknown {bad or "(none)"}; known: {",".join(LEARNERS)}')
+  if args.classifier_only:
+    learners = [CLASSIFIER_ONLY]
   if not args.table and args.out.endswith('.jsonl'):
     raise SystemExit('--out: runs write cells.<shard>.jsonl into a folder; give a folder '
                      '(a .jsonl file is read with --table only)')

@@ -241,8 +241,23 @@ def test_step_keys_are_fold_in_of_the_step_bit_for_bit():
   import numpy as np
   from lsei_jax.training import trainer
   for rng in (jax.random.key(7), jax.random.PRNGKey(7), jax.random.key(7, impl='rbg')):
-    key_of = trainer.step_keys(rng, 3, 40)
-    for step in (3, 17, 39):
-      want, got = jax.random.fold_in(rng, step), key_of(step)
-      assert want.dtype == got.dtype
-      assert np.array_equal(jax.random.normal(want, (5,)), jax.random.normal(got, (5,)))
+    # Within one block, across blocks, and in a run resumed at a step past the first block.
+    for start, stop in ((3, 40), (0, 2 * trainer.KEY_BLOCK + 5), (trainer.KEY_BLOCK + 9, 1500)):
+      key_of = trainer.step_keys(rng, start, stop)
+      for step in (start, start + 14, stop - trainer.KEY_BLOCK, stop - 1):
+        if step < start:
+          continue
+        want, got = jax.random.fold_in(rng, step), key_of(step)
+        assert want.dtype == got.dtype
+        assert np.array_equal(jax.random.normal(want, (5,)), jax.random.normal(got, (5,)))
+
+
+def test_step_keys_compile_once_for_every_stage_length():
+  import jax
+  from lsei_jax.training import trainer
+  rng = jax.random.key(3)
+  trainer.step_keys(rng, 0, 7)
+  before = trainer._fold_in_each._cache_size()
+  for start, stop in ((0, 300), (5, 600), (0, 1500), (200, 200)):
+    trainer.step_keys(rng, start, stop)
+  assert trainer._fold_in_each._cache_size() == before  # no new shape: nothing compiled

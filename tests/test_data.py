@@ -77,3 +77,34 @@ def test_batch_indices_deterministic_epochs_and_process_shards():
                             data_lib.batch_indices(n, bs, 5, 1))  # reshuffled next epoch
   shards = [data_lib.batch_indices(n, bs, 3, 1, p, 2) for p in range(2)]
   np.testing.assert_array_equal(np.concatenate(shards), data_lib.batch_indices(n, bs, 3, 1))
+
+
+@pytest.mark.parametrize('split, task', [('train', 'shape'), ('test', 'shape'),
+                                         ('test_biased', 'shape'), ('train', 'shape+size')])
+def test_annotations_equal_the_loaded_split_without_rendering(split, task, monkeypatch):
+  c = tiny.get_config().data
+  c.task = task
+  want = data_lib.load(c, split)
+  def no_render(*a, **k):
+    raise AssertionError('rendered images for annotations only')
+  monkeypatch.setattr(shapes, 'render', no_render)
+  labels, attributes = data_lib.load_annotations(c, split)
+  np.testing.assert_array_equal(labels, want.labels)
+  np.testing.assert_array_equal(attributes, want.attributes)
+  assert labels.dtype == want.labels.dtype and attributes.dtype == want.attributes.dtype
+
+
+def test_annotations_of_other_sources_are_the_loaded_splits():
+  import ml_collections
+  from lsei_jax.data import byo
+  rng = np.random.default_rng(0)
+  attrs = rng.random((12, 2)) < 0.5
+  byo.register_arrays('annotations', rng.integers(0, 256, (12, 8, 8, 3), dtype=np.uint8),
+                      attrs, ('a', 'b'), split=np.array(['train'] * 9 + ['test'] * 3))
+  c = ml_collections.ConfigDict(dict(name='numpy', path='', arrays='annotations', task='b',
+                                     image_size=8, resize=False, seed=0, csv='', workers=2))
+  labels, attributes = data_lib.load_annotations(c, 'test')
+  np.testing.assert_array_equal(attributes, attrs[9:])
+  np.testing.assert_array_equal(labels, attrs[9:, 1])
+  with pytest.raises(ValueError, match="unknown split 'nope'"):
+    data_lib.load_annotations(tiny.get_config().data, 'nope')

@@ -83,11 +83,14 @@ def _check(task: str, spurious: str | None, rho: float) -> None:
 def generate(num: int, *, image_size: int = 32, task: str = 'shape',
              spurious: str | None = 'color', rho: float = 0.9, seed: int = 0,
              split: str = 'train', chunk: int = 4096, noise: float = 0.04,
-             object_scale: float = 1.0, flip: str | None = None) -> dict[str, np.ndarray]:
+             object_scale: float = 1.0, flip: str | None = None,
+             images: bool = True) -> dict[str, np.ndarray]:
   """Deterministic from (seed, split). Returns {'image' uint8 [N,S,S,3], 'attributes' bool [N,A]}.
 
   flip: an attribute name; its column is negated after sampling and before rendering, so
   the images are the counterfactuals of flip=None's (same nuisance, that attribute changed).
+  images=False: the same attributes without rendering ({'attributes'} only; the attributes
+  are drawn before any image).
   """
   _check(task, spurious, rho)
   if flip is not None and flip not in ATTRIBUTES:
@@ -98,6 +101,8 @@ def generate(num: int, *, image_size: int = 32, task: str = 'shape',
   attrs = sample_attributes(rng, num, task, spurious, rho)
   if flip is not None:
     attrs[:, ATTRIBUTES.index(flip)] ^= True
+  if not images:
+    return {'attributes': attrs}
   images = np.concatenate([render(rng, attrs[i:i + chunk], image_size, noise, object_scale)
                            for i in range(0, num, chunk)]) if num else \
       np.zeros((0, image_size, image_size, 3), np.uint8)

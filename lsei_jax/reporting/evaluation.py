@@ -292,8 +292,8 @@ def compute(config, workdir: str, *, classifier: ClassifierSplit | None = None, 
       min_shift=ec.get('min_shift', 0.05), level=ec.ci_level)
   result['intervention_report'] = report(probs, out['logits_hat'], out['logits_masked'])
   # A property of the training data, not of the classifier: shown apart from the report.
-  train = data_lib.load(config.data, 'train')
-  result['data_association'] = bias.label_association(train.labels, train.attributes,
+  train_labels, train_attributes = data_lib.load_annotations(config.data, 'train')
+  result['data_association'] = bias.label_association(train_labels, train_attributes,
                                                       test.attribute_names, num_classes)
 
   # Ground truth, where the data can be re-rendered with one attribute flipped.
@@ -314,7 +314,8 @@ def compute(config, workdir: str, *, classifier: ClassifierSplit | None = None, 
   mode = (pipeline.sanity_mode(config, given) if config.sanity.enabled
           else 'head' if given else 'init')
   rand = None if mode == 'init' else pipeline.resolve_classifier(
-      config, pipeline.sanity_classifier(config, split, train.images), mesh)
+      config, pipeline.sanity_classifier(config, split,
+                                         data_lib.load(config.data, 'train').images), mesh)
   if classifier is None:
     result['attribution_sanity'] = crosscheck.attribution_sanity(
         mods.classifier, clf_p['params'], x_a, pred_c, stream(config.seed, 'eval/attribution'),

@@ -565,7 +565,8 @@ def initial_state(config, mods: Models, stage: str, mesh, rng: jax.Array,
                   embed_dim: int | None = None):
   """`template_state` under jit: the same values (the initialisers are jitted functions
   either way), one compilation, persistently cached, instead of an eager one per
-  parameter shape and op (seconds per stage on 2 CPU cores, never cached)."""
+  parameter shape and op (seconds per stage on 2 CPU cores, never cached); compiled at a
+  lower LLVM optimisation level (`parallel.init_compiler_options`), bitwise the same."""
   init = _jitted_template(ml_collections.FrozenConfigDict(config), mods, stage, mesh,
                           _embed_dim(mods, embed_dim))
   return parallel.replicate(init(rng), mesh)
@@ -574,7 +575,8 @@ def initial_state(config, mods: Models, stage: str, mesh, rng: jax.Array,
 @functools.lru_cache(maxsize=32)
 def _jitted_template(config, mods: Models, stage: str, mesh, d: int) -> Callable:
   ctx = _context(config, mods, mesh, None, d)
-  return jax.jit(lambda rng: STAGE_DEFS[stage].template(ctx, rng))
+  return jax.jit(lambda rng: STAGE_DEFS[stage].template(ctx, rng),
+                 compiler_options=parallel.init_compiler_options() or None)
 
 
 def link_of(stage: str, identities: dict) -> dict:

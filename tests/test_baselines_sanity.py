@@ -46,6 +46,17 @@ def small_classifier():
   return model, params, x, jnp.array([0, 1, 0, 1])
 
 
+def test_cascade_draws_the_eager_initial_weights_bitwise(small_classifier):
+  # Its init is jitted at a quicker LLVM level (compile_cache.init_compiler_options): the
+  # fresh weights must still be model.init's own, every bit.
+  model, params, x, _ = small_classifier
+  levels = baselines.cascading_randomization(model, params, jax.random.key(2), x[:1])
+  eager = model.init(jax.random.key(2), x[:1])['params']
+  _, every = levels[-1]  # every layer re-initialised
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+               eager, every)
+
+
 def test_cascade_goes_top_down_cumulatively(small_classifier):
   model, params, x, _ = small_classifier
   levels = baselines.cascading_randomization(model, params, jax.random.key(2), x[:1])

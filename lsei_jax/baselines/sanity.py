@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lsei_jax import compile_cache
+
 Array = jax.Array
 Params = Mapping[str, Any]
 Path = tuple[str, ...]
@@ -78,8 +80,10 @@ def cascading_randomization(model: nn.Module, params: Params, key: Array, *init_
 @functools.lru_cache(maxsize=16)
 def _jitted_init(model: nn.Module, kwargs: tuple) -> Callable:
   """jit(model.init), built once per (module, keyword arguments): one compilation instead
-  of an eager one per parameter shape and op (the values are the same)."""
-  return jax.jit(lambda k, *a: model.init(k, *a, **dict(kwargs)))
+  of an eager one per parameter shape and op (the values are the same, bitwise, also at
+  compile_cache.init_compiler_options' quicker optimisation level)."""
+  return jax.jit(lambda k, *a: model.init(k, *a, **dict(kwargs)),
+                 compiler_options=compile_cache.init_compiler_options() or None)
 
 
 # ----------------------------------------------------------------------------- similarity

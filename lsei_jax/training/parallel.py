@@ -75,19 +75,6 @@ def convnet_compiler_options() -> dict[str, Any]:
   return dict(_EIGEN_CONVS) if _eigen_convs_available() else {}
 
 
-# LLVM at -O1 instead of -O3: for jits that run once and do only elementwise work.
-_QUICK_COMPILE = {'xla_backend_optimization_level': 1}
-
-
-def init_compiler_options() -> dict[str, Any]:
-  """XLA options for jitting initial train states (threefry bits and the initialisers'
-  elementwise maths, run once per stage): on CPU they compile 3-6× faster at LLVM -O1
-  (classifier of configs/shapes.py 4.2 → 1.2 s, explainer 4.6 → 0.8 s) into bitwise the
-  same values (at -O0 they differ). Empty off CPU.
-  """
-  return dict(_QUICK_COMPILE) if jax.default_backend() == 'cpu' else {}
-
-
 def data_parallel_step(step_fn: Callable, mesh: jax.sharding.Mesh, num_replicated: int = 0,
                        donate_state: bool = True,
                        compiler_options: dict[str, Any] | None = None) -> Callable:

@@ -566,7 +566,7 @@ def initial_state(config, mods: Models, stage: str, mesh, rng: jax.Array,
   """`template_state` under jit: the same values (the initialisers are jitted functions
   either way), one compilation, persistently cached, instead of an eager one per
   parameter shape and op (seconds per stage on 2 CPU cores, never cached); compiled at a
-  lower LLVM optimisation level (`parallel.init_compiler_options`), bitwise the same."""
+  lower LLVM optimisation level (`compile_cache.init_compiler_options`), bitwise the same."""
   init = _jitted_template(ml_collections.FrozenConfigDict(config), mods, stage, mesh,
                           _embed_dim(mods, embed_dim))
   return parallel.replicate(init(rng), mesh)
@@ -576,7 +576,7 @@ def initial_state(config, mods: Models, stage: str, mesh, rng: jax.Array,
 def _jitted_template(config, mods: Models, stage: str, mesh, d: int) -> Callable:
   ctx = _context(config, mods, mesh, None, d)
   return jax.jit(lambda rng: STAGE_DEFS[stage].template(ctx, rng),
-                 compiler_options=parallel.init_compiler_options() or None)
+                 compiler_options=compile_cache.init_compiler_options() or None)
 
 
 def link_of(stage: str, identities: dict) -> dict:

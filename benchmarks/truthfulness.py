@@ -225,17 +225,24 @@ def run_cell(cell: dict, workdir: str, base: str = 'small', classifier_from: str
   line['association'] = [float(abs(np.mean(pred_c[test.attributes[:, a]] == 1)
                                    - np.mean(pred_c[~test.attributes[:, a]] == 1)))
                          for a in range(len(names))]
-  line['association_rows'] = bias.prediction_association(pred_c, test.attributes, names, task,
-                                                         num_classes)
-  line['reliance'] = evaluation.ground_truth_reliance(config, split, test, mesh)
+  line.update(_verdict_and_truth(config, split, test, mesh, pred_c))
   line['seconds'] = {'train': t_train, 'total': time.time() - t0}
   return line
+
+
+def _verdict_and_truth(config, split, test, mesh, pred: np.ndarray) -> dict:
+  """The verdict's rows on the classifier's test predictions, and the ground truth."""
+  from lsei_jax.reporting import bias, evaluation  # pylint: disable=g-import-not-at-top
+  return {'association_rows': bias.prediction_association(
+              pred, test.attributes, list(test.attribute_names), test.task,
+              config.model.classifier.num_classes),
+          'reliance': evaluation.ground_truth_reliance(config, split, test, mesh)}
 
 
 def run_classifier_cell(cell: dict, workdir: str, base: str = 'small') -> dict:
   """The cell's classifier stage only: its accuracy, verdict rows, ground truth and test
   predictions (so that any verdict can be scored again on the same classifier)."""
-  from lsei_jax.reporting import bias, evaluation  # pylint: disable=g-import-not-at-top
+  from lsei_jax.reporting import evaluation  # pylint: disable=g-import-not-at-top
   from lsei_jax.training import parallel, pipeline  # pylint: disable=g-import-not-at-top
   from lsei_jax import data as data_lib  # pylint: disable=g-import-not-at-top
   t0 = time.time()
@@ -246,12 +253,9 @@ def run_classifier_cell(cell: dict, workdir: str, base: str = 'small') -> dict:
   split = pipeline.trained_split(config, workdir, mesh)
   logits = evaluation.classify_fn(split, config.eval.batch_size, mesh)(test.images)
   pred = np.argmax(logits, -1)
-  names, num_classes = list(test.attribute_names), config.model.classifier.num_classes
-  return {'cell': cell_key(cell), **cell, 'names': names, 'task': test.task,
-          'accuracy': float(np.mean(pred == test.labels)),
-          'association_rows': bias.prediction_association(pred, test.attributes, names,
-                                                          test.task, num_classes),
-          'reliance': evaluation.ground_truth_reliance(config, split, test, mesh),
+  return {'cell': cell_key(cell), **cell, 'names': list(test.attribute_names),
+          'task': test.task, 'accuracy': float(np.mean(pred == test.labels)),
+          **_verdict_and_truth(config, split, test, mesh, pred),
           'pred': pred.astype(int).tolist(), 'seconds': {'total': time.time() - t0}}
 
 

@@ -103,7 +103,7 @@ def generate(num: int, *, image_size: int = 32, task: str = 'shape',
     attrs[:, ATTRIBUTES.index(flip)] ^= True
   if not images:
     return {'attributes': attrs}
-  images = np.concatenate([render(rng, attrs[i:i + chunk], image_size, noise, object_scale)
-                           for i in range(0, num, chunk)]) if num else \
+  rendered = np.concatenate([render(rng, attrs[i:i + chunk], image_size, noise, object_scale)
+                             for i in range(0, num, chunk)]) if num else \
       np.zeros((0, image_size, image_size, 3), np.uint8)
-  return {'image': images, 'attributes': attrs}
+  return {'image': rendered, 'attributes': attrs}

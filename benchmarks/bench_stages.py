@@ -35,6 +35,7 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
+from lsei_jax.concepts import dvae as dvae_lib
 from lsei_jax import fisher, losses, models, relaxed_bernoulli  # noqa: E402
 from lsei_jax.training import parallel, steps  # noqa: E402
 from lsei_jax.relaxed_bernoulli import hard_code  # noqa: E402
@@ -62,7 +63,7 @@ def build(stage: str, batch: int, image: int, samples: int, fisher_batch: int,
   data = {'x': x, 'y': y, 'cp': cp, 'dp': dp}
   embed = lambda d: clf.apply({'params': d['cp']}, d['x'], method='embed')
   head = lambda d: (lambda e: clf.apply({'params': d['cp']}, e, method='head'))
-  reconstruct = lambda d, h: steps.encode_decode(dvae, d['dp'], h)[1]
+  reconstruct = lambda d, h: dvae_lib.encode_decode(dvae, d['dp'], h)[1]
   conv = parallel.convnet_compiler_options()
 
   if stage == 'classifier':
@@ -133,7 +134,7 @@ def build(stage: str, batch: int, image: int, samples: int, fisher_batch: int,
   if stage == 'dvae_pipeline':
     cfg = ml_collections.ConfigDict(dict(temperature_start=1.0, temperature_end=0.5,
                                          anneal_steps=1000, hard=False, beta=1.0))
-    fn = parallel.data_parallel_step(steps.make_dvae_step(dvae, cfg), mesh)
+    fn = parallel.data_parallel_step(dvae_lib.make_dvae_step(dvae, cfg), mesh)
     h = parallel.shard_batch({'h': np.asarray(jax.jit(embed)(data))}, mesh)
     state = parallel.replicate(steps.create_train_state(dvae, key, jnp.zeros((1, 256)), tx), mesh)
     return (lambda c, b: (fn(c[0], b, c[1])[0], jax.random.fold_in(c[1], 1))), (state, key), h

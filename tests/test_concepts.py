@@ -6,7 +6,9 @@ import pytest
 
 from configs import tiny
 from lsei_jax import concepts, interventions
-from lsei_jax.training import parallel, pipeline, steps
+from lsei_jax.training import parallel, steps
+from lsei_jax import pipeline
+from lsei_jax.pipeline.stages import concepts as concepts_stage
 from lsei_jax.concepts import nmf, topk_sae
 
 
@@ -35,25 +37,26 @@ def test_toggle_is_xor_on_boolean_codes_and_clamps_real_codes():
   rng = np.random.default_rng(1)
   z = jnp.asarray(rng.random((6, 5)) > 0.5, jnp.float32)
   for mask in (jnp.ones(5), jnp.asarray([0, 1, 0, 0, 1.0]), jnp.asarray(rng.random((6, 5)) > 0.5)):
-    np.testing.assert_array_equal(concepts.toggle(z, mask), interventions.intervene(z, mask))
+    xor = np.logical_xor(np.asarray(z, bool), np.broadcast_to(np.asarray(mask, bool), z.shape))
+    np.testing.assert_array_equal(interventions.intervene(z, mask), xor.astype(np.float32))
   code = jnp.asarray([[0.0, 2.0, 0.5], [1.0, 0.0, 0.0]])
-  out = concepts.toggle(code, jnp.asarray([1, 1, 0]), jnp.asarray([7.0, 8.0, 9.0]))
+  out = interventions.intervene(code, jnp.asarray([1, 1, 0]), jnp.asarray([7.0, 8.0, 9.0]))
   np.testing.assert_array_equal(out, [[7.0, 0.0, 0.5], [0.0, 8.0, 0.0]])
 
 
 def test_on_values_quantiles_and_never_active_fallback():
   codes = np.array([[1.0, 0, 0], [2.0, 4.0, 0], [3.0, 0, 0], [4.0, 0, 0]])
-  out = concepts.on_values(codes, 0.5)
+  out = interventions.on_values(codes, 0.5)
   np.testing.assert_allclose(out, [2.5, 4.0, np.quantile([1, 2, 3, 4, 4.0], 0.5)])
 
 
 def test_intervened_adds_back_the_error():
   decode = lambda c: 2.0 * c
   h, code = jnp.asarray([[1.0, 3.0]]), jnp.asarray([[1.0, 1.0]])
-  np.testing.assert_allclose(concepts.intervened(decode, h, code, code, add_error=True), h)
-  np.testing.assert_allclose(concepts.intervened(decode, h, code, 0 * code, add_error=True),
+  np.testing.assert_allclose(interventions.intervened(decode, h, code, code, add_error=True), h)
+  np.testing.assert_allclose(interventions.intervened(decode, h, code, 0 * code, add_error=True),
                              h - 2.0 * code)
-  np.testing.assert_allclose(concepts.intervened(decode, h, code, 0 * code), 0 * h)
+  np.testing.assert_allclose(interventions.intervened(decode, h, code, 0 * code), 0 * h)
 
 
 def test_decisive_units_equals_decisive_bits_for_boolean_codes():
@@ -61,7 +64,7 @@ def test_decisive_units_equals_decisive_bits_for_boolean_codes():
   z = jnp.asarray(rng.random((7, 4)) > 0.5, jnp.float32)
   w_dec, w_head = (jnp.asarray(rng.normal(size=s), jnp.float32) for s in ((4, 3), (3, 2)))
   decode, head = (lambda c: c @ w_dec), (lambda e: e @ w_head)
-  np.testing.assert_array_equal(concepts.decisive_units(z, decode, head),
+  np.testing.assert_array_equal(interventions.decisive_units(z, decode, head),
                                 interventions.decisive_bits(z, decode, head))
 
 
@@ -129,7 +132,7 @@ def test_sae_step_sets_b_dec_from_the_first_batch_and_counts_silent_steps():
   config = _config('topk_sae')
   config.model.topk_sae.update(b_dec_init='mean', dead_steps=2)
   learner = concepts.build(config, 8)
-  cfg = config.dvae.copy_and_resolve_references()
+  cfg = config.concepts.copy_and_resolve_references()
   with cfg.unlocked():
     cfg.learning_rate = 0.0   # params move only by the b_dec start
   mesh = parallel.make_mesh()
@@ -137,7 +140,7 @@ def test_sae_step_sets_b_dec_from_the_first_batch_and_counts_silent_steps():
   # 4 rows (one per device), k = 2 of K = 12: at most 8 latents fire on a batch.
   h1, h2 = (jnp.asarray(rng.normal(size=(4, 8)) + 3.0, jnp.float32) for _ in range(2))
   state = parallel.replicate(
-      pipeline.concept_state(learner, learner.module, jax.random.key(0), h1[:1], cfg), mesh)
+      concepts_stage.concept_state(learner, jax.random.key(0), h1[:1], cfg), mesh)
   assert isinstance(state, topk_sae.SAEState)
   step = parallel.data_parallel_step(learner.make_step(cfg), mesh)
   state, m = step(state, {'h': h1}, jax.random.key(0))
@@ -172,11 +175,11 @@ def test_learner_trains_through_the_data_parallel_step(kind):
   mesh = parallel.make_mesh()
   rng = np.random.default_rng(0)
   h = jnp.asarray(np.maximum(rng.normal(size=(32, 3)) @ rng.normal(size=(3, 8)), 0), jnp.float32)
-  cfg = config.dvae.copy_and_resolve_references()
+  cfg = config.concepts.copy_and_resolve_references()
   with cfg.unlocked():
     cfg.learning_rate = 1e-2
   state = parallel.replicate(
-      pipeline.concept_state(learner, learner.module, jax.random.key(0), h[:1], cfg), mesh)
+      concepts_stage.concept_state(learner, jax.random.key(0), h[:1], cfg), mesh)
   step = parallel.data_parallel_step(learner.make_step(cfg), mesh)
   losses = []
   for i in range(30):

@@ -5,7 +5,10 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from lsei_jax.training import parallel, pipeline, steps
+from lsei_jax.concepts import dvae as dvae_lib
+from lsei_jax.training import parallel, steps
+from lsei_jax import pipeline
+from lsei_jax.pipeline.stages import explainer as explainer_stage
 
 
 def _config():
@@ -17,8 +20,8 @@ def _config():
 
 def _run(stage, mesh, n_steps=3):
   c = _config()
-  mods = pipeline.Models(*steps.build_models(c))
-  state = pipeline.template_state(c, mods, stage, mesh, jax.random.key(0))
+  mods = pipeline.make_spec(c, mesh).mods
+  state = pipeline.template_state(pipeline.make_spec(c, mesh), stage, jax.random.key(0))
   rng = np.random.default_rng(0)
   d, s = c.model.classifier.hidden_dim, c.data.image_size
   extra = ()
@@ -26,8 +29,8 @@ def _run(stage, mesh, n_steps=3):
     fn = steps.classifier_step
     make = lambda: {'image': rng.random((32, s, s, 3), np.float32),
                     'label': rng.integers(0, 2, 32).astype(np.int32)}
-  elif stage == 'dvae':
-    fn = steps.make_dvae_step(mods.dvae, c.dvae)
+  elif stage == 'concepts':
+    fn = dvae_lib.make_dvae_step(mods.concepts, c.concepts)
     make = lambda: {'h': rng.normal(size=(32, d)).astype(np.float32)}
   else:
     fn = steps.make_explainer_step(mods.explainer, c.explainer)
@@ -40,7 +43,7 @@ def _run(stage, mesh, n_steps=3):
   return jax.device_get(state.params), jax.device_get(metrics)
 
 
-@pytest.mark.parametrize('stage', ['classifier', 'dvae', 'explainer'])
+@pytest.mark.parametrize('stage', ['classifier', 'concepts', 'explainer'])
 def test_one_device_equals_four(stage):
   assert jax.device_count() >= 4, 'conftest should give 4 CPU devices'
   p1, m1 = _run(stage, parallel.make_mesh(1))
@@ -73,9 +76,9 @@ def test_train_step_compiles_once():
   # A loop that retraced (e.g. a Python scalar changing type) would recompile each step.
   mesh = parallel.make_mesh(4)
   c = _config()
-  mods = pipeline.Models(*steps.build_models(c))
-  state = pipeline.template_state(c, mods, 'dvae', mesh, jax.random.key(0))
-  step = parallel.data_parallel_step(steps.make_dvae_step(mods.dvae, c.dvae), mesh)
+  mods = pipeline.make_spec(c, mesh).mods
+  state = pipeline.template_state(pipeline.make_spec(c, mesh), 'concepts', jax.random.key(0))
+  step = parallel.data_parallel_step(dvae_lib.make_dvae_step(mods.concepts, c.concepts), mesh)
   rng = np.random.default_rng(0)
   for i in range(4):
     batch = parallel.shard_batch({'h': rng.normal(size=(32, 16)).astype(np.float32)}, mesh)
@@ -88,9 +91,9 @@ def test_fisher_every_alternates_regularized_and_plain_steps():
   mesh = parallel.make_mesh(1)
   c = _config()
   c.explainer.fisher_every = 3
-  mods = pipeline.Models(*steps.build_models(c))
-  state = pipeline.template_state(c, mods, 'explainer', mesh, jax.random.key(0))
-  step = pipeline.explainer_step(mods.explainer, c.explainer, mesh)
+  mods = pipeline.make_spec(c, mesh).mods
+  state = pipeline.template_state(pipeline.make_spec(c, mesh), 'explainer', jax.random.key(0))
+  step = explainer_stage.explainer_step(mods.explainer, c.explainer, mesh)
   d, s = c.model.classifier.hidden_dim, c.data.image_size
   extra = parallel.replicate((jnp.linspace(0.1, 1.0, d), jnp.full((d,), 0.5)), mesh)
   rng = np.random.default_rng(0)
@@ -109,7 +112,7 @@ def test_convnet_compiler_options_change_speed_not_results():
   if jax.default_backend() == 'cpu':
     assert opts == {'xla_cpu_experimental_ynn_fusion_type': ''}
   c = _config()
-  mods = pipeline.Models(*steps.build_models(c))
+  mods = pipeline.make_spec(c).mods
   s = c.data.image_size
   x = jax.random.uniform(jax.random.key(1), (4, s, s, 3))
   params = mods.classifier.init(jax.random.key(0), x)

@@ -2,11 +2,9 @@
 
 A concept learner maps embeddings h [B, d] to codes [B, K] (`encode`, eval mode) and codes
 back to embeddings ĥ [B, d] (`decode`), and trains on h with a data-parallel step
-`(state, {'h': [b, d]}, rng) -> (state, metrics)` (the pipeline's 'dvae' stage). Its
-intervention is `toggle`: each masked unit that is on is switched off (set to 0), each
-masked unit that is off is switched on at `on_value` — for the DVAE's boolean code with
-on_value 1 this is the paper's z XOR m; for a sparse autoencoder or NMF it is the usual
-"ablate a latent / clamp it to a high quantile of its activations".
+`(state, {'h': [b, d]}, rng) -> (state, metrics)` (the pipeline's 'concepts' stage). Its
+intervention is `interventions.intervene`: each masked unit that is on is switched off, each
+one that is off is switched on at `on_value` (the paper's z XOR m for the DVAE's bits).
 
 Implementations (config `model.concepts.kind`, sizes in `model.<kind>`):
   'dvae'      the paper's discrete VAE (lsei_jax.concepts.dvae)
@@ -23,11 +21,10 @@ from typing import Callable, Protocol
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from lsei_jax.errors import UserError
-from lsei_jax.training import steps
+from lsei_jax.train_state import compute_dtype
 
 Array = jax.Array
 
@@ -52,7 +49,7 @@ class ConceptLearner(Protocol):
 
   def make_step(self, cfg) -> Callable:
     """Per-device train step (state, {'h': [b, d]}, rng) → (state, metrics), for
-    parallel.data_parallel_step; cfg is the stage's config section (config.dvae)."""
+    parallel.data_parallel_step; cfg is the stage's config section (config.concepts)."""
 
   def check_input(self, h: np.ndarray) -> None:
     """Raises a one-line errors.UserError if h [N, d] is not data this learner can model."""
@@ -87,7 +84,7 @@ def build(config, embed_dim: int, kind: str | None = None) -> ConceptLearner:
   kind = kind or kind_of(config)
   learner = importlib.import_module(KINDS[kind]).Learner.from_config(section(config, kind),
                                                                       embed_dim)
-  dtype = steps.compute_dtype(config)
+  dtype = compute_dtype(config)
   if dtype != 'float32' and hasattr(learner.module, 'compute_dtype'):
     learner = dataclasses.replace(learner, module=learner.module.clone(compute_dtype=dtype))
   return learner
@@ -117,58 +114,3 @@ class ModuleLearner:
 
   def check_input(self, h: np.ndarray) -> None:
     del h  # any real embedding
-
-
-# ----------------------------------------------------------------------- interventions
-def toggle(code: Array, mask: Array, on_value: Array | float = 1.0) -> Array:
-  """Switches the masked units: on (> 0) → 0, off → on_value.
-
-  code [B, K] (or [K]); mask [K] or code's shape, nonzero = switch; on_value scalar or [K].
-  For boolean codes and on_value 1 this equals z XOR m (interventions.intervene).
-  """
-  mask = jnp.asarray(mask).astype(bool)
-  on = jnp.broadcast_to(jnp.asarray(on_value, code.dtype), code.shape[-1:])
-  switched = jnp.where(code > 0, jnp.zeros((), code.dtype), on)
-  return jnp.where(mask, switched, code)
-
-
-def on_values(codes: np.ndarray, quantile: float = 0.9) -> np.ndarray:
-  """Per unit, the `quantile` of its nonzero activations over codes [N, K] → [K].
-
-  A unit never active gets the same quantile over all nonzero activations (so switching it
-  on is a typical-size intervention); 1.0 if the code is all zero.
-  """
-  codes = np.asarray(codes, np.float64)
-  nz = codes[codes > 0]
-  fallback = float(np.quantile(nz, quantile)) if nz.size else 1.0
-  out = np.full(codes.shape[1], fallback)
-  for k in range(codes.shape[1]):  # K is small; NumPy's quantile has no masked axis form
-    col = codes[:, k][codes[:, k] > 0]
-    if col.size:
-      out[k] = np.quantile(col, quantile)
-  return out.astype(np.float32)
-
-
-def intervened(decode: Callable[[Array], Array], h: Array, code: Array, new_code: Array,
-               add_error: bool = False) -> Array:
-  """ĥ' = decode(new_code) [B, d]; with add_error, plus the reconstruction error h − decode(code)
-  (SAE steering: the intervention changes only what the code explains)."""
-  out = decode(new_code)
-  return out + (h - decode(code)) if add_error else out
-
-
-def decisive_units(code: Array, decode: Callable[[Array], Array],
-                   head: Callable[[Array], Array], on_value: Array | float = 1.0) -> Array:
-  """bool [B, K]: (b, i) is True iff toggling unit i alone changes argmax head(decode(·)).
-
-  Generalises interventions.decisive_bits (equal for boolean codes, on_value 1).
-  """
-  base = jnp.argmax(head(decode(code)), axis=-1)                            # [B]
-  masks = jnp.eye(code.shape[-1], dtype=bool)                               # [K, K]
-  preds = jax.vmap(lambda m: jnp.argmax(head(decode(toggle(code, m, on_value))), -1))(masks)
-  return (preds != base[None, :]).T
-
-
-def active(code: Array) -> Array:
-  """Which units are on: code > 0, [B, K] bool."""
-  return code > 0

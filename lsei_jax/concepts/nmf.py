@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lsei_jax.training import steps
+from lsei_jax import train_state
 from lsei_jax.concepts import ModuleLearner
 from lsei_jax.errors import UserError
 
@@ -104,7 +104,7 @@ class Learner(ModuleLearner):
         return jnp.mean((W @ params['H'] - h) ** 2)
 
       loss, grads = jax.value_and_grad(loss_fn)(state.params)
-      state, metrics = steps._finish(state, grads, {'loss': loss, 'mse': loss,
+      state, metrics = train_state.apply_gradients(state, grads, {'loss': loss, 'mse': loss,
                                                     'l0': jnp.mean(jnp.sum(W > 0, -1))})
       # Projection onto the constraint H ≥ 0 (projected gradient).
       return state.replace(params=jax.tree.map(lambda p: jnp.maximum(p, 0.0),

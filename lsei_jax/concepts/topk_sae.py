@@ -20,10 +20,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lsei_jax.training import steps
+from lsei_jax import train_state
 from lsei_jax.concepts import ModuleLearner
 from lsei_jax.errors import UserError
-from lsei_jax.training.parallel import AXIS
+from lsei_jax.train_state import AXIS
 
 Array = jax.Array
 
@@ -36,13 +36,13 @@ def topk_relu(pre: Array, k: int) -> Array:
   return jnp.einsum('bk,bkj->bj', nn.relu(vals), onehot)
 
 
-class SAEState(steps.TrainState):
+class SAEState(train_state.TrainState):
   """TrainState plus steps_since_fired [K] int32: steps since each latent last fired."""
   steps_since_fired: Array = None
 
 
 def create_state(module: 'TopKSAEModule', rng: Array, example: Array, tx) -> SAEState:
-  base = steps.create_train_state(module, rng, example, tx)
+  base = train_state.create_train_state(module, rng, example, tx)
   return SAEState(step=base.step, apply_fn=base.apply_fn, params=base.params, tx=base.tx,
                   opt_state=base.opt_state,
                   steps_since_fired=jnp.zeros((module.latent_dim,), jnp.int32))
@@ -196,7 +196,7 @@ class Learner(ModuleLearner):
         return loss, parts
 
       (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-      state, metrics = steps._finish(state.replace(params=params), grads,
+      state, metrics = train_state.apply_gradients(state.replace(params=params), grads,
                                      dict(parts, loss=loss, dead_fraction=jnp.mean(dead),
                                           fired_fraction=jnp.mean(fired)))
       return state.replace(params=normalize_decoder(state.params),

@@ -4,6 +4,13 @@ from __future__ import annotations
 # The figures of Tables 1 and 2, in the order the reports list them.
 TABLE_KEYS = ('accuracy', 'recon_accuracy', 'agreement', 'flip_all_change', 'info_cosine',
               'info_cosine_noreg')
+# metrics.json's keys in the order it lists them (the graph's evaluators add them by node).
+REPORT_ORDER = ('split', 'num_examples', 'task', 'num_classes', 'embed_dim', 'classifier',
+                'accuracy', 'recon_accuracy', 'agreement', 'flip_all_change', 'concepts',
+                'info_cosine', 'info_cosine_noreg', 'per_bit_change', 'single_bit_change',
+                'per_bit_change_by_class', 'probe_accuracy', 'intervention', 'bias_report',
+                'intervention_report', 'data_association', 'reliance', 'tcav',
+                'attribution_sanity', 'sanity')
 
 def format_tables(m: dict) -> str:
   """Table 1 (percentages, as in the paper) and Table 2 (cosines) as plain text."""

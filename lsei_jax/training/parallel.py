@@ -15,7 +15,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-AXIS = 'data'
+from lsei_jax.train_state import AXIS  # noqa: E402  (the mesh axis steps pmean over)
 
 
 def make_mesh(num_devices: int | None = None) -> jax.sharding.Mesh:

@@ -7,23 +7,13 @@ are pinned separately by fingerprint (checkpoints.check_upstream).
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 from lsei_jax.training import steps
 
 # Bumped when the signature's contents change; checkpoints recorded with another version
 # (or before versions existed: architecture fields only) are refused with a clear message.
 VERSION = 2
-
-# Config sections each stage reads (besides the top-level seed).
-_SECTIONS = {
-    'classifier': ('data', 'model.classifier', 'classifier'),
-    'dvae': ('data', 'model.classifier', 'model.dvae', 'dvae'),
-    'explainer': ('data', 'model.classifier', 'model.dvae', 'model.explainer', 'explainer'),
-    'explainer_noreg': ('data', 'model.classifier', 'model.dvae', 'model.explainer',
-                        'explainer'),
-    'probe': ('data', 'model.probe', 'model.explainer', 'probe'),
-}
 
 # Fields read while training that cannot change what it computes: where the data is
 # cached and how fast it is read, the test split's size, whether the λ = 0 explainer is
@@ -34,7 +24,7 @@ HARMLESS = frozenset({
 })
 
 # explainer_noreg trains with λ = 0: the regularizer's settings are never used.
-_UNUSED_NOREG = ('explainer.fisher_samples', 'explainer.fisher_batch', 'explainer.fisher_every',
+UNUSED_NOREG = ('explainer.fisher_samples', 'explainer.fisher_batch', 'explainer.fisher_every',
                  'explainer.fisher_chunk', 'explainer.fisher_group', 'explainer.sigma_scale',
                  'explainer.similarity', 'explainer.info_examples')
 
@@ -54,11 +44,12 @@ def _section(config, dotted: str):
   return node
 
 
-def stage_signature(config, stage: str) -> dict:
-  """{dotted field: value} of everything that shapes `stage`'s checkpoint, plus the
-  signature version under '_signature'."""
+def stage_signature(config, sections: Sequence[str]) -> dict:
+  """{dotted field: value} of the config `sections` a stage reads (its node declares them:
+  lsei_jax.pipeline), minus HARMLESS, plus the seed and the signature version under
+  '_signature'."""
   sig: dict[str, Any] = {'_signature': VERSION, 'seed': config.seed}
-  for name in _SECTIONS[stage]:
+  for name in sections:
     _flatten(name, _section(config, name), sig)
   for key in HARMLESS:
     sig.pop(key, None)
@@ -67,10 +58,6 @@ def stage_signature(config, stage: str) -> dict:
   dtype = steps.compute_dtype(config)
   if dtype != 'float32':
     sig['model.compute_dtype'] = dtype
-  if stage == 'explainer_noreg':
-    for key in _UNUSED_NOREG:
-      sig.pop(key, None)
-    sig['explainer.fisher_weight'] = 0.0
   return sig
 
 

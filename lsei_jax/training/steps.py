@@ -10,23 +10,14 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import optax
-from flax.training import train_state
 
 from lsei_jax import fisher, losses, models
-from lsei_jax.training.parallel import AXIS
-from lsei_jax.relaxed_bernoulli import hard_code, relaxed_bernoulli
+from lsei_jax.train_state import (AXIS, TrainState, apply_gradients, create_train_state,  # noqa: F401
+                                  compute_dtype, device_rng, example_keys, make_optimizer)
 
 Array = jax.Array
-TrainState = train_state.TrainState
-
-
-def compute_dtype(config) -> str:
-  """config.model.compute_dtype: the dense layers' matmul dtype ('float32' when absent)."""
-  return config.model.get('compute_dtype', 'float32')
 
 
 def build_models(config) -> tuple[models.Classifier, models.DVAE, models.Explainer]:
@@ -44,72 +35,17 @@ def build_models(config) -> tuple[models.Classifier, models.DVAE, models.Explain
   return clf, dvae, g
 
 
-def make_optimizer(cfg, num_steps: int) -> optax.GradientTransformation:
-  """Optax optimizer from a stage config: optimizer, learning_rate, schedule, warmup_steps,
-  weight_decay, grad_clip."""
-  lr = cfg.learning_rate
-  if cfg.get('schedule', 'constant') == 'cosine':
-    warmup = cfg.get('warmup_steps', 0) or 0
-    if not 0 <= warmup < max(num_steps, 1):  # optax's own error names decay_steps < 0
-      raise ValueError(f'warmup_steps={warmup} must be in [0, steps={num_steps}) for the '
-                       f"cosine schedule: lower warmup_steps, raise steps, or use "
-                       f"schedule='constant'")
-    lr = optax.warmup_cosine_decay_schedule(0.0, lr, cfg.get('warmup_steps', 0) or 0,
-                                            max(num_steps, 1), end_value=lr * 0.01)
-  elif cfg.get('schedule', 'constant') != 'constant':
-    raise ValueError(f"unknown schedule {cfg.schedule!r}: expected 'constant' or 'cosine'")
-  name = cfg.get('optimizer', 'adam')
-  if name == 'adam':
-    tx = optax.adam(lr)
-  elif name == 'adamw':
-    tx = optax.adamw(lr, weight_decay=cfg.get('weight_decay', 1e-4))
-  elif name == 'sgd':
-    tx = optax.sgd(lr, momentum=0.9)
-  else:
-    raise ValueError(f"unknown optimizer {name!r}: expected 'adam', 'adamw' or 'sgd'")
-  if cfg.get('grad_clip', 0):
-    tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip), tx)
-  return tx
-
-
-def create_train_state(module: nn.Module, rng: Array, example_input: Array,
-                       tx: optax.GradientTransformation, method: str | None = None) -> TrainState:
-  params = module.init(rng, example_input)['params']
-  apply = module.apply if method is None else (
-      lambda v, *a, **k: module.apply(v, *a, method=method, **k))
-  return TrainState.create(apply_fn=apply, params=params, tx=tx)
-
-
-def _device_rng(rng: Array) -> Array:
-  return jax.random.fold_in(rng, jax.lax.axis_index(AXIS))
-
-
-def _global_index(local_batch: int) -> Array:
-  """Global example indices [b] of this device's rows."""
-  return jax.lax.axis_index(AXIS) * local_batch + jnp.arange(local_batch)
-
-
-def _example_keys(rng: Array, local_batch: int) -> Array:
-  return jax.vmap(jax.random.fold_in, (None, 0))(rng, _global_index(local_batch))
-
-
-def _finish(state: TrainState, grads, metrics: dict) -> tuple[TrainState, dict]:
-  grads = jax.lax.pmean(grads, AXIS)
-  metrics = dict(metrics, grad_norm=optax.tree.norm(grads))
-  return state.apply_gradients(grads=grads), jax.lax.pmean(metrics, AXIS)
-
-
 # ----------------------------------------------------------------------------- classifier
 def classifier_step(state: TrainState, batch: dict, rng: Array) -> tuple[TrainState, dict]:
   """Cross-entropy on the task label. batch: image [b,H,W,3], label [b]."""
   def loss_fn(params):
     logits = state.apply_fn({'params': params}, batch['image'], train=True,
-                            rngs={'dropout': _device_rng(rng)})
+                            rngs={'dropout': device_rng(rng)})
     return losses.classifier_loss(logits, batch['label']), logits
 
   (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   acc = jnp.mean(jnp.argmax(logits, -1) == batch['label'])
-  return _finish(state, grads, {'loss': loss, 'accuracy': acc})
+  return apply_gradients(state, grads, {'loss': loss, 'accuracy': acc})
 
 
 # ----------------------------------------------------------------------------- probe
@@ -125,44 +61,7 @@ def probe_step(state: TrainState, batch: dict, rng: Array) -> tuple[TrainState, 
 
   (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   acc = jnp.mean((logits > 0) == (batch['attributes'] > 0.5))
-  return _finish(state, grads, {'loss': loss, 'accuracy': acc})
-
-
-# ----------------------------------------------------------------------------- dvae
-def temperature_at(step: Array, start: float, end: float, anneal_steps: int) -> Array:
-  """Exponential annealing start → end over anneal_steps, then constant."""
-  frac = jnp.clip(step / max(anneal_steps, 1), 0.0, 1.0)
-  return start * (end / start) ** frac
-
-
-def make_dvae_step(dvae: models.DVAE, cfg) -> Callable:
-  """Negative ELBO on precomputed embeddings. batch: h [b, d]."""
-  def step(state: TrainState, batch: dict, rng: Array) -> tuple[TrainState, dict]:
-    h = batch['h']
-    tau = temperature_at(state.step, cfg.temperature_start, cfg.temperature_end,
-                         cfg.anneal_steps)
-    keys = _example_keys(rng, h.shape[0])
-    drop = _device_rng(jax.random.fold_in(rng, 1))
-
-    def loss_fn(params):
-      v = {'params': params}
-      logits = dvae.apply(v, h, True, method='encode', rngs={'dropout': drop})
-      z = jax.vmap(relaxed_bernoulli, (0, 0, None, None))(keys, logits, tau, cfg.hard)
-      h_hat = dvae.apply(v, z, True, method='decode',
-                         rngs={'dropout': jax.random.fold_in(drop, 1)})
-      loss, parts = losses.dvae_loss(h, h_hat, logits, cfg.beta)
-      return loss, (parts, logits)
-
-    (loss, (parts, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    l0 = jnp.mean(jnp.sum(logits > 0, -1))
-    return _finish(state, grads, dict(parts, loss=loss, temperature=tau, l0=l0))
-  return step
-
-
-def encode_decode(dvae: models.DVAE, params, h: Array) -> tuple[Array, Array]:
-  """Eval-mode code and reconstruction: z = 1[l(h) > 0], ĥ = d(z). → ([b,K], [b,d])."""
-  z = hard_code(dvae.apply({'params': params}, h, method='encode'))
-  return z, dvae.apply({'params': params}, z, method='decode')
+  return apply_gradients(state, grads, {'loss': loss, 'accuracy': acc})
 
 
 # ----------------------------------------------------------------------------- explainer
@@ -197,7 +96,7 @@ def make_explainer_step(explainer: models.Explainer, cfg, regularize: bool = Tru
            ) -> tuple[TrainState, dict]:
     images, hhat = batch['image'], batch['hhat']
     stride = max(cfg.batch_size // cfg.fisher_batch, 1)
-    keys = _example_keys(rng, hhat.shape[0])[::stride]
+    keys = example_keys(rng, hhat.shape[0])[::stride]
 
     def loss_fn(params):
       g = lambda e: explainer.apply({'params': params}, e)
@@ -212,5 +111,5 @@ def make_explainer_step(explainer: models.Explainer, cfg, regularize: bool = Tru
       return losses.explainer_loss(g(hhat), images, reg, weight)
 
     (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    return _finish(state, grads, dict(parts, loss=loss))
+    return apply_gradients(state, grads, dict(parts, loss=loss))
   return step

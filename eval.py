@@ -9,7 +9,8 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from lsei_jax import cli
-from lsei_jax.reporting import evaluation, report
+from lsei_jax.pipeline import evaluation
+from lsei_jax.reporting import report
 
 config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).',
                                 lock_config=True)

@@ -1,13 +1,13 @@
-"""Trains every stage that is not complete yet: classifier → DVAE → explainer(s).
+"""Trains every stage that is not complete yet: classifier → concepts → explainer(s) → probe.
 
-  python train.py --config=configs/shapes.py --workdir=runs/shapes [--stages=dvae]
+  python train.py --config=configs/shapes.py --workdir=runs/shapes [--stages=concepts]
   python train.py --config=configs/shapes.py --config.classifier.steps=1000 --workdir=…
 """
 from absl import app, flags
 from ml_collections import config_flags
 
 from lsei_jax import cli
-from lsei_jax.training import pipeline
+from lsei_jax import pipeline
 
 config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).',
                                 lock_config=True)

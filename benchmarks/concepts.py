@@ -32,7 +32,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from lsei_jax import concept_metrics  # noqa: E402
-from lsei_jax.reporting import evaluation  # noqa: E402
+from lsei_jax.pipeline import evaluation  # noqa: E402
 from lsei_jax.training import parallel, pipeline  # noqa: E402
 
 # (label, path into a run's results) of the figures the table shows.
@@ -83,7 +83,7 @@ def run_learner(config, base: str, split, kind: str, seed: int, mesh
   c = config.copy_and_resolve_references()
   c.seed, c.model.concepts.kind = seed, kind
   t0 = time.time()
-  pipeline.train(c, wd, ['dvae'], classifier=split, mesh=mesh)
+  pipeline.train(c, wd, ['concepts'], classifier=split, mesh=mesh)
   train_s = time.time() - t0
   res, codes = evaluation.concept_evaluation(c, wd, classifier=split, mesh=mesh)
   res.update(kind=kind, seed=seed, train_s=train_s)
@@ -106,10 +106,10 @@ def main(argv=None) -> dict:
   for item in args.set:
     set_field(config, item)
   if args.steps:
-    config.dvae.steps = args.steps
+    config.concepts.steps = args.steps
   mesh = parallel.make_mesh()
   pipeline.train(config, args.workdir, ['classifier'], mesh=mesh)
-  split = evaluation.load_classifier(config, args.workdir, mesh, None, None)[0]
+  split = evaluation.load(config, args.workdir, ['classifier'], mesh=mesh).classifier
   runs, codes = [], {}
   kinds = sorted(args.kinds, key=lambda k: k != 'dvae')  # the DVAE first: it sets k
   for seed in args.seeds:
@@ -138,7 +138,7 @@ def main(argv=None) -> dict:
     lines.append(f'| {kind} | ' + ' | '.join(f'{s[l]["mean"]:.3g} ± {s[l]["std"]:.2g}'
                                              for l in labels) + ' |')
   print('\n'.join(lines))
-  out = {'config': args.config, 'seeds': args.seeds, 'steps': config.dvae.steps, 'set': args.set,
+  out = {'config': args.config, 'seeds': args.seeds, 'steps': config.concepts.steps, 'set': args.set,
          'runs': runs, 'summary': summary, 'table': lines}
   if args.out:
     with open(args.out, 'w') as f:

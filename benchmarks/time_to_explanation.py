@@ -54,7 +54,7 @@ def _config(scenario: str, steps: int, celeba_test: int):
   import ml_collections  # pylint: disable=g-import-not-at-top
   from configs import celeba_smiling, shapes  # pylint: disable=g-import-not-at-top
   c = celeba_smiling.get_config()
-  full = {s: c[s].steps for s in ('classifier', 'dvae', 'explainer', 'probe')}
+  full = {s: c[s].steps for s in ('classifier', 'concepts', 'explainer', 'probe')}
   c.data = ml_collections.ConfigDict(dict(shapes.get_config().data, image_size=64,
                                           num_train=4096, num_test=celeba_test))
   for s in full:
@@ -74,8 +74,9 @@ def child(args) -> None:
   from jax import monitoring  # pylint: disable=g-import-not-at-top
   from jax._src import dispatch  # pylint: disable=g-import-not-at-top
   from lsei_jax import compile_cache  # pylint: disable=g-import-not-at-top
-  from lsei_jax.reporting import evaluation  # pylint: disable=g-import-not-at-top
-  from lsei_jax.training import pipeline  # pylint: disable=g-import-not-at-top
+  from lsei_jax.pipeline import evaluation  # pylint: disable=g-import-not-at-top
+  from lsei_jax import pipeline  # pylint: disable=g-import-not-at-top
+  from lsei_jax.pipeline import node as node_lib  # pylint: disable=g-import-not-at-top
 
   compile_cache.enable(args.cache_dir)
   compile_events = (dispatch.JAXPR_TRACE_EVENT, dispatch.JAXPR_TO_MLIR_MODULE_EVENT,
@@ -113,9 +114,8 @@ def child(args) -> None:
       ends.append(('sanity' if sanity else stage.name, clock()))
       return out
     return wrapped
-  pipeline.run_stage = timed(pipeline.run_stage)
-  if hasattr(pipeline, 'adopt_stage'):   # absent before the sanity run adopted the DVAE
-    pipeline.adopt_stage = timed(pipeline.adopt_stage)
+  node_lib.run_stage = timed(node_lib.run_stage)
+  node_lib.adopt_stage = timed(node_lib.adopt_stage)
   acc['compile'] = 0.0
   start = clock()
   pipeline.train(config, args.workdir, tuple(stages), hooks=(hook,))

@@ -154,9 +154,10 @@ def run_cell(cell: dict, workdir: str, base: str = 'small', classifier_from: str
   classifier-only parts (SHARED) are copied instead of computed again.
   """
   import jax  # pylint: disable=g-import-not-at-top
-  from lsei_jax.reporting import bias, crosscheck, evaluation  # pylint: disable=g-import-not-at-top
-  from lsei_jax.training import parallel, pipeline  # pylint: disable=g-import-not-at-top
-  from lsei_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+  from lsei_jax import pipeline  # pylint: disable=g-import-not-at-top
+  from lsei_jax.pipeline import artifacts, evaluation  # pylint: disable=g-import-not-at-top
+  from lsei_jax.pipeline.stages import probe as probe_stage  # pylint: disable=g-import-not-at-top
+  from lsei_jax.reporting import bias, crosscheck  # pylint: disable=g-import-not-at-top
   t0 = time.time()
   config = cell_config(cell, base)
   wd, wd_bal = os.path.join(workdir, 'biased'), os.path.join(workdir, 'balanced')
@@ -164,26 +165,21 @@ def run_cell(cell: dict, workdir: str, base: str = 'small', classifier_from: str
     # The classifier's signature has no concept-learner field: the copy loads as complete.
     shutil.copytree(classifier_from, os.path.join(wd, 'classifier'))
   pipeline.train(config, wd)
-  for stage in ('classifier', 'dvae'):            # the same classifier and DVAE
+  for stage in ('classifier', 'concepts'):        # the same classifier and concept learner
     if not os.path.isdir(os.path.join(wd_bal, stage)):
       shutil.copytree(os.path.join(wd, stage), os.path.join(wd_bal, stage))
   config_bal = _balanced(config)
   pipeline.train(config_bal, wd_bal, ('explainer', 'probe'))
   t_train = time.time() - t0
 
-  mesh = parallel.make_mesh()
-  test = data_lib.load(config.data, 'test')
+  stage_names = ['classifier', 'concepts', 'explainer', 'probe']
+  ctx, ctx_bal = (evaluation.load(c, w, stage_names) for c, w in ((config, wd),
+                                                                  (config_bal, wd_bal)))
+  mesh, mods, test, split = ctx.mesh, ctx.mods, ctx.data, ctx.classifier
   names, task, num_classes = test.attribute_names, test.task, config.model.classifier.num_classes
-  mods = pipeline.build(config, len(names))
-  stages = evaluation.load_stages(config, wd, mods, mesh,
-                                  ['classifier', 'dvae', 'explainer', 'probe'])
-  stages_bal = evaluation.load_stages(config_bal, wd_bal, mods, mesh,
-                                      ['classifier', 'dvae', 'explainer', 'probe'])
-  clf_p = stages['classifier'][0].params
-  split = pipeline.builtin_split(mods, clf_p)
-  out = evaluation._explain(config, split, mods, mesh,  # pylint: disable=protected-access
-                            stages['dvae'][0].params, test,
-                            np.ones(mods.learner.latent_dim, np.float32), 'explain')
+  clf_p = split.params['params']
+  out = artifacts.explain(ctx, split, ctx.params('concepts'),
+                          np.ones(mods.learner.latent_dim, np.float32), 'explain')
   pred = np.argmax(out['logits_hat'], -1)
   after = {'flip_all': np.argmax(out['logits_flip'], -1),
            'decisive': np.argmax(out['logits_decisive'], -1)}
@@ -193,12 +189,11 @@ def run_cell(cell: dict, workdir: str, base: str = 'small', classifier_from: str
           'accuracy': float(np.mean(np.argmax(out['logits'], -1) == test.labels)),
           'flip_all_change': float(np.mean(after['flip_all'] != pred)),
           'decisive_change': float(np.mean(after['decisive'] != pred))}
-  for variant, st in (('biased', stages), ('balanced', stages_bal)):
-    g_p, probe_p = st['explainer'][0].params, st['probe'][0].params
+  for variant, c in (('biased', ctx), ('balanced', ctx_bal)):
     probe_acc_real = None
     for inter in ('flip_all', 'decisive'):
-      probs = evaluation._probe(config, mods, mesh, g_p, probe_p, test, out['hhat'],  # pylint: disable=protected-access
-                                hhat_after[inter], f'probe {variant} {inter}')
+      probs = probe_stage.probe(c, c.params('explainer'), out['hhat'], hhat_after[inter],
+                                f'probe {variant} {inter}')
       probe_acc_real = [float(np.mean((probs['real'][:, a] > 0.5) == test.attributes[:, a]))
                         for a in range(len(names))]
       probe_acc_gen = [float(np.mean((probs['before'][:, a] > 0.5) == test.attributes[:, a]))
@@ -232,26 +227,26 @@ def run_cell(cell: dict, workdir: str, base: str = 'small', classifier_from: str
 
 def _verdict_and_truth(config, split, test, mesh, pred: np.ndarray) -> dict:
   """The verdict's rows on the classifier's test predictions, and the ground truth."""
-  from lsei_jax.reporting import bias, evaluation  # pylint: disable=g-import-not-at-top
+  from lsei_jax.pipeline import artifacts  # pylint: disable=g-import-not-at-top
+  from lsei_jax.reporting import bias  # pylint: disable=g-import-not-at-top
   return {'association_rows': bias.prediction_association(
               pred, test.attributes, list(test.attribute_names), test.task,
               config.model.classifier.num_classes),
-          'reliance': evaluation.ground_truth_reliance(config, split, test, mesh)}
+          'reliance': artifacts.ground_truth_reliance(config.data, split, test,
+                                                      config.eval.batch_size, mesh)}
 
 
 def run_classifier_cell(cell: dict, workdir: str, base: str = 'small') -> dict:
   """The cell's classifier stage only: its accuracy, verdict rows, ground truth and test
   predictions (so that any verdict can be scored again on the same classifier)."""
-  from lsei_jax.reporting import evaluation  # pylint: disable=g-import-not-at-top
-  from lsei_jax.training import parallel, pipeline  # pylint: disable=g-import-not-at-top
-  from lsei_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+  from lsei_jax import pipeline  # pylint: disable=g-import-not-at-top
+  from lsei_jax.pipeline import artifacts, evaluation  # pylint: disable=g-import-not-at-top
   t0 = time.time()
   config = cell_config(cell, base)
   pipeline.train(config, workdir, ('classifier',))
-  mesh = parallel.make_mesh()
-  test = data_lib.load(config.data, 'test')
-  split = pipeline.trained_split(config, workdir, mesh)
-  logits = evaluation.classify_fn(split, config.eval.batch_size, mesh)(test.images)
+  ctx = evaluation.load(config, workdir, ['classifier'])
+  mesh, test, split = ctx.mesh, ctx.data, ctx.classifier
+  logits = artifacts.classify_fn(split, config.eval.batch_size, mesh)(test.images)
   pred = np.argmax(logits, -1)
   return {'cell': cell_key(cell), **cell, 'names': list(test.attribute_names),
           'task': test.task, 'accuracy': float(np.mean(pred == test.labels)),

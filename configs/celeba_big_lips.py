@@ -1,5 +1,5 @@
 """CelebA, task Big_Lips (the paper's Table 1/2 task); otherwise configs/celeba_smiling.py."""
-from configs import celeba_smiling
+from lsei_jax.configs import celeba_smiling
 
 
 def get_config():

@@ -7,7 +7,7 @@ Training lengths are reasonable defaults, not tuned to reproduce the paper's num
 """
 import ml_collections
 
-from configs import shapes
+from lsei_jax.configs import shapes
 
 
 def get_config(task: str = 'Smiling') -> ml_collections.ConfigDict:
@@ -34,7 +34,7 @@ def get_config(task: str = 'Smiling') -> ml_collections.ConfigDict:
 
   # 162,770 training images: ~4 epochs of the classifier at batch 128.
   c.classifier.update(steps=5000, batch_size=128, learning_rate=1e-3, warmup_steps=200)
-  c.dvae.update(steps=10000, batch_size=256, anneal_steps=8000)
+  c.concepts.update(steps=10000, batch_size=256, anneal_steps=8000)
   c.explainer.update(steps=10000, batch_size=64, info_examples=2048)
   c.probe.update(steps=3000, batch_size=128, warmup_steps=100)
   c.checkpoint.update(every_steps=1000, max_to_keep=2)

@@ -3,7 +3,7 @@
 Label and sex agree on every training image, so the classifier may read either; the
 explanation should show which. Evaluated on the official (natural) test split.
 """
-from configs import celeba_smiling
+from lsei_jax.configs import celeba_smiling
 
 
 def get_config():

@@ -1,5 +1,5 @@
 """Bias control, the reverse: 70% smiling men + 30% non-smiling women (from train)."""
-from configs import celeba_smiling
+from lsei_jax.configs import celeba_smiling
 
 
 def get_config():

@@ -7,7 +7,7 @@
 config.model.classifier is not used: d and C come from the loaded model.
 `--config=configs/own_model.py:tiny` is the seconds-long variant (configs/tiny.py sizes).
 """
-from configs import shapes, tiny
+from lsei_jax.configs import shapes, tiny
 
 
 def get_config(size: str = ''):

@@ -32,8 +32,8 @@ def get_config() -> ml_collections.ConfigDict:
       num_classes=2, dropout=0.5))
   c.model.dvae = ml_collections.ConfigDict(dict(latent_dim=16, hidden=(256, 128, 64),
                                                 dropout=0.1))
-  # Concept learner on h (the 'dvae' stage): 'dvae' (the paper), 'topk_sae' or 'nmf'
-  # (lsei_jax.concepts); its sizes are in model.<kind>, its training in config.dvae.
+  # Concept learner on h (the 'concepts' stage): 'dvae' (the paper), 'topk_sae' or 'nmf'
+  # (lsei_jax.concepts); its sizes are in model.<kind>, its training in config.concepts.
   c.model.concepts = ml_collections.ConfigDict(dict(kind='dvae', on_quantile=0.9,
                                                     add_error=False))
   # Dead latents (lsei_jax.concepts.topk_sae): b_dec starts at the data's mean ('zeros',
@@ -59,7 +59,7 @@ def get_config() -> ml_collections.ConfigDict:
       # function (of the config, or of nothing) returning a lsei_jax.ClassifierSplit.
       source=''))
   # 600 steps (were 1500): over a colour-only embedding one bit decides either way.
-  c.dvae = ml_collections.ConfigDict(dict(
+  c.concepts = ml_collections.ConfigDict(dict(
       steps=600, batch_size=256, optimizer='adam', learning_rate=1e-3, schedule='constant',
       beta=2.0, temperature_start=1.0, temperature_end=0.5, anneal_steps=400, hard=False))
   # 300 explainer and 400 probe steps (were 600 / 800): they shape only Table 2 and the

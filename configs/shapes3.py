@@ -7,7 +7,7 @@
 Every report is per class: Table 1, per-bit analysis, TCAV, the bias report's verdict
 (each attribute's largest effect on P(prediction = k)) and its sanity check.
 """
-from configs import shapes, tiny
+from lsei_jax.configs import shapes, tiny
 
 
 def get_config(size: str = ''):
@@ -17,6 +17,6 @@ def get_config(size: str = ''):
   c.data.update(task='shape+color', spurious='size')
   if size != 'tiny':   # configs/shapes.py's 200 steps read colour alone; this task needs both
     c.classifier.steps = 600
-    c.dvae.update(steps=1500, anneal_steps=1000)
+    c.concepts.update(steps=1500, anneal_steps=1000)
   c.model.classifier.num_classes = 3
   return c

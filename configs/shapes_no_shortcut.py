@@ -4,7 +4,7 @@ trained longer, which reads the shape and not the colour (re-rendering the unbia
 images with only the colour flipped changes about as few predictions as flipping an
 attribute that never correlated with the label). Its report must not say it relies on colour.
 """
-from configs import shapes
+from lsei_jax.configs import shapes
 
 
 def get_config():

@@ -1,6 +1,6 @@
 """About a minute on 2 CPU cores: configs/shapes.py shrunk for the bias-report tests
 (which train it for several values of ρ)."""
-from configs import shapes
+from lsei_jax.configs import shapes
 
 
 def get_config():
@@ -15,7 +15,7 @@ def get_config():
   # leave it at chance, and then the report can say nothing about the task attribute).
   c.model.probe.update(channels=(16, 32, 32), strides=(1, 2, 2), hidden_dim=64)
   c.classifier.update(steps=400, batch_size=64, warmup_steps=20)
-  c.dvae.update(steps=400, batch_size=128, anneal_steps=300)
+  c.concepts.update(steps=400, batch_size=128, anneal_steps=300)
   c.explainer.update(steps=250, batch_size=32, info_examples=512, train_noreg=False)
   c.probe.update(steps=600, batch_size=64)
   c.sanity.enabled = False

@@ -1,5 +1,5 @@
 """Seconds-long variant of configs/shapes.py for tests: 16×16 images, tiny nets, few steps."""
-from configs import shapes
+from lsei_jax.configs import shapes
 
 
 def get_config():
@@ -14,7 +14,7 @@ def get_config():
   c.model.probe.update(channels=(4, 8), strides=(2, 2), hidden_dim=8)
   c.probe.update(steps=8, batch_size=32, warmup_steps=2)
   c.classifier.update(steps=12, batch_size=32, warmup_steps=2)
-  c.dvae.update(steps=12, batch_size=32, anneal_steps=10)
+  c.concepts.update(steps=12, batch_size=32, anneal_steps=10)
   c.explainer.update(steps=12, batch_size=16, fisher_batch=8, fisher_samples=2,
                      info_examples=64)
   c.checkpoint.update(every_steps=4, max_to_keep=3)

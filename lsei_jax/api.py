@@ -17,16 +17,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lsei_jax import concepts, interventions, models
-from lsei_jax.reporting import evaluation
-from lsei_jax.training import parallel, pipeline, steps
+from lsei_jax import concepts, interventions, models, pipeline
 from lsei_jax.classifier_split import ClassifierSplit
 from lsei_jax.data import byo
+from lsei_jax.pipeline import evaluation
 
 Array = jax.Array
 
 train = pipeline.train
-evaluate = evaluation.evaluate
+evaluate = pipeline.evaluate
 
 
 def _float_images(images) -> Array:
@@ -45,18 +44,17 @@ class Run:
 
   Every method takes and returns arrays with a leading batch axis and is jit-compiled.
   metrics: WORKDIR/eval/metrics.json when the run was evaluated, else {}.
-  dvae / dvae_params: the concept learner's module and params; learner: the learner
-  (lsei_jax.concepts; None means the paper's DVAE in `dvae`).
+  learner / learner_params: the concept learner (lsei_jax.concepts: its `module` is
+  models.DVAE for the paper's kind) and its params.
   """
   config: Any
   workdir: str
   classifier: ClassifierSplit
-  dvae: models.DVAE
-  dvae_params: Any
+  learner: concepts.ConceptLearner
+  learner_params: Any
   explainer: models.Explainer
   explainer_params: Any
   metrics: dict
-  learner: Any = None
   _fns: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
   def classify(self, images) -> Array:
@@ -70,11 +68,11 @@ class Run:
   def encode(self, h) -> Array:
     """Concept code [B, K]: the DVAE's bits z = 1[l(h) > 0] (float32 0/1), or the learner's
     non-negative code."""
-    return self._jit('encode')(self.dvae_params, jnp.asarray(h, jnp.float32))
+    return self._jit('encode')(self.learner_params, jnp.asarray(h, jnp.float32))
 
   def decode(self, bits) -> Array:
     """ĥ = d(z) [B, d] of codes [B, K]."""
-    return self._jit('decode')(self.dvae_params, jnp.asarray(bits, jnp.float32))
+    return self._jit('decode')(self.learner_params, jnp.asarray(bits, jnp.float32))
 
   def render(self, e) -> Array:
     """The explainer's images g(e) [B, H, W, 3] in [0, 1] of embeddings e [B, d]."""
@@ -85,9 +83,10 @@ class Run:
     return self._jit('head')(self.classifier.params, jnp.asarray(e, jnp.float32))
 
   def intervene(self, images, mask=None, on_value=None) -> dict[str, Array]:
-    """Flips concept bits (mask [K] or [B, K]; default all) of each image's code; for a
-    real-valued code, toggles the units (concepts.toggle: on → 0, off → on_value [K],
-    default the 0.9 quantile of each unit's activations in this batch).
+    """Switches concept units (mask [K] or [B, K]; default all) of each image's code with
+    `interventions.intervene`: the DVAE's bits are flipped; a real-valued code's units go
+    on → 0, off → on_value [K] (default the 0.9 quantile of each unit's activations in this
+    batch).
 
     Returns h, bits, bits_after, hhat, hhat_after, logits (c2(ĥ)), logits_after (c2(ĥ')),
     image (g(ĥ)) and image_after (g(ĥ')).
@@ -95,11 +94,9 @@ class Run:
     h = self.embed(images)
     z = self.encode(h)
     mask = interventions.flip_all_mask(z.shape[-1]) if mask is None else jnp.asarray(mask)
-    if self.learner is None or self.learner.binary:
-      z_after = interventions.intervene(z, mask)
-    else:
-      on = concepts.on_values(np.asarray(z)) if on_value is None else on_value
-      z_after = concepts.toggle(z, mask, jnp.asarray(on, z.dtype))
+    if on_value is None:
+      on_value = 1.0 if self.learner.binary else interventions.on_values(np.asarray(z))
+    z_after = interventions.intervene(z, mask, jnp.asarray(on_value, z.dtype))
     hhat, hhat_after = self.decode(z), self.decode(z_after)
     return {'h': h, 'bits': z, 'bits_after': z_after, 'hhat': hhat, 'hhat_after': hhat_after,
             'logits': self.head(hhat), 'logits_after': self.head(hhat_after),
@@ -108,15 +105,11 @@ class Run:
   def _jit(self, name: str):
     """The jit-compiled function `name` (compiled once per Run)."""
     if not self._fns:
-      c, dvae, g = self.classifier, self.dvae, self.explainer
+      c, g = self.classifier, self.explainer
       self._fns.update({
           'classify': jax.jit(lambda p, x: c.head(p, c.embed(p, x))),
           'embed': jax.jit(c.embed), 'head': jax.jit(c.head),
-          'encode': jax.jit(lambda p, h: steps.hard_code(
-              dvae.apply({'params': p}, h, method='encode'))) if self.learner is None
-          else jax.jit(self.learner.encode),
-          'decode': jax.jit(lambda p, z: dvae.apply({'params': p}, z, method='decode'))
-          if self.learner is None else jax.jit(self.learner.decode),
+          'encode': jax.jit(self.learner.encode), 'decode': jax.jit(self.learner.decode),
           'render': jax.jit(lambda p, e: jax.nn.sigmoid(g.apply({'params': p}, e))),
       })
     return self._fns[name]
@@ -124,25 +117,23 @@ class Run:
 
 def load_run(config, workdir: str, *, classifier: ClassifierSplit | None = None,
              mesh=None) -> Run:
-  """The trained classifier (or the given one), DVAE and explainer of `workdir`, every
-  checkpoint link checked as in evaluation."""
-  mesh = parallel.make_mesh() if mesh is None else mesh
-  classifier = pipeline.resolve_classifier(config, classifier, mesh)
-  split, identities, mods, _ = evaluation.load_classifier(config, workdir, mesh, classifier,
-                                                          num_attributes=None)
-  stages = evaluation.load_stages(config, workdir, mods, mesh, ['dvae', 'explainer'],
-                                  identities)
+  """The trained classifier (or the given one), concept learner and explainer of `workdir`,
+  every checkpoint link checked as in evaluation."""
+  ctx = evaluation.load(config, workdir, ['classifier', 'concepts', 'explainer'],
+                        classifier=classifier, mesh=mesh)
   path = os.path.join(workdir, 'eval', 'metrics.json')
   metrics = json.load(open(path)) if os.path.exists(path) else {}
   host = lambda tree: jax.tree.map(np.asarray, tree)
+  split = ctx.classifier
   return Run(config, workdir, dataclasses.replace(split, params=host(split.params)),
-             mods.dvae, host(stages['dvae'][0].params), mods.explainer,
-             host(stages['explainer'][0].params), metrics, mods.learner)
+             ctx.mods.learner, host(ctx.params('concepts')), ctx.mods.explainer,
+             host(ctx.params('explainer')), metrics)
 
 
 def explain(classifier: ClassifierSplit | None, data: dict | None = None, *, config,
             workdir: str, mesh=None) -> Run:
-  """Trains what `classifier` needs (DVAE, explainers, probes), evaluates, returns the run.
+  """Trains what `classifier` needs (concept learner, explainers, probes), evaluates,
+  returns the run.
 
   data: None to use config.data, or arrays {'images' [N,H,W,3] uint8, 'attributes' [N,A],
   'attribute_names' [A], and 'labels' [N] (or a 'task' naming an attribute column); an

@@ -28,7 +28,7 @@ def tiny_config():
 @pytest.fixture(scope='session')
 def trained_workdir(tmp_path_factory, tiny_config):
   """The tiny config trained once, uninterrupted, on 4 devices: (workdir, metas)."""
-  from lsei_jax.training import pipeline  # pylint: disable=g-import-not-at-top
+  from lsei_jax import pipeline  # pylint: disable=g-import-not-at-top
   workdir = str(tmp_path_factory.mktemp('trained'))
   metas = pipeline.train(tiny_config, workdir)
   return workdir, metas

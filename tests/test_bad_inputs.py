@@ -25,7 +25,7 @@ def _snapshot(path):
 CASES = {
     'unknown config field': (['--config.classifier.stepz=3'], 'stepz'),
     'unknown task attribute': (['--config.data.task=smile'], "unknown shapes attribute 'smile'"),
-    'zero batch size': (['--config.dvae.batch_size=0'], 'config.dvae.batch_size must be positive'),
+    'zero batch size': (['--config.concepts.batch_size=0'], 'config.concepts.batch_size must be positive'),
     'negative learning rate': (['--config.classifier.learning_rate=-1e-3'],
                                'config.classifier.learning_rate must be positive'),
     'zero latent size': (['--config.model.dvae.latent_dim=0'],

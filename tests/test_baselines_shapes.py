@@ -25,7 +25,8 @@ import pytest
 
 from configs import tiny
 from lsei_jax import baselines, data as data_lib
-from lsei_jax.training import parallel, pipeline, steps
+from lsei_jax.training import parallel, steps
+from lsei_jax import pipeline
 from lsei_jax.training.trainer import load_complete
 
 KEYS = range(5)
@@ -49,9 +50,9 @@ def results(tmp_path_factory):
     cfg = _config(rho)
     workdir = str(tmp_path_factory.mktemp(f'shapes_rho{rho}'))
     pipeline.train(cfg, workdir, ['classifier'], mesh=mesh)
-    mods = pipeline.Models(*steps.build_models(cfg))
+    mods = pipeline.make_spec(cfg, mesh).mods
     state, _ = load_complete(workdir, 'classifier',
-                             pipeline.template_state(cfg, mods, 'classifier', mesh))
+                             pipeline.template_state(pipeline.make_spec(cfg, mesh), 'classifier'))
     params = jax.device_get(state.params)
     clf = mods.classifier
     ds = data_lib.load(cfg.data, 'test')

@@ -17,8 +17,8 @@ import pytest
 from PIL import Image
 
 from configs import small
-from lsei_jax.reporting import evaluation
-from lsei_jax.training import pipeline
+from lsei_jax.pipeline import evaluation
+from lsei_jax import pipeline
 from lsei_jax import reliance
 
 pytestmark = pytest.mark.slow  # about a minute per run on 2 cores

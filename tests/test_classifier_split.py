@@ -134,18 +134,18 @@ def test_random_head_refuses_non_finite_logits():
 
 
 def test_sanity_mode_for_given_and_builtin(tiny_config):
-  from lsei_jax.training import pipeline
+  from lsei_jax.pipeline import identity
   config = tiny_config.copy_and_resolve_references()
-  assert pipeline.sanity_mode(config, given=False) == 'init'
-  assert pipeline.sanity_mode(config, given=True) == 'head'
+  assert identity.sanity_mode(config.sanity, given=False) == 'init'
+  assert identity.sanity_mode(config.sanity, given=True) == 'head'
   config.sanity.randomize = 'head'
-  assert pipeline.sanity_mode(config, given=False) == 'head'
+  assert identity.sanity_mode(config.sanity, given=False) == 'head'
   config.sanity.randomize = 'init'
   with pytest.raises(errors.UserError, match="randomize='init'.*use 'head'"):
-    pipeline.sanity_mode(config, given=True)
+    identity.sanity_mode(config.sanity, given=True)
   config.sanity.randomize = 'weights'
   with pytest.raises(errors.UserError, match="must be one of 'auto', 'init', 'head'"):
-    pipeline.sanity_mode(config, given=False)
+    identity.sanity_mode(config.sanity, given=False)
 
 
 def test_head_randomization_of_attribution_maps(resnet_variables):

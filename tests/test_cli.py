@@ -38,7 +38,7 @@ def test_eval_without_training_is_a_one_line_error(tmp_path):
 
 
 @pytest.mark.parametrize('override, message', [
-    ('--config.dvae.learning_rate=-1', 'config.dvae.learning_rate must be positive'),
+    ('--config.concepts.learning_rate=-1', 'config.concepts.learning_rate must be positive'),
     ('--config.model.concepts.kind=pca',
      "error: unknown concept learner config.model.concepts.kind='pca'"),
 ])

@@ -8,8 +8,11 @@ import numpy as np
 from jax import monitoring
 from jax._src import dispatch
 
-from lsei_jax.reporting import evaluation
-from lsei_jax.training import parallel, pipeline
+from lsei_jax.pipeline import evaluation
+from lsei_jax.training import parallel
+from lsei_jax import pipeline
+from lsei_jax.pipeline import frozen, identity
+from lsei_jax.pipeline.stages import explainer as explainer_stage
 
 
 def _traces_during(fn) -> list[str]:
@@ -50,15 +53,15 @@ def test_explainer_step_is_built_once_per_models_config_and_mesh(tiny_config):
   again = pipeline.build(tiny_config, 3)
   mesh = parallel.make_mesh()
   cfg = tiny_config.explainer
-  step = pipeline.explainer_step(mods.explainer, cfg, mesh)
-  assert pipeline.explainer_step(again.explainer, cfg.copy_and_resolve_references(),
+  step = explainer_stage.explainer_step(mods.explainer, cfg, mesh)
+  assert explainer_stage.explainer_step(again.explainer, cfg.copy_and_resolve_references(),
                                  mesh) is step
   # The classifier's functions are the same objects for equal modules, so is what they build.
-  embed = lambda m: pipeline.builtin_split(m, {}).embed
-  assert pipeline.embed_fn(embed(again), mesh) is pipeline.embed_fn(embed(mods), mesh)
+  embed = lambda m: identity.builtin_split(m.classifier, {}).embed
+  assert frozen.embed_fn(embed(again), mesh) is frozen.embed_fn(embed(mods), mesh)
   other = cfg.copy_and_resolve_references()
   other.fisher_samples += 1
-  assert pipeline.explainer_step(mods.explainer, other, mesh) is not step
+  assert explainer_stage.explainer_step(mods.explainer, other, mesh) is not step
 
 
 def test_evaluation_runs_no_model_op_by_op(workdir_copy, tiny_config):
@@ -84,15 +87,15 @@ def test_evaluation_runs_no_model_op_by_op(workdir_copy, tiny_config):
 def test_jitted_initial_state_is_the_eager_one_and_traced_once(tiny_config):
   # Training starts from initial_state (jitted); checkpoints written from the eager
   # template_state, and the sanity check's stored random classifier, must stay valid.
-  mods = pipeline.build(tiny_config, 3)
   mesh = parallel.make_mesh()
-  for stage in ('classifier', 'dvae', 'explainer', 'probe'):
-    rng = pipeline.stage_rngs(tiny_config, stage)[0]
-    eager = pipeline.template_state(tiny_config, mods, stage, mesh, rng)
+  spec = pipeline.make_spec(tiny_config, mesh, num_attributes=3)
+  for stage in ('classifier', 'concepts', 'explainer', 'probe'):
+    rng = pipeline.NODES[stage].rngs(spec)[0]
+    eager = pipeline.template_state(spec, stage, rng)
     leaves = lambda s: jax.tree.leaves((s.params, s.opt_state, s.step))
-    names = _traces_during(lambda: [pipeline.initial_state(tiny_config, mods, stage, mesh, rng)
+    names = _traces_during(lambda: [pipeline.initial_state(spec, stage, rng)
                                     for _ in range(2)])
     assert names == ['<lambda>'], (stage, names)
-    jitted = pipeline.initial_state(tiny_config, mods, stage, mesh, rng)
+    jitted = pipeline.initial_state(spec, stage, rng)
     for a, b in zip(leaves(eager), leaves(jitted), strict=True):
       np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

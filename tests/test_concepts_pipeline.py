@@ -7,8 +7,8 @@ import pytest
 
 import lsei_jax
 from lsei_jax import concepts, data
-from lsei_jax.reporting import evaluation
-from lsei_jax.training import pipeline
+from lsei_jax.pipeline import evaluation
+from lsei_jax import pipeline
 
 
 @pytest.mark.parametrize('kind', ['topk_sae', 'nmf'])
@@ -19,7 +19,7 @@ def test_pipeline_and_evaluation_run_with_each_learner(kind, tiny_config, tmp_pa
   config.sanity.enabled = kind == 'nmf'  # the model-randomisation run with a real-valued code
   workdir = str(tmp_path)
   metas = pipeline.train(config, workdir)
-  assert metas['dvae']['config']['model.concepts.kind'] == kind
+  assert metas['concepts']['config']['model.concepts.kind'] == kind
   result = evaluation.evaluate(config, workdir)
   c = result['concepts']
   assert c['kind'] == kind and c['num_units'] == config.model[kind].latent_dim
@@ -47,7 +47,7 @@ def test_pipeline_and_evaluation_run_with_each_learner(kind, tiny_config, tmp_pa
   images = data.load(config.data, 'test').images[:4]
   out = run.intervene(images)
   code, after = np.asarray(out['bits']), np.asarray(out['bits_after'])
-  on = concepts.on_values(code)
+  on = interventions.on_values(code)
   np.testing.assert_allclose(after, np.where(code > 0, 0.0, on), rtol=1e-6)
   assert out['image_after'].shape == images.shape
   # A learner's checkpoint is not loaded as another kind's.

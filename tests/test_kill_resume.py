@@ -9,7 +9,7 @@ import time
 from lsei_jax.training import checkpoints
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ARGS = ['--config=configs/tiny.py', '--stages=classifier,dvae',
+ARGS = ['--config=configs/tiny.py', '--stages=classifier,concepts',
         '--config.classifier.steps=400', '--config.checkpoint.every_steps=20',
         '--config.checkpoint.max_to_keep=2']
 
@@ -20,7 +20,7 @@ def _train(workdir, **kw):
                           **kw)
 
 
-def _metas(workdir, stages=('classifier', 'dvae')):
+def _metas(workdir, stages=('classifier', 'concepts')):
   out = {}
   for stage in stages:
     if not os.path.isdir(os.path.join(workdir, stage)):
@@ -63,7 +63,7 @@ def test_sigkill_mid_stage_then_rerun_matches_uninterrupted(tmp_path):
   assert p.returncode == 0, err[-3000:]
   assert f'classifier: resuming from step {killed_at}' in err
   got, want = _metas(workdir), _metas(reference)
-  for stage in ('classifier', 'dvae'):
+  for stage in ('classifier', 'concepts'):
     assert got[stage]['complete']
     assert got[stage]['fingerprint'] == want[stage]['fingerprint'], stage
 

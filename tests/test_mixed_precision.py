@@ -3,9 +3,10 @@ tolerance of the float32 run, and a checkpoint records the dtype it was trained 
 import pytest
 
 from lsei_jax.errors import UserError
-from lsei_jax.reporting import evaluation
+from lsei_jax.pipeline import evaluation
 from lsei_jax.reporting.report import TABLE_KEYS
-from lsei_jax.training import checkpoints, pipeline, signature, validate
+from lsei_jax.training import checkpoints, signature, validate
+from lsei_jax import pipeline
 
 # Tolerances on the tiny config (64 test images) with the DVAE trained to confident codes
 # (100 steps; at 12 a few near-zero logits flip between the runs and ĥ with them): the rates
@@ -25,7 +26,7 @@ def _run(config, workdir):
 def test_bfloat16_run_reports_the_float32_runs_quantities(tiny_config, tmp_path):
   f32 = tiny_config.copy_and_resolve_references()
   f32.sanity.enabled = False     # not a TABLE_KEYS quantity; halves the test
-  f32.dvae.update(steps=100, anneal_steps=80)
+  f32.concepts.update(steps=100, anneal_steps=80)
   b16 = f32.copy_and_resolve_references()
   b16.model.compute_dtype = 'bfloat16'
   r32, r16 = _run(f32, str(tmp_path / 'f32')), _run(b16, str(tmp_path / 'b16'))
@@ -38,14 +39,15 @@ def test_bfloat16_run_reports_the_float32_runs_quantities(tiny_config, tmp_path)
 
 def test_compute_dtype_is_in_the_signature_only_when_not_float32(tiny_config):
   c = tiny_config.copy_and_resolve_references()
-  for stage in ('classifier', 'dvae', 'explainer', 'explainer_noreg', 'probe'):
-    assert 'model.compute_dtype' not in signature.stage_signature(c, stage)
+  sig = lambda config, stage: pipeline.NODES[stage].signature(pipeline.make_spec(config))
+  for stage in ('classifier', 'concepts', 'explainer', 'explainer_noreg', 'probe'):
+    assert 'model.compute_dtype' not in sig(c, stage)
   c.model.compute_dtype = 'bfloat16'
-  for stage in ('classifier', 'dvae', 'explainer', 'explainer_noreg', 'probe'):
-    assert signature.stage_signature(c, stage)['model.compute_dtype'] == 'bfloat16'
-  recorded = signature.stage_signature(tiny_config, 'dvae')
+  for stage in ('classifier', 'concepts', 'explainer', 'explainer_noreg', 'probe'):
+    assert sig(c, stage)['model.compute_dtype'] == 'bfloat16'
+  recorded = sig(tiny_config, 'concepts')
   with pytest.raises(checkpoints.CheckpointError, match='model.compute_dtype'):
-    checkpoints.check_config('dvae', '/wd/dvae', recorded, signature.stage_signature(c, 'dvae'))
+    checkpoints.check_config('concepts', '/wd/concepts', recorded, sig(c, 'concepts'))
 
 
 def test_unknown_compute_dtype_is_a_user_error(tiny_config):
@@ -53,4 +55,4 @@ def test_unknown_compute_dtype_is_a_user_error(tiny_config):
   c.model.compute_dtype = 'float16'
   with pytest.raises(UserError, match="config.model.compute_dtype must be one of 'float32', "
                      "'bfloat16', got 'float16'"):
-    validate.check_config(c)
+    validate.check_config(c, pipeline.graph.trained_sections())

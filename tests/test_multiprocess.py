@@ -6,11 +6,12 @@ import sys
 
 import jax
 import numpy as np
-from lsei_jax.training import parallel, pipeline
+from lsei_jax.training import parallel
+from lsei_jax import pipeline
 from lsei_jax.training.trainer import load_complete
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ARGS = ['--config=configs/tiny.py', '--stages=classifier,dvae',
+ARGS = ['--config=configs/tiny.py', '--stages=classifier,concepts',
         '--config.explainer.train_noreg=False']
 
 
@@ -30,10 +31,10 @@ def _params(workdir, config):
   """Final parameters of each stage, restored onto this process's devices (the 2-process
   checkpoints were written on another topology: the template's shardings place them)."""
   mesh = parallel.make_mesh()
-  mods = pipeline.build(config)
+  spec = pipeline.make_spec(config)
   out = {}
-  for stage in ('classifier', 'dvae'):
-    state, meta = load_complete(workdir, stage, pipeline.template_state(config, mods, stage,
+  for stage in ('classifier', 'concepts'):
+    state, meta = load_complete(workdir, stage, pipeline.template_state(spec, stage,
                                                                         mesh))
     out[stage] = jax.tree.map(np.asarray, state.params)
   return out

@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 
 import lsei_jax
-from lsei_jax.training import checkpoints, pipeline
+from lsei_jax.training import checkpoints
+from lsei_jax import pipeline
+from lsei_jax.pipeline import identity
 from lsei_jax import data as data_lib
 from lsei_jax import errors
 
@@ -73,8 +75,8 @@ def test_other_weights_are_refused(readme_run):
   with pytest.raises(checkpoints.CheckpointError, match='explains a given classifier'):
     lsei_jax.load_run(run.config, workdir)
   # The same weights again: everything is complete, nothing retrains.
-  metas = lsei_jax.train(run.config, workdir, ['dvae'], classifier=split)
-  assert metas['dvae']['upstream'] == {'classifier': metas['classifier']}
+  metas = lsei_jax.train(run.config, workdir, ['concepts'], classifier=split)
+  assert metas['concepts']['upstream'] == {'classifier': metas['classifier']}
 
 
 def _run(args, **kw):
@@ -144,10 +146,10 @@ def test_sanity_check_of_a_plain_function_pair(tmp_path, tiny_config):
   workdir = str(tmp_path / 'wd')
   metas = lsei_jax.train(config, workdir, classifier=split)
   # The sanity run's classifier is the random head, recorded like any given classifier.
-  rand = pipeline.sanity_classifier(config, split, ds.images)
+  rand = identity.sanity_classifier(config.seed, split, ds.images)
   record = json.load(open(os.path.join(workdir, 'sanity', 'classifier.json')))
   assert metas['sanity/classifier'] == {'given': record['given']}
-  assert pipeline.given_identity(rand, config) == metas['sanity/classifier']
+  assert identity.given_identity(rand, config.data.image_size) == metas['sanity/classifier']
   assert metas['sanity/classifier'] != metas['classifier']
   assert metas['sanity/explainer']['upstream']['classifier'] == metas['sanity/classifier']
   assert record['embed_dim'] == 16 and record['num_classes'] == 2

@@ -3,8 +3,10 @@ import os
 
 import pytest
 
-from lsei_jax.training import checkpoints, pipeline
-from lsei_jax.reporting import evaluation
+from lsei_jax.training import checkpoints
+from lsei_jax import pipeline
+from lsei_jax.pipeline import identity
+from lsei_jax.pipeline import evaluation
 from lsei_jax.training.trainer import NonFiniteError
 
 
@@ -18,8 +20,8 @@ def _fingerprints(metas):
 
 def test_smoke_all_stages_complete_with_logs(trained_workdir, tiny_config):
   workdir, metas = trained_workdir
-  assert list(metas) == ['classifier', 'dvae', 'explainer', 'explainer_noreg', 'probe',
-                         'sanity/classifier', 'sanity/dvae', 'sanity/explainer']
+  assert list(metas) == ['classifier', 'concepts', 'explainer', 'explainer_noreg', 'probe',
+                         'sanity/classifier', 'sanity/concepts', 'sanity/explainer']
   assert metas['sanity/classifier']['num_steps'] == 0  # random, untrained
   for name, meta in metas.items():
     if name.startswith('sanity/'):
@@ -29,8 +31,8 @@ def test_smoke_all_stages_complete_with_logs(trained_workdir, tiny_config):
     lines = open(os.path.join(workdir, name, 'metrics.jsonl')).read().splitlines()
     assert json.loads(lines[-1])['step'] == meta['step']
     assert os.listdir(os.path.join(workdir, name, 'tensorboard'))
-  assert metas['dvae']['upstream'] == {'classifier': checkpoints.identity(metas['classifier'])}
-  assert set(metas['explainer']['upstream']) == {'classifier', 'dvae'}
+  assert metas['concepts']['upstream'] == {'classifier': checkpoints.identity(metas['classifier'])}
+  assert set(metas['explainer']['upstream']) == {'classifier', 'concepts'}
 
 
 def test_rerun_skips_complete_stages(workdir_copy, trained_workdir, tiny_config):
@@ -40,7 +42,7 @@ def test_rerun_skips_complete_stages(workdir_copy, trained_workdir, tiny_config)
   assert sorted(os.listdir(os.path.join(workdir_copy, 'classifier'))) == before
 
 
-@pytest.mark.parametrize('stop_in,at', [('classifier', 'first'), ('dvae', 'first'),
+@pytest.mark.parametrize('stop_in,at', [('classifier', 'first'), ('concepts', 'first'),
                                         ('classifier', 'last')])  # last: between stages
 def test_resume_after_interrupt_gives_identical_parameters(tmp_path, trained_workdir,
                                                            tiny_config, stop_in, at):
@@ -72,8 +74,8 @@ def test_stage_trained_on_another_upstream_is_refused(workdir_copy, tiny_config)
   shutil.rmtree(os.path.join(workdir_copy, 'classifier'))
   shutil.copytree(os.path.join(workdir_copy, 'sanity', 'classifier'),
                   os.path.join(workdir_copy, 'classifier'))
-  with pytest.raises(checkpoints.CheckpointError, match='dvae checkpoint .* trained on classifier'):
-    pipeline.train(tiny_config, workdir_copy, ['dvae'])
+  with pytest.raises(checkpoints.CheckpointError, match='concepts checkpoint .* trained on classifier'):
+    pipeline.train(tiny_config, workdir_copy, ['concepts'])
   with pytest.raises(checkpoints.CheckpointError, match='trained on classifier'):
     evaluation.evaluate(tiny_config, workdir_copy)
 
@@ -88,8 +90,8 @@ def test_incompatible_config_change_names_the_field(workdir_copy, tiny_config):
 def test_checkpoint_of_another_stage_is_refused(workdir_copy, tiny_config):
   import shutil
   shutil.rmtree(os.path.join(workdir_copy, 'classifier'))
-  shutil.copytree(os.path.join(workdir_copy, 'dvae'), os.path.join(workdir_copy, 'classifier'))
-  with pytest.raises(checkpoints.CheckpointError, match="stage 'dvae', not 'classifier'"):
+  shutil.copytree(os.path.join(workdir_copy, 'concepts'), os.path.join(workdir_copy, 'classifier'))
+  with pytest.raises(checkpoints.CheckpointError, match="stage 'concepts', not 'classifier'"):
     pipeline.train(tiny_config, workdir_copy, ['classifier'])
 
 
@@ -210,23 +212,23 @@ def test_sanity_with_a_random_head_on_the_builtin_classifier(workdir_copy, tiny_
   shutil.rmtree(sdir)
   metas = pipeline.train(head, workdir_copy, ['sanity'])
   # Oracle: the recorded classifier is the trained one's embedding with the seed's random head.
-  split = pipeline.trained_split(head, workdir_copy, parallel.make_mesh())
-  rand = pipeline.sanity_classifier(head, split, data_lib.load(head.data, 'train').images)
-  assert metas['sanity/classifier'] == pipeline.given_identity(rand, head)
+  split = evaluation.load(head, workdir_copy, ['classifier']).classifier
+  rand = identity.sanity_classifier(head.seed, split, data_lib.load(head.data, 'train').images)
+  assert metas['sanity/classifier'] == identity.given_identity(rand, head.data.image_size)
   assert json.load(open(os.path.join(sdir, 'classifier.json')))['given'] == \
       metas['sanity/classifier']['given']
   # The random head keeps the embedding, so the concept learner is the run's own, adopted
   # rather than retrained; oracle: training it over the random head gives the same bits.
-  main_dvae = checkpoints.StageCheckpoints(workdir_copy, 'dvae', read_only=True)
-  main_meta = main_dvae.read_meta(main_dvae.latest_step())
-  main_dvae.close()
-  assert metas['sanity/dvae']['adopted_from'] == workdir_copy
-  assert metas['sanity/dvae']['fingerprint'] == main_meta['fingerprint']
-  assert metas['sanity/dvae']['upstream'] == {'classifier': metas['sanity/classifier']}
-  assert metas['sanity/dvae']['step'] == head.dvae.steps and metas['sanity/dvae']['complete']
+  main_concepts = checkpoints.StageCheckpoints(workdir_copy, 'concepts', read_only=True)
+  main_meta = main_concepts.read_meta(main_concepts.latest_step())
+  main_concepts.close()
+  assert metas['sanity/concepts']['adopted_from'] == workdir_copy
+  assert metas['sanity/concepts']['fingerprint'] == main_meta['fingerprint']
+  assert metas['sanity/concepts']['upstream'] == {'classifier': metas['sanity/classifier']}
+  assert metas['sanity/concepts']['step'] == head.concepts.steps and metas['sanity/concepts']['complete']
   retrained = pipeline.train(head, os.path.join(workdir_copy, 'retrained'),
-                             ('classifier', 'dvae'), classifier=rand)
-  assert retrained['dvae']['fingerprint'] == main_meta['fingerprint']
+                             ('classifier', 'concepts'), classifier=rand)
+  assert retrained['concepts']['fingerprint'] == main_meta['fingerprint']
   again = pipeline.train(head, workdir_copy, ['sanity'])   # complete: loaded, not re-adopted
   assert again == metas
   result = evaluation.evaluate(head, workdir_copy)

@@ -15,13 +15,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lsei_jax.training import checkpoints, pipeline
+from lsei_jax.training import checkpoints
+from lsei_jax import pipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _with(config, **overrides):
-  """A copy of config with dotted fields replaced, e.g. _with(c, **{'dvae.beta': -5})."""
+  """A copy of config with dotted fields replaced, e.g. _with(c, **{'concepts.beta': -5})."""
   c = config.copy_and_resolve_references()
   with c.unlocked():
     for dotted, value in overrides.items():
@@ -66,12 +67,9 @@ def test_a_trained_classifier_in_place_of_the_random_one_is_refused(workdir_copy
 
 
 def test_missing_sanity_stage_advises_training_the_parent(tmp_path, tiny_config):
-  from lsei_jax.reporting import evaluation
-  from lsei_jax.training import parallel
-  mesh = parallel.make_mesh()
-  mods = pipeline.build(tiny_config, 6)
+  from lsei_jax.pipeline import evaluation
   with pytest.raises(checkpoints.CheckpointError) as e:
-    evaluation.load_stages(tiny_config, str(tmp_path / 'sanity'), mods, mesh, ['classifier'])
+    evaluation.load(tiny_config, str(tmp_path / 'sanity'), ['classifier'])
   assert f'--workdir={tmp_path} --stages=sanity' in str(e.value)
 
 
@@ -83,13 +81,13 @@ def test_missing_sanity_stage_advises_training_the_parent(tmp_path, tiny_config)
     ('classifier', 'data.num_train', 128),
     ('classifier', 'classifier.learning_rate', 1e-3),
     ('classifier', 'classifier.schedule', 'constant'),
-    ('dvae', 'dvae.beta', 0.5),
-    ('dvae', 'dvae.temperature_end', 0.9),
+    ('concepts', 'concepts.beta', 0.5),
+    ('concepts', 'concepts.temperature_end', 0.9),
 ])
 def test_resume_refuses_a_changed_field(workdir_copy, tiny_config, stage, field, value):
   config = _with(tiny_config, **{field: value})
   with pytest.raises(checkpoints.CheckpointError, match=rf'stage {stage} .*\b{field}: '):
-    pipeline.train(config, workdir_copy, ['classifier', 'dvae'][:1 + (stage == 'dvae')])
+    pipeline.train(config, workdir_copy, ['classifier', 'concepts'][:1 + (stage == 'concepts')])
 
 
 def test_resume_refuses_changed_regularizer_settings(workdir_copy, tiny_config):
@@ -104,8 +102,8 @@ def test_fields_that_cannot_change_the_result_may_change(workdir_copy, trained_w
                                  'checkpoint.every_steps': 5, 'checkpoint.max_to_keep': 1,
                                  'data.num_test': 32, 'eval.bias_bits': (1,),
                                  'explainer.train_noreg': False})
-  metas = pipeline.train(config, workdir_copy, ['classifier', 'dvae'])
-  assert metas['dvae'] == trained_workdir[1]['dvae']
+  metas = pipeline.train(config, workdir_copy, ['classifier', 'concepts'])
+  assert metas['concepts'] == trained_workdir[1]['concepts']
 
 
 def test_checkpoint_from_an_older_version_is_refused_clearly(workdir_copy, tiny_config):
@@ -126,7 +124,7 @@ def _lock(workdir, pid, host=None):
 
 
 def test_a_workdir_in_use_is_refused_naming_the_holder(workdir_copy, tiny_config):
-  from lsei_jax.reporting import evaluation
+  from lsei_jax.pipeline import evaluation
   holder = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])
   eval_dir = os.path.join(workdir_copy, 'eval')
   before = sorted(os.listdir(eval_dir)) if os.path.isdir(eval_dir) else None
@@ -156,9 +154,9 @@ def test_a_stale_lock_is_taken_over_and_released(workdir_copy, tiny_config):
 # ----------------------------------------------------------- finding 5: validation
 VALIDATION = {
     'eval.bias_bits': ((99,), r'bias_bits=\(99,\): bits must be distinct integers in \[0, 6\)'),
-    'dvae.beta': (-5.0, 'config.dvae.beta must be ≥ 0'),
-    'dvae.temperature_start': (0.0, 'config.dvae.temperature_start must be positive'),
-    'dvae.temperature_end': (0.0, 'config.dvae.temperature_end must be positive'),
+    'concepts.beta': (-5.0, 'config.concepts.beta must be ≥ 0'),
+    'concepts.temperature_start': (0.0, 'config.concepts.temperature_start must be positive'),
+    'concepts.temperature_end': (0.0, 'config.concepts.temperature_end must be positive'),
     'checkpoint.every_steps': (0, 'config.checkpoint.every_steps must be a positive integer'),
     'checkpoint.max_to_keep': (0, 'config.checkpoint.max_to_keep must be a positive integer'),
     'log_every': (0, 'config.log_every must be a positive integer'),
@@ -180,7 +178,7 @@ def test_bad_values_are_refused_before_anything_trains(field, tmp_path, tiny_con
 
 
 def test_eval_refuses_out_of_range_bits_before_writing(workdir_copy, tiny_config):
-  from lsei_jax.reporting import evaluation
+  from lsei_jax.pipeline import evaluation
   metrics = os.path.join(workdir_copy, 'eval', 'metrics.json')
   before = os.path.getmtime(metrics) if os.path.exists(metrics) else None
   with pytest.raises(ValueError, match=r'bias_bits=\(6,\)'):
@@ -284,7 +282,7 @@ def test_atomic_write_keeps_the_old_file_when_the_disk_is_full(tmp_path):
 
 
 def test_eval_on_a_full_disk_keeps_the_previous_figure(workdir_copy, tiny_config, monkeypatch):
-  from lsei_jax.reporting import evaluation, plots
+  from lsei_jax.pipeline import evaluation, plots
   eval_dir = os.path.join(workdir_copy, 'eval')
   os.makedirs(eval_dir, exist_ok=True)
   fig = os.path.join(eval_dir, 'fig3_grid.png')

@@ -2,12 +2,12 @@
 import jax
 import numpy as np
 
-from lsei_jax.training import pipeline
+from lsei_jax import pipeline
 
 
 def test_upstream_closure_follows_the_graph():
-  assert pipeline.upstream_closure(['probe']) == {'classifier', 'dvae', 'explainer'}
-  assert pipeline.upstream_closure(['explainer_noreg']) == {'classifier', 'dvae'}
+  assert pipeline.upstream_closure(['probe']) == {'classifier', 'concepts', 'explainer'}
+  assert pipeline.upstream_closure(['explainer_noreg']) == {'classifier', 'concepts'}
   for sd in pipeline.GRAPH:   # upstream stages come earlier in the walk
     names = [s.name for s in pipeline.GRAPH]
     assert all(names.index(u) < names.index(sd.name) for u in sd.upstream)
@@ -26,6 +26,6 @@ def test_explainers_share_their_stream(tmp_path, tiny_config):
   # batches (one stream), so Table 2's comparison differs in the regularizer only.
   config = tiny_config.copy_and_resolve_references()
   config.explainer.fisher_weight = 0.0
-  metas = pipeline.train(config, str(tmp_path), ['classifier', 'dvae', 'explainer',
+  metas = pipeline.train(config, str(tmp_path), ['classifier', 'concepts', 'explainer',
                                                  'explainer_noreg'])
   assert metas['explainer']['fingerprint'] == metas['explainer_noreg']['fingerprint']

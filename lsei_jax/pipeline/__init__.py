@@ -6,5 +6,8 @@ from lsei_jax.pipeline.evaluation import (compute, concept_evaluation, evaluate,
 from lsei_jax.pipeline.fit import fit_workdir, train  # noqa: F401
 from lsei_jax.pipeline.graph import (GRAPH, NODES, STAGES, link_of, stage_names,  # noqa: F401
                                      upstream_closure)
-from lsei_jax.pipeline.spec import Models, RunSpec, build, resolve, validate_config  # noqa: F401
+from lsei_jax.pipeline.spec import (Models, RunSpec, build, make_spec, resolve,  # noqa: F401
+                                    validate_config)
+from lsei_jax.pipeline.templates import (initial_state, restore_target,  # noqa: F401
+                                         template_state)
 from lsei_jax.streams import stream, stream_seed  # noqa: F401

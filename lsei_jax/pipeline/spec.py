@@ -124,7 +124,7 @@ def validate_config(config, mesh) -> None:
     if config.explainer.fisher_batch > config.explainer.batch_size:
       raise ValueError('config.explainer.fisher_batch must not exceed '
                        'config.explainer.batch_size')
-  validate.check_config(config)
+  validate.check_config(config, graph.trained_sections())
 
 
 def resolve(config, split: str, *, classifier: ClassifierSplit | None = None, mesh=None,
@@ -138,9 +138,10 @@ def resolve(config, split: str, *, classifier: ClassifierSplit | None = None, me
   if check:
     validate_config(config, mesh)
   else:
-    validate.check_config(config)
+    from lsei_jax.pipeline import graph  # pylint: disable=g-import-not-at-top  (graph → spec)
     with errors.as_user_errors():
       parallel.check_batch(config.eval.batch_size, mesh, 'config.eval.batch_size')
+    validate.check_config(config, graph.trained_sections())
   frozen = ml_collections.FrozenConfigDict(config)
   classifier = identity.resolve_classifier(frozen, classifier, mesh)
   ds = data_lib.load(frozen.data, split)
@@ -163,3 +164,15 @@ def spec_for(frozen, mesh, ds, split: str, classifier: ClassifierSplit | None,
   num_attributes = len(ds.attribute_names)
   return RunSpec(frozen, mesh, build(frozen, num_attributes, d), d, num_classes,
                  num_attributes, kind, given_fp, classifier)
+
+
+def make_spec(config, mesh=None, *, num_attributes: int | None = None,
+              embed_dim: int | None = None, classifier: str = 'trained') -> RunSpec:
+  """A RunSpec of the config's own classifier without loading data (tests, benchmarks,
+  notebooks that build states or steps directly): d defaults to
+  config.model.classifier.hidden_dim; the probe exists when num_attributes is given."""
+  frozen = ml_collections.FrozenConfigDict(config)
+  d = frozen.model.classifier.hidden_dim if embed_dim is None else embed_dim
+  return RunSpec(frozen, parallel.make_mesh() if mesh is None else mesh,
+                 build(frozen, num_attributes, d), d, frozen.model.classifier.num_classes,
+                 num_attributes, classifier)

@@ -2,13 +2,13 @@
 trains or any output is written. Each failure is a UserError naming the field and the fix."""
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 
 from lsei_jax import concepts, layers
 from lsei_jax.training import steps
 from lsei_jax.errors import UserError
-
-_STAGE_SECTIONS = ('classifier', 'dvae', 'explainer', 'probe')
 
 
 def _positive(config, dotted: str, integer: bool = False) -> None:
@@ -21,18 +21,19 @@ def _positive(config, dotted: str, integer: bool = False) -> None:
     raise UserError(f'config.{dotted} must be {kind}, got {node!r}')
 
 
-def check_config(config) -> None:
-  """Fields of every stage and of evaluation (pipeline.validate_config checks the rest:
-  steps, batch sizes, learning rates, device divisibility)."""
+def check_config(config, sections: Sequence[str]) -> None:
+  """Fields of every stage and of evaluation; `sections`: the trained stages' config
+  sections (the graph's: lsei_jax.pipeline.graph.trained_sections). The pipeline's
+  validate_config checks the rest: steps, batch sizes, learning rates, device divisibility."""
   for dotted in ('log_every', 'checkpoint.every_steps', 'checkpoint.max_to_keep',
                  'explainer.fisher_samples', 'explainer.info_examples', 'eval.fisher_samples',
                  'eval.fisher_examples', 'eval.num_bootstrap', 'eval.grid_rows',
                  'model.classifier.hidden_dim'):
     _positive(config, dotted, integer=True)
-  for dotted in ('dvae.temperature_start', 'dvae.temperature_end', 'explainer.sigma_scale'):
+  for dotted in ('concepts.temperature_start', 'concepts.temperature_end', 'explainer.sigma_scale'):
     _positive(config, dotted)
-  if not config.dvae.beta >= 0:
-    raise UserError(f'config.dvae.beta must be ≥ 0 (the KL weight), got {config.dvae.beta}')
+  if not config.concepts.beta >= 0:
+    raise UserError(f'config.concepts.beta must be ≥ 0 (the KL weight), got {config.concepts.beta}')
   if config.model.classifier.num_classes < 2:
     raise UserError(f'config.model.classifier.num_classes must be ≥ 2, got '
                     f'{config.model.classifier.num_classes}')
@@ -48,7 +49,7 @@ def check_config(config) -> None:
   if config.explainer.get('similarity', 'cosine') not in ('cosine', 'dot'):
     raise UserError(f"config.explainer.similarity must be 'cosine' or 'dot', got "
                     f'{config.explainer.similarity!r}')
-  for stage in _STAGE_SECTIONS:  # unknown optimizer / schedule names, before training
+  for stage in sections:  # unknown optimizer / schedule names, before training
     try:
       steps.make_optimizer(config[stage], max(int(config[stage].steps), 1))
     except ValueError as e:

@@ -110,7 +110,8 @@ def figure_rows(ctx: Context) -> dict:
 
 def _node(name: str, **kw) -> Node:
   def step(ctx):
-    cfg = ctx.spec.config.explainer.as_configdict()
+    # A copy: FrozenConfigDict.as_configdict() hands back the caller's own section.
+    cfg = ctx.spec.config.explainer.as_configdict().copy_and_resolve_references()
     with cfg.unlocked():
       cfg.fisher_weight = NODES_FW[name](ctx.spec)
     return explainer_step(ctx.mods.explainer, cfg, ctx.mesh)

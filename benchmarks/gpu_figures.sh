@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's GPU figures in one run (at most 10 minutes on one H200), each part under its own
+# The GPU figures of docs/performance.md in one run (at most 10 minutes on one H200), each part under its own
 # time limit so that a slow part cannot take the others' results with it:
 #   1. versions, and the error of float32 matmuls / convolutions at JAX's default precision
 #      against float64 (XLA:GPU may use TF32 matrix units for float32 by default);

@@ -1,4 +1,4 @@
-"""The bad-input catalogue (README): each case exits 1 with a one-line error that names the
+"""The bad-input catalogue (docs/errors.md): each case exits 1 with a one-line error that names the
 problem, prints no traceback, and writes nothing."""
 import os
 import shutil

@@ -154,8 +154,9 @@ def render(result: dict, eval_dir: str | None = None, *, task: str | None = None
               '<p>How an attribute probe\'s probability moves between the concept images '
               'g(ĥ) and g(ĥ\') as the intervention moves the decision towards a class (both '
               'directions weighted equally; only samples whose decision changed). On the '
-              'truthfulness benchmark (README) this flags many attributes the classifier does '
-              'not use — the intervention changes them together with the decision — so it '
+              'truthfulness benchmark (docs/truthfulness.md) this flags many attributes the '
+              'classifier does not use — the intervention changes them together with the '
+              'decision — so it '
               'shows what the concept images look like, not what the classifier relies on.</p>',
               _table(['attribute', 'in g(ĥ\')', 'shift', 'interval'], rows)]
   assoc = result.get('data_association')

@@ -29,3 +29,43 @@ def test_explainers_share_their_stream(tmp_path, tiny_config):
   metas = pipeline.train(config, str(tmp_path), ['classifier', 'concepts', 'explainer',
                                                  'explainer_noreg'])
   assert metas['explainer']['fingerprint'] == metas['explainer_noreg']['fingerprint']
+
+
+def test_stage_facts_are_read_off_the_nodes(tiny_config):
+  # What used to live in six tables: the stage list, the trained sections, the signature
+  # sections, the default stages of a config.
+  from lsei_jax.pipeline import graph
+  assert pipeline.STAGES == ('classifier', 'concepts', 'explainer', 'explainer_noreg',
+                             'probe', 'sanity')
+  assert graph.trained_sections() == ('classifier', 'concepts', 'explainer', 'probe')
+  c = tiny_config.copy_and_resolve_references()
+  assert pipeline.stage_names(c) == pipeline.STAGES
+  c.explainer.train_noreg, c.sanity.enabled = False, False
+  assert pipeline.stage_names(c) == ('classifier', 'concepts', 'explainer', 'probe')
+  spec = pipeline.make_spec(c)
+  sig = pipeline.NODES['concepts'].signature(spec)
+  assert sig['concepts.steps'] == c.concepts.steps and 'explainer.steps' not in sig
+  noreg = pipeline.NODES['explainer_noreg'].signature(spec)
+  assert noreg['explainer.fisher_weight'] == 0.0 and 'explainer.fisher_samples' not in noreg
+
+
+def test_the_concept_stage_keeps_its_old_stream(tiny_config):
+  # Renamed from 'dvae' to 'concepts' without changing its keys and batches.
+  spec = pipeline.make_spec(tiny_config)
+  np.testing.assert_array_equal(
+      jax.random.key_data(pipeline.NODES['concepts'].rngs(spec)[0]),
+      jax.random.key_data(jax.random.split(pipeline.stream(tiny_config.seed, 'dvae'))[0]))
+
+
+def test_a_workdir_from_before_the_rename_is_refused_with_the_fix(tmp_path, tiny_config):
+  import os
+
+  import pytest
+
+  from lsei_jax.training import checkpoints
+  os.makedirs(tmp_path / 'dvae')
+  with pytest.raises(checkpoints.CheckpointError, match="named 'dvae'.*move .*dvae away"):
+    pipeline.train(tiny_config, str(tmp_path), ['classifier'])
+  assert os.path.isdir(tmp_path / 'dvae') and not os.path.isdir(tmp_path / 'classifier')
+  with pytest.raises(Exception, match="now named 'concepts'"):
+    pipeline.train(tiny_config, str(tmp_path), ['dvae'])

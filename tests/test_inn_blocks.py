@@ -142,3 +142,8 @@ def test_bad_architecture_is_refused():
     blocks.Flow(num_steps=0).init(jax.random.key(0), x)
   with pytest.raises(ValueError, match='at least 2 features'):
     blocks.AffineCoupling().init(jax.random.key(0), x[:, :1])
+
+
+def test_actnorm_data_init_refuses_a_single_row():
+  with pytest.raises(ValueError, match='at least 2 rows'):
+    blocks.Flow(num_steps=1).init(jax.random.key(0), _x(n=1))

@@ -51,6 +51,9 @@ class ActNorm(nn.Module):
     del cond
     d = x.shape[-1]
     if self.data_init:
+      if self.is_initializing() and x.shape[0] < 2:
+        raise ValueError(f'ActNorm data init needs a batch of at least 2 rows to take '
+                         f'a std over, got {x.shape[0]}: initialise with more rows')
       # Only evaluated at init; stop_gradient keeps the init free of a data path.
       x0 = jax.lax.stop_gradient(x)
       loc = self.param('loc', lambda _: -jnp.mean(x0, 0))

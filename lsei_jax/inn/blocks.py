@@ -172,13 +172,15 @@ class FlowStep(nn.Module):
     if self.linear not in ('lu', 'permute'):
       raise ValueError(f"linear={self.linear!r}: expected 'lu' or 'permute'")
     mix = InvertibleLinear if self.linear == 'lu' else Permute
-    self.layers = (ActNorm(self.data_init), mix(self.seed),
-                   AffineCoupling(tuple(self.hidden), self.clamp))
+    self.actnorm = ActNorm(self.data_init)
+    self.mix = mix(self.seed)
+    self.coupling = AffineCoupling(tuple(self.hidden), self.clamp)
 
   def __call__(self, x: Array, cond: Array | None = None, reverse: bool = False
                ) -> tuple[Array, Array]:
     logdet = _zeros_logdet(x)
-    for layer in (reversed(self.layers) if reverse else self.layers):
+    layers = (self.actnorm, self.mix, self.coupling)
+    for layer in (reversed(layers) if reverse else layers):
       x, ld = layer(x, cond, reverse)
       logdet = logdet + ld
     return x, logdet

@@ -85,6 +85,31 @@ def test_layout_and_config_errors_name_the_fix():
   np.testing.assert_array_equal(layout.block_ids(), [0, 0, 1, 1, 2, 2, 3, 3])
 
 
+def test_step_noise_is_keyed_by_rng_and_example_and_off_by_default():
+  h_a, attrs = _synthetic(8, 0)
+  h_b = _synthetic(8, 1)[0]
+  batch = {'h_a': h_a, 'h_b': h_b, 'factor': np.array([0, 1, 2, 0] * 2, np.int32)}
+  cfg = ml_collections.ConfigDict(dict(num_steps=1, hidden=(8,), learning_rate=1e-3))
+
+  def loss(noise_std, rng, num_devices=None):
+    with cfg.unlocked():
+      cfg.noise_std = noise_std
+    model = factor.build(cfg, D, F)
+    state = factor.create_state(model, jax.random.key(0), jnp.asarray(h_a),
+                                steps.make_optimizer(cfg, 1))
+    step = parallel.data_parallel_step(factor.make_step(model), parallel.make_mesh(num_devices))
+    return float(step(state, batch, rng)[1]['loss'])
+
+  assert loss(0.0, jax.random.key(0)) == loss(0.0, jax.random.key(1))
+  noisy = loss(0.1, jax.random.key(0))
+  assert noisy == loss(0.1, jax.random.key(0)) != loss(0.1, jax.random.key(1))
+  assert noisy != loss(0.0, jax.random.key(0))
+  # Per-example keys: 1 device and 4 devices draw the same noise (float32 mean order aside).
+  assert loss(0.1, jax.random.key(0), 1) == pytest.approx(noisy, rel=1e-6)
+  with pytest.raises(UserError, match='inn.noise_std=-1.0'):
+    factor.build(ml_collections.ConfigDict(dict(noise_std=-1.0)), D, F)
+
+
 # ----------------------------------------------------------------------------- pairs
 def test_sample_pairs_share_the_chosen_attribute_and_are_deterministic():
   rng = np.random.default_rng(0)
@@ -107,6 +132,24 @@ def test_sample_pairs_share_the_chosen_attribute_and_are_deterministic():
   lone = np.array([[0, 0], [1, 1], [1, 2]])
   _, b2, f2 = factor.sample_pairs(lone, np.random.default_rng(0))
   assert f2[0] == -1 and b2[0] == 0 and f2[2] == 0 and b2[2] == 1
+
+
+def test_pair_table_is_rounds_of_sample_pairs():
+  attrs = np.random.default_rng(0).random((50, 3)) < 0.5
+  a, b, f = factor.sample_pair_table(attrs, np.random.default_rng(4), 3)
+  assert a.shape == b.shape == f.shape == (150,)
+  rng = np.random.default_rng(4)
+  for r in range(3):
+    want = factor.sample_pairs(attrs, rng)
+    for got, w in zip((a, b, f), want):
+      np.testing.assert_array_equal(got[50 * r:50 * (r + 1)], w)
+  h = np.arange(50 * 2, dtype=np.float32).reshape(50, 2)
+  batch = factor.pair_batch(h, (a, b, f), np.array([3, 70]))
+  np.testing.assert_array_equal(batch['h_a'], h[[3, 20]])
+  np.testing.assert_array_equal(batch['h_b'], h[[b[3], b[70]]])
+  np.testing.assert_array_equal(batch['factor'], f[[3, 70]])
+  with pytest.raises(UserError, match='pairs_per_example=0'):
+    factor.sample_pair_table(attrs, rng, 0)
 
 
 def test_sample_pairs_partners_are_uniform_within_the_group():
@@ -145,12 +188,13 @@ def test_flip_and_swap_move_exactly_one_block():
 # ----------------------------------------------------------------------------- training
 @pytest.fixture(scope='module')
 def trained():
-  """Trains the factor INN on 2048 synthetic examples for 1000 steps (~10 s on 2 CPUs)."""
+  """Trains the factor INN on 2048 synthetic examples for 1000 steps (15-40 s on 2 shared
+  CPUs: the tests that use it are marked slow)."""
   t0 = time.time()
   h_train, a_train = _synthetic(2048, 0)
   h_test, a_test = _synthetic(1024, 1)
   cfg = ml_collections.ConfigDict(dict(
-      factor_dim=1, num_steps=4, hidden=(32, 32), sigma=0.9, learning_rate=3e-3,
+      factor_dim=1, num_steps=6, hidden=(32, 32), sigma=0.9, learning_rate=3e-3,
       steps=1000, schedule='cosine', warmup_steps=50, grad_clip=5.0, batch_size=256))
   model = factor.build(cfg, D, F)
   state = factor.create_state(model, jax.random.key(0), jnp.asarray(h_train[:512]),
@@ -175,12 +219,17 @@ def trained():
               h_train=h_train, a_train=a_train, h_test=h_test, a_test=a_test)
 
 
+@pytest.mark.slow
 def test_training_lowers_the_loss_and_correlates_shared_blocks(trained):
   first, last = trained['first'], trained['last']
   assert last['loss'] < first['loss'] - 0.5          # measured 2.49 → 1.22 nats / dim
-  assert abs(first['shared_corr']) < 0.2 < 0.7 < last['shared_corr']
+  # shared_corr is one batch's mean z_a·z_b on shared features: → σ = 0.9 when fitted
+  # (measured 0.75–0.9 over 8 init seeds; ≈ 0.2 at init, where the standardised h of a
+  # pair sharing an attribute already correlate a little).
+  assert last['shared_corr'] > max(0.6, first['shared_corr'] + 0.3)
 
 
+@pytest.mark.slow
 def test_each_attribute_is_read_from_its_own_block_only(trained):
   model, params, enc = trained['model'], trained['params'], trained['enc']
   z_train = np.asarray(enc(params, trained['h_train']))
@@ -195,6 +244,7 @@ def test_each_attribute_is_read_from_its_own_block_only(trained):
   assert np.all(off <= chance[:, None] + 0.1), off     # other factor blocks and the residual
 
 
+@pytest.mark.slow
 def test_round_trip_is_exact_to_float32(trained):
   model, params = trained['model'], trained['params']
   h = jnp.asarray(trained['h_test'])
@@ -202,13 +252,15 @@ def test_round_trip_is_exact_to_float32(trained):
   err = float(jnp.max(jnp.abs(back - h)))
   # As in test_inn_blocks: float32 roundings (eps·|h|) amplified by at most the Jacobian's
   # condition number (float64 jacfwd of the trained flow), times 8 for their number.
-  jac = jax.vmap(jax.jacfwd(lambda x: factor.encode(model, params, x[None])[0]))(h[:256])
+  jac = jax.jit(jax.vmap(jax.jacfwd(lambda x: factor.encode(model, params, x[None])[0])))(
+      h[:128])
   cond = float(np.max(np.linalg.cond(np.asarray(jac, np.float64))))
   bound = 8 * cond * EPS32 * float(jnp.max(jnp.abs(h)))
   print(f'round trip max |error| {err:.2e}, bound {bound:.2e} (cond {cond:.0f})')
   assert err <= bound
 
 
+@pytest.mark.slow
 def test_swapping_block_f_changes_the_h_probe_on_f_only(trained):
   """Logistic probes read each attribute from h; swapping block f with that of an image of
   the other value of f and decoding flips probe f and leaves the others as they were."""

@@ -71,19 +71,24 @@ class FactorINN:
   flow: blocks.Flow
   layout: FactorLayout
   sigma: float = 0.9
+  noise_std: float = 0.0   # training only: h + N(0, noise_std²) per example (see make_step)
 
 
 def build(cfg, dim: int, num_factors: int) -> FactorINN:
   """From a config section (proposed `config.inn`): factor_dim, num_steps, hidden, clamp,
-  linear, sigma, seed."""
+  linear, sigma, noise_std, seed."""
   sigma = float(cfg.get('sigma', 0.9))
   if not 0.0 < sigma < 1.0:
     raise UserError(f'inn.sigma={sigma} must be in (0, 1): the correlation of a shared factor')
+  noise_std = float(cfg.get('noise_std', 0.0))
+  if noise_std < 0:
+    raise UserError(f'inn.noise_std={noise_std} must be ≥ 0')
   flow = blocks.Flow(num_steps=int(cfg.get('num_steps', 8)),
                      hidden=tuple(cfg.get('hidden', (128, 128))),
                      clamp=float(cfg.get('clamp', 2.0)), linear=cfg.get('linear', 'lu'),
                      seed=int(cfg.get('seed', 0)))
-  return FactorINN(flow, FactorLayout(dim, num_factors, int(cfg.get('factor_dim', 1))), sigma)
+  return FactorINN(flow, FactorLayout(dim, num_factors, int(cfg.get('factor_dim', 1))), sigma,
+                   noise_std)
 
 
 def create_state(model: FactorINN, rng: Array, example_h: Array, tx) -> steps.TrainState:
@@ -129,11 +134,21 @@ def factor_loss(model: FactorINN, params, h_a: Array, h_b: Array, factor: Array
 
 def make_step(model: FactorINN) -> Callable:
   """Data-parallel train step (state, batch, rng) -> (state, metrics); run it through
-  `parallel.data_parallel_step`. batch: h_a [b, d], h_b [b, d], factor int32 [b]."""
+  `parallel.data_parallel_step`. batch: h_a [b, d], h_b [b, d], factor int32 [b].
+
+  With model.noise_std > 0, each h gets N(0, noise_std²) noise drawn from (rng, global
+  example index), the same on any number of devices: a density on h is unbounded where a
+  feature is constant (a dead ReLU unit), and the noise bounds it. Without, rng is unused.
+  """
   def step(state: steps.TrainState, batch: dict, rng: Array) -> tuple[steps.TrainState, dict]:
-    del rng  # deterministic given the pairs
+    h_a, h_b = batch['h_a'], batch['h_b']
+    if model.noise_std > 0:
+      keys = steps._example_keys(rng, h_a.shape[0])  # pylint: disable=protected-access
+      eps = jax.vmap(lambda k: jax.random.normal(k, (2,) + h_a.shape[1:], h_a.dtype))(keys)
+      h_a, h_b = h_a + model.noise_std * eps[:, 0], h_b + model.noise_std * eps[:, 1]
+
     def loss_fn(params):
-      return factor_loss(model, params, batch['h_a'], batch['h_b'], batch['factor'])
+      return factor_loss(model, params, h_a, h_b, batch['factor'])
     (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     return steps._finish(state, grads, dict(parts, loss=loss))  # pylint: disable=protected-access
   return step
@@ -172,6 +187,18 @@ def sample_pairs(attributes: np.ndarray, rng: np.random.Generator,
       k = np.minimum((r[rows] * (len(members) - 1)).astype(np.int64), len(members) - 2)
       partner[rows] = members[k + (k >= pos)]            # skip the row itself
   return np.arange(n), partner, factor
+
+
+def sample_pair_table(attributes: np.ndarray, rng: np.random.Generator,
+                      pairs_per_example: int, factors: np.ndarray | None = None
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """pairs_per_example rounds of `sample_pairs` (one rng, in order), concatenated:
+  (a, b, factor) each [N · pairs_per_example]. A stage can draw its batches of pair
+  indices from this table like any other array (`pair_batch` turns them into h's)."""
+  if pairs_per_example < 1:
+    raise UserError(f'inn.pairs_per_example={pairs_per_example} must be ≥ 1')
+  rounds = [sample_pairs(attributes, rng, factors) for _ in range(pairs_per_example)]
+  return tuple(np.concatenate(parts) for parts in zip(*rounds))
 
 
 def pair_batch(h: np.ndarray, pairs: tuple[np.ndarray, np.ndarray, np.ndarray],

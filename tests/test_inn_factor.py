@@ -181,6 +181,8 @@ def test_flip_and_swap_move_exactly_one_block():
   # Each row's offset from its class mean is kept, now around the other class's mean.
   y = labels[:, 0].astype(int)
   np.testing.assert_allclose(m[:, :2] - means[0, 1 - y], z[:, :2] - means[0, y], atol=1e-6)
+  with pytest.raises(ValueError, match='need the rows\' labels'):
+    factor.flip_factor(z, 0, layout, None, means)
   with pytest.raises(UserError, match='attribute 1 has no example with value 0'):
     factor.class_means(z, np.c_[labels[:, 0], np.ones(10, bool)], layout)
 
@@ -242,6 +244,20 @@ def test_each_attribute_is_read_from_its_own_block_only(trained):
   assert np.all(np.diag(acc) >= 0.9)
   off = acc[~np.eye(F, F + 1, dtype=bool).astype(bool)].reshape(F, F)
   assert np.all(off <= chance[:, None] + 0.1), off     # other factor blocks and the residual
+  # evaluate() reports the same numbers, plus the probe on h itself and the round trip.
+  ev = factor.evaluate(model, params, trained['h_train'], trained['a_train'],
+                       trained['h_test'], trained['a_test'], lambda h: enc(params, h))
+  np.testing.assert_array_equal(ev['block_accuracy'], acc)
+  np.testing.assert_array_equal(ev['own_block'], np.diag(acc))
+  np.testing.assert_array_equal(ev['other_max'], off.max(1))
+  np.testing.assert_array_equal(ev['chance'], chance)
+  print('h probe accuracy', ev['h_accuracy'], 'round trip', ev['round_trip_max_abs'])
+  assert np.all(ev['h_accuracy'] >= 0.97)              # attributes are linear in h
+  assert np.all(ev['own_block'] >= ev['h_accuracy'] - 0.02)   # the issue's criterion
+  assert 0 < ev['round_trip_max_abs'] < 1e-3
+  with pytest.raises(ValueError, match='2 attributes for 3 factor blocks'):
+    factor.evaluate(model, params, trained['h_train'], trained['a_train'][:, :2],
+                    trained['h_test'], trained['a_test'][:, :2], lambda h: enc(params, h))
 
 
 @pytest.mark.slow

@@ -249,6 +249,9 @@ def flip_factor(z: Array, f: int, layout: FactorLayout, labels: np.ndarray | Non
   """
   z = jnp.asarray(z)
   cols = layout.block(f)
+  if means is not None and labels is None:
+    raise ValueError('flip_factor: class means need the rows\' labels [B, F] to know which '
+                     'mean each row leaves')
   if means is None:
     return z.at[:, cols].multiply(-1.0)
   y = np.asarray(labels)[:, f].astype(np.int64)
@@ -305,3 +308,30 @@ def chance_accuracy(y: np.ndarray) -> np.ndarray:
   """float [A]: the majority-class rate of each attribute (what a probe reads from nothing)."""
   p = np.asarray(y).astype(bool).mean(0)
   return np.maximum(p, 1 - p)
+
+
+def evaluate(model: FactorINN, params, h_train: np.ndarray, y_train: np.ndarray,
+             h_test: np.ndarray, y_test: np.ndarray,
+             encode_fn: Callable[[Array], Array] | None = None) -> dict:
+  """The factor INN's own metrics (attribute a ↔ block a; y [N, F] in {0, 1}):
+
+  block_accuracy [F, F + 1] (`block_probe_accuracy`, test split), own_block [F] (its
+  diagonal), other_max [F] (the best other block, residual included), h_accuracy [F]
+  (the probe on h itself), chance [F], round_trip_max_abs (max |T⁻¹(T(h)) − h| on test).
+  encode_fn: a jitted h → z (default: `encode` un-jitted).
+  """
+  enc = encode_fn or (lambda h: encode(model, params, h))
+  z_train, z_test = np.asarray(enc(jnp.asarray(h_train))), np.asarray(enc(jnp.asarray(h_test)))
+  acc = block_probe_accuracy(z_train, y_train, z_test, y_test, model.layout)
+  num = model.layout.num_factors
+  if acc.shape[0] != num:
+    raise ValueError(f'{acc.shape[0]} attributes for {num} factor blocks: pass the '
+                     f'attributes the blocks were trained for, in order')
+  h_acc = np.array([np.mean(probe_predict(fit_logistic(h_train, y_train[:, a]), h_test)
+                            == np.asarray(y_test)[:, a].astype(bool)) for a in range(num)])
+  others = np.where(np.eye(num, num + 1, dtype=bool), -np.inf, acc)
+  back = decode(model, params, jnp.asarray(z_test))
+  return {'block_accuracy': acc, 'own_block': np.diag(acc).copy(),
+          'other_max': others.max(1), 'h_accuracy': h_acc,
+          'chance': chance_accuracy(y_test),
+          'round_trip_max_abs': float(jnp.max(jnp.abs(back - jnp.asarray(h_test))))}

@@ -43,8 +43,8 @@ def test_round_trip_and_logdet_with_h_fixed():
   with jax.enable_x64(True):
     p64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
     v64, h64 = jnp.asarray(v, jnp.float64), jnp.asarray(h, jnp.float64)
-    jac = jax.vmap(jax.jacfwd(
-        lambda vi, hi: inn.apply({'params': p64}, vi[None], hi[None])[0][0]))(v64, h64)
+    jac = jax.jit(jax.vmap(jax.jacfwd(
+        lambda vi, hi: inn.apply({'params': p64}, vi[None], hi[None])[0][0])))(v64, h64)
     own64 = np.asarray(inn.apply({'params': p64}, v64, h64)[1])
   _, oracle = np.linalg.slogdet(np.asarray(jac))
   np.testing.assert_allclose(own64, oracle, rtol=0, atol=1e-9)   # float64 rounding only

@@ -11,10 +11,10 @@ PKG = ROOT / 'lsei_jax'
 
 # Layers, bottom first: a module may import its own layer and those below, never above.
 # maths: the top-level modules (relaxed Bernoulli, Fisher, interventions, models, …);
-# data and concepts and baselines on it; training (loop, checkpoints, steps); reporting
+# data, concepts, the INN and baselines on it; training (loop, checkpoints, steps); reporting
 # (tables, figures, the verdict's statistics); the pipeline (run spec, graph, walks);
 # the API and the CLI.
-LAYERS = {'maths': 0, 'data': 1, 'concepts': 1, 'baselines': 1, 'configs': 1,
+LAYERS = {'maths': 0, 'data': 1, 'concepts': 1, 'inn': 1, 'baselines': 1, 'configs': 1,
           'training': 2, 'reporting': 3, 'pipeline': 4, 'api': 5, 'cli': 5, '__init__': 5}
 
 

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from lsei_jax import layers, losses, models
-from lsei_jax.training import steps
+from lsei_jax import train_state
 
 Array = jax.Array
 
@@ -54,9 +54,9 @@ class ImageAutoencoder(nn.Module):
 
 def make_step() -> Callable:
   """Data-parallel train step (state, batch, rng) -> (state, metrics), state from
-  `steps.create_train_state(ImageAutoencoder(...), rng, images[:1], tx)`.
+  `train_state.create_train_state(ImageAutoencoder(...), rng, images[:1], tx)`.
   batch: image float [b, S, S, 3] in [0, 1]."""
-  def step(state: steps.TrainState, batch: dict, rng: Array) -> tuple[steps.TrainState, dict]:
+  def step(state: train_state.TrainState, batch: dict, rng: Array) -> tuple[train_state.TrainState, dict]:
     del rng  # no noise in this model
     images = batch['image']
 
@@ -66,5 +66,5 @@ def make_step() -> Callable:
 
     (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     mse = jnp.mean((jax.nn.sigmoid(logits) - images) ** 2)
-    return steps._finish(state, grads, {'loss': loss, 'mse': mse})  # pylint: disable=protected-access
+    return train_state.apply_gradients(state, grads, {'loss': loss, 'mse': mse})
   return step

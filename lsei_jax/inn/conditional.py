@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lsei_jax.inn import blocks
-from lsei_jax.training import steps
+from lsei_jax import train_state
 
 Array = jax.Array
 LOG_2PI = float(np.log(2 * np.pi))
@@ -58,10 +58,10 @@ class ConditionalINN(nn.Module):
 
 
 def create_state(inn: ConditionalINN, rng: Array, example_v: Array, example_h: Array,
-                 tx) -> steps.TrainState:
+                 tx) -> train_state.TrainState:
   """Train state; ActNorm starts from example_v [n ≥ 2, m] (use a few hundred rows)."""
   params = inn.init(rng, example_v, example_h)['params']
-  return steps.TrainState.create(apply_fn=inn.apply, params=params, tx=tx)
+  return train_state.TrainState.create(apply_fn=inn.apply, params=params, tx=tx)
 
 
 def nll(inn: ConditionalINN, params, v: Array, h: Array) -> tuple[Array, dict]:
@@ -76,11 +76,11 @@ def nll(inn: ConditionalINN, params, v: Array, h: Array) -> tuple[Array, dict]:
 def make_step(inn: ConditionalINN) -> Callable:
   """Data-parallel train step (state, batch, rng) -> (state, metrics).
   batch: v [b, m] (autoencoder latents), h [b, d] (the classifier's embedding)."""
-  def step(state: steps.TrainState, batch: dict, rng: Array) -> tuple[steps.TrainState, dict]:
+  def step(state: train_state.TrainState, batch: dict, rng: Array) -> tuple[train_state.TrainState, dict]:
     del rng  # exact likelihood: no sampling in training
     (loss, parts), grads = jax.value_and_grad(
         lambda p: nll(inn, p, batch['v'], batch['h']), has_aux=True)(state.params)
-    return steps._finish(state, grads, dict(parts, loss=loss))  # pylint: disable=protected-access
+    return train_state.apply_gradients(state, grads, dict(parts, loss=loss))
   return step
 
 

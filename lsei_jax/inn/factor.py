@@ -29,7 +29,7 @@ import numpy as np
 
 from lsei_jax.errors import UserError
 from lsei_jax.inn import blocks
-from lsei_jax.training import steps
+from lsei_jax import train_state
 
 Array = jax.Array
 LOG_2PI = float(np.log(2 * np.pi))
@@ -91,9 +91,9 @@ def build(cfg, dim: int, num_factors: int) -> FactorINN:
                    noise_std)
 
 
-def create_state(model: FactorINN, rng: Array, example_h: Array, tx) -> steps.TrainState:
+def create_state(model: FactorINN, rng: Array, example_h: Array, tx) -> train_state.TrainState:
   """Train state; ActNorm starts from example_h [n ≥ 2, d] (use a few hundred rows)."""
-  return steps.create_train_state(model.flow, rng, example_h, tx)
+  return train_state.create_train_state(model.flow, rng, example_h, tx)
 
 
 # ----------------------------------------------------------------------------- objective
@@ -140,17 +140,17 @@ def make_step(model: FactorINN) -> Callable:
   example index), the same on any number of devices: a density on h is unbounded where a
   feature is constant (a dead ReLU unit), and the noise bounds it. Without, rng is unused.
   """
-  def step(state: steps.TrainState, batch: dict, rng: Array) -> tuple[steps.TrainState, dict]:
+  def step(state: train_state.TrainState, batch: dict, rng: Array) -> tuple[train_state.TrainState, dict]:
     h_a, h_b = batch['h_a'], batch['h_b']
     if model.noise_std > 0:
-      keys = steps._example_keys(rng, h_a.shape[0])  # pylint: disable=protected-access
+      keys = train_state.example_keys(rng, h_a.shape[0])
       eps = jax.vmap(lambda k: jax.random.normal(k, (2,) + h_a.shape[1:], h_a.dtype))(keys)
       h_a, h_b = h_a + model.noise_std * eps[:, 0], h_b + model.noise_std * eps[:, 1]
 
     def loss_fn(params):
       return factor_loss(model, params, h_a, h_b, batch['factor'])
     (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    return steps._finish(state, grads, dict(parts, loss=loss))  # pylint: disable=protected-access
+    return train_state.apply_gradients(state, grads, dict(parts, loss=loss))
   return step
 
 

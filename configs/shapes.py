@@ -81,6 +81,15 @@ def get_config() -> ml_collections.ConfigDict:
   c.probe = ml_collections.ConfigDict(dict(
       steps=400, batch_size=128, optimizer='adam', learning_rate=2e-3, schedule='cosine',
       warmup_steps=20, balance=True))
+  # The factor INN on h (lsei_jax/inn, docs/method.md § The INN): one block of factor_dim
+  # features per annotated attribute plus a residual, trained on pairs of train images that
+  # share an attribute; its evaluator reports each block's probes and the factor
+  # intervention's flip rates (metrics.json 'inn').
+  c.inn = ml_collections.ConfigDict(dict(
+      enabled=False, factor_dim=1, num_steps=6, hidden=(128, 128), clamp=2.0, linear='lu',
+      sigma=0.9, noise_std=0.0, seed=0, pairs_per_example=8,
+      steps=1000, batch_size=256, optimizer='adam', learning_rate=1e-3, schedule='cosine',
+      warmup_steps=50, grad_clip=5.0))
   # Model randomisation: DVAE + explainer trained again over a random classifier.
   # randomize: 'init' re-initialises the classifier; 'head' keeps its embedding under a
   # random linear head (the only choice for a given classifier); 'auto' picks by classifier.

@@ -55,4 +55,4 @@ def test_unknown_compute_dtype_is_a_user_error(tiny_config):
   c.model.compute_dtype = 'float16'
   with pytest.raises(UserError, match="config.model.compute_dtype must be one of 'float32', "
                      "'bfloat16', got 'float16'"):
-    validate.check_config(c, pipeline.graph.trained_sections())
+    validate.check_config(c, pipeline.graph.trained_sections(c))

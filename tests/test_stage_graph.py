@@ -37,7 +37,7 @@ def test_stage_facts_are_read_off_the_nodes(tiny_config):
   from lsei_jax.pipeline import graph
   assert pipeline.STAGES == ('classifier', 'concepts', 'explainer', 'explainer_noreg',
                              'probe', 'sanity')
-  assert graph.trained_sections() == ('classifier', 'concepts', 'explainer', 'probe')
+  assert graph.trained_sections(tiny_config) == ('classifier', 'concepts', 'explainer', 'probe')
   c = tiny_config.copy_and_resolve_references()
   assert pipeline.stage_names(c) == pipeline.STAGES
   c.explainer.train_noreg, c.sanity.enabled = False, False

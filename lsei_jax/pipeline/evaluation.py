@@ -30,7 +30,7 @@ def load(config, workdir: str, names=None, *, classifier: ClassifierSplit | None
   """A Context on the test split with the named stages of `workdir` loaded (default: every
   node present there), every checkpoint link checked."""
   spec, test = resolve(config, 'test', classifier=classifier, mesh=mesh, check=False)
-  ctx = Context(spec, workdir, test)
+  ctx = Context(spec, workdir, test, split='test')
   if names is None:
     names = [n.name for n in graph.GRAPH if n.present(ctx) and n.name != 'sanity']
   graph.load_nodes(ctx, names)

@@ -49,7 +49,7 @@ def fit_workdir(spec: RunSpec, ds: data_lib.Dataset, workdir: str, wanted: Seque
     identity.check_classifier_workdir(workdir, spec.given_id)
     logging.info('train split: %d images, task %r, %d classes, d=%d, %d devices', len(ds),
                  ds.task, spec.num_classes, spec.d, spec.mesh.devices.size)
-    ctx = Context(spec, workdir, ds, hooks, dict(adopt or {}))
+    ctx = Context(spec, workdir, ds, 'train', hooks, dict(adopt or {}))
     needed = set(wanted) | graph.upstream_closure(wanted)
     for node in graph.GRAPH:
       if node.name in needed:

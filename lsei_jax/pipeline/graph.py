@@ -8,10 +8,10 @@ from typing import Sequence
 from lsei_jax import errors
 from lsei_jax.pipeline import identity
 from lsei_jax.pipeline.node import Context, Node
-from lsei_jax.pipeline.stages import classifier, concepts, explainer, probe, sanity
+from lsei_jax.pipeline.stages import classifier, concepts, explainer, inn, probe, sanity
 
 GRAPH: tuple[Node, ...] = (classifier.NODE, concepts.NODE, explainer.NODE, explainer.NOREG,
-                           probe.NODE, sanity.NODE)
+                           probe.NODE, inn.NODE, sanity.NODE)
 NODES = {n.name: n for n in GRAPH}
 STAGES = tuple(NODES)
 
@@ -21,9 +21,11 @@ def stage_names(config) -> tuple[str, ...]:
   return tuple(n.name for n in GRAPH if n.enabled(config))
 
 
-def trained_sections() -> tuple[str, ...]:
-  """Config sections of the nodes trained by the loop (steps, batch_size, optimizer)."""
-  return tuple(dict.fromkeys(n.section for n in GRAPH if n.trained))
+def trained_sections(config) -> tuple[str, ...]:
+  """Config sections of the nodes the loop trains for this config (steps, batch_size,
+  optimizer): every trained node's but those of optional nodes it does not enable."""
+  return tuple(dict.fromkeys(n.section for n in GRAPH
+                             if n.trained and (not n.optional or n.enabled(config))))
 
 
 def select(config, stages: Sequence[str] | None) -> tuple[str, ...]:

@@ -30,6 +30,7 @@ class Context:
   spec: RunSpec
   workdir: str
   data: data_lib.Dataset
+  split: str = 'train'   # which split `data` is
   hooks: Sequence[Callable] = ()
   adopt: dict = dataclasses.field(default_factory=dict)  # {stage: (state, source workdir)}
   classifier: ClassifierSplit | None = None      # set once the classifier node is done
@@ -91,6 +92,7 @@ class Node:
   evaluators: tuple[Callable[[Context], dict], ...] = ()
   trained: bool = True   # has a train loop with steps, batch_size and an optimizer
   present: Callable[[Context], bool] = lambda ctx: True   # evaluation loads it
+  optional: bool = False   # its config section may be absent (enabled says whether it runs)
 
   @property
   def stream_name(self) -> str:

@@ -105,7 +105,7 @@ def validate_config(config, mesh) -> None:
     raise errors.UserError(f'unknown dataset config.data.name={config.data.name!r}; known: '
                            f'{", ".join(data_lib.SPLITS)}')
   with errors.as_user_errors():
-    for section in graph.trained_sections():
+    for section in graph.trained_sections(config):
       c = config[section]
       for field in ('steps', 'batch_size', 'learning_rate'):
         if not c[field] > 0:
@@ -124,7 +124,7 @@ def validate_config(config, mesh) -> None:
     if config.explainer.fisher_batch > config.explainer.batch_size:
       raise ValueError('config.explainer.fisher_batch must not exceed '
                        'config.explainer.batch_size')
-  validate.check_config(config, graph.trained_sections())
+  validate.check_config(config, graph.trained_sections(config))
 
 
 def resolve(config, split: str, *, classifier: ClassifierSplit | None = None, mesh=None,
@@ -141,7 +141,7 @@ def resolve(config, split: str, *, classifier: ClassifierSplit | None = None, me
     from lsei_jax.pipeline import graph  # pylint: disable=g-import-not-at-top  (graph → spec)
     with errors.as_user_errors():
       parallel.check_batch(config.eval.batch_size, mesh, 'config.eval.batch_size')
-    validate.check_config(config, graph.trained_sections())
+    validate.check_config(config, graph.trained_sections(config))
   frozen = ml_collections.FrozenConfigDict(config)
   classifier = identity.resolve_classifier(frozen, classifier, mesh)
   ds = data_lib.load(frozen.data, split)

@@ -10,7 +10,7 @@ REPORT_ORDER = ('split', 'num_examples', 'task', 'num_classes', 'embed_dim', 'cl
                 'info_cosine', 'info_cosine_noreg', 'per_bit_change', 'single_bit_change',
                 'per_bit_change_by_class', 'probe_accuracy', 'intervention', 'bias_report',
                 'intervention_report', 'data_association', 'reliance', 'tcav',
-                'attribution_sanity', 'sanity')
+                'attribution_sanity', 'inn', 'sanity')
 
 def format_tables(m: dict) -> str:
   """Table 1 (percentages, as in the paper) and Table 2 (cosines) as plain text."""

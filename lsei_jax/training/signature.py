@@ -20,7 +20,7 @@ VERSION = 2
 # also trained (a stage list choice).
 HARMLESS = frozenset({
     'data.num_test', 'data.data_dir', 'data.workers', 'data.cache',
-    'explainer.train_noreg',
+    'explainer.train_noreg', 'inn.enabled',
 })
 
 # explainer_noreg trains with λ = 0: the regularizer's settings are never used.

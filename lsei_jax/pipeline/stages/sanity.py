@@ -92,7 +92,7 @@ def evaluate_sanity(ctx: Context) -> dict:
   sdir = os.path.join(ctx.workdir, 'sanity')
   identity.check_sanity_workdir(sdir, mode)
   rand = None if mode == 'init' else classifier_stage.random_head(ctx)
-  sctx = Context(_random_spec(ctx, mode, rand), sdir, ctx.data)
+  sctx = Context(_random_spec(ctx, mode, rand), sdir, ctx.data, split=ctx.split)
   graph.load_nodes(sctx, ['classifier'])
   if mode == 'init':   # the stored random classifier must be the one this config makes
     check_untrained(f'{sdir}/classifier', 'classifier', sctx.metas['classifier'],

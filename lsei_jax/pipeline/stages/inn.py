@@ -1,0 +1,121 @@
+"""The factor INN on h (issue 26; docs/method.md § "The INN"): T maps the standardised
+embedding of the train split onto one block per annotated attribute plus a residual,
+trained on pairs of images that share an attribute. A stage added as one node: its
+evaluators report each block's probe accuracy, the round trip, and the factor
+intervention (move block a to the other value's mean, map back, read c2) as an estimator of
+the classifier's reliance on attribute a as its representation encodes it."""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lsei_jax import data as data_lib
+from lsei_jax.inn import factor
+from lsei_jax.pipeline import frozen
+from lsei_jax.pipeline.node import Context, Node
+from lsei_jax.pipeline.stages.concepts import h_train
+from lsei_jax.training import parallel, steps
+
+
+def model(spec) -> factor.FactorINN:
+  """The factor INN of the spec: one block per attribute, ActNorm without data init (its
+  inputs are standardised instead, so the template needs no data)."""
+  m = factor.build(spec.config.inn, spec.d, spec.num_attributes)
+  return dataclasses.replace(m, flow=m.flow.clone(data_init=False))
+
+
+def standardise(h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """(mean [d], scale [d]) of train embeddings h [N, d]; a feature constant over the split
+  (a ReLU unit that never fires) gets scale 1, so the flow sees it as the constant 0."""
+  h = np.asarray(h, np.float64)
+  sd = h.std(0)
+  return h.mean(0).astype(np.float32), np.where(sd > 1e-6, sd, 1.0).astype(np.float32)
+
+
+def _train_stats(ctx: Context) -> tuple[np.ndarray, np.ndarray]:
+  return ctx.derived('inn_stats', lambda: standardise(_train_h(ctx)))
+
+
+def _train_h(ctx: Context) -> np.ndarray:
+  """h of the train split: the training split itself in training, loaded in evaluation."""
+  if ctx.split == 'train':
+    return h_train(ctx)
+  images = data_lib.load(ctx.spec.config.data, 'train').images
+  return ctx.derived('h_train_eval', lambda: ctx.map(
+      frozen.embed_fn(ctx.classifier.embed, ctx.mesh), ctx.classifier.params,
+      {'image': images}, 'embed train'))
+
+
+def _inputs(ctx: Context):
+  mean, scale = _train_stats(ctx)
+  hs = (h_train(ctx) - mean) / scale
+  cfg = ctx.spec.config.inn
+  table = factor.sample_pair_table(
+      ctx.data.attributes, np.random.default_rng(ctx.spec.stream_seed('inn/pairs')),
+      int(cfg.pairs_per_example))
+  return ({'index': np.arange(len(table[0]))},
+          lambda b: factor.pair_batch(hs, table, b['index']))
+
+
+@functools.lru_cache(maxsize=8)
+def _codecs(m: factor.FactorINN):
+  return (jax.jit(lambda p, h: factor.encode(m, p, h)),
+          jax.jit(lambda p, z: factor.decode(m, p, z)))
+
+
+def evaluate_inn(ctx: Context) -> dict:
+  """Per-block probe accuracy (test split; probes fit on the train split), the probe on h
+  itself, the round trip's largest error, and the factor intervention's flip rates."""
+  spec, test = ctx.spec, ctx.data
+  m = model(spec)
+  enc, dec = _codecs(m)
+  params = ctx.params('inn')
+  mean, scale = _train_stats(ctx)
+  std = lambda h: jnp.asarray((np.asarray(h) - mean) / scale)
+  train_attrs = data_lib.load_annotations(spec.config.data, 'train')[1]
+  h_test = ctx.map(frozen.embed_fn(ctx.classifier.embed, ctx.mesh), ctx.classifier.params,
+                   {'image': test.images}, 'embed test')
+  ev = factor.evaluate(m, params, np.asarray(std(_train_h(ctx))), train_attrs,
+                       np.asarray(std(h_test)), test.attributes,
+                       encode_fn=lambda h: enc(params, h))
+  z = np.asarray(enc(params, std(h_test)))
+  z_train = np.asarray(enc(params, std(_train_h(ctx))))
+  means = factor.class_means(z_train, train_attrs, m.layout)
+  head = jax.jit(ctx.classifier.head)
+  pred = np.argmax(np.asarray(head(ctx.classifier.params, jnp.asarray(h_test))), -1)
+  flips = {}
+  for a, name in enumerate(test.attribute_names):
+    z_f = factor.flip_factor(z, a, m.layout, test.attributes, means)
+    h_f = np.asarray(dec(params, z_f)) * scale + mean
+    after = np.argmax(np.asarray(head(ctx.classifier.params, jnp.asarray(h_f))), -1)
+    flips[name] = float(np.mean(after != pred))
+  names = test.attribute_names
+  return {'inn': {
+      'attributes': list(names),
+      'block_accuracy': {n: [float(x) for x in ev['block_accuracy'][a]] for a, n in enumerate(names)},
+      'own_block': dict(zip(names, map(float, ev['own_block']))),
+      'other_max': dict(zip(names, map(float, ev['other_max']))),
+      'h_accuracy': dict(zip(names, map(float, ev['h_accuracy']))),
+      'chance': dict(zip(names, map(float, ev['chance']))),
+      'round_trip_max_abs': ev['round_trip_max_abs'],
+      # The estimator: share of test predictions that change when block a moves to the
+      # other value's class mean (the rest of z kept) and T⁻¹ maps it back to h.
+      'factor_flip_rate': flips}}
+
+
+NODE = Node(
+    'inn', ('classifier',), 'inn', ('data', 'model.classifier', 'inn'),
+    template=lambda spec, rng: factor.create_state(
+        model(spec), rng, jnp.zeros((2, spec.d)),
+        steps.make_optimizer(spec.config.inn, max(spec.config.inn.steps, 1))),
+    step=lambda ctx: parallel.data_parallel_step(factor.make_step(model(ctx.spec)), ctx.mesh),
+    inputs=_inputs,
+    enabled=lambda config: bool(config.get('inn', None) and config.inn.get('enabled', False)),
+    optional=True,
+    present=lambda ctx: os.path.isdir(os.path.join(ctx.workdir, 'inn')),
+    evaluators=(evaluate_inn,))

@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lsei_jax import errors
+
 Array = jax.Array
 
 
@@ -181,6 +183,55 @@ def split_at(module: nn.Module, variables: Any, layer: str, *, example: Array,
                           name=f'layer {layer!r} of {cls}')
   split.check_cut(example)
   return split
+
+
+# ----------------------------------------------------------------------- independent rows
+# Rows of one image embedded in batches of other sizes or orders differ by float rounding
+# only: XLA may block a matmul or convolution differently by batch size, and a GPU's TF32
+# keeps 10 mantissa bits (relative error ≈ 5e-4 per rounding, a few layers deep). A row
+# that reads the rest of its batch (batch statistics, dropout) differs by O(its scale).
+ROW_TOLERANCE = 2e-3
+_FIX = ('evaluate it in inference mode: pass train=False (or deterministic=True), no '
+        'dropout, BatchNorm with its running averages (use_running_average=True), nothing '
+        'computed over the batch')
+
+
+def _row_error(a, b) -> float:
+  """max |a − b| relative to 1 + max |a| (rows [B, k] as float64)."""
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  if a.shape != b.shape:
+    return float('inf')
+  return float(np.max(np.abs(a - b)) / (1.0 + np.max(np.abs(a)))) if a.size else 0.0
+
+
+def check_independent_rows(split: ClassifierSplit, images: Array, *,
+                           tolerance: float = ROW_TOLERANCE) -> None:
+  """Raises UserError unless embed and head give each row regardless of its batch.
+
+  images: [B, H, W, 3] float in [0, 1], B ≥ 2 (the first 8 are used). The rows of one
+  batch are compared (relative to 1 + max |row|, see ROW_TOLERANCE) with a second call on
+  it (deterministic), the batch in reverse order, and its first image alone; head is
+  checked the same way on the batch's h. Evaluation batches the test split at
+  config.eval.batch_size, so a row that reads its batch changes every metric with it.
+  """
+  x = jnp.asarray(images, jnp.float32)[:8]
+  if len(x) < 2:
+    raise errors.UserError('check_independent_rows needs at least 2 images')
+  embed = jax.jit(split.embed)
+  h = embed(split.params, x)
+  for what, f, rows in (('embed', embed, x), ('head', jax.jit(split.head), h)):
+    want = h if what == 'embed' else f(split.params, rows)
+    trials = (('a second call on the same batch', f(split.params, rows)),
+              (f'the batch of {len(rows)} in reverse order',
+               f(split.params, rows[::-1])[::-1]),
+              (f'a batch of 1 instead of {len(rows)}', f(split.params, rows[:1])))
+    for how, got in trials:
+      err = _row_error(want[:len(got)], got)
+      if not err <= tolerance:
+        raise errors.UserError(
+            f'{split.name}: its {what} gives other rows for the same inputs in '
+            f'{how} (relative difference {err:.3g} > {tolerance:g}), so its outputs depend '
+            f'on the rest of the batch (or on chance); {_FIX}')
 
 
 # ----------------------------------------------------------------------- a random head

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import csv
+import itertools
 import os
 from typing import Any, Sequence
 
@@ -18,6 +19,7 @@ from PIL import Image
 SPLITS = ('train', 'validation', 'test')
 CSV_NAME = 'attributes.csv'
 _ARRAYS: dict[str, dict[str, Any]] = {}
+_VERSIONS = itertools.count(1)  # each registration's number: data/fingerprint.py's cache key
 
 
 # ------------------------------------------------------------------ validation
@@ -133,7 +135,13 @@ def register_arrays(key: str, images: np.ndarray, attributes: np.ndarray,
   """Makes arrays loadable as config.data.name='numpy', config.data.arrays=key (this
   process only; save an .npz with the same keys for the command line)."""
   _ARRAYS[key] = dict(images=images, attributes=attributes,
-                      attribute_names=np.asarray(attribute_names), labels=labels, split=split)
+                      attribute_names=np.asarray(attribute_names), labels=labels, split=split,
+                      version=next(_VERSIONS))
+
+
+def registered_version(key: str) -> int | None:
+  """A number that changes whenever arrays are registered again under `key` (None if none)."""
+  return _ARRAYS.get(key, {}).get('version')
 
 
 def save_npz(path: str, images, attributes, attribute_names, labels=None, split=None) -> None:

@@ -24,6 +24,7 @@ import numpy as np
 from absl import logging
 
 from lsei_jax import data as data_lib
+from lsei_jax.data import fingerprint as data_fingerprint
 from lsei_jax import classifier_split, compile_cache, concepts, errors, fisher, models
 from lsei_jax.training import atomic, balance, checkpoints, parallel, steps, validate
 from lsei_jax.training import signature as signature_lib
@@ -114,6 +115,7 @@ def build(config, num_attributes: int | None = None, embed_dim: int | None = Non
 def signature(config, stage: str) -> dict:
   """Fields that must not change while a workdir holds checkpoints of `stage`."""
   sig = signature_lib.stage_signature(config, stage)
+  sig.update(data_fingerprint.signature_fields(config.data))  # the data's content (issue 28)
   if stage in ('dvae', 'explainer', 'explainer_noreg') and concepts.kind_of(config) != 'dvae':
     sig.update(concepts.signature(config))  # the learner's kind and sizes shape ĥ
   return sig
@@ -647,6 +649,7 @@ def _train(config, workdir, stages, *, classifier, mesh, hooks, random_classifie
   if classifier is not None:
     d, num_classes = classifier.dims((size, size, 3))
     classifier.check_cut(jnp.asarray(ds.images[:8], jnp.float32) / 255.0)
+    classifier_split.check_independent_rows(classifier, ds.images[:8].astype(np.float32) / 255)
     given = given_identity(classifier, config)
     check_classifier_workdir(workdir, given)
   else:

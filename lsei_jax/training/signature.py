@@ -13,7 +13,8 @@ from lsei_jax.training import steps
 
 # Bumped when the signature's contents change; checkpoints recorded with another version
 # (or before versions existed: architecture fields only) are refused with a clear message.
-VERSION = 2
+# 3: the train split's content fingerprint (data/fingerprint.py, added by pipeline.signature).
+VERSION = 3
 
 # Config sections each stage reads (besides the top-level seed).
 _SECTIONS = {

@@ -1,0 +1,236 @@
+"""Issue 28, "no silent wrong answers, round three": the data's content in every stage's
+signature, a given classifier checked before it is trusted, user errors before training,
+complete validation of `explain`'s arrays, fingerprints that travel between devices."""
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import lsei_jax
+from lsei_jax import data as data_lib
+from lsei_jax import errors
+from lsei_jax.data import byo, fingerprint
+from lsei_jax.training import checkpoints, pipeline
+
+
+# ------------------------------------------------------------ 1. the data's fingerprint
+def _arrays(config):
+  """The tiny shapes data as explain's arrays: train then test, with a split column."""
+  tr, te = data_lib.load(config.data, 'train'), data_lib.load(config.data, 'test')
+  return {'images': np.concatenate([tr.images, te.images]),
+          'attributes': np.concatenate([tr.attributes, te.attributes]),
+          'attribute_names': list(tr.attribute_names),
+          'labels': np.concatenate([tr.labels, te.labels]),
+          'split': np.array(['train'] * len(tr) + ['test'] * len(te))}
+
+
+def _changed(arrays):
+  """The issue's B: inverted images and negated attributes, the same labels and split."""
+  return dict(arrays, images=255 - arrays['images'], attributes=~arrays['attributes'])
+
+
+def test_fingerprint_names_the_part_that_changed(tiny_config):
+  ds = data_lib.load(tiny_config.data, 'train')
+  base = fingerprint.fingerprint(ds)
+  assert base['size'] == str(len(ds)) and fingerprint.fingerprint(ds) == base
+  variants = {
+      'images': data_lib.Dataset(255 - ds.images, ds.labels, ds.attributes,
+                                 ds.attribute_names, ds.task),
+      'attributes': data_lib.Dataset(ds.images, ds.labels, ~ds.attributes,
+                                     ds.attribute_names, ds.task),
+      'labels': data_lib.Dataset(ds.images, 1 - ds.labels, ds.attributes,
+                                 ds.attribute_names, ds.task)}
+  for part, other in variants.items():
+    fp = fingerprint.fingerprint(other)
+    assert [k for k in fingerprint.PARTS if fp[k] != base[k]] == [part], part
+  # One pixel of a sampled image, and one grid pixel of any image, are seen.
+  for i, (y, x) in ((0, (3, 5)), (1, (0, 7))):
+    im = ds.images.copy()
+    im[i, y, x, 0] ^= 1
+    fp = fingerprint.fingerprint(data_lib.Dataset(im, ds.labels, ds.attributes,
+                                                  ds.attribute_names, ds.task))
+    assert fp['images'] != base['images'] and fp['labels'] == base['labels']
+  fewer = fingerprint.fingerprint(data_lib.Dataset(ds.images[1:], ds.labels[1:],
+                                                   ds.attributes[1:], ds.attribute_names,
+                                                   ds.task))
+  assert fewer['size'] != base['size']
+
+
+def test_fingerprint_is_content_not_path(tmp_path, tiny_config):
+  arrays = _arrays(tiny_config)
+  cfg = tiny_config.data.copy_and_resolve_references()
+  with cfg.unlocked():
+    cfg.update(name='numpy', arrays='', task='label', test_fraction=0.2)
+  fps = []
+  for name in ('a.npz', 'b.npz'):
+    byo.save_npz(str(tmp_path / name), **arrays)
+    with cfg.unlocked():
+      cfg.path = str(tmp_path / name)
+    fps.append(fingerprint.of_config(cfg))
+  assert fps[0] == fps[1]
+  byo.save_npz(str(tmp_path / 'b.npz'), **_changed(arrays))  # the same path, new content
+  now = fingerprint.of_config(cfg)
+  assert now['images'] != fps[0]['images'] and now['attributes'] != fps[0]['attributes']
+  assert now['labels'] == fps[0]['labels'] and now['size'] == fps[0]['size']
+
+
+def test_changed_data_message_names_the_data():
+  sig = {'_signature': 3, 'seed': 0, 'data.content.images': 'a', 'data.content.labels': 'b'}
+  now = dict(sig, **{'data.content.images': 'c'})
+  with pytest.raises(checkpoints.CheckpointError,
+                     match=r'^the training data changed since stage dvae in d was trained: '
+                           r'its images differ') as e:
+    checkpoints.check_config('dvae', 'd', sig, now)
+  assert '\n' not in str(e.value)
+  # A checkpoint written before data fingerprints existed: the legacy message.
+  with pytest.raises(checkpoints.CheckpointError, match='signature version 2'):
+    checkpoints.check_config('dvae', 'd', dict(sig, _signature=2), now)
+
+
+def test_resume_on_changed_npz_is_refused(tmp_path, tiny_config):
+  """The issue's repro: a classifier checkpoint on cur.npz, cur.npz replaced, rerun."""
+  arrays = _arrays(tiny_config)
+  path = str(tmp_path / 'cur.npz')
+  byo.save_npz(path, **arrays)
+  config = tiny_config.copy_and_resolve_references()
+  with config.unlocked():
+    config.data = dict(name='numpy', path=path, arrays='', image_size=16, task='label',
+                       test_fraction=0.2, validation_fraction=0.0, seed=0)
+    config.classifier.steps = 4
+  workdir = str(tmp_path / 'wd')
+  pipeline.train(config, workdir, ['classifier'])
+  byo.save_npz(path, **_changed(arrays))
+  with pytest.raises(errors.UserError, match=r'training data changed .* attributes, images '
+                                             r'differ'):
+    pipeline.train(config, workdir, ['classifier'])
+  byo.save_npz(path, **arrays)   # the original data back: accepted again
+  pipeline.train(config, workdir, ['classifier'])
+
+
+def _plain_embed(p, x):
+  """Linear features of the pixels, ReLU: h [B, 16] (rows independent)."""
+  return jax.nn.relu(x.reshape(x.shape[0], -1) @ p['w'])
+
+
+def _plain_head(p, h):
+  return h @ p['v']
+
+
+def _plain_split(images, labels, d=16):
+  """A given classifier of plain functions, its head fitted by least squares."""
+  x = images.astype(np.float32).reshape(len(images), -1) / 255.0
+  w = np.random.default_rng(0).normal(size=(x.shape[1], d)).astype(np.float32) / 30.0
+  h = np.maximum(x @ w, 0)
+  v = np.linalg.lstsq(h, 4 * np.eye(2, dtype=np.float32)[labels] - 2, rcond=None)[0]
+  return lsei_jax.ClassifierSplit(embed=_plain_embed, head=_plain_head,
+                                  params={'w': jnp.asarray(w), 'v': jnp.asarray(v, jnp.float32)},
+                                  name='a plain function pair')
+
+
+@pytest.mark.slow
+def test_explain_on_changed_arrays_is_refused_naming_the_data(tmp_path, tiny_config):
+  """explain(split, A) then explain(split, B) in one workdir: B is refused, with the
+  sanity check off and on, and the message says the data changed, not the classifier."""
+  a = _arrays(tiny_config)
+  split = _plain_split(a['images'][a['split'] == 'train'], a['labels'][a['split'] == 'train'])
+  config = tiny_config.copy_and_resolve_references()
+  config.sanity.enabled = True
+  workdir = str(tmp_path / 'wd')
+  run = lsei_jax.explain(split, a, config=config, workdir=workdir)
+  assert run.metrics['num_examples'] == int((a['split'] == 'test').sum())
+  for sanity in (False, True):
+    config.sanity.enabled = sanity
+    with pytest.raises(errors.UserError, match=r'^the training data changed since stage dvae '
+                                               r'.*: its attributes, images differ') as e:
+      lsei_jax.explain(split, _changed(a), config=config, workdir=workdir)
+    assert 'classifier' not in str(e.value)
+  # A still explains (nothing was lost), and is reused, not retrained.
+  again = lsei_jax.explain(split, a, config=config, workdir=workdir)
+  assert again.metrics['accuracy'] == run.metrics['accuracy']
+
+
+# ------------------------------------------------------------ 2. a given classifier's rows
+import flax.linen as nn  # noqa: E402
+
+from lsei_jax import classifier_split  # noqa: E402
+
+
+class _DropoutNet(nn.Module):
+  """conv → pool (Dense) → dropout → Dense: dropout only after the cut."""
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = nn.relu(nn.Conv(4, (3, 3), strides=2)(x)).reshape(x.shape[0], -1)
+    h = nn.relu(nn.Dense(8, name='pool')(x))
+    return nn.Dense(2)(nn.Dropout(0.5, deterministic=not train)(h))
+
+
+def _images(n=8, size=16, seed=0):
+  return np.asarray(jax.random.uniform(jax.random.key(seed), (n, size, size, 3)))
+
+
+def test_independent_rows_accepts_inference_mode_classifiers():
+  x = _images()
+  model = _DropoutNet()
+  v = model.init(jax.random.key(0), x[:1])
+  classifier_split.check_independent_rows(
+      lsei_jax.split_at(model, v, 'pool', example=x, train=False), x)
+  a = _arrays_like(x)
+  classifier_split.check_independent_rows(_plain_split(a['images'], a['labels']), x)
+
+
+def _arrays_like(x):
+  return {'images': np.round(x * 255).astype(np.uint8),
+          'labels': (x.mean((1, 2, 3)) > np.median(x.mean((1, 2, 3)))).astype(np.int32)}
+
+
+def test_embedding_that_subtracts_the_batch_mean_is_refused():
+  x = _images()
+  a = _arrays_like(x)
+  base = _plain_split(a['images'], a['labels'])
+  centred = lsei_jax.ClassifierSplit(
+      embed=lambda p, x: (lambda h: h - h.mean(0))(_plain_embed(p, x)), head=_plain_head,
+      params=base.params, name='a centred embedding')
+  with pytest.raises(errors.UserError, match=r'^a centred embedding: its embed gives other '
+                                             r'rows .* train=False') as e:
+    classifier_split.check_independent_rows(centred, x)
+  assert '\n' not in str(e.value)
+
+
+def test_split_at_in_train_mode_with_dropout_is_refused():
+  """The issue's `split_at(model, v, 'pool', train=True, rngs={'dropout': key})`."""
+  x = _images()
+  model = _DropoutNet()
+  v = model.init(jax.random.key(0), x[:1])
+  split = lsei_jax.split_at(model, v, 'pool', example=x, train=True,
+                            rngs={'dropout': jax.random.key(1)})
+  with pytest.raises(errors.UserError, match=r"its head gives other rows .* no dropout"):
+    classifier_split.check_independent_rows(split, x)
+
+
+def test_nondeterministic_embedding_is_refused():
+  x = _images()
+  a = _arrays_like(x)
+  base = _plain_split(a['images'], a['labels'])
+  rng = np.random.default_rng(0)
+  noise = lambda h: jax.pure_callback(
+      lambda h: (np.asarray(h) + rng.normal(size=h.shape)).astype(np.float32),
+      jax.ShapeDtypeStruct(h.shape, jnp.float32), h)
+  noisy = lsei_jax.ClassifierSplit(embed=lambda p, x: noise(_plain_embed(p, x)),
+                                   head=_plain_head, params=base.params, name='noisy')
+  with pytest.raises(errors.UserError, match='a second call on the same batch'):
+    classifier_split.check_independent_rows(noisy, x)
+
+
+def test_train_refuses_a_batch_dependent_classifier_before_training(tmp_path, tiny_config):
+  ds = data_lib.load(tiny_config.data, 'train')
+  base = _plain_split(ds.images, ds.labels)
+  centred = lsei_jax.ClassifierSplit(
+      embed=lambda p, x: (lambda h: h - h.mean(0))(_plain_embed(p, x)), head=_plain_head,
+      params=base.params, name='a centred embedding')
+  workdir = str(tmp_path / 'wd')
+  with pytest.raises(errors.UserError, match='depend on the rest of the batch'):
+    lsei_jax.train(tiny_config, workdir, classifier=centred)
+  assert not os.path.exists(os.path.join(workdir, 'dvae'))

@@ -146,9 +146,23 @@ def test_explain_on_changed_arrays_is_refused_naming_the_data(tmp_path, tiny_con
                                                r'.*: its attributes, images differ') as e:
       lsei_jax.explain(split, _changed(a), config=config, workdir=workdir)
     assert 'classifier' not in str(e.value)
-  # A still explains (nothing was lost), and is reused, not retrained.
+  # A still explains (nothing was lost), and is reused, not retrained: the same test
+  # split through the same computation gives bitwise the same accuracy.
   again = lsei_jax.explain(split, a, config=config, workdir=workdir)
   assert again.metrics['accuracy'] == run.metrics['accuracy']
+  # The test split alone changed (the train split, hence every signature, is the same): an
+  # attribute constant there, another with one positive. Evaluation skips them in TCAV
+  # with a note instead of ending in a traceback after all training (issue 28, item 3).
+  test = a['split'] == 'test'
+  attrs = a['attributes'].copy()
+  attrs[test, 1] = False
+  attrs[test, 4] = False
+  attrs[np.flatnonzero(test)[0], 4] = True
+  names = a['attribute_names']
+  run = lsei_jax.explain(split, dict(a, attributes=attrs), config=config, workdir=workdir)
+  assert sorted(run.metrics['tcav_skipped']) == sorted([names[1], names[4]])
+  assert {t['concept'] for t in run.metrics['tcav']} == set(names) - {names[1], names[4]}
+  assert 'not scored by TCAV' in open(os.path.join(workdir, 'eval', 'report.html')).read()
 
 
 # ------------------------------------------------------------ 2. a given classifier's rows
@@ -234,3 +248,72 @@ def test_train_refuses_a_batch_dependent_classifier_before_training(tmp_path, ti
   with pytest.raises(errors.UserError, match='depend on the rest of the batch'):
     lsei_jax.train(tiny_config, workdir, classifier=centred)
   assert not os.path.exists(os.path.join(workdir, 'dvae'))
+
+
+# ------------------------------------------------------------ 3. user errors, not tracebacks
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import types  # noqa: E402
+
+from lsei_jax.reporting import crosscheck, evaluation  # noqa: E402
+from lsei_jax.training import workdir as workdir_lib  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_tcav_skips_a_constant_or_too_rare_attribute_with_a_note():
+  rng = np.random.default_rng(0)
+  h = rng.normal(size=(40, 6)).astype(np.float32)
+  attrs = rng.random((40, 4)) < 0.5
+  attrs[:, 1] = False            # constant on this split
+  attrs[:, 3] = False
+  attrs[7, 3] = True             # one positive
+  labels = (h[:, 0] > 0).astype(np.int32)
+  w = rng.normal(size=(6, 2)).astype(np.float32)
+  cfg = types.SimpleNamespace(num_runs=3, num_per_side=8, output='logit',
+                              cav_method='mean_difference', alpha=0.05)
+  names = ['a', 'const', 'b', 'rare']
+  head = lambda e: e @ w
+  entries = crosscheck.tcav_entries(jax.random.key(0), head, h, attrs, labels, names, cfg)
+  assert sorted({t['concept'] for t in entries}) == ['a', 'b']
+  assert {t['class'] for t in entries} == {0, 1}
+  # The scored concepts are those of TCAV run on them alone (same key, same pools).
+  alone = crosscheck.tcav_entries(jax.random.key(0), head, h, attrs[:, [0, 2]], labels,
+                                  ['a', 'b'], cfg)
+  assert entries == alone
+  skipped = crosscheck.tcav_skipped(attrs, names)
+  assert list(skipped) == ['const', 'rare']
+  assert '0 of the 40' in skipped['const'] and '1 of the 40' in skipped['rare']
+  assert crosscheck.tcav_entries(jax.random.key(0), head, h, attrs[:, [1]], labels,
+                                 ['const'], cfg) == []
+
+
+def test_eval_on_a_workdir_that_is_a_file_is_one_line(tmp_path):
+  path = tmp_path / 'wd'
+  path.write_text('not a directory')
+  proc = subprocess.run([sys.executable, 'eval.py', '--config=configs/tiny.py',
+                         f'--workdir={path}'], cwd=ROOT, capture_output=True, text=True,
+                        env=dict(os.environ, PYTHONPATH=ROOT), timeout=300)
+  assert proc.returncode == 1, proc.stderr[-2000:]
+  lines = [l for l in proc.stderr.splitlines() if l.strip()]
+  assert lines[-1] == f'error: workdir {path} is a file, not a directory; pass the directory ' \
+                      'the run was trained in', proc.stderr[-2000:]
+  assert 'Traceback' not in proc.stderr
+
+
+def test_eval_on_a_read_only_workdir_is_one_line(tmp_path, monkeypatch, tiny_config):
+  """Root ignores permission bits, so a read-only mount is simulated where the lock is made."""
+  workdir = tmp_path / 'wd'
+  workdir.mkdir()
+  real_open = os.open
+
+  def read_only(path, *args, **kw):
+    if str(path).startswith(str(workdir)):
+      raise OSError(30, 'Read-only file system', str(path))
+    return real_open(path, *args, **kw)
+
+  monkeypatch.setattr(workdir_lib.os, 'open', read_only)
+  with pytest.raises(errors.UserError, match=r'^workdir .*wd is not writable \(cannot create '
+                                             r'its lock .*Read-only file system\)') as e:
+    evaluation.evaluate(tiny_config, str(workdir))
+  assert '\n' not in str(e.value)

@@ -305,6 +305,7 @@ def compute(config, workdir: str, *, classifier: ClassifierSplit | None = None, 
   result['tcav'] = crosscheck.tcav_entries(stream(config.seed, 'eval/tcav'), head, out['h'],
                                            test.attributes, labels, test.attribute_names,
                                            ec.tcav, split=split)
+  result['tcav_skipped'] = crosscheck.tcav_skipped(test.attributes, test.attribute_names)
   ka = ec.attribution.images
   pred_c = np.argmax(out['logits'][:ka], -1)
   x_a = test.images[:ka].astype(np.float32) / 255.0

@@ -49,14 +49,15 @@ class ClassifierSplit:
   def dims(self, input_shape: tuple[int, ...], dtype=jnp.float32) -> tuple[int, int]:
     """(d, C) from the functions' output shapes on one input of `input_shape` (no compute)."""
     x = jax.ShapeDtypeStruct((2,) + tuple(input_shape), dtype)
-    h = jax.eval_shape(self.embed, self.params, x)
+    h = _output_shape(self.embed, 'embed', '(params, images)', 'h [B, d]', self.params, x)
     if len(h.shape) != 2 or h.shape[0] != 2:
-      raise ValueError(f'the classifier\'s embed returns shape {tuple(h.shape)} for 2 inputs; '
-                       f'it must return h [B, d] (pool or flatten before {self.name})')
-    logits = jax.eval_shape(self.head, self.params, h)
+      raise errors.UserError(f'the classifier\'s embed returns shape {tuple(h.shape)} for 2 '
+                             f'inputs; it must return h [B, d] (pool or flatten before '
+                             f'{self.name})')
+    logits = _output_shape(self.head, 'head', '(params, h)', 'logits [B, C]', self.params, h)
     if len(logits.shape) != 2 or logits.shape[0] != 2 or logits.shape[1] < 2:
-      raise ValueError(f'the classifier\'s head returns shape {tuple(logits.shape)} for 2 '
-                       f'embeddings; it must return logits [B, C] with C ≥ 2 classes')
+      raise errors.UserError(f'the classifier\'s head returns shape {tuple(logits.shape)} for '
+                             f'2 embeddings; it must return logits [B, C] with C ≥ 2 classes')
     return int(h.shape[1]), int(logits.shape[1])
 
   def check_cut(self, images: Array, *, tolerance: float = 1e-4) -> None:
@@ -64,6 +65,7 @@ class ClassifierSplit:
     (e.g. the layers after the cut still read the input through a skip connection)."""
     if self.full is None:
       return
+    _output_shape(self.full, 'model', '(params, images)', 'logits [B, C]', self.params, images)
     want = np.asarray(jax.jit(self.full)(self.params, images), np.float64)
     got = np.asarray(jax.jit(lambda p, x: self.head(p, self.embed(p, x)))(self.params, images),
                      np.float64)
@@ -74,6 +76,45 @@ class ClassifierSplit:
           f'output by {err:.3g} on a batch, so the layers after it still read the input (or '
           f'an activation before it) through another path, e.g. a skip connection; cut at a '
           f'layer every path goes through (e.g. after the last residual block or the pooling)')
+
+
+def _describe(out: Any) -> str:
+  if isinstance(out, (tuple, list)):
+    return f'a {type(out).__name__} of {len(out)} outputs'
+  if isinstance(out, dict):
+    return f'a dict with keys {sorted(map(str, out))[:4]}'
+  return f'a {type(out).__name__}'
+
+
+def _output_shape(fn: Callable, what: str, args: str, want: str, *inputs
+                  ) -> jax.ShapeDtypeStruct:
+  """fn's output shape on `inputs` (no compute); a UserError naming the fix when fn does not
+  take `args` (2 positional arguments), reads params it was not given, or returns other
+  than one array `want`."""
+  try:
+    sig = inspect.signature(fn)
+  except (TypeError, ValueError):   # a builtin or C function: let the call say
+    sig = None
+  if sig is not None:
+    try:
+      sig.bind(*([None] * len(inputs)))
+    except TypeError:
+      raise errors.UserError(
+          f'the classifier\'s {what} must take {len(inputs)} arguments {args}, but it is '
+          f'{getattr(fn, "__name__", "a function")}{sig}; e.g. lambda params, x: f(x) for a '
+          f'function without params') from None
+  try:
+    out = jax.eval_shape(fn, *inputs)
+  except KeyError as e:
+    raise errors.UserError(f'the classifier\'s {what} reads the entry {e} of its params, '
+                           f'which the params given lack; pass the params it was written '
+                           f'for') from e
+  if not isinstance(out, jax.ShapeDtypeStruct):
+    raise errors.UserError(
+        f'the classifier\'s {what} returns {_describe(out)}, not one array {want}; return '
+        f'that alone, e.g. for a model returning (logits, aux): lambda p, x: f(p, x)[0], or '
+        f'split_at(…, method=…) naming a method that returns the logits alone')
+  return out
 
 
 def _accepted(fn: Callable, kwargs: dict) -> dict:

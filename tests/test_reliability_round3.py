@@ -1,6 +1,7 @@
 """Issue 28, "no silent wrong answers, round three": the data's content in every stage's
 signature, a given classifier checked before it is trusted, user errors before training,
 complete validation of `explain`'s arrays, fingerprints that travel between devices."""
+import dataclasses
 import os
 
 import jax
@@ -317,3 +318,82 @@ def test_eval_on_a_read_only_workdir_is_one_line(tmp_path, monkeypatch, tiny_con
                                              r'its lock .*Read-only file system\)') as e:
     evaluation.evaluate(tiny_config, str(workdir))
   assert '\n' not in str(e.value)
+
+
+# ------------------------------------------------------------ 4. explain's arrays, checked
+def _explain_refuses(tmp_path, config, split, data, pattern):
+  workdir = str(tmp_path / 'wd')
+  with pytest.raises(errors.UserError, match=pattern) as e:
+    lsei_jax.explain(split, data, config=config, workdir=workdir)
+  assert '\n' not in str(e.value)
+  assert not any(os.path.isdir(os.path.join(workdir, s)) for s in pipeline.STAGES)
+  return str(e.value)
+
+
+@pytest.fixture(scope='module')
+def explain_inputs(tiny_config):
+  a = _arrays(tiny_config)
+  train = a['split'] == 'train'
+  return a, _plain_split(a['images'][train], a['labels'][train])
+
+
+@pytest.mark.parametrize('change, pattern', [
+    (lambda a: dict(a, split=a['split'][:-5]),
+     r'^explain data: split must be \[N=320\], one per image, got \[315\]'),
+    (lambda a: dict(a, split=np.concatenate([a['split'], ['test'] * 3])),
+     r'^explain data: split must be \[N=320\], one per image, got \[323\]'),
+    (lambda a: dict(a, attribute_names=a['attribute_names'][:2] + a['attribute_names'][:1]
+                    + a['attribute_names'][3:]),
+     r"^explain data: attribute name 'shape' is given twice \(columns 0 and 2\)"),
+    (lambda a: dict(a, images=np.transpose(a['images'], (0, 3, 1, 2))),
+     r'^explain data: images must be NHWC \[N, H, W, 3\], got \[N, 3, H, W\] = '
+     r'\[320, 3, 16, 16\]: transpose them with np.transpose\(images, \(0, 2, 3, 1\)\)'),
+    (lambda a: dict(a, labels=a['labels'][:10]),
+     r'^explain data: labels must be \[N=320\]'),
+    (lambda a: {k: v for k, v in a.items() if k != 'attributes'},
+     r'^explain data: missing attributes'),
+], ids=['split_shorter', 'split_longer', 'duplicate_names', 'nchw', 'labels_shorter',
+        'missing_key'])
+def test_explain_refuses_bad_arrays(tmp_path, tiny_config, explain_inputs, change, pattern):
+  a, split = explain_inputs
+  _explain_refuses(tmp_path, tiny_config, split, change(a), pattern)
+
+
+class _AuxNet(nn.Module):
+  """A model that returns (logits, aux), as many do."""
+
+  @nn.compact
+  def __call__(self, x):
+    h = nn.relu(nn.Dense(8, name='pool')(x.reshape(x.shape[0], -1)))
+    return nn.Dense(2)(h), h
+
+
+def test_a_model_returning_logits_and_aux_is_refused_by_name(tmp_path, tiny_config,
+                                                             explain_inputs):
+  x = _images()
+  model = _AuxNet()
+  v = model.init(jax.random.key(0), x[:1])
+  with pytest.raises(errors.UserError, match=r"^the classifier's model returns a tuple of 2 "
+                                             r"outputs, not one array logits \[B, C\]"):
+    lsei_jax.split_at(model, v, 'pool', example=x)
+  a, base = explain_inputs
+  aux_head = lsei_jax.ClassifierSplit(embed=_plain_embed,
+                                      head=lambda p, h: (_plain_head(p, h), h),
+                                      params=base.params)
+  _explain_refuses(tmp_path, tiny_config, aux_head, a,
+                   r"^the classifier's head returns a tuple of 2 outputs")
+
+
+def test_plain_functions_with_a_missing_parameter_are_refused(tmp_path, tiny_config,
+                                                              explain_inputs):
+  a, base = explain_inputs
+  no_params = lsei_jax.ClassifierSplit(
+      embed=lambda x: jax.nn.relu(x.reshape(x.shape[0], -1)), head=_plain_head,
+      params=base.params)
+  _explain_refuses(tmp_path, tiny_config, no_params, a,
+                   r"^the classifier's embed must take 2 arguments \(params, images\), but "
+                   r"it is <lambda>\(x\)")
+  lacking = dataclasses.replace(base, params={'w': base.params['w']})
+  _explain_refuses(tmp_path, tiny_config, lacking, a,
+                   r"^the classifier's head reads the entry 'v' of its params, which the "
+                   r"params given lack")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import importlib
 import inspect
 from typing import Any, Callable
@@ -35,12 +36,16 @@ class ClassifierSplit:
   full: optional (params, images) → logits of the uncut model; `check_cut` compares it with
     head(embed(x)).
   name: what messages call the cut (e.g. "layer 'pool'").
+  identity: for params computed from other inputs (the sanity check's random head), a hash
+    of those inputs: what identifies the split in a workdir instead of the params' bytes,
+    whose last bits depend on the device (training/given.py). '' for given weights.
   """
   embed: Callable[[Any, Array], Array]
   head: Callable[[Any, Array], Array]
   params: Any
   full: Callable[[Any, Array], Array] | None = None
   name: str = 'the cut'
+  identity: str = ''
 
   def __call__(self, images: Array) -> Array:
     """Logits [B, C] = head(embed(images))."""
@@ -322,7 +327,18 @@ def random_head(split: ClassifierSplit, key: Array, images: Array) -> Classifier
   params = {'classifier': split.params,
             'random_head': {'kernel': w, 'bias': -(hbar @ w)}}
   return ClassifierSplit(embed=_given_embed(split.embed), head=_linear_head, params=params,
-                         name=f'a random head on {split.name}')
+                         name=f'a random head on {split.name}',
+                         identity=_random_head_identity(split, key, images))
+
+
+def _random_head_identity(split: ClassifierSplit, key: Array, images: Array) -> str:
+  """What a random head is a pure function of: the classifier (its own identity, or its
+  params' and functions' hash), the key and the probe images' bytes."""
+  from lsei_jax.training import given  # pylint: disable=g-import-not-at-top  (a cycle)
+  digest = hashlib.sha256(given.fingerprint(split).encode())
+  digest.update(np.asarray(jax.random.key_data(key)).tobytes())
+  digest.update(np.ascontiguousarray(np.asarray(images, np.float32)).tobytes())
+  return digest.hexdigest()[:16]
 
 
 # Also reachable as constructors of the type: ClassifierSplit.from_module(…), .split_at(…).

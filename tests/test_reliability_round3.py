@@ -397,3 +397,85 @@ def test_plain_functions_with_a_missing_parameter_are_refused(tmp_path, tiny_con
   _explain_refuses(tmp_path, tiny_config, lacking, a,
                    r"^the classifier's head reads the entry 'v' of its params, which the "
                    r"params given lack")
+
+
+# ------------------------------------------------------------ 5. fingerprints that travel
+from lsei_jax.training import given as given_lib  # noqa: E402
+
+
+_JITTER = [np.zeros((8, 2), np.float32)]   # read at trace time, not held by a closure
+
+
+def _jittery_head(p, h):
+  """_plain_head plus the current _JITTER: the same weights and function, evaluated with
+  another device's rounding."""
+  return _plain_head(p, h) + _JITTER[0][:h.shape[0]]
+
+
+def test_given_fingerprint_ignores_logit_jitter_but_not_other_weights(explain_inputs):
+  """The issue: ±1e-5 on the logits changed the old fingerprint in 14 of 20 draws."""
+  _, base = explain_inputs
+  split = dataclasses.replace(base, head=_jittery_head)
+  fps = set()
+  for s in range(20):
+    _JITTER[0] = np.random.default_rng(s).uniform(-1e-5, 1e-5, (8, 2)).astype(np.float32)
+    fps.add(pipeline.classifier_fingerprint(split, 16))
+  _JITTER[0] = np.zeros((8, 2), np.float32)
+  assert len(fps) == 1
+  assert fps == {pipeline.classifier_fingerprint(split, 16)}
+  other = dataclasses.replace(split, params={'w': split.params['w'],
+                                             'v': split.params['v'] * 1.001})
+  assert pipeline.classifier_fingerprint(other, 16) not in fps
+  host = dataclasses.replace(split, params=jax.tree.map(np.asarray, split.params))
+  assert pipeline.classifier_fingerprint(host, 16) in fps   # where params live: no matter
+  # Weights a closure holds are weights too.
+  w2 = np.asarray(split.params['v'])
+  closed = lambda w: dataclasses.replace(split, head=lambda p, h: h @ w)
+  assert (pipeline.classifier_fingerprint(closed(w2), 16)
+          != pipeline.classifier_fingerprint(closed(w2 * 1.001), 16))
+
+
+def test_workdir_refuses_the_same_weights_in_another_function(tmp_path):
+  workdir = str(tmp_path)
+  rng = np.random.default_rng(0)
+  params = {'w': jnp.asarray(rng.normal(size=(16 * 16 * 3, 4)), jnp.float32) / 30,
+            'v': jnp.asarray(rng.normal(size=(4, 2)), jnp.float32)}
+  split = lsei_jax.ClassifierSplit(embed=_plain_embed, head=_plain_head, params=params)
+  probe = pipeline.probe_images(16)
+  given = {'given': given_lib.identify(split, probe)}
+  record = dict(given, **given_lib.record_fields(given))
+  given_lib.check_record(workdir, record, given)            # itself: accepted
+  # The recorded logits as another device computes them: within the tolerance.
+  shaky = dict(record, probe_logits=(np.asarray(record['probe_logits'])
+                                     * (1 + 1e-4)).tolist())
+  given_lib.check_record(workdir, shaky, given)
+  # Another function of the same name and params (edited between runs): its logits differ.
+  doubled = dict(record, probe_logits=(2 * np.asarray(record['probe_logits'])).tolist())
+  with pytest.raises(checkpoints.CheckpointError, match='logits on the probe batch differ'):
+    given_lib.check_record(workdir, doubled, given)
+  # A workdir made with the old, rounded fingerprint: a clear message, not 'another classifier'.
+  with pytest.raises(checkpoints.CheckpointError, match='written by an older lsei_jax'):
+    given_lib.check_record(workdir, {'given': given['given']}, given)
+
+
+def test_function_description_is_stable_and_addresses_free():
+  model = _DropoutNet()
+  v = model.init(jax.random.key(0), _images()[:1])
+  a = lsei_jax.split_at(model, v, 'pool', example=_images(), train=False)
+  b = lsei_jax.split_at(_DropoutNet(), v, 'pool', example=_images(), train=False)
+  assert given_lib.describe(a.embed) == given_lib.describe(b.embed)
+  assert ' at 0x' not in given_lib.describe(a.embed) + given_lib.describe(a.head)
+  c = lsei_jax.split_at(model, v, 'pool', example=_images(), train=True,
+                        rngs={'dropout': jax.random.key(1)})
+  assert given_lib.describe(a.head) != given_lib.describe(c.head)   # train=True differs
+
+
+def test_random_head_is_identified_by_its_inputs_not_its_bytes(explain_inputs):
+  a, split = explain_inputs
+  x = jnp.asarray(a['images'][:16], jnp.float32) / 255.0
+  r1 = classifier_split.random_head(split, jax.random.key(3), x)
+  # The same head computed on another device: its last bits differ, its identity does not.
+  r2 = dataclasses.replace(r1, params=jax.tree.map(lambda p: p * (1 + 1e-7), r1.params))
+  assert given_lib.fingerprint(r1) == given_lib.fingerprint(r2)
+  r3 = classifier_split.random_head(split, jax.random.key(4), x)
+  assert given_lib.fingerprint(r3) != given_lib.fingerprint(r1)

@@ -479,3 +479,28 @@ def test_random_head_is_identified_by_its_inputs_not_its_bytes(explain_inputs):
   assert given_lib.fingerprint(r1) == given_lib.fingerprint(r2)
   r3 = classifier_split.random_head(split, jax.random.key(4), x)
   assert given_lib.fingerprint(r3) != given_lib.fingerprint(r1)
+
+
+def test_corrupt_compilation_cache_entries_are_replaced(tmp_path):
+  cache = tmp_path / 'xla'
+  script = ('import jax, jax.numpy as jnp\n'
+            'from lsei_jax import compile_cache\n'
+            f'compile_cache.enable({str(cache)!r})\n'
+            "jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)\n"
+            'print(float(jax.jit(lambda x: jnp.sin(x) @ x.T)(jnp.ones((8, 8))).sum()))\n')
+  env = {k: v for k, v in os.environ.items()
+         if k not in ('LSEI_JAX_COMPILATION_CACHE', 'XLA_FLAGS')}
+  env.update(PYTHONPATH=ROOT, JAX_PLATFORMS='cpu')
+  run = lambda: subprocess.run([sys.executable, '-c', script], env=env, check=True,
+                               capture_output=True, text=True, timeout=300)
+  first = run().stdout
+  entries = [p for p in cache.iterdir() if p.name.endswith('-cache')]
+  assert entries
+  for p in entries:
+    p.write_bytes(b'not an executable')
+  runs = [run(), run()]
+  assert [r.stdout for r in runs] == [first, first]
+  # The second run after the damage reads the replaced entry: nothing to warn about.
+  assert 'Error reading persistent compilation cache' not in runs[1].stderr, runs[1].stderr
+  assert all(p.read_bytes() != b'not an executable' for p in entries if p.exists())
+  assert any(p.exists() for p in entries)

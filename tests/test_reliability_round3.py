@@ -85,6 +85,11 @@ def test_changed_data_message_names_the_data():
                            r'its images differ') as e:
     checkpoints.check_config('dvae', 'd', sig, now)
   assert '\n' not in str(e.value)
+  # A changed data field changes the content too: the field is what the message names.
+  with pytest.raises(checkpoints.CheckpointError, match=r"config changed .*\(data.rho: 0.9 → "
+                                                        r"0.5\); use the original"):
+    checkpoints.check_config('dvae', 'd', dict(sig, **{'data.rho': 0.9}),
+                             dict(now, **{'data.rho': 0.5}))
   # A checkpoint written before data fingerprints existed: the legacy message.
   with pytest.raises(checkpoints.CheckpointError, match='signature version 2'):
     checkpoints.check_config('dvae', 'd', dict(sig, _signature=2), now)
@@ -504,3 +509,24 @@ def test_corrupt_compilation_cache_entries_are_replaced(tmp_path):
   assert 'Error reading persistent compilation cache' not in runs[1].stderr, runs[1].stderr
   assert all(p.read_bytes() != b'not an executable' for p in entries if p.exists())
   assert any(p.exists() for p in entries)
+
+
+_FINGERPRINT_SCRIPT = '''
+import jax, lsei_jax
+from examples import resnet
+from lsei_jax.training import given
+model = resnet.ResNet(widths=(4, 8), num_classes=3)
+x = jax.random.uniform(jax.random.key(1), (4, 16, 16, 3))
+v = model.init(jax.random.key(0), x[:1])
+print(given.fingerprint(lsei_jax.split_at(model, v, 'pool', example=x, train=False)))
+'''
+
+
+def test_given_fingerprint_is_the_same_in_every_process():
+  """train.py and eval.py run in two processes: the fingerprint must not hold addresses or
+  object ids (a closure's jax.ShapeDtypeStruct once gave an object array's pointers)."""
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS='cpu')
+  out = [subprocess.run([sys.executable, '-c', _FINGERPRINT_SCRIPT], env=env, cwd=ROOT,
+                        check=True, capture_output=True, text=True, timeout=300
+                        ).stdout.split()[-1] for _ in range(2)]
+  assert out[0] == out[1] and len(out[0]) == 16

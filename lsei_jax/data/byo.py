@@ -149,7 +149,7 @@ def check_arrays(images, attributes, names: Sequence[str], labels, split, what: 
   check_names(names, what)
   if np.ndim(attributes) != 2 or np.shape(attributes) != (n, len(names)):
     raise UserError(f'{what}: attributes must be [N={n}, A={len(names)}] (one column per '
-                    f'attribute name), got {list(np.shape(attributes))}')
+                    f'attribute name), got {tuple(np.shape(attributes))}')
   for key, value in (('labels', labels), ('split', split)):
     if value is not None and np.shape(value) != (n,):
       raise UserError(f'{what}: {key} must be [N={n}], one per image, got '
@@ -185,7 +185,7 @@ def check_images_layout(images, what: str) -> None:
                     f'{list(shape)}: transpose them with np.transpose(images, (0, 2, 3, 1)) '
                     f'to [{n}, {h}, {w}, 3]')
   if len(shape) != 4 or shape[-1] != 3:
-    raise UserError(f'{what}: images must be [N, H, W, 3] RGB, got shape {list(shape)}; '
+    raise UserError(f'{what}: images must be [N, H, W, 3] RGB, got shape {tuple(shape)}; '
                     'convert greyscale with np.repeat(x[..., None], 3, -1) and drop alpha')
 
 

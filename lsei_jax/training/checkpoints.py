@@ -164,7 +164,9 @@ def check_config(stage: str, directory: str, recorded: dict, current: dict) -> N
   current = _jsonable(current)
   changed = sorted(k for k in set(recorded) | set(current) if recorded.get(k) != current.get(k))
   data = fingerprint_lib.changed_parts(changed)
-  if data:
+  # A changed data field (data.rho, …) changes the content too: then the field is named.
+  changed = [k for k in changed if not k.startswith(fingerprint_lib.PREFIX)]
+  if data and not changed:
     raise CheckpointError(
         f'the training data changed since stage {stage} in {directory} was trained: its '
         f'{", ".join(data)} differ (content hashes, data/fingerprint.py); restore the '

@@ -50,11 +50,15 @@ def describe(value: Any, depth: int = 0) -> str:
   if isinstance(value, dict):
     return '{' + ','.join(f'{k!r}:{describe(v, depth + 1)}' for k, v in sorted(
         value.items(), key=lambda kv: repr(kv[0]))) + '}'
-  if hasattr(value, 'shape') and hasattr(value, 'dtype'):   # weights a closure holds
+  if isinstance(value, (np.ndarray, np.generic, jax.Array)):   # weights a closure holds
     if jax.dtypes.issubdtype(value.dtype, jax.dtypes.prng_key):
       value = jax.random.key_data(value)
     arr = np.ascontiguousarray(np.asarray(jax.device_get(value)))
+    if arr.dtype == object:   # no bytes of their own to hash
+      return f'array{arr.shape}object'
     return f'array{arr.shape}{arr.dtype}:{hashlib.sha256(arr.tobytes()).hexdigest()[:16]}'
+  if hasattr(value, 'shape') and hasattr(value, 'dtype'):   # jax.ShapeDtypeStruct, …
+    return f'shape{tuple(value.shape)}{value.dtype}'
   fn = getattr(value, '__wrapped__', value)   # jax.jit, lru_cache, functools.wraps
   code = getattr(fn, '__code__', None)
   name = getattr(fn, '__qualname__', type(fn).__qualname__)

@@ -144,6 +144,7 @@ def explain(classifier: ClassifierSplit | None, data: dict | None = None, *, con
   config = config.copy_and_resolve_references()
   if data is not None:
     key = f'lsei_jax.explain:{os.path.abspath(workdir)}'
+    byo.check_explain_data(data)  # every array agrees on N, before any config is built
     images = np.asarray(data['images'])
     byo.register_arrays(key, images, np.asarray(data['attributes']), data['attribute_names'],
                         data.get('labels'), data.get('split'))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import importlib
 import inspect
 from typing import Any, Callable
@@ -19,6 +20,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from lsei_jax import errors
 
 Array = jax.Array
 
@@ -33,12 +36,16 @@ class ClassifierSplit:
   full: optional (params, images) → logits of the uncut model; `check_cut` compares it with
     head(embed(x)).
   name: what messages call the cut (e.g. "layer 'pool'").
+  identity: for params computed from other inputs (the sanity check's random head), a hash
+    of those inputs: what identifies the split in a workdir instead of the params' bytes,
+    whose last bits depend on the device (training/given.py). '' for given weights.
   """
   embed: Callable[[Any, Array], Array]
   head: Callable[[Any, Array], Array]
   params: Any
   full: Callable[[Any, Array], Array] | None = None
   name: str = 'the cut'
+  identity: str = ''
 
   def __call__(self, images: Array) -> Array:
     """Logits [B, C] = head(embed(images))."""
@@ -47,14 +54,15 @@ class ClassifierSplit:
   def dims(self, input_shape: tuple[int, ...], dtype=jnp.float32) -> tuple[int, int]:
     """(d, C) from the functions' output shapes on one input of `input_shape` (no compute)."""
     x = jax.ShapeDtypeStruct((2,) + tuple(input_shape), dtype)
-    h = jax.eval_shape(self.embed, self.params, x)
+    h = _output_shape(self.embed, 'embed', '(params, images)', 'h [B, d]', self.params, x)
     if len(h.shape) != 2 or h.shape[0] != 2:
-      raise ValueError(f'the classifier\'s embed returns shape {tuple(h.shape)} for 2 inputs; '
-                       f'it must return h [B, d] (pool or flatten before {self.name})')
-    logits = jax.eval_shape(self.head, self.params, h)
+      raise errors.UserError(f'the classifier\'s embed returns shape {tuple(h.shape)} for 2 '
+                             f'inputs; it must return h [B, d] (pool or flatten before '
+                             f'{self.name})')
+    logits = _output_shape(self.head, 'head', '(params, h)', 'logits [B, C]', self.params, h)
     if len(logits.shape) != 2 or logits.shape[0] != 2 or logits.shape[1] < 2:
-      raise ValueError(f'the classifier\'s head returns shape {tuple(logits.shape)} for 2 '
-                       f'embeddings; it must return logits [B, C] with C ≥ 2 classes')
+      raise errors.UserError(f'the classifier\'s head returns shape {tuple(logits.shape)} for '
+                             f'2 embeddings; it must return logits [B, C] with C ≥ 2 classes')
     return int(h.shape[1]), int(logits.shape[1])
 
   def check_cut(self, images: Array, *, tolerance: float = 1e-4) -> None:
@@ -62,6 +70,7 @@ class ClassifierSplit:
     (e.g. the layers after the cut still read the input through a skip connection)."""
     if self.full is None:
       return
+    _output_shape(self.full, 'model', '(params, images)', 'logits [B, C]', self.params, images)
     want = np.asarray(jax.jit(self.full)(self.params, images), np.float64)
     got = np.asarray(jax.jit(lambda p, x: self.head(p, self.embed(p, x)))(self.params, images),
                      np.float64)
@@ -72,6 +81,45 @@ class ClassifierSplit:
           f'output by {err:.3g} on a batch, so the layers after it still read the input (or '
           f'an activation before it) through another path, e.g. a skip connection; cut at a '
           f'layer every path goes through (e.g. after the last residual block or the pooling)')
+
+
+def _describe(out: Any) -> str:
+  if isinstance(out, (tuple, list)):
+    return f'a {type(out).__name__} of {len(out)} outputs'
+  if isinstance(out, dict):
+    return f'a dict with keys {sorted(map(str, out))[:4]}'
+  return f'a {type(out).__name__}'
+
+
+def _output_shape(fn: Callable, what: str, args: str, want: str, *inputs
+                  ) -> jax.ShapeDtypeStruct:
+  """fn's output shape on `inputs` (no compute); a UserError naming the fix when fn does not
+  take `args` (2 positional arguments), reads params it was not given, or returns other
+  than one array `want`."""
+  try:
+    sig = inspect.signature(fn)
+  except (TypeError, ValueError):   # a builtin or C function: let the call say
+    sig = None
+  if sig is not None:
+    try:
+      sig.bind(*([None] * len(inputs)))
+    except TypeError:
+      raise errors.UserError(
+          f'the classifier\'s {what} must take {len(inputs)} arguments {args}, but it is '
+          f'{getattr(fn, "__name__", "a function")}{sig}; e.g. lambda params, x: f(x) for a '
+          f'function without params') from None
+  try:
+    out = jax.eval_shape(fn, *inputs)
+  except KeyError as e:
+    raise errors.UserError(f'the classifier\'s {what} reads the entry {e} of its params, '
+                           f'which the params given lack; pass the params it was written '
+                           f'for') from e
+  if not isinstance(out, jax.ShapeDtypeStruct):
+    raise errors.UserError(
+        f'the classifier\'s {what} returns {_describe(out)}, not one array {want}; return '
+        f'that alone, e.g. for a model returning (logits, aux): lambda p, x: f(p, x)[0], or '
+        f'split_at(…, method=…) naming a method that returns the logits alone')
+  return out
 
 
 def _accepted(fn: Callable, kwargs: dict) -> dict:
@@ -183,6 +231,55 @@ def split_at(module: nn.Module, variables: Any, layer: str, *, example: Array,
   return split
 
 
+# ----------------------------------------------------------------------- independent rows
+# Rows of one image embedded in batches of other sizes or orders differ by float rounding
+# only: XLA may block a matmul or convolution differently by batch size, and a GPU's TF32
+# keeps 10 mantissa bits (relative error ≈ 5e-4 per rounding, a few layers deep). A row
+# that reads the rest of its batch (batch statistics, dropout) differs by O(its scale).
+ROW_TOLERANCE = 2e-3
+_FIX = ('evaluate it in inference mode: pass train=False (or deterministic=True), no '
+        'dropout, BatchNorm with its running averages (use_running_average=True), nothing '
+        'computed over the batch')
+
+
+def _row_error(a, b) -> float:
+  """max |a − b| relative to 1 + max |a| (rows [B, k] as float64)."""
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  if a.shape != b.shape:
+    return float('inf')
+  return float(np.max(np.abs(a - b)) / (1.0 + np.max(np.abs(a)))) if a.size else 0.0
+
+
+def check_independent_rows(split: ClassifierSplit, images: Array, *,
+                           tolerance: float = ROW_TOLERANCE) -> None:
+  """Raises UserError unless embed and head give each row regardless of its batch.
+
+  images: [B, H, W, 3] float in [0, 1], B ≥ 2 (the first 8 are used). The rows of one
+  batch are compared (relative to 1 + max |row|, see ROW_TOLERANCE) with a second call on
+  it (deterministic), the batch in reverse order, and its first image alone; head is
+  checked the same way on the batch's h. Evaluation batches the test split at
+  config.eval.batch_size, so a row that reads its batch changes every metric with it.
+  """
+  x = jnp.asarray(images, jnp.float32)[:8]
+  if len(x) < 2:
+    raise errors.UserError('check_independent_rows needs at least 2 images')
+  embed = jax.jit(split.embed)
+  h = embed(split.params, x)
+  for what, f, rows in (('embed', embed, x), ('head', jax.jit(split.head), h)):
+    want = h if what == 'embed' else f(split.params, rows)
+    trials = (('a second call on the same batch', f(split.params, rows)),
+              (f'the batch of {len(rows)} in reverse order',
+               f(split.params, rows[::-1])[::-1]),
+              (f'a batch of 1 instead of {len(rows)}', f(split.params, rows[:1])))
+    for how, got in trials:
+      err = _row_error(want[:len(got)], got)
+      if not err <= tolerance:
+        raise errors.UserError(
+            f'{split.name}: its {what} gives other rows for the same inputs in '
+            f'{how} (relative difference {err:.3g} > {tolerance:g}), so its outputs depend '
+            f'on the rest of the batch (or on chance); {_FIX}')
+
+
 # ----------------------------------------------------------------------- a random head
 def logit_spread(logits: Array) -> Array:
   """Std of logits [B, C] after removing each row's mean over the classes (a shift softmax
@@ -230,7 +327,18 @@ def random_head(split: ClassifierSplit, key: Array, images: Array) -> Classifier
   params = {'classifier': split.params,
             'random_head': {'kernel': w, 'bias': -(hbar @ w)}}
   return ClassifierSplit(embed=_given_embed(split.embed), head=_linear_head, params=params,
-                         name=f'a random head on {split.name}')
+                         name=f'a random head on {split.name}',
+                         identity=_random_head_identity(split, key, images))
+
+
+def _random_head_identity(split: ClassifierSplit, key: Array, images: Array) -> str:
+  """What a random head is a pure function of: the classifier (its own identity, or its
+  params' and functions' hash), the key and the probe images' bytes."""
+  from lsei_jax.training import given  # pylint: disable=g-import-not-at-top  (a cycle)
+  digest = hashlib.sha256(given.fingerprint(split).encode())
+  digest.update(np.asarray(jax.random.key_data(key)).tobytes())
+  digest.update(np.ascontiguousarray(np.asarray(images, np.float32)).tobytes())
+  return digest.hexdigest()[:16]
 
 
 # Also reachable as constructors of the type: ClassifierSplit.from_module(…), .split_at(…).

@@ -10,6 +10,8 @@ import os
 from typing import Any
 
 import jax
+from absl import logging
+from jax._src import compilation_cache as _jax_internal
 from jax.experimental.compilation_cache import compilation_cache as _jax_cache
 
 DEFAULT_DIR = os.path.expanduser('~/.cache/lsei_jax/xla')
@@ -38,6 +40,7 @@ def enable(cache_dir: str | None = None) -> str:
   path = resolve(cache_dir)
   if not path or not jax.config.jax_enable_compilation_cache:
     return ''
+  _replace_corrupt_entries()
   if jax.config.jax_compilation_cache_dir != path:
     jax.config.update('jax_compilation_cache_dir', path)
     jax.config.update('jax_persistent_cache_min_compile_time_secs', MIN_COMPILE_SECS)
@@ -54,3 +57,32 @@ def init_compiler_options() -> dict[str, Any]:
   optimiser may change.
   """
   return {'xla_backend_optimization_level': 1} if jax.default_backend() == 'cpu' else {}
+
+
+def _replace_corrupt_entries() -> None:
+  """Makes an unreadable cache entry (truncated, garbage, from another JAX) a miss that is
+  deleted, so the fresh compilation is written in its place: JAX alone warns and recompiles
+  on every run, since its cache never overwrites an existing key. Installed once."""
+  read = _jax_internal.get_executable_and_time
+  if getattr(read, '_lsei_replaces_corrupt', False):
+    return
+
+  def get_executable_and_time(cache_key, compile_options, backend, *args, **kwargs):
+    try:
+      return read(cache_key, compile_options, backend, *args, **kwargs)
+    except Exception as e:  # pylint: disable=broad-except  (whatever a bad entry raises)
+      cache = _jax_internal._get_cache(backend)  # pylint: disable=protected-access
+      path = getattr(cache, 'path', None)
+      if path is None:
+        raise
+      for suffix in ('-cache', '-atime'):
+        try:
+          os.remove(os.path.join(str(path), f'{cache_key}{suffix}'))
+        except OSError:
+          pass
+      logging.info('replaced the unreadable compilation cache entry %s (%s: %s)', cache_key,
+                   type(e).__name__, e)
+      return None, None
+
+  get_executable_and_time._lsei_replaces_corrupt = True  # pylint: disable=protected-access
+  _jax_internal.get_executable_and_time = get_executable_and_time

@@ -72,9 +72,14 @@ def test_hard_code():
 def test_jit_with_static_hard_matches_eager():
   key, logits = jax.random.key(3), jnp.linspace(-4.0, 4.0, 12).reshape(3, 4)
   jitted = jax.jit(relaxed_bernoulli, static_argnames='hard')
-  for hard in (False, True):
-    np.testing.assert_array_equal(jitted(key, logits, 0.7, hard=hard),
-                                  relaxed_bernoulli(key, logits, 0.7, hard=hard))
+  # Soft samples: jit fuses log/sigmoid into one kernel and eager runs them op by op, so
+  # the last bits may differ by CPU (vector width, FMA); float32 → a few ulps of tolerance.
+  np.testing.assert_allclose(jitted(key, logits, 0.7, hard=False),
+                             relaxed_bernoulli(key, logits, 0.7, hard=False), rtol=1e-6,
+                             atol=1e-7)
+  # Hard samples are 0/1: they differ only where logit + noise lies within ulps of 0.
+  np.testing.assert_array_equal(jitted(key, logits, 0.7, hard=True),
+                                relaxed_bernoulli(key, logits, 0.7, hard=True))
   # Temperature may be traced; hard may not, and says how to fix it.
   np.testing.assert_array_equal(jitted(key, logits, jnp.float32(0.7), hard=True),
                                 relaxed_bernoulli(key, logits, 0.7, hard=True))

@@ -9,21 +9,26 @@ from __future__ import annotations
 
 import concurrent.futures
 import csv
+import itertools
 import os
 from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image
 
+from lsei_jax.errors import UserError
+
 SPLITS = ('train', 'validation', 'test')
 CSV_NAME = 'attributes.csv'
 _ARRAYS: dict[str, dict[str, Any]] = {}
+_VERSIONS = itertools.count(1)  # each registration's number: data/fingerprint.py's cache key
 
 
 # ------------------------------------------------------------------ validation
 def check_images(images: np.ndarray, what: str) -> np.ndarray:
   """uint8 [N,H,W,3] (float input in [0, 1] is scaled); clear errors otherwise."""
   images = np.asarray(images)
+  check_images_layout(images, what)
   if images.ndim != 4 or images.shape[-1] != 3:
     raise ValueError(f'{what}: images must be [N, H, W, 3] RGB, got shape {images.shape}; '
                      'convert greyscale with np.repeat(x[..., None], 3, -1) and drop alpha')
@@ -126,6 +131,64 @@ def select_split(n: int, split: str, split_column: np.ndarray | None, data_confi
   return idx
 
 
+def check_names(names: Sequence[str], what: str) -> None:
+  """Attribute names are the report's row keys: each must name one column."""
+  seen: dict[str, int] = {}
+  for j, name in enumerate(names):
+    if name in seen:
+      raise UserError(f'{what}: attribute name {name!r} is given twice (columns {seen[name]} '
+                      f'and {j}); give each attribute column its own name')
+    seen[name] = j
+
+
+def check_arrays(images, attributes, names: Sequence[str], labels, split, what: str) -> None:
+  """Every array of one dataset agrees on N, before anything is loaded from them: images
+  NHWC [N, H, W, 3], attributes [N, A] with A distinct names, labels and split [N]."""
+  check_images_layout(images, what)
+  n = int(np.shape(images)[0])
+  check_names(names, what)
+  if np.ndim(attributes) != 2 or np.shape(attributes) != (n, len(names)):
+    raise UserError(f'{what}: attributes must be [N={n}, A={len(names)}] (one column per '
+                    f'attribute name), got {tuple(np.shape(attributes))}')
+  for key, value in (('labels', labels), ('split', split)):
+    if value is not None and np.shape(value) != (n,):
+      raise UserError(f'{what}: {key} must be [N={n}], one per image, got '
+                      f'{list(np.shape(value))}; give one {key[:-1] if key == "labels" else key}'
+                      f' value for each image, in the same order')
+
+
+def check_explain_data(data: dict) -> None:
+  """`lsei_jax.explain`'s data dict: its keys, then `check_arrays`."""
+  what = 'explain data'
+  if not hasattr(data, 'get'):
+    raise UserError(f'{what} must be a dict of arrays, got {type(data).__name__}')
+  missing = [k for k in ('images', 'attributes', 'attribute_names') if data.get(k) is None]
+  unknown = sorted(set(data) - {'images', 'attributes', 'attribute_names', 'labels', 'split',
+                                'task'})
+  if missing or unknown:
+    raise UserError(f'{what}: ' + '; '.join(
+        ([f'missing {", ".join(missing)}'] if missing else []) +
+        ([f'unknown key(s) {", ".join(map(repr, unknown))}'] if unknown else [])) +
+        '; expected images [N,H,W,3], attributes [N,A], attribute_names [A] (+ labels [N], '
+        'split [N], task)')
+  names = [str(n) for n in np.asarray(data['attribute_names']).reshape(-1)]
+  check_arrays(np.asarray(data['images']), np.asarray(data['attributes']), names,
+               data.get('labels'), data.get('split'), what)
+
+
+def check_images_layout(images, what: str) -> None:
+  """The layout part of `check_images`, on the shape alone (no pixel is read)."""
+  shape = np.shape(images)
+  if len(shape) == 4 and shape[1] == 3 and shape[-1] != 3:
+    n, _, h, w = shape
+    raise UserError(f'{what}: images must be NHWC [N, H, W, 3], got [N, 3, H, W] = '
+                    f'{list(shape)}: transpose them with np.transpose(images, (0, 2, 3, 1)) '
+                    f'to [{n}, {h}, {w}, 3]')
+  if len(shape) != 4 or shape[-1] != 3:
+    raise UserError(f'{what}: images must be [N, H, W, 3] RGB, got shape {tuple(shape)}; '
+                    'convert greyscale with np.repeat(x[..., None], 3, -1) and drop alpha')
+
+
 # ------------------------------------------------------------------ arrays
 def register_arrays(key: str, images: np.ndarray, attributes: np.ndarray,
                     attribute_names: Sequence[str], labels: np.ndarray | None = None,
@@ -133,7 +196,13 @@ def register_arrays(key: str, images: np.ndarray, attributes: np.ndarray,
   """Makes arrays loadable as config.data.name='numpy', config.data.arrays=key (this
   process only; save an .npz with the same keys for the command line)."""
   _ARRAYS[key] = dict(images=images, attributes=attributes,
-                      attribute_names=np.asarray(attribute_names), labels=labels, split=split)
+                      attribute_names=np.asarray(attribute_names), labels=labels, split=split,
+                      version=next(_VERSIONS))
+
+
+def registered_version(key: str) -> int | None:
+  """A number that changes whenever arrays are registered again under `key` (None if none)."""
+  return _ARRAYS.get(key, {}).get('version')
 
 
 def save_npz(path: str, images, attributes, attribute_names, labels=None, split=None) -> None:
@@ -166,6 +235,8 @@ def load_arrays(data_config, split: str):
     raise ValueError(f'{what}: missing array(s) {", ".join(missing)}; expected images '
                      '[N,H,W,3], attributes [N,A], attribute_names [A] (+ labels, split)')
   names = tuple(str(n) for n in np.asarray(arrays['attribute_names']).reshape(-1))
+  check_arrays(arrays['images'], arrays['attributes'], names, arrays.get('labels'),
+               arrays.get('split'), what)
   images = check_images(arrays['images'], what)
   attributes = np.asarray(arrays['attributes'])
   labels = arrays.get('labels')

@@ -3,7 +3,6 @@ fingerprint recorded in WORKDIR/classifier.json), or randomised for the sanity c
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 
@@ -14,6 +13,7 @@ from lsei_jax import classifier_split, errors
 from lsei_jax.classifier_split import ClassifierSplit
 from lsei_jax.streams import stream
 from lsei_jax.training import atomic, checkpoints, parallel
+from lsei_jax.training import given as given_lib
 
 GIVEN_FILE = 'classifier.json'  # WORKDIR/classifier.json: the given classifier's fingerprint
 SANITY_MODES = ('auto', 'init', 'head')
@@ -32,13 +32,9 @@ def probe_images(image_size: int) -> np.ndarray:
 
 
 def classifier_fingerprint(split: ClassifierSplit, image_size: int) -> str:
-  """Fingerprint of a given classifier: its params and its logits on `probe_images`
-  (so the same weights in another function, or other weights, differ)."""
-  logits = np.asarray(jax.jit(lambda p, x: split.head(p, split.embed(p, x)))(
-      split.params, probe_images(image_size)), np.float32)
-  digest = hashlib.sha256(checkpoints.fingerprint(split.params).encode())
-  digest.update(np.round(logits, 4).tobytes())  # rounded: robust to last-bit differences
-  return digest.hexdigest()[:16]
+  """Fingerprint of a given classifier: its params and functions (training/given.py); its
+  logits on `probe_images` are kept for the workdir's record, compared to a tolerance."""
+  return given_lib.identify(split, probe_images(image_size))
 
 
 def given_identity(split: ClassifierSplit, image_size: int) -> dict:
@@ -114,10 +110,8 @@ def check_classifier_workdir(workdir: str, given: dict | None) -> None:
     raise checkpoints.CheckpointError(
         f'{workdir} explains a given classifier (fingerprint {record["given"]}); pass it '
         f'again (classifier=… or --config.classifier.source=…)')
-  if given is not None and record is not None and record['given'] != given['given']:
-    raise checkpoints.CheckpointError(
-        f'the classifier given now (fingerprint {given["given"]}) is not the one {workdir} '
-        f'was trained on ({record["given"]}); give the original weights or use a new workdir')
+  if given is not None and record is not None:
+    given_lib.check_record(workdir, record, given)  # fingerprint, then logits to a tolerance
 
 
 def record_given(workdir: str, given: dict, d: int, num_classes: int, name: str) -> None:
@@ -125,7 +119,8 @@ def record_given(workdir: str, given: dict, d: int, num_classes: int, name: str)
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
     atomic.write_json(os.path.join(workdir, GIVEN_FILE),
-                      dict(given, embed_dim=d, num_classes=num_classes, cut=name))
+                      dict(given, embed_dim=d, num_classes=num_classes, cut=name,
+                           **given_lib.record_fields(given)))
 
 
 def check_renamed_stages(workdir: str) -> None:

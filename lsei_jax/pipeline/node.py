@@ -17,6 +17,7 @@ import numpy as np
 
 from lsei_jax import concepts, data as data_lib
 from lsei_jax.classifier_split import ClassifierSplit
+from lsei_jax.data import fingerprint as data_fingerprint
 from lsei_jax.pipeline.spec import RunSpec
 from lsei_jax.training import balance, checkpoints, parallel, signature as signature_lib
 from lsei_jax.training.trainer import Stage, adopt_stage, load_complete, run_stage
@@ -101,6 +102,7 @@ class Node:
   def signature(self, spec: RunSpec) -> dict:
     """Fields that must not change while a workdir holds this stage's checkpoints."""
     sig = signature_lib.stage_signature(spec.config, self.signature_sections)
+    sig.update(data_fingerprint.signature_fields(spec.config.data))  # the data's content
     return self.signature_fix(spec, sig)
 
   def rngs(self, spec: RunSpec) -> tuple[jax.Array, jax.Array]:

@@ -17,6 +17,7 @@ import numpy as np
 
 from lsei_jax import compile_cache, concepts, errors, models, streams
 from lsei_jax import data as data_lib
+from lsei_jax import classifier_split
 from lsei_jax.classifier_split import ClassifierSplit
 from lsei_jax.pipeline import identity
 from lsei_jax.training import parallel, steps, validate
@@ -157,7 +158,9 @@ def spec_for(frozen, mesh, ds, split: str, classifier: ClassifierSplit | None,
     kind, given_fp = ('random' if random_classifier else 'trained'), None
   else:
     d, num_classes = classifier.dims((size, size, 3))
-    classifier.check_cut(np.asarray(ds.images[:8], np.float32) / 255.0)
+    probe = np.asarray(ds.images[:8], np.float32) / 255.0
+    classifier.check_cut(probe)
+    classifier_split.check_independent_rows(classifier, probe)  # rows must not see the batch
     kind, given_fp = 'given', identity.given_identity(classifier, size)['given']
   validate.check_data(ds, frozen, split,
                       None if classifier is None else num_classes)

@@ -13,22 +13,44 @@ import numpy as np
 from lsei_jax import baselines
 
 
+MIN_TCAV_EXAMPLES = 2   # baselines.tcav: a CAV needs ≥ 2 examples and ≥ 2 counterexamples
+
+
+def tcav_skipped(attributes: np.ndarray, names: Sequence[str]) -> dict[str, str]:
+  """{attribute: why} for the attributes TCAV cannot score on this split (attributes bool
+  [N, A]): fewer than MIN_TCAV_EXAMPLES examples or counterexamples (e.g. constant)."""
+  attributes = np.asarray(attributes, bool)
+  pos, n = attributes.sum(0), len(attributes)
+  out = {}
+  for name, p in zip(names, pos.tolist()):
+    if min(p, n - p) < MIN_TCAV_EXAMPLES or n // 2 < MIN_TCAV_EXAMPLES:
+      out[name] = (f'not scored by TCAV: {p} of the {n} evaluation examples have it and '
+                   f'{n - p} do not; a concept vector needs at least {MIN_TCAV_EXAMPLES} of '
+                   f'each')
+  return out
+
+
 def tcav_entries(key: jax.Array, head: Callable, h: np.ndarray, attributes: np.ndarray,
                  labels: np.ndarray, names: Sequence[str], cfg, split=None) -> list[dict]:
   """TCAV of every attribute (as a concept) for every class, at the layer h = c1(x).
 
   split: the classifier (`head` is then its head at its params): its class gradients are
   computed by a jit built once per head function.
-  Returns [{concept, class, score, p_value, significant}], concepts in `names` order.
+  Returns [{concept, class, score, p_value, significant}], concepts in `names` order;
+  attributes too rare or too common on this split (`tcav_skipped`) are left out.
   """
+  skipped = tcav_skipped(attributes, names)
+  keep = [j for j, name in enumerate(names) if name not in skipped]
+  if not keep:
+    return []
   grads = None
   if split is not None:
     grads = _class_gradients_fn(split.head, cfg.output)(split.params, jnp.asarray(h))
-  result = baselines.tcav(key, head, jnp.asarray(h), jnp.asarray(attributes),
+  result = baselines.tcav(key, head, jnp.asarray(h), jnp.asarray(np.asarray(attributes)[:, keep]),
                           jnp.asarray(labels), num_runs=cfg.num_runs,
                           num_per_side=cfg.num_per_side, output=cfg.output,
                           cav_method=cfg.cav_method, alpha=cfg.alpha, grads=grads)
-  table = baselines.tcav_table(result, names)
+  table = baselines.tcav_table(result, [names[j] for j in keep])
   return [{'concept': c, 'class': int(k), **v} for (c, k), v in table.items()]
 
 

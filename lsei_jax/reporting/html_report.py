@@ -194,6 +194,10 @@ def render(result: dict, eval_dir: str | None = None, *, task: str | None = None
               _table(['concept'] + [f'class {k}' for k in classes],
                      [[e(r['attribute'])] + [cell(tc[(r['attribute'], k)]) for k in classes]
                       for r in result['bias_report'] if (r['attribute'], classes[0]) in tc])]
+  if result.get('tcav_skipped'):
+    parts += ['<h3>Cross-check: TCAV</h3>' if not result.get('tcav') else '',
+              '<ul>' + ''.join(f'<li>{e(name)}: {e(why)}</li>'
+                               for name, why in result['tcav_skipped'].items()) + '</ul>']
   attr_grid = _img(eval_dir, 'attribution_grid.png', 'image, IG, g(ĥ), g(ĥ\')')
   if attr_grid:
     parts += ['<h3>Cross-check: input attributions</h3><figure>', attr_grid,

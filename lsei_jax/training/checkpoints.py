@@ -19,6 +19,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from lsei_jax.data import fingerprint as fingerprint_lib
 from lsei_jax.training import signature as signature_lib
 from lsei_jax.errors import UserError, disk_full, disk_full_message
 
@@ -162,6 +163,14 @@ def check_config(stage: str, directory: str, recorded: dict, current: dict) -> N
     raise CheckpointError(legacy)
   current = _jsonable(current)
   changed = sorted(k for k in set(recorded) | set(current) if recorded.get(k) != current.get(k))
+  data = fingerprint_lib.changed_parts(changed)
+  # A changed data field (data.rho, …) changes the content too: then the field is named.
+  changed = [k for k in changed if not k.startswith(fingerprint_lib.PREFIX)]
+  if data and not changed:
+    raise CheckpointError(
+        f'the training data changed since stage {stage} in {directory} was trained: its '
+        f'{", ".join(data)} differ (content hashes, data/fingerprint.py); restore the '
+        f'original data, or train in a new workdir')
   if changed:
     detail = ', '.join(f'{k}: {recorded.get(k)!r} → {current.get(k)!r}' for k in changed)
     raise CheckpointError(

@@ -13,7 +13,8 @@ from lsei_jax.training import steps
 
 # Bumped when the signature's contents change; checkpoints recorded with another version
 # (or before versions existed: architecture fields only) are refused with a clear message.
-VERSION = 2
+# 3: the train split's content fingerprint (data/fingerprint.py, added by pipeline.node.Node.signature).
+VERSION = 3
 
 # Fields read while training that cannot change what it computes: where the data is
 # cached and how fast it is read, the test split's size, whether the λ = 0 explainer is

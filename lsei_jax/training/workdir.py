@@ -56,7 +56,16 @@ def _read(path: str) -> dict | None:
 
 def _try_acquire(workdir: str) -> tuple[bool, str]:
   """(owned, error): owned=True if this call created the lock; error '' on success."""
-  os.makedirs(workdir, exist_ok=True)
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise UserError(f'workdir {workdir} is a file, not a directory; pass the directory the '
+                    f'run was trained in')
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    full = disk_full(e)
+    raise UserError(disk_full_message(full, workdir) if full else
+                    f'cannot create workdir {workdir}: {e.strerror or e}; pass a writable '
+                    f'directory') from e
   path = os.path.join(workdir, LOCK_NAME)
   me = {'host': socket.gethostname(), 'pid': os.getpid()}
   for _ in range(3):
@@ -79,6 +88,12 @@ def _try_acquire(workdir: str) -> tuple[bool, str]:
       return False, (f'workdir {workdir} is in use by pid {holder.get("pid", "?")} on host '
                      f'{holder.get("host", "?")} (since {since}, lock {path}); wait for that '
                      f'run to finish, or if it no longer runs, delete {path}')
+    except OSError as e:   # read-only (EROFS, EACCES), or full
+      full = disk_full(e)
+      raise UserError(disk_full_message(full, path) if full else
+                      f'workdir {workdir} is not writable (cannot create its lock {path}: '
+                      f'{e.strerror or e}); make it writable, or copy the workdir to a '
+                      f'writable place and pass that') from e
     try:
       with os.fdopen(fd, 'w') as f:
         json.dump(dict(me, since=time.strftime('%Y-%m-%d %H:%M:%S %Z')), f)
@@ -97,7 +112,10 @@ def lock(workdir: str) -> Iterator[None]:
   workdir = os.path.abspath(workdir)
   owned, error = False, ''
   if jax.process_index() == 0:
-    owned, error = _try_acquire(workdir)
+    try:
+      owned, error = _try_acquire(workdir)
+    except UserError as e:   # told to the other processes too, so none waits for it
+      error = str(e)
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     ok = multihost_utils.broadcast_one_to_all(np.int32(error == ''))

@@ -74,7 +74,8 @@ def cross_checks(ctx: Context) -> dict:
   head = lambda e: split.head(split.params, e)
   result = {'tcav': crosscheck.tcav_entries(spec.stream('eval/tcav'), head, out['h'],
                                             test.attributes, test.labels,
-                                            test.attribute_names, ec.tcav, split=split)}
+                                            test.attribute_names, ec.tcav, split=split),
+            'tcav_skipped': crosscheck.tcav_skipped(test.attributes, test.attribute_names)}
   ka = ec.attribution.images
   pred_c = np.argmax(out['logits'][:ka], -1)
   x_a = test.images[:ka].astype(np.float32) / 255.0

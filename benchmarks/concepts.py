@@ -33,7 +33,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from lsei_jax import concept_metrics  # noqa: E402
 from lsei_jax.pipeline import evaluation  # noqa: E402
-from lsei_jax.training import parallel, pipeline  # noqa: E402
+from lsei_jax import pipeline  # noqa: E402
+from lsei_jax.training import parallel  # noqa: E402
 
 # (label, path into a run's results) of the figures the table shows.
 FIGURES = (('VE', ('concepts', 'variance_explained')), ('NMSE', ('concepts', 'normalized_mse')),

@@ -87,7 +87,8 @@ def test_verbose_shows_the_traceback(tmp_path):
 def test_unfinished_orbax_save_is_ignored(workdir_copy, tiny_config):
   # Orbax writes a step into a temporary directory and renames it when complete; a run
   # killed during a save leaves only that temporary directory, which must not be read.
-  from lsei_jax.training import checkpoints, pipeline
+  from lsei_jax import pipeline
+  from lsei_jax.training import checkpoints
   tmp = os.path.join(workdir_copy, 'classifier', '16.orbax-checkpoint-tmp-1234')
   shutil.copytree(os.path.join(workdir_copy, 'classifier', '12'), tmp)
   ckpt = checkpoints.StageCheckpoints(workdir_copy, 'classifier', read_only=True)

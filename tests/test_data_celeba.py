@@ -130,7 +130,8 @@ def test_unprepared_and_bad_files(tmp_path):
                                     'celeba_smiling_female_majority',
                                     'celeba_smiling_male_majority'])
 def test_configs_validate(module):
-  from lsei_jax.training import parallel, pipeline  # pylint: disable=g-import-not-at-top
+  from lsei_jax import pipeline  # pylint: disable=g-import-not-at-top
+  from lsei_jax.training import parallel  # pylint: disable=g-import-not-at-top
   c = importlib.import_module(f'configs.{module}').get_config()
   pipeline.validate_config(c, parallel.make_mesh())
   assert c.data.image_size == 64 and c.data.task in celeba.ATTRIBUTES
@@ -139,7 +140,7 @@ def test_configs_validate(module):
 
 def test_pipeline_trains_on_a_celeba_bias_split(prepared, tmp_path):
   from configs import tiny  # pylint: disable=g-import-not-at-top
-  from lsei_jax.training import pipeline  # pylint: disable=g-import-not-at-top
+  from lsei_jax import pipeline  # pylint: disable=g-import-not-at-top
   c = tiny.get_config()
   c.data = _cfg(prepared[0], bias_split='female_majority')
   metas = pipeline.train(c, str(tmp_path), ('classifier',))

@@ -281,7 +281,7 @@ def compute(config, workdir: str, *, classifier: ClassifierSplit | None = None, 
   verdict = lambda logits: bias.prediction_association(
       np.argmax(logits, -1), test.attributes, test.attribute_names, test.task, num_classes,
       level=ec.ci_level, min_effect=ec.get('min_effect', 0.05),
-      max_confounding=ec.get('max_confounding', 0.1))
+      max_hidden=ec.get('max_hidden', 0.25))
   result['bias_report'] = verdict(out['logits'])
   # The explainer's view: attribute shifts between g(ĥ) and g(ĥ'), gated; shown beside the
   # verdict, never as it (on the benchmark it flags unused attributes, README).

@@ -12,7 +12,7 @@ import io
 import os
 
 from lsei_jax.training import atomic
-from lsei_jax.reporting import plots
+from lsei_jax.reporting import association, plots
 from lsei_jax.reporting.report import TABLE_KEYS
 
 _CSS = """body{font-family:system-ui,sans-serif;max-width:960px;margin:2em auto;color:#222}
@@ -117,10 +117,7 @@ def render(result: dict, eval_dir: str | None = None, *, task: str | None = None
 
   rows = []
   for r in result['bias_report']:
-    if r.get('confounded_by'):
-      verdict = 'cannot tell: correlated with ' + ', '.join(r['confounded_by'])
-    else:
-      verdict = 'relied on' if r['flagged'] else 'no evidence'
+    verdict = association.verdict_text(r)
     cls = 'task' if r['is_task'] and not r['flagged'] else ('sig' if r['flagged'] else '')
     rows.append([f'<td class="{cls}">{e(r["attribute"])}{" (task)" if r["is_task"] else ""}</td>',
                  e(verdict), f'{r["shift"]:+.3f}', f'[{r["ci_low"]:+.3f}, {r["ci_high"]:+.3f}]',

@@ -1,0 +1,233 @@
+"""Truthfulness of the verdict on correlated test splits (issue 25): real data's attributes
+correlate, so the verdict is scored where the *test* split's do.
+
+Each classifier is trained as a --classifier_only cell of benchmarks/truthfulness.py (task
+`shape`; `spurious` agreeing with the label in a fraction ρ_train of the training images).
+It is then evaluated on test splits drawn afresh per test correlation r ∈ R_TEST: the
+spurious attribute agrees with the task w.p. (1 + r) / 2 (correlation r; r = 1: perfectly
+confounded), and so does a nuisance pair (size, position: neither correlated with the label
+in training). Ground truth on that same split: each test image re-rendered with one
+attribute flipped (shapes.render draws its nuisance from a generator state fixed by N alone,
+so the counterfactual differs in that attribute only); reliance = the flip rate.
+
+Who can separate the pair task / spurious: the test split if r < 1, the training split if
+ρ_train < 1 (only an interventional estimator can use that), neither if both are 1. The
+nuisance pair is confounded in the test split at r = 1 and independent in training.
+
+Scored per method and test correlation: coverage (share of attributes answered, i.e. not
+'cannot tell'), precision and recall of 'relied on' (recall on reliance > 0.25), FPR on
+unused attributes (truthfulness.truth), and wrong answers: 'relied on' for an unused
+attribute or 'no evidence' for one with reliance > 0.25.
+
+Methods: prediction_association (the shipped verdict, reporting/association.py) and
+correlation_gate (the verdict before issue 25: HC0 errors, normal reference, 'cannot tell'
+for every attribute correlated with another beyond |r| > 0.1), on the same predictions.
+
+Usage (resumable, one JSON line per classifier):
+  python benchmarks/truthfulness_correlated.py --out runs/correlated
+  python benchmarks/truthfulness_correlated.py --quick --out /tmp/c   # one tiny cell (tests)
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import truthfulness  # noqa: E402  pylint: disable=g-import-not-at-top
+
+R_TEST = (0.0, 0.3, 0.6, 0.9, 1.0)
+PAIR = ('size', 'position')
+METHODS = ('prediction_association', 'correlation_gate')
+
+
+def grid(quick: bool = False, spurious=('background', 'color'), rhos=(0.9, 1.0),
+         difficulty=('hard',), seeds=(0, 1)) -> list[dict]:
+  if quick:
+    return [dict(spurious='background', rho=1.0, difficulty='hard', seed=0,
+                 learner=truthfulness.CLASSIFIER_ONLY)]
+  return [dict(spurious=s, rho=r, difficulty=d, seed=k, learner=truthfulness.CLASSIFIER_ONLY)
+          for s, r, d, k in itertools.product(spurious, rhos, difficulty, seeds)]
+
+
+def test_attributes(rng: np.random.Generator, n: int, task: str, spurious: str, r: float,
+                    pair=PAIR) -> np.ndarray:
+  """bool [n, A]: fair coins; `spurious` correlates with `task` at r, pair[1] with pair[0]."""
+  from lsei_jax.data import shapes  # pylint: disable=g-import-not-at-top
+  names = shapes.ATTRIBUTES
+  attrs = rng.random((n, len(names))) < 0.5
+  for a, b in ((task, spurious), pair):
+    agree = rng.random(n) < (1 + r) / 2
+    attrs[:, names.index(b)] = np.where(agree, attrs[:, names.index(a)],
+                                        ~attrs[:, names.index(a)])
+  return attrs
+
+
+def render(data_config, attrs: np.ndarray, seed: int) -> np.ndarray:
+  """uint8 images of attrs; the same seed gives the same nuisance whatever attrs are."""
+  from lsei_jax.data import shapes  # pylint: disable=g-import-not-at-top
+  return shapes.render(np.random.default_rng([seed, 25]), attrs, data_config.image_size,
+                       data_config.noise, data_config.object_scale)
+
+
+def gate_rows(pred: np.ndarray, attrs: np.ndarray, names, level: float = 0.95,
+              min_effect: float = 0.05, max_confounding: float = 0.1) -> list[dict]:
+  """The verdict before issue 25, two classes (the comparison row): HC0 sandwich errors of
+  the least-squares effects, normal Bonferroni interval, a correlation gate."""
+  from lsei_jax.reporting import bias  # pylint: disable=g-import-not-at-top
+  x = attrs.astype(np.float64)
+  y = (np.asarray(pred) == 1).astype(np.float64)
+  varies = x.std(0) > 0
+  d = np.column_stack([np.ones(len(x)), x[:, varies]])
+  pinv = np.linalg.pinv(d)
+  beta = pinv @ y
+  e = np.zeros(len(names))
+  se = np.full(len(names), np.inf)
+  e[varies] = beta[1:]
+  se[varies] = np.sqrt((pinv[1:] ** 2) @ (y - d @ beta) ** 2)
+  corr = np.corrcoef(x.T)
+  z = bias._normal_quantile(1 - (1 - level) / (2 * len(names)))  # pylint: disable=protected-access
+  rows = []
+  for a, n in enumerate(names):
+    conf = [names[b] for b in range(len(names)) if b != a and varies[a] and varies[b]
+            and abs(corr[a, b]) > max_confounding]
+    flagged = bool(abs(e[a]) - z * se[a] > 0 and abs(e[a]) >= min_effect and not conf)
+    rows.append({'attribute': n, 'shift': float(e[a]), 'flagged': flagged,
+                 'verdict': 'cannot tell' if conf or not varies[a] else
+                            'relied on' if flagged else 'no evidence'})
+  return rows
+
+
+def run_cell(cell: dict, workdir: str, base: str, num_test: int, r_test=R_TEST) -> dict:
+  """Trains the cell's classifier, then per test correlation: predictions, ground truth,
+  the rows of every method. One JSON line."""
+  from lsei_jax.reporting import bias, evaluation  # pylint: disable=g-import-not-at-top
+  from lsei_jax.training import parallel, pipeline  # pylint: disable=g-import-not-at-top
+  from lsei_jax.data import shapes  # pylint: disable=g-import-not-at-top
+  t0 = time.time()
+  config = truthfulness.cell_config(cell, base)
+  pipeline.train(config, workdir, ('classifier',))
+  mesh = parallel.make_mesh()
+  classify = evaluation.classify_fn(pipeline.trained_split(config, workdir, mesh),
+                                    config.eval.batch_size, mesh)
+  names, task = list(shapes.ATTRIBUTES), config.data.task
+  line = {'cell': truthfulness.cell_key(cell), **cell, 'names': names, 'task': task,
+          'num_test': num_test, 'tests': []}
+  for k, r in enumerate(r_test):
+    rng = np.random.default_rng([cell['seed'], k, 2025])
+    attrs = test_attributes(rng, num_test, task, cell['spurious'], r)
+    seed = int(rng.integers(2**31))
+    pred = np.argmax(classify(render(config.data, attrs, seed)), -1)
+    reliance = {}
+    for a, n in enumerate(names):
+      flipped = attrs.copy()
+      flipped[:, a] ^= True
+      after = np.argmax(classify(render(config.data, flipped, seed)), -1)
+      reliance[n] = {'flip_rate': float(np.mean(after != pred)), 'num_examples': num_test}
+    line['tests'].append({
+        'r_test': r, 'accuracy': float(np.mean(pred == attrs[:, names.index(task)])),
+        'reliance': reliance, 'pred': pred.astype(int).tolist(),
+        'rows': {'prediction_association': bias.prediction_association(
+                     pred, attrs, names, task, 2),
+                 'correlation_gate': gate_rows(pred, attrs, names)}})
+  line['seconds'] = time.time() - t0
+  return line
+
+
+def separation(line: dict, r_test: float) -> str:
+  """Who separates task and spurious: 'test', 'train' (the test split confounds them) or
+  'neither'."""
+  return 'test' if r_test < 1 else 'train' if line['rho'] < 1 else 'neither'
+
+
+def summarize(lines: list[dict], methods=METHODS) -> list[dict]:
+  """One row per (method, test correlation, who separates): pooled over the cells'
+  attributes (see the module docstring for the columns)."""
+  acc: dict = {}
+  for line in lines:
+    for t in line['tests']:
+      for m in methods:
+        key = (m, t['r_test'], separation(line, t['r_test']))
+        s = acc.setdefault(key, dict.fromkeys(
+            ('n', 'answered', 'tp', 'fp', 'fn', 'strong', 'strong_hit', 'unused', 'fp_unused',
+             'wrong'), 0))
+        _, relied, unused = truthfulness.truth({**line, 'reliance': t['reliance']})
+        rel = {n: v['flip_rate'] for n, v in t['reliance'].items()}
+        for row in t['rows'][m]:
+          n, v = row['attribute'], row.get('verdict')
+          flag = v == 'relied on'
+          s['n'] += 1
+          s['answered'] += v != 'cannot tell'
+          s['tp'] += flag and relied[n]
+          s['fp'] += flag and unused[n]
+          s['fn'] += (not flag) and relied[n]
+          s['strong'] += rel[n] > truthfulness.STRONG
+          s['strong_hit'] += flag and rel[n] > truthfulness.STRONG
+          s['unused'] += unused[n]
+          s['fp_unused'] += flag and unused[n]
+          s['wrong'] += (flag and unused[n]) or (v == 'no evidence' and rel[n] > truthfulness.STRONG)
+  ratio = lambda a, b: a / b if b else None
+  return [{'method': m, 'r_test': r, 'separates': sep, 'attributes': s['n'],
+           'coverage': ratio(s['answered'], s['n']),
+           'precision': ratio(s['tp'], s['tp'] + s['fp']),
+           'recall': ratio(s['tp'], s['tp'] + s['fn']),
+           'recall_strong': ratio(s['strong_hit'], s['strong']),
+           'fpr_unused': ratio(s['fp_unused'], s['unused']), 'wrong': s['wrong']}
+          for (m, r, sep), s in sorted(acc.items(), key=lambda kv: (
+              METHODS.index(kv[0][0]) if kv[0][0] in METHODS else len(METHODS), kv[0][0],
+              kv[0][1], kv[0][2]))]
+
+
+def format_table(rows: list[dict]) -> str:
+  num = lambda v: '—' if v is None else f'{v:.2f}'
+  head = ('| method | test r | separates | attributes | coverage | precision | recall | '
+          'recall (reliance > 0.25) | FPR (unused) | wrong answers |')
+  return '\n'.join([head, '|' + '---|' * 10] + [
+      f'| {r["method"]} | {r["r_test"]:g} | {r["separates"]} | {r["attributes"]} | '
+      f'{num(r["coverage"])} | {num(r["precision"])} | {num(r["recall"])} | '
+      f'{num(r["recall_strong"])} | {num(r["fpr_unused"])} | {r["wrong"]} |' for r in rows])
+
+
+def main(argv=None) -> None:
+  ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  ap.add_argument('--out', default='runs/correlated', help='folder of cells.jsonl')
+  ap.add_argument('--quick', action='store_true', help='one tiny cell (what the test runs)')
+  ap.add_argument('--base', default='small')
+  ap.add_argument('--num_test', type=int, default=1024)
+  ap.add_argument('--seeds', default='0,1')
+  ap.add_argument('--table', action='store_true', help='only print the table of --out')
+  ap.add_argument('--cache', default=os.path.join(tempfile.gettempdir(), 'lsei_jax_truth_jit'))
+  args = ap.parse_args(argv)
+  path = os.path.join(args.out, 'cells.jsonl')
+  if not args.table:
+    import jax  # pylint: disable=g-import-not-at-top
+    jax.config.update('jax_compilation_cache_dir', args.cache)
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
+    os.makedirs(args.out, exist_ok=True)
+    done = {l['cell'] for l in truthfulness.read_lines(path)} if os.path.exists(path) else set()
+    base, num_test = ('tiny', 64) if args.quick else (args.base, args.num_test)
+    for cell in grid(args.quick, seeds=[int(s) for s in args.seeds.split(',')]):
+      if truthfulness.cell_key(cell) in done:
+        continue
+      with tempfile.TemporaryDirectory() as wd:
+        line = run_cell(cell, wd, base, num_test)
+      with open(path, 'a') as f:
+        f.write(json.dumps(line) + '\n')
+      print(f'{line["cell"]}: {line["seconds"]:.0f} s, reliance at r = 0: ' + str(
+          {k: round(v['flip_rate'], 2) for k, v in line['tests'][0]['reliance'].items()}),
+            flush=True)
+  rows = summarize(truthfulness.read_lines(path))
+  print(format_table(rows))
+  with open(os.path.join(args.out, 'summary.json'), 'w') as f:
+    json.dump(rows, f, indent=2)
+
+
+if __name__ == '__main__':
+  main()

@@ -19,8 +19,10 @@ Scored per method and test correlation: coverage (share of attributes answered, 
 unused attributes (truthfulness.truth), and wrong answers: 'relied on' for an unused
 attribute or 'no evidence' for one with reliance > 0.25.
 
-Methods: prediction_association (the shipped verdict, reporting/association.py) and
-correlation_gate (the verdict before issue 25: HC0 errors, normal reference, 'cannot tell'
+Methods: prediction_association (the shipped verdict, reporting/association.py);
+representation_shift (those rows, with each 'cannot tell' that a confounding attribute caused
+answered by reporting/representation_shift.py where the training split separates the pair:
+directions in h = c1(x) fitted on the training split's images); and correlation_gate (the verdict before issue 25: HC0 errors, normal reference, 'cannot tell'
 for every attribute correlated with another beyond |r| > 0.1), on the same predictions.
 
 Usage (resumable, one JSON line per classifier):
@@ -45,7 +47,7 @@ import truthfulness  # noqa: E402  pylint: disable=g-import-not-at-top
 
 R_TEST = (0.0, 0.3, 0.6, 0.9, 1.0)
 PAIR = ('size', 'position')
-METHODS = ('prediction_association', 'correlation_gate')
+METHODS = ('prediction_association', 'representation_shift', 'correlation_gate')
 
 
 def grid(quick: bool = False, spurious=('background', 'color'), rhos=(0.9, 1.0),
@@ -111,6 +113,8 @@ def run_cell(cell: dict, workdir: str, base: str, num_test: int, r_test=R_TEST) 
   from lsei_jax.reporting import bias, evaluation  # pylint: disable=g-import-not-at-top
   from lsei_jax.training import parallel, pipeline  # pylint: disable=g-import-not-at-top
   from lsei_jax.data import shapes  # pylint: disable=g-import-not-at-top
+  from lsei_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+  from lsei_jax.reporting import representation_shift  # pylint: disable=g-import-not-at-top
   t0 = time.time()
   config = truthfulness.cell_config(cell, base)
   pipeline.train(config, workdir, ('classifier',))
@@ -118,27 +122,44 @@ def run_cell(cell: dict, workdir: str, base: str, num_test: int, r_test=R_TEST) 
   classify = evaluation.classify_fn(pipeline.trained_split(config, workdir, mesh),
                                     config.eval.batch_size, mesh)
   names, task = list(shapes.ATTRIBUTES), config.data.task
+  embed, head = _embed_head(pipeline.trained_split(config, workdir, mesh), config.eval.batch_size)
+  train = data_lib.load(config.data, 'train')
+  beta, ident = representation_shift.directions(embed(train.images), train.attributes)
   line = {'cell': truthfulness.cell_key(cell), **cell, 'names': names, 'task': task,
           'num_test': num_test, 'tests': []}
   for k, r in enumerate(r_test):
     rng = np.random.default_rng([cell['seed'], k, 2025])
     attrs = test_attributes(rng, num_test, task, cell['spurious'], r)
     seed = int(rng.integers(2**31))
-    pred = np.argmax(classify(render(config.data, attrs, seed)), -1)
+    images = render(config.data, attrs, seed)
+    pred = np.argmax(classify(images), -1)
+    rates = representation_shift.flip_rates(embed(images), attrs, beta, head)
     reliance = {}
     for a, n in enumerate(names):
       flipped = attrs.copy()
       flipped[:, a] ^= True
       after = np.argmax(classify(render(config.data, flipped, seed)), -1)
       reliance[n] = {'flip_rate': float(np.mean(after != pred)), 'num_examples': num_test}
+    rows = bias.prediction_association(pred, attrs, names, task, 2)
     line['tests'].append({
         'r_test': r, 'accuracy': float(np.mean(pred == attrs[:, names.index(task)])),
-        'reliance': reliance, 'pred': pred.astype(int).tolist(),
-        'rows': {'prediction_association': bias.prediction_association(
-                     pred, attrs, names, task, 2),
+        'reliance': reliance, 'pred': pred.astype(int).tolist(), 'shift_flip_rate': rates.tolist(),
+        'rows': {'prediction_association': rows,
+                 'representation_shift': representation_shift.combine(
+                     rows, rates, ident, names, num_test, len(train)),
                  'correlation_gate': gate_rows(pred, attrs, names)}})
   line['seconds'] = time.time() - t0
   return line
+
+
+def _embed_head(split, batch_size: int):
+  """(uint8 images [N, H, W, 3] → h [N, d], h [M, d] → logits [M, C]) as NumPy, jitted."""
+  import jax  # pylint: disable=g-import-not-at-top
+  emb = jax.jit(lambda x: split.embed(split.params, x.astype(np.float32) / 255.0))
+  hd = jax.jit(lambda h: split.head(split.params, h))
+  embed = lambda images: np.concatenate([np.asarray(emb(images[i:i + batch_size]))
+                                         for i in range(0, len(images), batch_size)])
+  return embed, lambda h: np.asarray(hd(np.asarray(h, np.float32)))
 
 
 def separation(line: dict, r_test: float) -> str:

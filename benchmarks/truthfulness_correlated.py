@@ -16,7 +16,8 @@ nuisance pair is confounded in the test split at r = 1 and independent in traini
 
 Scored per method and test correlation: coverage (share of attributes answered, i.e. not
 'cannot tell'), precision and recall of 'relied on' (recall on reliance > 0.25), FPR on
-unused attributes (truthfulness.truth), and wrong answers: 'relied on' for an unused
+unused attributes (truthfulness.truth), median Spearman (as truthfulness.summarize), and
+wrong answers: 'relied on' for an unused
 attribute or 'no evidence' for one with reliance > 0.25.
 
 Methods: prediction_association (the shipped verdict, reporting/association.py);
@@ -171,16 +172,21 @@ def separation(line: dict, r_test: float) -> str:
 def summarize(lines: list[dict], methods=METHODS) -> list[dict]:
   """One row per (method, test correlation, who separates): pooled over the cells'
   attributes (see the module docstring for the columns)."""
+  from lsei_jax.reporting import bias  # pylint: disable=g-import-not-at-top
   acc: dict = {}
   for line in lines:
     for t in line['tests']:
       for m in methods:
         key = (m, t['r_test'], separation(line, t['r_test']))
-        s = acc.setdefault(key, dict.fromkeys(
+        s = acc.setdefault(key, dict(dict.fromkeys(
             ('n', 'answered', 'tp', 'fp', 'fn', 'strong', 'strong_hit', 'unused', 'fp_unused',
-             'wrong'), 0))
-        _, relied, unused = truthfulness.truth({**line, 'reliance': t['reliance']})
-        rel = {n: v['flip_rate'] for n, v in t['reliance'].items()}
+             'wrong'), 0), spearman=[]))
+        rel, relied, unused = truthfulness.truth({**line, 'reliance': t['reliance']})
+        if any(relied.values()):
+          flagged = {r['attribute']: r for r in t['rows'][m] if r.get('verdict') == 'relied on'}
+          s['spearman'].append(bias.spearman(
+              [abs(flagged[n]['shift']) if n in flagged else 0.0 for n in line['names']],
+              [0.0 if unused[n] else rel[n] for n in line['names']]))
         for row in t['rows'][m]:
           n, v = row['attribute'], row.get('verdict')
           flag = v == 'relied on'
@@ -200,7 +206,8 @@ def summarize(lines: list[dict], methods=METHODS) -> list[dict]:
            'precision': ratio(s['tp'], s['tp'] + s['fp']),
            'recall': ratio(s['tp'], s['tp'] + s['fn']),
            'recall_strong': ratio(s['strong_hit'], s['strong']),
-           'fpr_unused': ratio(s['fp_unused'], s['unused']), 'wrong': s['wrong']}
+           'fpr_unused': ratio(s['fp_unused'], s['unused']), 'wrong': s['wrong'],
+           'median_spearman': float(np.median(s['spearman'])) if s['spearman'] else None}
           for (m, r, sep), s in sorted(acc.items(), key=lambda kv: (
               METHODS.index(kv[0][0]) if kv[0][0] in METHODS else len(METHODS), kv[0][0],
               kv[0][1], kv[0][2]))]
@@ -209,11 +216,12 @@ def summarize(lines: list[dict], methods=METHODS) -> list[dict]:
 def format_table(rows: list[dict]) -> str:
   num = lambda v: '—' if v is None else f'{v:.2f}'
   head = ('| method | test r | separates | attributes | coverage | precision | recall | '
-          'recall (reliance > 0.25) | FPR (unused) | wrong answers |')
-  return '\n'.join([head, '|' + '---|' * 10] + [
+          'recall (reliance > 0.25) | FPR (unused) | wrong answers | median Spearman |')
+  return '\n'.join([head, '|' + '---|' * 11] + [
       f'| {r["method"]} | {r["r_test"]:g} | {r["separates"]} | {r["attributes"]} | '
       f'{num(r["coverage"])} | {num(r["precision"])} | {num(r["recall"])} | '
-      f'{num(r["recall_strong"])} | {num(r["fpr_unused"])} | {r["wrong"]} |' for r in rows])
+      f'{num(r["recall_strong"])} | {num(r["fpr_unused"])} | {r["wrong"]} | '
+      f'{num(r["median_spearman"])} |' for r in rows])
 
 
 def main(argv=None) -> None:

@@ -45,7 +45,8 @@ def _line(rho, tests):
 def _test(r, rel, verdicts):
   return {'r_test': r, 'reliance': {n: {'flip_rate': v, 'num_examples': 1024}
                                     for n, v in zip(NAMES, rel)},
-          'rows': {m: [{'attribute': n, 'verdict': v} for n, v in zip(NAMES, verdicts)]
+          'rows': {m: [{'attribute': n, 'verdict': v, 'shift': x}
+                       for n, v, x in zip(NAMES, verdicts, rel)]
                    for m in tc.METHODS}}
 
 
@@ -59,6 +60,7 @@ def test_scoring_counts_coverage_and_wrong_answers_apart():
   good = by[('prediction_association', 0.6, 'test')]
   assert good['coverage'] == 1.0 and good['precision'] == good['recall'] == 1.0
   assert good['recall_strong'] == 1.0 and good['fpr_unused'] == 0.0 and good['wrong'] == 0
+  assert good['median_spearman'] == pytest.approx(1.0)
   train = by[('prediction_association', 1.0, 'train')]
   # color: 'relied on' while unused; background: 'no evidence' at reliance 0.6: two wrong,
   # the two 'cannot tell' are not wrong, only uncovered.

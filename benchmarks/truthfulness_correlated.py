@@ -163,32 +163,38 @@ def _embed_head(split, batch_size: int):
   return embed, lambda h: np.asarray(hd(np.asarray(h, np.float32)))
 
 
-def separation(line: dict, r_test: float) -> str:
-  """Who separates task and spurious: 'test', 'train' (the test split confounds them) or
-  'neither'."""
-  return 'test' if r_test < 1 else 'train' if line['rho'] < 1 else 'neither'
+def separation(line: dict, r_test: float, attribute: str) -> str:
+  """Who separates `attribute` from the others: 'test' (the test split), 'train' (only the
+  training split: the test split confounds its pair) or 'neither'."""
+  if r_test < 1 or attribute not in (line['task'], line['spurious'], *PAIR):
+    return 'test'
+  if attribute in PAIR:         # independent of everything in training
+    return 'train'
+  return 'train' if line['rho'] < 1 else 'neither'
 
 
 def summarize(lines: list[dict], methods=METHODS) -> list[dict]:
-  """One row per (method, test correlation, who separates): pooled over the cells'
-  attributes (see the module docstring for the columns)."""
+  """One row per (method, test correlation, who separates the attribute): pooled over the
+  cells' attributes (see the module docstring for the columns); the median Spearman of a
+  split (over all its attributes) sits in the group of its task attribute."""
   from lsei_jax.reporting import bias  # pylint: disable=g-import-not-at-top
   acc: dict = {}
   for line in lines:
     for t in line['tests']:
+      rel, relied, unused = truthfulness.truth({**line, 'reliance': t['reliance']})
       for m in methods:
-        key = (m, t['r_test'], separation(line, t['r_test']))
-        s = acc.setdefault(key, dict(dict.fromkeys(
-            ('n', 'answered', 'tp', 'fp', 'fn', 'strong', 'strong_hit', 'unused', 'fp_unused',
-             'wrong'), 0), spearman=[]))
-        rel, relied, unused = truthfulness.truth({**line, 'reliance': t['reliance']})
-        if any(relied.values()):
+        new = lambda: dict(dict.fromkeys(('n', 'answered', 'tp', 'fp', 'fn', 'strong',
+                                          'strong_hit', 'unused', 'fp_unused', 'wrong'), 0),
+                           spearman=[])
+        if any(relied.values()):     # one rank correlation per split, in its first group
           flagged = {r['attribute']: r for r in t['rows'][m] if r.get('verdict') == 'relied on'}
-          s['spearman'].append(bias.spearman(
+          first = separation(line, t['r_test'], line['task'])
+          acc.setdefault((m, t['r_test'], first), new())['spearman'].append(bias.spearman(
               [abs(flagged[n]['shift']) if n in flagged else 0.0 for n in line['names']],
               [0.0 if unused[n] else rel[n] for n in line['names']]))
         for row in t['rows'][m]:
           n, v = row['attribute'], row.get('verdict')
+          s = acc.setdefault((m, t['r_test'], separation(line, t['r_test'], n)), new())
           flag = v == 'relied on'
           s['n'] += 1
           s['answered'] += v != 'cannot tell'

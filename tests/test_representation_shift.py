@@ -62,3 +62,30 @@ def test_wilson_interval_is_never_zero_width_and_matches_its_formula():
   assert lo == 0.0 and hi == pytest.approx(1.96**2 / (5 + 1.96**2), rel=1e-12)
   lo, hi = rs.wilson(30, 100, 1.96)    # textbook value: [0.219, 0.396]
   assert lo == pytest.approx(0.2189, abs=5e-4) and hi == pytest.approx(0.3958, abs=5e-4)
+
+
+def test_a_shift_that_disagrees_with_the_test_split_is_not_used():
+  # The shift flips half the predictions when moved along c, which the test split answers
+  # 'no evidence' for: it is not trusted, and the confounded pair stays 'cannot tell'.
+  rng = np.random.default_rng(2)
+  test = _pair(rng, 1000, 1.0)
+  pred = test[:, 0].astype(int)
+  names = ['a', 'b', 'c']
+  rows = bias.prediction_association(pred, test, names, 'a', 2)
+  ident = np.ones(3, bool)
+  out = {r['attribute']: r for r in rs.combine(rows, np.array([0.9, 0.0, 0.5]), ident, names,
+                                               1000, 4000)}
+  assert out['a']['verdict'] == out['b']['verdict'] == 'cannot tell'
+  assert out['a']['estimator'].startswith('adjusted association')
+  assert 'disagrees with the test split on c' in out['a']['evidence']
+  # Agreeing on c, it answers a and b.
+  out = {r['attribute']: r for r in rs.combine(rows, np.array([0.9, 0.0, 0.01]), ident, names,
+                                               1000, 4000)}
+  assert out['a']['verdict'] == 'relied on' and out['b']['verdict'] == 'no evidence'
+  assert 'agrees with the test split on c' in out['a']['evidence']
+  # Nothing answered in the test split to check it on: not used.
+  both = np.stack([test[:, 0], test[:, 0]], 1)
+  rows2 = bias.prediction_association(pred, both, ['a', 'b'], 'a', 2)
+  out = rs.combine(rows2, np.array([0.9, 0.0]), np.ones(2, bool), ['a', 'b'], 1000, 4000)
+  assert all(r['verdict'] == 'cannot tell' and 'no attribute of the test split' in r['evidence']
+             for r in out)

@@ -61,12 +61,18 @@ def test_scoring_counts_coverage_and_wrong_answers_apart():
   assert good['coverage'] == 1.0 and good['precision'] == good['recall'] == 1.0
   assert good['recall_strong'] == 1.0 and good['fpr_unused'] == 0.0 and good['wrong'] == 0
   assert good['median_spearman'] == pytest.approx(1.0)
+  # At r = 1 each attribute is grouped by who separates it: shape / background by training
+  # where ρ_train < 1 (else neither), the nuisance pair size / position by training, color
+  # and texture by the test split. Unused: reliance ≤ 0.03 (the largest independent one).
   train = by[('prediction_association', 1.0, 'train')]
-  # color: 'relied on' while unused; background: 'no evidence' at reliance 0.6: two wrong,
-  # the two 'cannot tell' are not wrong, only uncovered.
-  assert train['coverage'] == pytest.approx(4 / 6) and train['wrong'] == 2
-  assert train['recall_strong'] == 0.5 and train['fpr_unused'] == pytest.approx(1 / 4)
-  assert by[('correlation_gate', 1.0, 'neither')]['wrong'] == 2
+  # shape right; background 'no evidence' at reliance 0.6 is wrong; size 'cannot tell' is
+  # not wrong, only uncovered; position right; the second line's size / position alike.
+  assert train['attributes'] == 6 and train['coverage'] == pytest.approx(4 / 6)
+  assert train['wrong'] == 1 and train['recall_strong'] == 0.5 and train['fpr_unused'] == 0
+  test = by[('prediction_association', 1.0, 'test')]     # color 'relied on' while unused
+  assert test['attributes'] == 4 and test['wrong'] == 2 and test['fpr_unused'] == 0.5
+  neither = by[('correlation_gate', 1.0, 'neither')]
+  assert neither['attributes'] == 2 and neither['wrong'] == 1 and neither['coverage'] == 1.0
   assert [r['method'] for r in rows][:3] == ['prediction_association'] * 3
 
 

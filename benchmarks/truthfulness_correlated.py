@@ -237,6 +237,9 @@ def main(argv=None) -> None:
   ap.add_argument('--base', default='small')
   ap.add_argument('--num_test', type=int, default=1024)
   ap.add_argument('--seeds', default='0,1')
+  ap.add_argument('--spurious', default='background,color')
+  ap.add_argument('--rhos', default='0.9,1.0', help='ρ_train values')
+  ap.add_argument('--difficulty', default='hard', help='easy, hard (benchmarks/truthfulness.py)')
   ap.add_argument('--table', action='store_true', help='only print the table of --out')
   ap.add_argument('--cache', default=os.path.join(tempfile.gettempdir(), 'lsei_jax_truth_jit'))
   args = ap.parse_args(argv)
@@ -248,7 +251,9 @@ def main(argv=None) -> None:
     os.makedirs(args.out, exist_ok=True)
     done = {l['cell'] for l in truthfulness.read_lines(path)} if os.path.exists(path) else set()
     base, num_test = ('tiny', 64) if args.quick else (args.base, args.num_test)
-    for cell in grid(args.quick, seeds=[int(s) for s in args.seeds.split(',')]):
+    split = lambda v: [x for x in v.split(',') if x]
+    for cell in grid(args.quick, split(args.spurious), [float(r) for r in split(args.rhos)],
+                     split(args.difficulty), [int(k) for k in split(args.seeds)]):
       if truthfulness.cell_key(cell) in done:
         continue
       with tempfile.TemporaryDirectory() as wd:

@@ -16,7 +16,9 @@ nuisance pair is confounded in the test split at r = 1 and independent in traini
 
 Scored per method and test correlation: coverage (share of attributes answered, i.e. not
 'cannot tell'), precision and recall of 'relied on' (recall on reliance > 0.25), FPR on
-unused attributes (truthfulness.truth), median Spearman (as truthfulness.summarize), and
+unused attributes (truthfulness.truth: reliance at or below the largest among the
+attributes independent in training, which on the hard task can be 0.1–0.3: a real
+dependence) and on attributes with reliance < 0.05, median Spearman (as truthfulness.summarize), and
 wrong answers: 'relied on' for an unused
 attribute or 'no evidence' for one with reliance > 0.25.
 
@@ -184,7 +186,8 @@ def summarize(lines: list[dict], methods=METHODS) -> list[dict]:
       rel, relied, unused = truthfulness.truth({**line, 'reliance': t['reliance']})
       for m in methods:
         new = lambda: dict(dict.fromkeys(('n', 'answered', 'tp', 'fp', 'fn', 'strong',
-                                          'strong_hit', 'unused', 'fp_unused', 'wrong'), 0),
+                                          'strong_hit', 'unused', 'fp_unused', 'wrong', 'zero',
+                                          'fp_zero'), 0),
                            spearman=[])
         if any(relied.values()):     # one rank correlation per split, in its first group
           flagged = {r['attribute']: r for r in t['rows'][m] if r.get('verdict') == 'relied on'}
@@ -204,6 +207,8 @@ def summarize(lines: list[dict], methods=METHODS) -> list[dict]:
           s['strong'] += rel[n] > truthfulness.STRONG
           s['strong_hit'] += flag and rel[n] > truthfulness.STRONG
           s['unused'] += unused[n]
+          s['zero'] += rel[n] < truthfulness.MARGIN
+          s['fp_zero'] += flag and rel[n] < truthfulness.MARGIN
           s['fp_unused'] += flag and unused[n]
           s['wrong'] += (flag and unused[n]) or (v == 'no evidence' and rel[n] > truthfulness.STRONG)
   ratio = lambda a, b: a / b if b else None
@@ -213,6 +218,7 @@ def summarize(lines: list[dict], methods=METHODS) -> list[dict]:
            'recall': ratio(s['tp'], s['tp'] + s['fn']),
            'recall_strong': ratio(s['strong_hit'], s['strong']),
            'fpr_unused': ratio(s['fp_unused'], s['unused']), 'wrong': s['wrong'],
+           'fpr_zero': ratio(s['fp_zero'], s['zero']),
            'median_spearman': float(np.median(s['spearman'])) if s['spearman'] else None}
           for (m, r, sep), s in sorted(acc.items(), key=lambda kv: (
               METHODS.index(kv[0][0]) if kv[0][0] in METHODS else len(METHODS), kv[0][0],
@@ -222,11 +228,13 @@ def summarize(lines: list[dict], methods=METHODS) -> list[dict]:
 def format_table(rows: list[dict]) -> str:
   num = lambda v: '—' if v is None else f'{v:.2f}'
   head = ('| method | test r | separates | attributes | coverage | precision | recall | '
-          'recall (reliance > 0.25) | FPR (unused) | wrong answers | median Spearman |')
-  return '\n'.join([head, '|' + '---|' * 11] + [
+          'recall (reliance > 0.25) | FPR (unused) | FPR (reliance < 0.05) | wrong answers | '
+          'median Spearman |')
+  return '\n'.join([head, '|' + '---|' * 12] + [
       f'| {r["method"]} | {r["r_test"]:g} | {r["separates"]} | {r["attributes"]} | '
       f'{num(r["coverage"])} | {num(r["precision"])} | {num(r["recall"])} | '
-      f'{num(r["recall_strong"])} | {num(r["fpr_unused"])} | {r["wrong"]} | '
+      f'{num(r["recall_strong"])} | {num(r["fpr_unused"])} | {num(r["fpr_zero"])} | '
+      f'{r["wrong"]} | '
       f'{num(r["median_spearman"])} |' for r in rows])
 
 

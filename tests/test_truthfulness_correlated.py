@@ -71,6 +71,7 @@ def test_scoring_counts_coverage_and_wrong_answers_apart():
   assert train['wrong'] == 1 and train['recall_strong'] == 0.5 and train['fpr_unused'] == 0
   test = by[('prediction_association', 1.0, 'test')]     # color 'relied on' while unused
   assert test['attributes'] == 4 and test['wrong'] == 2 and test['fpr_unused'] == 0.5
+  assert test['fpr_zero'] == 0.5          # color's reliance 0.02 < 0.05
   neither = by[('correlation_gate', 1.0, 'neither')]
   assert neither['attributes'] == 2 and neither['wrong'] == 1 and neither['coverage'] == 1.0
   assert [r['method'] for r in rows][:3] == ['prediction_association'] * 3

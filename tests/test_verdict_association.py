@@ -208,5 +208,5 @@ def test_family_wise_rate_under_the_null_is_at_most_five_percent():
   pinv = np.linalg.pinv(d)
   e = y - d @ (pinv @ y)
   se0 = np.sqrt((pinv[1:] ** 2) @ e ** 2)
-  q = association._t_quantile(1 - 0.05 / 12, 200 - 7)  # pylint: disable=protected-access
+  q = association.t_quantile(1 - 0.05 / 12, 200 - 7)
   assert ((np.abs(pinv[1:] @ y) > q * se0).any(0)).mean() > 0.08

@@ -74,7 +74,9 @@ def check_inputs(pred: np.ndarray, attributes: np.ndarray, names: Sequence[str],
   return pred.astype(np.int64), x
 
 
-def _t_quantile(p: float, df: float) -> float:
+def t_quantile(p: float, df: float) -> float:
+  """Student t quantile at p with df degrees of freedom (inf for df ≤ 0: no residual
+  information; df = inf: the normal quantile)."""
   if df <= 0:
     return float('inf')
   from scipy import stats  # pylint: disable=g-import-not-at-top  (a dependency of jax)
@@ -172,8 +174,7 @@ def prediction_association(pred: np.ndarray, attributes: np.ndarray, names: Sequ
   varies = x.std(0) > 0 if len(x) else np.zeros(len(names), bool)
   cols = np.nonzero(varies)[0]
   fit = effects(y, x[:, cols]) if len(cols) else None
-  q = _t_quantile(1 - (1 - level) / (2 * len(names) * len(classes)),
-                  fit['df'] if fit else 0)
+  q = t_quantile(1 - (1 - level) / (2 * len(names) * len(classes)), fit['df'] if fit else 0)
   rows = []
   for a, name in enumerate(names):
     partner, sep, r = separation(x, a)

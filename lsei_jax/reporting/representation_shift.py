@@ -83,8 +83,8 @@ def combine(rows: list[dict], rates: np.ndarray, identifiable: np.ndarray,
   there is nothing to check it on, no row is changed; the rows say why. Each row names its
   estimator.
   """
-  from lsei_jax.reporting.association import _t_quantile  # pylint: disable=g-import-not-at-top
-  z = _t_quantile(1 - (1 - level) / (2 * len(names)), np.inf)
+  from lsei_jax.reporting.association import t_quantile  # pylint: disable=g-import-not-at-top
+  z = t_quantile(1 - (1 - level) / (2 * len(names)), np.inf)
   index = {n: i for i, n in enumerate(names)}
   shift = shift_verdicts(rates, num_test, z, min_effect=min_effect, max_hidden=max_hidden)
   checked = [r['attribute'] for r in rows if r.get('verdict') in ('relied on', 'no evidence')]

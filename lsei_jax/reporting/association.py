@@ -94,21 +94,26 @@ def effects(y: np.ndarray, x: np.ndarray) -> dict:
   """
   n, num_a = x.shape
   design = np.concatenate([np.ones((n, 1)), x], 1)                    # [N, P]
-  pinv = np.linalg.pinv(design)                                       # [P, N]
-  rank = int(np.linalg.matrix_rank(design)) if n else 0
+  # Everything through the P × P Gram matrix (P ≤ 41): an SVD or lstsq of the N × P design
+  # per attribute took 30 s at CelebA's test size (N = 19,962, A = 40) on 2 CPU cores.
+  gram = design.T @ design
+  gram_pinv = np.linalg.pinv(gram, hermitian=True)
+  rank = int(np.linalg.matrix_rank(gram, hermitian=True)) if n else 0
+  pinv = gram_pinv @ design.T                                         # [P, N] = pinv(design)
   beta = pinv @ y                                                     # [P, R]
   resid = y - design @ beta
   lev = np.einsum('np,pn->n', design, pinv)                          # hat-matrix diagonal
   free = lev < 1 - 1e-8     # lev = 1: the image fits its own coefficient (residual 0 / 0)
   hc3 = np.where(free[:, None], resid / np.where(free, 1 - lev, 1)[:, None], 0.0) ** 2
+  xty = design.T @ y                                                  # [P, R]
   tol = 1e-8 * max(n, 1)
   eff, se = np.zeros((num_a, y.shape[1])), np.full((num_a, y.shape[1]), np.inf)
   ident, collinear, rss = np.zeros(num_a, bool), [], np.zeros(num_a)
   for a in range(num_a):
-    others = np.delete(design, a + 1, 1)                              # [N, P − 1]
-    coef = np.linalg.lstsq(others, x[:, a], rcond=None)[0]
-    r = x[:, a] - others @ coef
-    rss[a] = float(r @ r)
+    o = np.delete(np.arange(num_a + 1), a + 1)                        # the other columns
+    g_oo = np.linalg.pinv(gram[np.ix_(o, o)], hermitian=True)
+    coef = g_oo @ gram[o, a + 1]                     # x_a on the others (least squares)
+    rss[a] = max(float(gram[a + 1, a + 1] - gram[o, a + 1] @ coef), 0.0)
     if rss[a] <= tol:
       collinear.append([int(b - 1) + (b - 1 >= a) for b in np.nonzero(np.abs(coef) > 1e-6)[0]
                         if b > 0])
@@ -116,7 +121,7 @@ def effects(y: np.ndarray, x: np.ndarray) -> dict:
     collinear.append([])
     ident[a] = True
     # Null variance: the prediction's probability fitted without a (clipped off 0 and 1).
-    fit0 = others @ np.linalg.lstsq(others, y, rcond=None)[0]
+    fit0 = design[:, o] @ (g_oo @ xty[o])
     c = 0.5 / (n + 1)
     p0 = np.clip(fit0, c, 1 - c)
     omega = np.maximum(hc3, p0 * (1 - p0))                             # [N, R]
@@ -126,21 +131,27 @@ def effects(y: np.ndarray, x: np.ndarray) -> dict:
           'collinear': collinear, 'residual_ss': rss}
 
 
-def separation(x: np.ndarray, a: int) -> tuple[int | None, int, float]:
-  """(partner, images separating a from it, correlation) for a's most correlated other
-  column; separating = images where the two differ (agree, for a negative correlation)."""
+def partners(x: np.ndarray) -> list[tuple[int | None, int, float]]:
+  """Per column a of x [N, A]: (its most correlated other column, the images separating the
+  two, their correlation); separating = images where the two differ (agree, for a negative
+  correlation). Constant columns correlate with nothing: (None, N, 0)."""
   n, num_a = x.shape
-  best, r_best = None, 0.0
-  for b in range(num_a):
-    if b == a or x[:, a].std() == 0 or x[:, b].std() == 0:
+  sd = x.std(0)
+  z = (x - x.mean(0)) / np.where(sd > 0, sd, 1)
+  corr = np.where(np.outer(sd > 0, sd > 0), z.T @ z / max(n, 1), 0.0)
+  np.fill_diagonal(corr, 0.0)
+  ones = x.sum(0)
+  diff = np.rint(ones[:, None] + ones[None] - 2 * x.T @ x)   # images where a ≠ b (exact ints)
+  out = []
+  for a in range(num_a):
+    live = [b for b in range(num_a) if b != a and sd[b] > 0]
+    if sd[a] == 0 or not live:
+      out.append((None, n, 0.0))
       continue
-    r = float(np.corrcoef(x[:, a], x[:, b])[0, 1])
-    if best is None or abs(r) > abs(r_best):
-      best, r_best = b, r
-  if best is None:
-    return None, n, 0.0
-  differ = x[:, a] != x[:, best]
-  return best, int(differ.sum() if r_best >= 0 else (~differ).sum()), r_best
+    b = max(live, key=lambda k: abs(corr[a, k]))
+    d = int(diff[a, b])
+    out.append((b, d if corr[a, b] >= 0 else n - d, float(corr[a, b])))
+  return out
 
 
 def prediction_association(pred: np.ndarray, attributes: np.ndarray, names: Sequence[str],
@@ -176,8 +187,9 @@ def prediction_association(pred: np.ndarray, attributes: np.ndarray, names: Sequ
   fit = effects(y, x[:, cols]) if len(cols) else None
   q = t_quantile(1 - (1 - level) / (2 * len(names) * len(classes)), fit['df'] if fit else 0)
   rows = []
+  pairs = partners(x)
   for a, name in enumerate(names):
-    partner, sep, r = separation(x, a)
+    partner, sep, r = pairs[a]
     row = {'attribute': name, 'shift': 0.0, 'toward_class': classes[0], 'se': float('inf'),
            'ci_low': -float('inf'), 'ci_high': float('inf'), 'verdict': 'cannot tell',
            'flagged': False, 'confounded_by': [],

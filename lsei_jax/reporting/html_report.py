@@ -126,13 +126,14 @@ def render(result: dict, eval_dir: str | None = None, *, task: str | None = None
             '<p>For each attribute, how much the probability that the classifier predicts a '
             'class changes between test images with and without the attribute: '
             'P(ŷ = k | attribute) − P(ŷ = k | no attribute), adjusted for the other '
-            'attributes (their chance correlations in the split removed by a least-squares '
-            'fit on all of them), with a Bonferroni-corrected '
-            'interval. On a test split whose attributes are independent of each other this is '
-            'the attribute\'s average effect on the decision; an attribute that correlates '
-            'with another one in the test split cannot be told apart from it. '
+            'attributes (a least-squares fit on all of them), with a Bonferroni-corrected '
+            'interval (HC3 errors, t reference) that widens as the attribute correlates with '
+            'others and is never narrow on a handful of images. '
             '<b>Relied on</b>: the interval excludes 0 and the effect is at least the '
-            'configured minimum. Bold red: relied on.</p>',
+            'configured minimum; <b>no evidence</b>: the interval rules out a large effect; '
+            '<b>cannot tell</b>: it does not, e.g. an attribute that the test split never '
+            'separates from another (the row names it and how many test images separate '
+            'them). Bold red: relied on.</p>',
             _table(['attribute', 'verdict', 'effect', 'interval', 'class'], rows),
             _drawn(lambda f: plots.bias_bars(f, result['bias_report'],
                                              result.get('intervention', 'flip all bits')),

@@ -59,7 +59,7 @@ def family_rate(x: np.ndarray, p: float, reps: int, rng: np.random.Generator, *,
   y = (rng.random((len(x), reps)) < p).astype(np.float64)
   varies = x.std(0) > 0
   fit = association.effects(y, x[:, varies])
-  q = association.t_quantile(1 - (1 - level) / (2 * x.shape[1]), fit['df'])
+  q = association.t_quantile(1 - (1 - level) / (2 * x.shape[1]), fit['df'])   # [A, R]
   e, s = fit['effect'], fit['se']
   flagged = (np.abs(e) - q * s > 0) & (np.abs(e) >= min_effect)
   return int(flagged.any(0).sum()), reps

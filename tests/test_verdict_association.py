@@ -19,7 +19,8 @@ import verdict_calibration  # noqa: E402  pylint: disable=g-import-not-at-top
 def _oracle(y, x):
   """Least squares of y [N] on [1, x] with explicit inverses; per coefficient the sandwich
   with ω_i = max(HC3_i, p̃_i(1 − p̃_i)), p̃ the fit without that attribute clipped to
-  [c, 1 − c], c = 0.5 / (N + 1). Every column of x must be identifiable."""
+  [c, 1 − c], c = 0.5 / (N + 1), and its Welch–Satterthwaite degrees of freedom (at most
+  N − P). Every column of x must be identifiable."""
   y, n = y.astype(np.float64), len(y)
   d = np.column_stack([np.ones(n), x]).astype(np.float64)
   bread = np.linalg.inv(d.T @ d)
@@ -27,14 +28,16 @@ def _oracle(y, x):
   h = np.diag(d @ bread @ d.T)
   hc3 = ((y - d @ beta) / (1 - h)) ** 2
   c = 0.5 / (n + 1)
-  se = []
+  se, df = [], []
   for a in range(x.shape[1]):
     d0 = np.delete(d, a + 1, 1)
     p0 = np.clip(d0 @ np.linalg.solve(d0.T @ d0, d0.T @ y), c, 1 - c)
     omega = np.maximum(hc3, p0 * (1 - p0))
     cov = bread @ (d.T * omega) @ d @ bread
     se.append(np.sqrt(cov[a + 1, a + 1]))
-  return beta[1:], np.array(se)
+    terms = (bread @ d.T)[a + 1] ** 2 * omega          # Welch–Satterthwaite df
+    df.append(min(terms.sum() ** 2 / (terms ** 2).sum(), n - d.shape[1]))
+  return beta[1:], np.array(se), np.array(df)
 
 
 def _rows(pred, attrs, names, task='a', num_classes=2, **kw):
@@ -50,10 +53,13 @@ def test_effects_and_errors_match_the_oracle(n, r):
   attrs[:, 1] = np.where(rng.random(n) < (1 + r) / 2, attrs[:, 0], ~attrs[:, 0])
   pred = (attrs[:, 0] ^ (rng.random(n) < 0.1)).astype(int)
   rows = _rows(pred, attrs, ['a', 'b', 'c'])
-  beta, se = _oracle((pred == 1), attrs)
+  beta, se, df = _oracle((pred == 1), attrs)
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+  q = stats.t.ppf(1 - 0.05 / 6, df)
   for i, name in enumerate('abc'):
     assert rows[name]['shift'] == pytest.approx(beta[i], abs=1e-10)
     assert rows[name]['se'] == pytest.approx(se[i], rel=1e-10)
+    assert rows[name]['ci_high'] == pytest.approx(beta[i] + q[i] * se[i], rel=1e-9, abs=1e-10)
   assert rows['a']['verdict'] == 'relied on' and rows['a']['flagged']
 
 
@@ -210,3 +216,27 @@ def test_family_wise_rate_under_the_null_is_at_most_five_percent():
   se0 = np.sqrt((pinv[1:] ** 2) @ e ** 2)
   q = association.t_quantile(1 - 0.05 / 12, 200 - 7)
   assert ((np.abs(pinv[1:] @ y) > q * se0).any(0)).mean() > 0.08
+
+
+def test_a_pair_separated_by_few_images():
+  # b equals a except on k of 400 images. One image cannot decide which of the two the
+  # predictions follow (its variance has about 1 degree of freedom: Welch–Satterthwaite),
+  # nor can 3 images split 2 : 1; 10 images that all follow a can (a conditional
+  # permutation test agrees: an image of the b = 1 stratum that is alone in having a = 0
+  # is the one with ŷ = 0 with probability 1/200).
+  rng = np.random.default_rng(4)
+  a, c = rng.random((2, 400)) < 0.5
+  for k, pred, verdicts in ((1, a, ('cannot tell', 'cannot tell')),
+                            (3, np.where(np.arange(400) == 0, ~a, a), ('cannot tell',) * 2),
+                            (10, a, ('relied on', 'no evidence'))):
+    b = a.copy()
+    b[:k] ^= True
+    rows = _rows(pred.astype(int), np.stack([a, b, c], 1), ['a', 'b', 'c'])
+    assert (rows['a']['verdict'], rows['b']['verdict']) == verdicts, k
+    assert rows['a']['separated_by'] == rows['b']['separated_by'] == k
+    assert rows['c']['verdict'] == 'no evidence'
+    if verdicts[0] == 'cannot tell':
+      assert rows['a']['confounded_by'] == ['b'] and rows['b']['confounded_by'] == ['a']
+      assert np.isfinite(rows['a']['se'])
+      assert f'confounded with b ({k} test images separate it from b)' in \
+          association.verdict_text(rows['a'])

@@ -74,20 +74,22 @@ def check_inputs(pred: np.ndarray, attributes: np.ndarray, names: Sequence[str],
   return pred.astype(np.int64), x
 
 
-def t_quantile(p: float, df: float) -> float:
-  """Student t quantile at p with df degrees of freedom (inf for df ≤ 0: no residual
-  information; df = inf: the normal quantile)."""
-  if df <= 0:
-    return float('inf')
+def t_quantile(p: float, df):
+  """Student t quantile at p with df (a number or an array) degrees of freedom (inf for
+  df ≤ 0: no residual information; df = inf: the normal quantile)."""
   from scipy import stats  # pylint: disable=g-import-not-at-top  (a dependency of jax)
-  return float(stats.t.ppf(p, df))
+  df = np.asarray(df, np.float64)
+  q = np.where(df > 0, stats.t.ppf(p, np.maximum(df, 1e-12)), np.inf)
+  return float(q) if q.ndim == 0 else q
 
 
 def effects(y: np.ndarray, x: np.ndarray) -> dict:
   """Adjusted effects of every column of x [N, A] (float {0, 1}) on each outcome column of
   y [N, R] (float), with HC3-and-floor standard errors; vectorised over outcomes.
 
-  Returns {'effect' [A, R], 'se' [A, R] (inf where not identifiable), 'df' (N − rank),
+  Returns {'effect' [A, R], 'se' [A, R] (inf where not identifiable), 'df' [A, R] (the
+  t reference's degrees of freedom: Welch–Satterthwaite's for the sandwich, at most
+  N − rank; 0 where not identifiable),
   'identifiable' bool [A], 'collinear' [A] lists of column indices a is a linear function
   of (with the constant), 'residual_ss' [A] (Σ of x_a's residual on the others: the
   information left to separate a; 0 when not identifiable)}.
@@ -108,6 +110,7 @@ def effects(y: np.ndarray, x: np.ndarray) -> dict:
   xty = design.T @ y                                                  # [P, R]
   tol = 1e-8 * max(n, 1)
   eff, se = np.zeros((num_a, y.shape[1])), np.full((num_a, y.shape[1]), np.inf)
+  df = np.zeros((num_a, y.shape[1]))
   ident, collinear, rss = np.zeros(num_a, bool), [], np.zeros(num_a)
   for a in range(num_a):
     o = np.delete(np.arange(num_a + 1), a + 1)                        # the other columns
@@ -126,8 +129,13 @@ def effects(y: np.ndarray, x: np.ndarray) -> dict:
     p0 = np.clip(fit0, c, 1 - c)
     omega = np.maximum(hc3, p0 * (1 - p0))                             # [N, R]
     eff[a] = beta[a + 1]
-    se[a] = np.sqrt((pinv[a + 1] ** 2) @ omega)
-  return {'effect': eff, 'se': se, 'df': n - rank, 'identifiable': ident,
+    terms = pinv[a + 1, :, None] ** 2 * omega                          # [N, R]
+    var = terms.sum(0)
+    se[a] = np.sqrt(var)
+    # Welch–Satterthwaite: a variance resting on k images has about k degrees of freedom,
+    # however large N is (a pair of attributes separated by 1 image of 400).
+    df[a] = np.minimum(var ** 2 / np.maximum((terms ** 2).sum(0), 1e-300), n - rank)
+  return {'effect': eff, 'se': se, 'df': df, 'identifiable': ident,
           'collinear': collinear, 'residual_ss': rss}
 
 
@@ -185,7 +193,7 @@ def prediction_association(pred: np.ndarray, attributes: np.ndarray, names: Sequ
   varies = x.std(0) > 0 if len(x) else np.zeros(len(names), bool)
   cols = np.nonzero(varies)[0]
   fit = effects(y, x[:, cols]) if len(cols) else None
-  q = t_quantile(1 - (1 - level) / (2 * len(names) * len(classes)), fit['df'] if fit else 0)
+  p_level = 1 - (1 - level) / (2 * len(names) * len(classes))
   rows = []
   pairs = partners(x)
   for a, name in enumerate(names):
@@ -209,6 +217,7 @@ def prediction_association(pred: np.ndarray, attributes: np.ndarray, names: Sequ
       rows.append(row)
       continue
     e, s = fit['effect'][j], fit['se'][j]
+    q = t_quantile(p_level, fit['df'][j])                           # [K]
     i = int(np.argmax(np.abs(e)))
     lo, hi = e - q * s, e + q * s
     flagged = bool((lo[i] > 0 or hi[i] < 0) and abs(e[i]) >= min_effect)

@@ -155,6 +155,30 @@ def run_cell(cell: dict, workdir: str, base: str, num_test: int, r_test=R_TEST) 
   return line
 
 
+def rescore(line: dict, base: str = 'small') -> dict:
+  """The line with every method's rows computed again by the current code from its stored
+  predictions and flip rates (the test attributes are drawn again from their seeds; the
+  training split's attributes loaded): a change of the verdict's statistics is scored on
+  the very same classifiers."""
+  from lsei_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+  from lsei_jax.reporting import bias, representation_shift  # pylint: disable=g-import-not-at-top
+  config = truthfulness.cell_config(line, base)
+  train = data_lib.load(config.data, 'train')
+  _, ident = representation_shift.directions(np.zeros((len(train), 1)), train.attributes)
+  names, tests = line['names'], []
+  for k, t in enumerate(line['tests']):
+    rng = np.random.default_rng([line['seed'], k, 2025])
+    attrs = test_attributes(rng, line['num_test'], line['task'], line['spurious'], t['r_test'])
+    pred = np.asarray(t['pred'])
+    rows = bias.prediction_association(pred, attrs, names, line['task'], 2)
+    tests.append(dict(t, rows={
+        'prediction_association': rows,
+        'representation_shift': representation_shift.combine(
+            rows, np.asarray(t['shift_flip_rate']), ident, names, line['num_test'], len(train)),
+        'correlation_gate': gate_rows(pred, attrs, names)}))
+  return dict(line, tests=tests)
+
+
 def _embed_head(split, batch_size: int):
   """(uint8 images [N, H, W, 3] → h [N, d], h [M, d] → logits [M, C]) as NumPy, jitted."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -249,10 +273,18 @@ def main(argv=None) -> None:
   ap.add_argument('--rhos', default='0.9,1.0', help='ρ_train values')
   ap.add_argument('--difficulty', default='hard', help='easy, hard (benchmarks/truthfulness.py)')
   ap.add_argument('--table', action='store_true', help='only print the table of --out')
+  ap.add_argument('--rescore', action='store_true',
+                  help='compute every line\'s rows again with the current code (rewrites '
+                       'cells.jsonl; stored predictions and flip rates are kept)')
   ap.add_argument('--cache', default=os.path.join(tempfile.gettempdir(), 'lsei_jax_truth_jit'))
   args = ap.parse_args(argv)
   path = os.path.join(args.out, 'cells.jsonl')
-  if not args.table:
+  if args.rescore:
+    lines = [rescore(l, args.base) for l in truthfulness.read_lines(path)]
+    with open(path + '.tmp', 'w') as f:
+      f.write(''.join(json.dumps(l) + '\n' for l in lines))
+    os.replace(path + '.tmp', path)
+  elif not args.table:
     import jax  # pylint: disable=g-import-not-at-top
     jax.config.update('jax_compilation_cache_dir', args.cache)
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)

@@ -101,12 +101,13 @@ def get_config() -> ml_collections.ConfigDict:
       batch_size=256, fisher_samples=8, fisher_examples=1024, grid_rows=8,
       num_bootstrap=1000, ci_level=0.95,
       bias_bits=(),  # bits the bias report flips; () = all of them
-      # Bias report verdict (bias.prediction_association): an attribute is relied on when
-      # P(prediction | attribute) moves by at least min_effect, its Bonferroni interval
-      # excluding 0, and no other attribute of the test split correlates with it beyond
-      # max_confounding. The explainer's view (bias.reliance_report) beside it: a probe must
-      # read its attribute on real test images at least this well, shifts ≥ min_shift.
-      min_effect=0.05, max_confounding=0.1, min_probe_accuracy=0.75, min_shift=0.05))
+      # Bias report verdict (reporting/association.py): an attribute's effect on P(prediction)
+      # adjusted for the others, with HC3 intervals (Bonferroni, Welch-Satterthwaite df): relied
+      # on when the interval excludes 0 and |effect| ≥ min_effect; no evidence when it rules
+      # out |effect| ≥ max_hidden; else cannot tell (docs/truthfulness.md). The explainer's
+      # view (bias.reliance_report) beside it: a probe must read its attribute on real test
+      # images at least this well, shifts ≥ min_shift.
+      min_effect=0.05, max_hidden=0.25, min_probe_accuracy=0.75, min_shift=0.05))
   # Baseline cross-checks. TCAV: mean-difference CAVs and log-probability gradients (the
   # raw logit of a 2-class linear head carries a random, never-trained component).
   c.eval.tcav = ml_collections.ConfigDict(dict(

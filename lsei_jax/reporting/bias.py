@@ -9,6 +9,9 @@ from typing import Sequence
 
 import numpy as np
 
+# The verdict lives in association.py; bias.prediction_association is its old address.
+from lsei_jax.reporting.association import prediction_association  # noqa: F401  pylint: disable=unused-import
+
 
 def per_bit_summary(decisive: np.ndarray, pred: np.ndarray, num_classes: int) -> dict:
   """Summary of single-bit interventions.
@@ -268,83 +271,3 @@ def label_association(labels: np.ndarray, attributes: np.ndarray, names: Sequenc
     seen = [v for v in by if v is not None]
     out[name] = {'by_class': by, 'spread': float(max(seen) - min(seen)) if seen else 0.0}
   return out
-
-
-def _adjusted_effects(y: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """Least-squares coefficients of y [N] on [1, x] (x [N, A], float64, no constant column)
-  and their heteroskedasticity-robust (HC0) standard errors, each [A].
-
-  With one binary column, the coefficient is the difference of the two group means and the
-  HC0 error is the two-sample one, √(p1(1 − p1)/n1 + p0(1 − p0)/n0), exactly.
-  """
-  design = np.concatenate([np.ones((len(y), 1)), x], 1)
-  xtx_inv = np.linalg.pinv(design.T @ design)
-  beta = xtx_inv @ (design.T @ y)
-  resid = y - design @ beta
-  meat = (design * resid[:, None] ** 2).T @ design
-  cov = xtx_inv @ meat @ xtx_inv
-  return beta[1:], np.sqrt(np.maximum(np.diag(cov)[1:], 0.0))
-
-
-def prediction_association(pred: np.ndarray, attributes: np.ndarray, names: Sequence[str],
-                           task: str, num_classes: int, *, level: float = 0.95,
-                           min_effect: float = 0.05, max_confounding: float = 0.1
-                           ) -> list[dict]:
-  """Which attributes the classifier's predictions depend on, on an evaluation split whose
-  attributes are independent of each other (shapes' unbiased test split).
-
-  Where attribute a is independent of everything else, the difference
-  P(ŷ = k | a = 1) − P(ŷ = k | a = 0) is the average causal effect of a on the prediction of
-  class k: nothing else can carry it. A finite split is independent only in distribution:
-  its attributes correlate by chance (|r| ≈ 0.05 at N = 2048), and when one attribute
-  decides the predictions, that chance correlation alone moves another's difference by as
-  much (configs/shapes.py's classifier at 300 steps, seed 0, which reads colour: size
-  −0.073 and shape +0.060, both flagged, while re-rendering with either flipped changed
-  2.6% and 2.5% of its predictions; adjusted: −0.022 and +0.025). So effect_k is that
-  difference adjusted for the other attributes: the coefficient of a in the least-squares
-  fit of 1[ŷ = k] on every attribute, with HC0 standard errors. It equals the plain
-  difference where the split's attributes are uncorrelated (with one attribute, its error
-  is the two-sample one), and is exactly 0 for every other attribute when the predictions
-  are a function of a alone. The truthfulness benchmark (benchmarks/truthfulness.py)
-  measures it against the counterfactual ground truth.
-
-  Args:
-    pred: int [N] predictions of the classifier on the split; attributes: bool [N, A].
-    level: family-wise confidence of the intervals (Bonferroni over attributes × classes).
-    min_effect: the smallest |effect| reported as relied on.
-    max_confounding: |correlation| with another attribute of the split above which a's
-      effect could be that attribute's (the adjustment holds only for an additive
-      dependence): a is then reported as confounded, not relied on.
-
-  Returns one row per attribute, sorted by |shift|: shift (= effect_k, k = 1 for two
-  classes, else the class of the largest |effect|), toward_class, se, ci_low, ci_high,
-  flagged (interval excludes 0, |effect| ≥ min_effect, not confounded), confounded_by
-  (names), is_task.
-  """
-  pred = np.asarray(pred)
-  attributes = np.asarray(attributes, bool)
-  classes = [1] if num_classes == 2 else list(range(num_classes))
-  z = _normal_quantile(1 - (1 - level) / (2 * len(names) * len(classes)))
-  x = attributes.astype(np.float64)
-  sd = x.std(0)
-  varies = sd > 0                     # a constant attribute has no effect to estimate
-  corr = np.corrcoef(x.T) if len(names) > 1 else np.ones((1, 1))
-  eff = np.zeros((len(classes), len(names)))
-  se = np.full((len(classes), len(names)), np.inf)
-  for i, k in enumerate(classes):
-    if varies.any():
-      eff[i, varies], se[i, varies] = _adjusted_effects((pred == k).astype(np.float64),
-                                                        x[:, varies])
-  rows = []
-  for a, name in enumerate(names):
-    i = int(np.argmax(np.abs(eff[:, a])))         # the first class on ties, as before
-    k, e, s = classes[i], float(eff[i, a]), float(se[i, a])
-    confounded = [names[b] for b in range(len(names)) if b != a and sd[a] > 0 and sd[b] > 0
-                  and abs(corr[a, b]) > max_confounding]
-    lo, hi = e - z * s, e + z * s
-    rows.append({'attribute': name, 'shift': e, 'toward_class': int(k), 'se': s,
-                 'ci_low': lo, 'ci_high': hi, 'confounded_by': confounded,
-                 'flagged': bool((lo > 0 or hi < 0) and abs(e) >= min_effect
-                                 and not confounded),
-                 'is_task': is_task_attribute(name, task)})
-  return sorted(rows, key=lambda r: -abs(r['shift']))

@@ -12,7 +12,7 @@ import io
 import os
 
 from lsei_jax.training import atomic
-from lsei_jax.reporting import plots
+from lsei_jax.reporting import association, plots
 from lsei_jax.reporting.report import TABLE_KEYS
 
 _CSS = """body{font-family:system-ui,sans-serif;max-width:960px;margin:2em auto;color:#222}
@@ -117,10 +117,7 @@ def render(result: dict, eval_dir: str | None = None, *, task: str | None = None
 
   rows = []
   for r in result['bias_report']:
-    if r.get('confounded_by'):
-      verdict = 'cannot tell: correlated with ' + ', '.join(r['confounded_by'])
-    else:
-      verdict = 'relied on' if r['flagged'] else 'no evidence'
+    verdict = association.verdict_text(r)
     cls = 'task' if r['is_task'] and not r['flagged'] else ('sig' if r['flagged'] else '')
     rows.append([f'<td class="{cls}">{e(r["attribute"])}{" (task)" if r["is_task"] else ""}</td>',
                  e(verdict), f'{r["shift"]:+.3f}', f'[{r["ci_low"]:+.3f}, {r["ci_high"]:+.3f}]',
@@ -129,13 +126,14 @@ def render(result: dict, eval_dir: str | None = None, *, task: str | None = None
             '<p>For each attribute, how much the probability that the classifier predicts a '
             'class changes between test images with and without the attribute: '
             'P(ŷ = k | attribute) − P(ŷ = k | no attribute), adjusted for the other '
-            'attributes (their chance correlations in the split removed by a least-squares '
-            'fit on all of them), with a Bonferroni-corrected '
-            'interval. On a test split whose attributes are independent of each other this is '
-            'the attribute\'s average effect on the decision; an attribute that correlates '
-            'with another one in the test split cannot be told apart from it. '
+            'attributes (a least-squares fit on all of them), with a Bonferroni-corrected '
+            'interval (HC3 errors, t reference) that widens as the attribute correlates with '
+            'others and is never narrow on a handful of images. '
             '<b>Relied on</b>: the interval excludes 0 and the effect is at least the '
-            'configured minimum. Bold red: relied on.</p>',
+            'configured minimum; <b>no evidence</b>: the interval rules out a large effect; '
+            '<b>cannot tell</b>: it does not, e.g. an attribute that the test split never '
+            'separates from another (the row names it and how many test images separate '
+            'them). Bold red: relied on.</p>',
             _table(['attribute', 'verdict', 'effect', 'interval', 'class'], rows),
             _drawn(lambda f: plots.bias_bars(f, result['bias_report'],
                                              result.get('intervention', 'flip all bits')),

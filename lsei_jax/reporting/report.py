@@ -1,6 +1,8 @@
 """The paper's tables as plain text."""
 from __future__ import annotations
 
+from lsei_jax.reporting import association
+
 # The figures of Tables 1 and 2, in the order the reports list them.
 TABLE_KEYS = ('accuracy', 'recon_accuracy', 'agreement', 'flip_all_change', 'info_cosine',
               'info_cosine_noreg')
@@ -36,8 +38,7 @@ def format_bias(m: dict, top: int = 6) -> str:
   lines = ['Bias report: what the classifier relies on (change of P(prediction) with the '
            'attribute on the test split)']
   for r in m['bias_report'][:top]:
-    verdict = ('cannot tell: correlated with ' + ', '.join(r['confounded_by'])
-               if r.get('confounded_by') else 'relied on' if r['flagged'] else 'no evidence')
+    verdict = association.verdict_text(r)
     lines.append(f'  {r["attribute"]:>14}{" (task)" if r["is_task"] else "       "} '
                  f'{r["shift"]:+.3f} [{r["ci_low"]:+.3f}, {r["ci_high"]:+.3f}] {verdict}')
   rel = m.get('reliance')

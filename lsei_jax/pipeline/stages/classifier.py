@@ -32,7 +32,7 @@ def verdict(ctx: Context) -> dict:
   return {'bias_report': bias.prediction_association(
       np.argmax(artifacts.outputs(ctx)['logits'], -1), test.attributes, test.attribute_names,
       test.task, ctx.spec.num_classes, level=ec.ci_level, min_effect=ec.get('min_effect', 0.05),
-      max_confounding=ec.get('max_confounding', 0.1))}
+      max_hidden=ec.get('max_hidden', 0.25))}
 
 
 def data_association(ctx: Context) -> dict:

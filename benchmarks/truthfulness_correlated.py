@@ -1,0 +1,313 @@
+"""Truthfulness of the verdict on correlated test splits (issue 25): real data's attributes
+correlate, so the verdict is scored where the *test* split's do.
+
+Each classifier is trained as a --classifier_only cell of benchmarks/truthfulness.py (task
+`shape`; `spurious` agreeing with the label in a fraction ρ_train of the training images).
+It is then evaluated on test splits drawn afresh per test correlation r ∈ R_TEST: the
+spurious attribute agrees with the task w.p. (1 + r) / 2 (correlation r; r = 1: perfectly
+confounded), and so does a nuisance pair (size, position: neither correlated with the label
+in training). Ground truth on that same split: each test image re-rendered with one
+attribute flipped (shapes.render draws its nuisance from a generator state fixed by N alone,
+so the counterfactual differs in that attribute only); reliance = the flip rate.
+
+Who can separate the pair task / spurious: the test split if r < 1, the training split if
+ρ_train < 1 (only an interventional estimator can use that), neither if both are 1. The
+nuisance pair is confounded in the test split at r = 1 and independent in training.
+
+Scored per method and test correlation: coverage (share of attributes answered, i.e. not
+'cannot tell'), precision and recall of 'relied on' (recall on reliance > 0.25), FPR on
+unused attributes (truthfulness.truth: reliance at or below the largest among the
+attributes independent in training, which on the hard task can be 0.1–0.3: a real
+dependence) and on attributes with reliance < 0.05, median Spearman (as truthfulness.summarize), and
+wrong answers: 'relied on' for an unused
+attribute or 'no evidence' for one with reliance > 0.25.
+
+Methods: prediction_association (the shipped verdict, reporting/association.py);
+representation_shift (those rows, with each 'cannot tell' that a confounding attribute caused
+answered by reporting/representation_shift.py where the training split separates the pair:
+directions in h = c1(x) fitted on the training split's images); and correlation_gate (the verdict before issue 25: HC0 errors, normal reference, 'cannot tell'
+for every attribute correlated with another beyond |r| > 0.1), on the same predictions.
+
+Usage (resumable, one JSON line per classifier):
+  python benchmarks/truthfulness_correlated.py --out runs/correlated
+  python benchmarks/truthfulness_correlated.py --quick --out /tmp/c   # one tiny cell (tests)
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import truthfulness  # noqa: E402  pylint: disable=g-import-not-at-top
+
+R_TEST = (0.0, 0.3, 0.6, 0.9, 1.0)
+PAIR = ('size', 'position')
+METHODS = ('prediction_association', 'representation_shift', 'correlation_gate')
+
+
+def grid(quick: bool = False, spurious=('background', 'color'), rhos=(0.9, 1.0),
+         difficulty=('hard',), seeds=(0, 1)) -> list[dict]:
+  if quick:
+    return [dict(spurious='background', rho=1.0, difficulty='hard', seed=0,
+                 learner=truthfulness.CLASSIFIER_ONLY)]
+  return [dict(spurious=s, rho=r, difficulty=d, seed=k, learner=truthfulness.CLASSIFIER_ONLY)
+          for s, r, d, k in itertools.product(spurious, rhos, difficulty, seeds)]
+
+
+def test_attributes(rng: np.random.Generator, n: int, task: str, spurious: str, r: float,
+                    pair=PAIR) -> np.ndarray:
+  """bool [n, A]: fair coins; `spurious` correlates with `task` at r, pair[1] with pair[0]."""
+  from lsei_jax.data import shapes  # pylint: disable=g-import-not-at-top
+  names = shapes.ATTRIBUTES
+  attrs = rng.random((n, len(names))) < 0.5
+  for a, b in ((task, spurious), pair):
+    agree = rng.random(n) < (1 + r) / 2
+    attrs[:, names.index(b)] = np.where(agree, attrs[:, names.index(a)],
+                                        ~attrs[:, names.index(a)])
+  return attrs
+
+
+def render(data_config, attrs: np.ndarray, seed: int) -> np.ndarray:
+  """uint8 images of attrs; the same seed gives the same nuisance whatever attrs are."""
+  from lsei_jax.data import shapes  # pylint: disable=g-import-not-at-top
+  return shapes.render(np.random.default_rng([seed, 25]), attrs, data_config.image_size,
+                       data_config.noise, data_config.object_scale)
+
+
+def gate_rows(pred: np.ndarray, attrs: np.ndarray, names, level: float = 0.95,
+              min_effect: float = 0.05, max_confounding: float = 0.1) -> list[dict]:
+  """The verdict before issue 25, two classes (the comparison row): HC0 sandwich errors of
+  the least-squares effects, normal Bonferroni interval, a correlation gate."""
+  from lsei_jax.reporting import bias  # pylint: disable=g-import-not-at-top
+  x = attrs.astype(np.float64)
+  y = (np.asarray(pred) == 1).astype(np.float64)
+  varies = x.std(0) > 0
+  d = np.column_stack([np.ones(len(x)), x[:, varies]])
+  pinv = np.linalg.pinv(d)
+  beta = pinv @ y
+  e = np.zeros(len(names))
+  se = np.full(len(names), np.inf)
+  e[varies] = beta[1:]
+  se[varies] = np.sqrt((pinv[1:] ** 2) @ (y - d @ beta) ** 2)
+  corr = np.corrcoef(x.T)
+  z = bias._normal_quantile(1 - (1 - level) / (2 * len(names)))  # pylint: disable=protected-access
+  rows = []
+  for a, n in enumerate(names):
+    conf = [names[b] for b in range(len(names)) if b != a and varies[a] and varies[b]
+            and abs(corr[a, b]) > max_confounding]
+    flagged = bool(abs(e[a]) - z * se[a] > 0 and abs(e[a]) >= min_effect and not conf)
+    rows.append({'attribute': n, 'shift': float(e[a]), 'flagged': flagged,
+                 'verdict': 'cannot tell' if conf or not varies[a] else
+                            'relied on' if flagged else 'no evidence'})
+  return rows
+
+
+def run_cell(cell: dict, workdir: str, base: str, num_test: int, r_test=R_TEST) -> dict:
+  """Trains the cell's classifier, then per test correlation: predictions, ground truth,
+  the rows of every method. One JSON line."""
+  from lsei_jax.reporting import bias, evaluation  # pylint: disable=g-import-not-at-top
+  from lsei_jax.training import parallel, pipeline  # pylint: disable=g-import-not-at-top
+  from lsei_jax.data import shapes  # pylint: disable=g-import-not-at-top
+  from lsei_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+  from lsei_jax.reporting import representation_shift  # pylint: disable=g-import-not-at-top
+  t0 = time.time()
+  config = truthfulness.cell_config(cell, base)
+  pipeline.train(config, workdir, ('classifier',))
+  mesh = parallel.make_mesh()
+  classify = evaluation.classify_fn(pipeline.trained_split(config, workdir, mesh),
+                                    config.eval.batch_size, mesh)
+  names, task = list(shapes.ATTRIBUTES), config.data.task
+  embed, head = _embed_head(pipeline.trained_split(config, workdir, mesh), config.eval.batch_size)
+  train = data_lib.load(config.data, 'train')
+  beta, ident = representation_shift.directions(embed(train.images), train.attributes)
+  line = {'cell': truthfulness.cell_key(cell), **cell, 'names': names, 'task': task,
+          'num_test': num_test, 'tests': []}
+  for k, r in enumerate(r_test):
+    rng = np.random.default_rng([cell['seed'], k, 2025])
+    attrs = test_attributes(rng, num_test, task, cell['spurious'], r)
+    seed = int(rng.integers(2**31))
+    images = render(config.data, attrs, seed)
+    pred = np.argmax(classify(images), -1)
+    rates = representation_shift.flip_rates(embed(images), attrs, beta, head)
+    reliance = {}
+    for a, n in enumerate(names):
+      flipped = attrs.copy()
+      flipped[:, a] ^= True
+      after = np.argmax(classify(render(config.data, flipped, seed)), -1)
+      reliance[n] = {'flip_rate': float(np.mean(after != pred)), 'num_examples': num_test}
+    rows = bias.prediction_association(pred, attrs, names, task, 2)
+    line['tests'].append({
+        'r_test': r, 'accuracy': float(np.mean(pred == attrs[:, names.index(task)])),
+        'reliance': reliance, 'pred': pred.astype(int).tolist(), 'shift_flip_rate': rates.tolist(),
+        'rows': {'prediction_association': rows,
+                 'representation_shift': representation_shift.combine(
+                     rows, rates, ident, names, num_test, len(train)),
+                 'correlation_gate': gate_rows(pred, attrs, names)}})
+  line['seconds'] = time.time() - t0
+  return line
+
+
+def rescore(line: dict, base: str = 'small') -> dict:
+  """The line with every method's rows computed again by the current code from its stored
+  predictions and flip rates (the test attributes are drawn again from their seeds; the
+  training split's attributes loaded): a change of the verdict's statistics is scored on
+  the very same classifiers."""
+  from lsei_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+  from lsei_jax.reporting import bias, representation_shift  # pylint: disable=g-import-not-at-top
+  config = truthfulness.cell_config(line, base)
+  train = data_lib.load(config.data, 'train')
+  _, ident = representation_shift.directions(np.zeros((len(train), 1)), train.attributes)
+  names, tests = line['names'], []
+  for k, t in enumerate(line['tests']):
+    rng = np.random.default_rng([line['seed'], k, 2025])
+    attrs = test_attributes(rng, line['num_test'], line['task'], line['spurious'], t['r_test'])
+    pred = np.asarray(t['pred'])
+    rows = bias.prediction_association(pred, attrs, names, line['task'], 2)
+    tests.append(dict(t, rows={
+        'prediction_association': rows,
+        'representation_shift': representation_shift.combine(
+            rows, np.asarray(t['shift_flip_rate']), ident, names, line['num_test'], len(train)),
+        'correlation_gate': gate_rows(pred, attrs, names)}))
+  return dict(line, tests=tests)
+
+
+def _embed_head(split, batch_size: int):
+  """(uint8 images [N, H, W, 3] → h [N, d], h [M, d] → logits [M, C]) as NumPy, jitted."""
+  import jax  # pylint: disable=g-import-not-at-top
+  emb = jax.jit(lambda x: split.embed(split.params, x.astype(np.float32) / 255.0))
+  hd = jax.jit(lambda h: split.head(split.params, h))
+  embed = lambda images: np.concatenate([np.asarray(emb(images[i:i + batch_size]))
+                                         for i in range(0, len(images), batch_size)])
+  return embed, lambda h: np.asarray(hd(np.asarray(h, np.float32)))
+
+
+def separation(line: dict, r_test: float, attribute: str) -> str:
+  """Who separates `attribute` from the others: 'test' (the test split), 'train' (only the
+  training split: the test split confounds its pair) or 'neither'."""
+  if r_test < 1 or attribute not in (line['task'], line['spurious'], *PAIR):
+    return 'test'
+  if attribute in PAIR:         # independent of everything in training
+    return 'train'
+  return 'train' if line['rho'] < 1 else 'neither'
+
+
+def summarize(lines: list[dict], methods=METHODS) -> list[dict]:
+  """One row per (method, test correlation, who separates the attribute): pooled over the
+  cells' attributes (see the module docstring for the columns); the median Spearman of a
+  split (over all its attributes) sits in the group of its task attribute."""
+  from lsei_jax.reporting import bias  # pylint: disable=g-import-not-at-top
+  acc: dict = {}
+  for line in lines:
+    for t in line['tests']:
+      rel, relied, unused = truthfulness.truth({**line, 'reliance': t['reliance']})
+      for m in methods:
+        new = lambda: dict(dict.fromkeys(('n', 'answered', 'tp', 'fp', 'fn', 'strong',
+                                          'strong_hit', 'unused', 'fp_unused', 'wrong', 'zero',
+                                          'fp_zero'), 0),
+                           spearman=[])
+        if any(relied.values()):     # one rank correlation per split, in its first group
+          flagged = {r['attribute']: r for r in t['rows'][m] if r.get('verdict') == 'relied on'}
+          first = separation(line, t['r_test'], line['task'])
+          acc.setdefault((m, t['r_test'], first), new())['spearman'].append(bias.spearman(
+              [abs(flagged[n]['shift']) if n in flagged else 0.0 for n in line['names']],
+              [0.0 if unused[n] else rel[n] for n in line['names']]))
+        for row in t['rows'][m]:
+          n, v = row['attribute'], row.get('verdict')
+          s = acc.setdefault((m, t['r_test'], separation(line, t['r_test'], n)), new())
+          flag = v == 'relied on'
+          s['n'] += 1
+          s['answered'] += v != 'cannot tell'
+          s['tp'] += flag and relied[n]
+          s['fp'] += flag and unused[n]
+          s['fn'] += (not flag) and relied[n]
+          s['strong'] += rel[n] > truthfulness.STRONG
+          s['strong_hit'] += flag and rel[n] > truthfulness.STRONG
+          s['unused'] += unused[n]
+          s['zero'] += rel[n] < truthfulness.MARGIN
+          s['fp_zero'] += flag and rel[n] < truthfulness.MARGIN
+          s['fp_unused'] += flag and unused[n]
+          s['wrong'] += (flag and unused[n]) or (v == 'no evidence' and rel[n] > truthfulness.STRONG)
+  ratio = lambda a, b: a / b if b else None
+  return [{'method': m, 'r_test': r, 'separates': sep, 'attributes': s['n'],
+           'coverage': ratio(s['answered'], s['n']),
+           'precision': ratio(s['tp'], s['tp'] + s['fp']),
+           'recall': ratio(s['tp'], s['tp'] + s['fn']),
+           'recall_strong': ratio(s['strong_hit'], s['strong']),
+           'fpr_unused': ratio(s['fp_unused'], s['unused']), 'wrong': s['wrong'],
+           'fpr_zero': ratio(s['fp_zero'], s['zero']),
+           'median_spearman': float(np.median(s['spearman'])) if s['spearman'] else None}
+          for (m, r, sep), s in sorted(acc.items(), key=lambda kv: (
+              METHODS.index(kv[0][0]) if kv[0][0] in METHODS else len(METHODS), kv[0][0],
+              kv[0][1], kv[0][2]))]
+
+
+def format_table(rows: list[dict]) -> str:
+  num = lambda v: '—' if v is None else f'{v:.2f}'
+  head = ('| method | test r | separates | attributes | coverage | precision | recall | '
+          'recall (reliance > 0.25) | FPR (unused) | FPR (reliance < 0.05) | wrong answers | '
+          'median Spearman |')
+  return '\n'.join([head, '|' + '---|' * 12] + [
+      f'| {r["method"]} | {r["r_test"]:g} | {r["separates"]} | {r["attributes"]} | '
+      f'{num(r["coverage"])} | {num(r["precision"])} | {num(r["recall"])} | '
+      f'{num(r["recall_strong"])} | {num(r["fpr_unused"])} | {num(r["fpr_zero"])} | '
+      f'{r["wrong"]} | '
+      f'{num(r["median_spearman"])} |' for r in rows])
+
+
+def main(argv=None) -> None:
+  ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  ap.add_argument('--out', default='runs/correlated', help='folder of cells.jsonl')
+  ap.add_argument('--quick', action='store_true', help='one tiny cell (what the test runs)')
+  ap.add_argument('--base', default='small')
+  ap.add_argument('--num_test', type=int, default=1024)
+  ap.add_argument('--seeds', default='0,1')
+  ap.add_argument('--spurious', default='background,color')
+  ap.add_argument('--rhos', default='0.9,1.0', help='ρ_train values')
+  ap.add_argument('--difficulty', default='hard', help='easy, hard (benchmarks/truthfulness.py)')
+  ap.add_argument('--table', action='store_true', help='only print the table of --out')
+  ap.add_argument('--rescore', action='store_true',
+                  help='compute every line\'s rows again with the current code (rewrites '
+                       'cells.jsonl; stored predictions and flip rates are kept)')
+  ap.add_argument('--cache', default=os.path.join(tempfile.gettempdir(), 'lsei_jax_truth_jit'))
+  args = ap.parse_args(argv)
+  path = os.path.join(args.out, 'cells.jsonl')
+  if args.rescore:
+    lines = [rescore(l, args.base) for l in truthfulness.read_lines(path)]
+    with open(path + '.tmp', 'w') as f:
+      f.write(''.join(json.dumps(l) + '\n' for l in lines))
+    os.replace(path + '.tmp', path)
+  elif not args.table:
+    import jax  # pylint: disable=g-import-not-at-top
+    jax.config.update('jax_compilation_cache_dir', args.cache)
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
+    os.makedirs(args.out, exist_ok=True)
+    done = {l['cell'] for l in truthfulness.read_lines(path)} if os.path.exists(path) else set()
+    base, num_test = ('tiny', 64) if args.quick else (args.base, args.num_test)
+    split = lambda v: [x for x in v.split(',') if x]
+    for cell in grid(args.quick, split(args.spurious), [float(r) for r in split(args.rhos)],
+                     split(args.difficulty), [int(k) for k in split(args.seeds)]):
+      if truthfulness.cell_key(cell) in done:
+        continue
+      with tempfile.TemporaryDirectory() as wd:
+        line = run_cell(cell, wd, base, num_test)
+      with open(path, 'a') as f:
+        f.write(json.dumps(line) + '\n')
+      print(f'{line["cell"]}: {line["seconds"]:.0f} s, reliance at r = 0: ' + str(
+          {k: round(v['flip_rate'], 2) for k, v in line['tests'][0]['reliance'].items()}),
+            flush=True)
+  rows = summarize(truthfulness.read_lines(path))
+  print(format_table(rows))
+  with open(os.path.join(args.out, 'summary.json'), 'w') as f:
+    json.dump(rows, f, indent=2)
+
+
+if __name__ == '__main__':
+  main()

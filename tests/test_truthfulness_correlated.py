@@ -1,0 +1,116 @@
+"""benchmarks/truthfulness_correlated.py: correlated test splits, their ground truth, the
+scoring (coverage, wrong answers), and its quick cell end to end."""
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), 'benchmarks'))
+import truthfulness_correlated as tc  # noqa: E402  pylint: disable=g-import-not-at-top
+
+NAMES = ['shape', 'color', 'size', 'position', 'background', 'texture']
+
+
+def test_test_split_correlations_are_the_grid_values():
+  # n = 20,000: the correlation's s.e. is ≤ 1/√n = 0.007; 0.03 is over 4 s.e.
+  for r in (0.0, 0.3, 0.6, 0.9, 1.0):
+    attrs = tc.test_attributes(np.random.default_rng(0), 20_000, 'shape', 'background', r)
+    c = np.corrcoef(attrs.T.astype(float))
+    assert c[0, 4] == pytest.approx(r, abs=0.03) and c[2, 3] == pytest.approx(r, abs=0.03)
+    assert abs(c[0, 1]) < 0.03 and abs(c[0, 5]) < 0.03
+
+
+def test_counterfactual_renders_differ_in_the_flipped_attribute_only():
+  from configs import tiny  # pylint: disable=g-import-not-at-top
+  data = tiny.get_config().data
+  attrs = tc.test_attributes(np.random.default_rng(1), 16, 'shape', 'color', 0.6)
+  base = tc.render(data, attrs, 7)
+  assert np.array_equal(base, tc.render(data, attrs, 7))
+  flipped = attrs.copy()
+  flipped[:, 5] ^= True                       # texture: the object's pixels only
+  changed = np.any(base != tc.render(data, flipped, 7), axis=(1, 2, 3))
+  assert changed.any()
+  bg = attrs.copy()
+  bg[:, 4] ^= True                            # background: every image changes
+  assert np.all(np.any(base != tc.render(data, bg, 7), axis=(1, 2, 3)))
+
+
+def _line(rho, tests):
+  return {'names': NAMES, 'task': 'shape', 'spurious': 'background', 'rho': rho,
+          'tests': tests}
+
+
+def _test(r, rel, verdicts):
+  return {'r_test': r, 'reliance': {n: {'flip_rate': v, 'num_examples': 1024}
+                                    for n, v in zip(NAMES, rel)},
+          'rows': {m: [{'attribute': n, 'verdict': v, 'shift': x}
+                       for n, v, x in zip(NAMES, verdicts, rel)]
+                   for m in tc.METHODS}}
+
+
+def test_scoring_counts_coverage_and_wrong_answers_apart():
+  rel = [0.9, 0.02, 0.03, 0.02, 0.6, 0.01]     # shape and background relied on
+  ok = ['relied on', 'no evidence', 'no evidence', 'no evidence', 'relied on', 'no evidence']
+  bad = ['relied on', 'relied on', 'cannot tell', 'no evidence', 'no evidence', 'cannot tell']
+  rows = tc.summarize([_line(0.9, [_test(0.6, rel, ok), _test(1.0, rel, bad)]),
+                       _line(1.0, [_test(1.0, rel, bad)])])
+  by = {(r['method'], r['r_test'], r['separates']): r for r in rows}
+  good = by[('prediction_association', 0.6, 'test')]
+  assert good['coverage'] == 1.0 and good['precision'] == good['recall'] == 1.0
+  assert good['recall_strong'] == 1.0 and good['fpr_unused'] == 0.0 and good['wrong'] == 0
+  assert good['median_spearman'] == pytest.approx(1.0)
+  # At r = 1 each attribute is grouped by who separates it: shape / background by training
+  # where ρ_train < 1 (else neither), the nuisance pair size / position by training, color
+  # and texture by the test split. Unused: reliance ≤ 0.03 (the largest independent one).
+  train = by[('prediction_association', 1.0, 'train')]
+  # shape right; background 'no evidence' at reliance 0.6 is wrong; size 'cannot tell' is
+  # not wrong, only uncovered; position right; the second line's size / position alike.
+  assert train['attributes'] == 6 and train['coverage'] == pytest.approx(4 / 6)
+  assert train['wrong'] == 1 and train['recall_strong'] == 0.5 and train['fpr_unused'] == 0
+  test = by[('prediction_association', 1.0, 'test')]     # color 'relied on' while unused
+  assert test['attributes'] == 4 and test['wrong'] == 2 and test['fpr_unused'] == 0.5
+  assert test['fpr_zero'] == 0.5          # color's reliance 0.02 < 0.05
+  neither = by[('correlation_gate', 1.0, 'neither')]
+  assert neither['attributes'] == 2 and neither['wrong'] == 1 and neither['coverage'] == 1.0
+  assert [r['method'] for r in rows][:3] == ['prediction_association'] * 3
+
+
+def test_the_old_gate_refuses_a_correlated_pair_the_new_verdict_answers():
+  from lsei_jax.reporting import bias  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  attrs = tc.test_attributes(rng, 2048, 'shape', 'background', 0.6)
+  pred = attrs[:, 0].astype(int)
+  old = {r['attribute']: r['verdict'] for r in tc.gate_rows(pred, attrs, NAMES)}
+  new = {r['attribute']: r['verdict'] for r in bias.prediction_association(pred, attrs, NAMES,
+                                                                           'shape', 2)}
+  assert old['shape'] == old['background'] == old['size'] == 'cannot tell'
+  assert new['shape'] == 'relied on' and new['background'] == new['size'] == 'no evidence'
+
+
+@pytest.mark.slow
+def test_quick_cell_end_to_end_and_resumes(tmp_path, capsys):
+  out = str(tmp_path / 'c')
+  tc.main(['--quick', '--out', out])
+  lines = [json.loads(l) for l in open(os.path.join(out, 'cells.jsonl'))]
+  assert len(lines) == 1 and [t['r_test'] for t in lines[0]['tests']] == list(tc.R_TEST)
+  for t in lines[0]['tests']:
+    assert set(t['reliance']) == set(NAMES) and len(t['pred']) == 64
+    assert {r['attribute'] for r in t['rows']['prediction_association']} == set(NAMES)
+  summary = json.load(open(os.path.join(out, 'summary.json')))
+  assert {r['method'] for r in summary} == set(tc.METHODS)
+  assert '| prediction_association | 1 | neither |' in capsys.readouterr().out
+  tc.main(['--quick', '--out', out])
+  assert len(open(os.path.join(out, 'cells.jsonl')).readlines()) == 1
+
+
+@pytest.mark.slow
+def test_rescore_reproduces_the_rows_of_a_fresh_run(tmp_path):
+  # The attributes drawn again from their seeds are the run's: rows computed again equal
+  # the stored ones exactly.
+  out = str(tmp_path / 'c')
+  tc.main(['--quick', '--out', out])
+  line = json.loads(open(os.path.join(out, 'cells.jsonl')).readline())
+  again = tc.rescore(line, 'tiny')
+  assert json.loads(json.dumps(again)) == line

@@ -113,19 +113,20 @@ def gate_rows(pred: np.ndarray, attrs: np.ndarray, names, level: float = 0.95,
 def run_cell(cell: dict, workdir: str, base: str, num_test: int, r_test=R_TEST) -> dict:
   """Trains the cell's classifier, then per test correlation: predictions, ground truth,
   the rows of every method. One JSON line."""
-  from lsei_jax.reporting import bias, evaluation  # pylint: disable=g-import-not-at-top
-  from lsei_jax.training import parallel, pipeline  # pylint: disable=g-import-not-at-top
+  from lsei_jax import pipeline  # pylint: disable=g-import-not-at-top
+  from lsei_jax.pipeline import artifacts, evaluation  # pylint: disable=g-import-not-at-top
+  from lsei_jax.reporting import bias  # pylint: disable=g-import-not-at-top
   from lsei_jax.data import shapes  # pylint: disable=g-import-not-at-top
   from lsei_jax import data as data_lib  # pylint: disable=g-import-not-at-top
   from lsei_jax.reporting import representation_shift  # pylint: disable=g-import-not-at-top
   t0 = time.time()
   config = truthfulness.cell_config(cell, base)
   pipeline.train(config, workdir, ('classifier',))
-  mesh = parallel.make_mesh()
-  classify = evaluation.classify_fn(pipeline.trained_split(config, workdir, mesh),
-                                    config.eval.batch_size, mesh)
+  ctx = evaluation.load(config, workdir, ['classifier'])
+  mesh, split = ctx.mesh, ctx.classifier
+  classify = artifacts.classify_fn(split, config.eval.batch_size, mesh)
   names, task = list(shapes.ATTRIBUTES), config.data.task
-  embed, head = _embed_head(pipeline.trained_split(config, workdir, mesh), config.eval.batch_size)
+  embed, head = _embed_head(split, config.eval.batch_size)
   train = data_lib.load(config.data, 'train')
   beta, ident = representation_shift.directions(embed(train.images), train.attributes)
   line = {'cell': truthfulness.cell_key(cell), **cell, 'names': names, 'task': task,

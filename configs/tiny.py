@@ -18,7 +18,7 @@ def get_config():
   c.explainer.update(steps=12, batch_size=16, fisher_batch=8, fisher_samples=2,
                      info_examples=64)
   c.inn.update(steps=12, batch_size=32, warmup_steps=2, num_steps=2, hidden=(16,),
-               pairs_per_example=2)
+               pairs_per_example=2, factor_dim=1)
   c.checkpoint.update(every_steps=4, max_to_keep=3)
   c.eval.update(batch_size=32, fisher_samples=2, fisher_examples=32, grid_rows=4,
                 num_bootstrap=100)

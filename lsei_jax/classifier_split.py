@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lsei_jax import errors
+from lsei_jax import errors, fingerprints
 
 Array = jax.Array
 
@@ -334,8 +334,7 @@ def random_head(split: ClassifierSplit, key: Array, images: Array) -> Classifier
 def _random_head_identity(split: ClassifierSplit, key: Array, images: Array) -> str:
   """What a random head is a pure function of: the classifier (its own identity, or its
   params' and functions' hash), the key and the probe images' bytes."""
-  from lsei_jax.training import given  # pylint: disable=g-import-not-at-top  (a cycle)
-  digest = hashlib.sha256(given.fingerprint(split).encode())
+  digest = hashlib.sha256(fingerprints.split(split).encode())
   digest.update(np.asarray(jax.random.key_data(key)).tobytes())
   digest.update(np.ascontiguousarray(np.asarray(images, np.float32)).tobytes())
   return digest.hexdigest()[:16]

@@ -282,7 +282,8 @@ def test_atomic_write_keeps_the_old_file_when_the_disk_is_full(tmp_path):
 
 
 def test_eval_on_a_full_disk_keeps_the_previous_figure(workdir_copy, tiny_config, monkeypatch):
-  from lsei_jax.pipeline import evaluation, plots
+  from lsei_jax.pipeline import evaluation
+  from lsei_jax.reporting import plots
   eval_dir = os.path.join(workdir_copy, 'eval')
   os.makedirs(eval_dir, exist_ok=True)
   fig = os.path.join(eval_dir, 'fig3_grid.png')

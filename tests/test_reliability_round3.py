@@ -150,7 +150,7 @@ def test_explain_on_changed_arrays_is_refused_naming_the_data(tmp_path, tiny_con
   assert run.metrics['num_examples'] == int((a['split'] == 'test').sum())
   for sanity in (False, True):
     config.sanity.enabled = sanity
-    with pytest.raises(errors.UserError, match=r'^the training data changed since stage dvae '
+    with pytest.raises(errors.UserError, match=r'^the training data changed since stage concepts '
                                                r'.*: its attributes, images differ') as e:
       lsei_jax.explain(split, _changed(a), config=config, workdir=workdir)
     assert 'classifier' not in str(e.value)

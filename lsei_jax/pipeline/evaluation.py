@@ -32,7 +32,7 @@ def load(config, workdir: str, names=None, *, classifier: ClassifierSplit | None
   spec, test = resolve(config, 'test', classifier=classifier, mesh=mesh, check=False)
   ctx = Context(spec, workdir, test, split='test')
   if names is None:
-    names = [n.name for n in graph.GRAPH if n.present(ctx) and n.name != 'sanity']
+    names = [n.name for n in graph.GRAPH if n.present(ctx)]
   graph.load_nodes(ctx, names)
   return ctx
 

@@ -20,24 +20,13 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from lsei_jax.data import fingerprint as fingerprint_lib
+from lsei_jax.fingerprints import params as fingerprint  # noqa: F401  (a stage's params)
 from lsei_jax.training import signature as signature_lib
 from lsei_jax.errors import UserError, disk_full, disk_full_message
 
 
 class CheckpointError(UserError, RuntimeError):
   """A checkpoint is missing, from another stage, or inconsistent with its upstream."""
-
-
-def fingerprint(params: Any) -> str:
-  """Short sha256 of a pytree's paths, shapes, dtypes and values (identical on all hosts)."""
-  digest = hashlib.sha256()
-  leaves = jax.tree_util.tree_flatten_with_path(params)[0]
-  for path, leaf in leaves:
-    arr = np.asarray(jax.device_get(leaf))
-    digest.update(jax.tree_util.keystr(path).encode())
-    digest.update(f'{arr.dtype}{arr.shape}'.encode())
-    digest.update(np.ascontiguousarray(arr).tobytes())
-  return digest.hexdigest()[:16]
 
 
 def _jsonable(tree: Any) -> Any:

@@ -112,5 +112,4 @@ def evaluate_sanity(ctx: Context) -> dict:
 
 NODE = SanityNode('sanity', (), 'sanity', trained=False,
                   enabled=lambda config: config.sanity.enabled,
-                  present=lambda ctx: ctx.spec.config.sanity.enabled,
                   evaluators=(evaluate_sanity,))

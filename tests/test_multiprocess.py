@@ -31,11 +31,10 @@ def _params(workdir, config):
   """Final parameters of each stage, restored onto this process's devices (the 2-process
   checkpoints were written on another topology: the template's shardings place them)."""
   mesh = parallel.make_mesh()
-  spec = pipeline.make_spec(config)
+  spec = pipeline.make_spec(config, mesh)
   out = {}
   for stage in ('classifier', 'concepts'):
-    state, meta = load_complete(workdir, stage, pipeline.template_state(spec, stage,
-                                                                        mesh))
+    state, meta = load_complete(workdir, stage, pipeline.template_state(spec, stage))
     out[stage] = jax.tree.map(np.asarray, state.params)
   return out
 

@@ -29,6 +29,8 @@ from lsei_jax.training import parallel, steps
 from lsei_jax import pipeline
 from lsei_jax.training.trainer import load_complete
 
+pytestmark = pytest.mark.slow  # trains through the pipeline (the quick tier skips it)
+
 KEYS = range(5)
 
 

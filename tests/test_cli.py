@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.slow  # trains through the pipeline (the quick tier skips it)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

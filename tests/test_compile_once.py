@@ -13,6 +13,9 @@ from lsei_jax.training import parallel
 from lsei_jax import pipeline
 from lsei_jax.pipeline import frozen, identity
 from lsei_jax.pipeline.stages import explainer as explainer_stage
+import pytest  # noqa: E402
+
+pytestmark = pytest.mark.slow  # trains through the pipeline (the quick tier skips it)
 
 
 def _traces_during(fn) -> list[str]:

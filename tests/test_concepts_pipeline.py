@@ -10,6 +10,8 @@ from lsei_jax import concepts, data, interventions
 from lsei_jax.pipeline import evaluation
 from lsei_jax import pipeline
 
+pytestmark = pytest.mark.slow  # trains through the pipeline (the quick tier skips it)
+
 
 @pytest.mark.parametrize('kind', ['topk_sae', 'nmf'])
 def test_pipeline_and_evaluation_run_with_each_learner(kind, tiny_config, tmp_path):

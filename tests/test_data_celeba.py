@@ -11,6 +11,8 @@ pytest.importorskip('grain')
 from lsei_jax import data as data_lib  # noqa: E402
 from lsei_jax.data import bias_splits, celeba, celeba_fake, prepare_celeba  # noqa: E402
 
+pytestmark = pytest.mark.slow  # trains through the pipeline (the quick tier skips it)
+
 NUM = 400  # fake images: 280 train, 60 validation, 60 test
 
 

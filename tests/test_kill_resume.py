@@ -71,6 +71,9 @@ def test_sigkill_mid_stage_then_rerun_matches_uninterrupted(tmp_path):
 CHILD = '''
 import os, runpy, sys
 import orbax.checkpoint._src.path.atomicity as atomicity
+import pytest  # noqa: E402
+
+pytestmark = pytest.mark.slow  # trains through the pipeline (the quick tier skips it)
 original = atomicity.AtomicRenameTemporaryPath.finalize
 async def finalize(self, *args, **kwargs):
   # Die in the middle of saving classifier step 8: files written, rename not done.

@@ -8,6 +8,8 @@ from lsei_jax.reporting.report import TABLE_KEYS
 from lsei_jax.training import checkpoints, signature, validate
 from lsei_jax import pipeline
 
+pytestmark = pytest.mark.slow  # trains through the pipeline (the quick tier skips it)
+
 # Tolerances on the tiny config (64 test images) with the DVAE trained to confident codes
 # (100 steps; at 12 a few near-zero logits flip between the runs and ĥ with them): the rates
 # within two test images. The information cosines of 12-step explainers are chaotic: between

@@ -9,6 +9,9 @@ import numpy as np
 from lsei_jax.training import parallel
 from lsei_jax import pipeline
 from lsei_jax.training.trainer import load_complete
+import pytest  # noqa: E402
+
+pytestmark = pytest.mark.slow  # trains through the pipeline (the quick tier skips it)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARGS = ['--config=configs/tiny.py', '--stages=classifier,concepts',

@@ -20,6 +20,8 @@ from lsei_jax.pipeline import identity
 from lsei_jax import data as data_lib
 from lsei_jax import errors
 
+pytestmark = pytest.mark.slow  # trains through the pipeline (the quick tier skips it)
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 

@@ -9,6 +9,8 @@ from lsei_jax.pipeline import identity
 from lsei_jax.pipeline import evaluation
 from lsei_jax.training.trainer import NonFiniteError
 
+pytestmark = pytest.mark.slow  # trains through the pipeline (the quick tier skips it)
+
 
 class Interrupt(Exception):
   pass

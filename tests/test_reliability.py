@@ -18,6 +18,8 @@ from PIL import Image
 from lsei_jax.training import checkpoints
 from lsei_jax import pipeline
 
+pytestmark = pytest.mark.slow  # trains through the pipeline (the quick tier skips it)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -518,6 +518,8 @@ _FINGERPRINT_SCRIPT = '''
 import jax, lsei_jax
 from examples import resnet
 from lsei_jax.training import given
+
+pytestmark = pytest.mark.slow  # trains through the pipeline (the quick tier skips it)
 model = resnet.ResNet(widths=(4, 8), num_classes=3)
 x = jax.random.uniform(jax.random.key(1), (4, 16, 16, 3))
 v = model.init(jax.random.key(0), x[:1])

@@ -1,6 +1,7 @@
 """The declarative stage graph and its named random streams."""
 import jax
 import numpy as np
+import pytest
 
 from lsei_jax import pipeline
 
@@ -21,6 +22,7 @@ def test_streams_are_named_not_positional():
   assert not np.array_equal(a, jax.random.key_data(pipeline.stream(1, 'dvae')))
 
 
+@pytest.mark.slow
 def test_explainers_share_their_stream(tmp_path, tiny_config):
   # With λ = 0 the two explainers are the same training problem: same initialisation and
   # batches (one stream), so Table 2's comparison differs in the regularizer only.

@@ -10,6 +10,8 @@ from configs import shapes3
 from lsei_jax.reporting import bias
 from lsei_jax import data as data_lib
 
+pytestmark = pytest.mark.slow  # trains through the pipeline (the quick tier skips it)
+
 
 @pytest.fixture(scope='module')
 def three_class_run(tmp_path_factory):

@@ -10,6 +10,8 @@ import pytest
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), 'benchmarks'))
 import truthfulness_correlated as tc  # noqa: E402  pylint: disable=g-import-not-at-top
 
+pytestmark = pytest.mark.slow  # trains through the pipeline (the quick tier skips it)
+
 NAMES = ['shape', 'color', 'size', 'position', 'background', 'texture']
 
 

@@ -7,6 +7,9 @@ import sys
 import time
 
 from lsei_jax.training import checkpoints
+import pytest
+
+pytestmark = pytest.mark.slow  # trains through the pipeline (the quick tier skips it)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARGS = ['--config=configs/tiny.py', '--stages=classifier,concepts',
@@ -71,9 +74,6 @@ def test_sigkill_mid_stage_then_rerun_matches_uninterrupted(tmp_path):
 CHILD = '''
 import os, runpy, sys
 import orbax.checkpoint._src.path.atomicity as atomicity
-import pytest  # noqa: E402
-
-pytestmark = pytest.mark.slow  # trains through the pipeline (the quick tier skips it)
 original = atomicity.AtomicRenameTemporaryPath.finalize
 async def finalize(self, *args, **kwargs):
   # Die in the middle of saving classifier step 8: files written, rename not done.

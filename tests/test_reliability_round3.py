@@ -17,6 +17,8 @@ from lsei_jax import pipeline
 from lsei_jax.pipeline import identity
 from lsei_jax.training import checkpoints
 
+pytestmark = pytest.mark.slow  # trains through the pipeline (the quick tier skips it)
+
 
 # ------------------------------------------------------------ 1. the data's fingerprint
 def _arrays(config):
@@ -518,8 +520,6 @@ _FINGERPRINT_SCRIPT = '''
 import jax, lsei_jax
 from examples import resnet
 from lsei_jax.training import given
-
-pytestmark = pytest.mark.slow  # trains through the pipeline (the quick tier skips it)
 model = resnet.ResNet(widths=(4, 8), num_classes=3)
 x = jax.random.uniform(jax.random.key(1), (4, 16, 16, 3))
 v = model.init(jax.random.key(0), x[:1])

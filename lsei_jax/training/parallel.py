@@ -6,6 +6,7 @@ multi-host pod (each host feeds its own slice of the global batch).
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, Callable
 
@@ -94,15 +95,27 @@ def data_parallel_step(step_fn: Callable, mesh: jax.sharding.Mesh, num_replicate
 def every_nth(every: int, on_step: Callable, off_step: Callable) -> Callable:
   """A step that runs on_step when state.step % every == 0 and off_step otherwise.
 
-  Chosen on the host (one scalar read per step) rather than with lax.cond: XLA:CPU runs
-  the convolutions inside a conditional's branches far slower than at top level.
+  Chosen on the host rather than with lax.cond: XLA:CPU runs the convolutions inside a
+  conditional's branches far slower than at top level. Called directly it reads state.step
+  (one device sync); the training loop asks `.for_step(step)` with its own step index
+  instead, so that it never waits on the device to pick the next step.
   """
   if every <= 1:
     return on_step
+  return _EveryNth(every, on_step, off_step)
 
-  def step(state, *args):
-    return (on_step if int(state.step) % every == 0 else off_step)(state, *args)
-  return step
+
+@dataclasses.dataclass(frozen=True)
+class _EveryNth:
+  every: int
+  on_step: Callable
+  off_step: Callable
+
+  def for_step(self, step: int) -> Callable:
+    return self.on_step if step % self.every == 0 else self.off_step
+
+  def __call__(self, state, *args):
+    return self.for_step(int(state.step))(state, *args)
 
 
 def data_parallel_apply(fn: Callable, mesh: jax.sharding.Mesh,

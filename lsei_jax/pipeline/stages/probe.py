@@ -11,7 +11,7 @@ import numpy as np
 
 from lsei_jax.pipeline import artifacts, frozen
 from lsei_jax.pipeline.node import Context, Node
-from lsei_jax.pipeline.stages import float_images, image0, init_state
+from lsei_jax.pipeline.stages import host_batch, image0, init_state, on_float_images
 from lsei_jax.pipeline.stages.concepts import hhat_train
 from lsei_jax.pipeline.stages.explainer import balance_weights
 from lsei_jax.reporting import bias
@@ -46,7 +46,7 @@ def _inputs(ctx: Context):
   ds = ctx.data
   arrays = {'image': np.concatenate([ds.images, generated]),
             'attributes': np.concatenate([ds.attributes, ds.attributes]).astype(np.float32)}
-  return arrays, float_images
+  return arrays, host_batch
 
 
 def probes(ctx: Context) -> dict:
@@ -99,7 +99,8 @@ NODE = Node(
     ('data', 'model.probe', 'model.explainer', 'probe'),
     template=lambda spec, rng: init_state(spec.mods.probe, rng, image0(spec), spec.config.probe),
     step=lambda ctx: parallel.data_parallel_step(
-        steps.probe_step, ctx.mesh, compiler_options=parallel.convnet_compiler_options()),
+        on_float_images(steps.probe_step), ctx.mesh,
+        compiler_options=parallel.convnet_compiler_options()),
     inputs=_inputs,
     # Real images and g(ĥ) of them: the train split's weights twice.
     weights=lambda ctx: (None if balance_weights(ctx, 'probe') is None

@@ -48,7 +48,7 @@ run() { local t; t=$(limit "$1"); shift
         setsid "$@" <&0 & local pid=$!
         # The timer acts only if its sleep ran out; ending that sleep early disarms it.
         ( sleep "$t" && { echo "stopped at its ${t}s limit"; kill -TERM -- "-$pid"
-          sleep 3; kill -KILL -- "-$pid"; } 2>/dev/null ) & local timer=$!
+          sleep 3; kill -KILL -- "-$pid"; } ) 2>/dev/null & local timer=$!
         wait "$pid"; local rc=$?
         pkill -P "$timer" -x sleep 2>/dev/null; wait "$timer" 2>/dev/null
         return $rc; }
@@ -74,7 +74,7 @@ except ImportError:
   print("no torch")'; } 2>&1 | tee "$OUT/versions.txt"
 
 part "float32 precision at JAX's default (relative error against float64)"
-run 30 "$PY" - <<'EOF' 2>&1 | tee "$OUT/precision.txt"
+run 25 "$PY" - <<'EOF' 2>&1 | tee "$OUT/precision.txt"
 import jax, jax.numpy as jnp, numpy as np
 jax.config.update('jax_enable_x64', True)  # the float64 reference; the tested arrays are float32
 print('backend', jax.default_backend())
@@ -93,22 +93,22 @@ for p in (None, 'highest'):
 EOF
 
 part "exact-oracle tests on the $DEVICE"
-run 100 env JAX_PLATFORMS="$DEVICE" "$PY" -m pytest -q --tb=line -p no:cacheprovider \
+run 80 env JAX_PLATFORMS="$DEVICE" "$PY" -m pytest -q --tb=line -p no:cacheprovider \
   tests/test_fisher.py tests/test_layers.py \
   tests/test_loop.py::test_device_conversion_of_uint8_is_bitwise_the_hosts 2>&1 \
   | tee "$OUT/tests.txt" | tail -15
 
 part "compare.py --device $DEVICE (64x64)"
-run 130 "$PY" benchmarks/compare.py --device "$DEVICE" --python_ref "$PY" --ref_dir "$REF" \
+run 120 "$PY" benchmarks/compare.py --device "$DEVICE" --python_ref "$PY" --ref_dir "$REF" \
   --images 64 --tries 1 --quiet 1 --max_wait 0 2>&1 | tee "$OUT/compare.txt" | tail -8
 
 part "time to an explanation: demo, $TTE_ARGS"
 # shellcheck disable=SC2086  # TTE_ARGS is a list of arguments
-run 180 "$PY" benchmarks/time_to_explanation.py --scenario demo --cache_dir "$CACHE" $TTE_ARGS \
+run 170 "$PY" benchmarks/time_to_explanation.py --scenario demo --cache_dir "$CACHE" $TTE_ARGS \
   2>&1 | tee "$OUT/time_to_explanation.txt" | grep -v 'it/s' | tail -16
 
 part "each stage's loop against its step (demo config, cache of part 4)"
 # shellcheck disable=SC2086
-run 100 "$PY" benchmarks/loop_throughput.py $LOOP_ARGS 2>&1 | grep -v 'it/s' \
+run 90 "$PY" benchmarks/loop_throughput.py $LOOP_ARGS 2>&1 | grep -v 'it/s' \
   | tee "$OUT/loop.txt" | grep -v '^[IW][0-9]' | tail -12
 part "done in $(( $(date +%s) - START )) s"

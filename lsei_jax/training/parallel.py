@@ -141,16 +141,23 @@ def map_in_batches(apply: Callable, params: Any, arrays: dict[str, np.ndarray],
   Every process passes the same full arrays; the last batch is padded to the batch size
   (one compilation) and the padding dropped. Process p feeds its slice of each batch.
   """
+  outs = list(map_batches(apply, params, arrays, batch_size, mesh, desc))
+  return jax.tree.map(lambda *xs: np.concatenate(xs), *outs)
+
+
+def map_batches(apply: Callable, params: Any, arrays: dict[str, np.ndarray],
+                batch_size: int, mesh: jax.sharding.Mesh, desc: str | None = None):
+  """map_in_batches one batch at a time: yields the outputs of consecutive rows (NumPy, the
+  padding of the last batch dropped), so that a caller can write them out instead of
+  holding them. `arrays` may be anything indexable by an index array (data.rows.Rows)."""
   from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
   check_batch(batch_size, mesh, 'eval batch size')
   n = len(next(iter(arrays.values())))
-  outs = []
   pc, pi = jax.process_count(), jax.process_index()
   local = batch_size // pc
   for start in tqdm(range(0, n, batch_size), desc=desc, disable=desc is None, leave=False):
     idx = np.arange(start, start + batch_size) % max(n, 1)
     idx = idx[pi * local:(pi + 1) * local]
     batch = shard_batch({k: v[idx] for k, v in arrays.items()}, mesh)
-    outs.append(to_host(apply(params, batch)))
-  out = jax.tree.map(lambda *xs: np.concatenate(xs)[:n], *outs)
-  return out
+    keep = min(batch_size, n - start)
+    yield jax.tree.map(lambda x: x[:keep], to_host(apply(params, batch)))

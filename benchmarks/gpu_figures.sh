@@ -19,7 +19,7 @@
 # (ml_collections, tensorboardX) are installed from .whl/ when it holds wheels, never from
 # the network. Logs land in $OUT (default /tmp/gpu_figures): at most 7 files.
 # Dry run without a GPU (every part degrades to a logged failure or a CPU run):
-#   DEVICE=cpu TOTAL=240 TTE_ARGS='--runs cold' LOOP_ARGS='--steps 10 --every 5
+#   DEVICE=cpu TOTAL=240 TTE_ARGS='--runs cold' LOOP_ARGS='--steps 10 --log_every 2
 #     --bench_steps 3' bash benchmarks/gpu_figures.sh
 set -u
 START=$(date +%s)

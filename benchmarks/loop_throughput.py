@@ -3,13 +3,14 @@ loop should reach ≥ 70% of the step on an accelerator).
 
   python benchmarks/loop_throughput.py                          # the demo, configs/shapes.py
   python benchmarks/loop_throughput.py --image_size 64 --steps 100
-  python benchmarks/loop_throughput.py --steps 20 --bench_steps 5   # a quick check
+  python benchmarks/loop_throughput.py --steps 20 --log_every 5 --bench_steps 5   # quick
 
 Trains every stage of configs/shapes.py (optionally with other sizes) in one pipeline.train
-call, as train.py does, with a checkpoint every --every steps and a hook timing each one:
-the loop's images/s is (last − first checkpointed step) × batch / the seconds between them,
-so the compilation and the first steps are left out, and the checkpoints written between
-count (one per --every steps, as in a run). Then the same compiled step, on the trained
+call, as train.py does, timing each metrics write (every --log_every steps, after the loop
+has fetched that window's metrics from the device, so the steps before it are done): the
+loop's images/s is (last − first logged step) × batch / the seconds between them, so the
+compilation and the first steps are left out, and the checkpoints written between count
+(the config's cadence, or --every, as in a run). Then the same compiled step, on the trained
 state and one batch of the stage's own data already on the device, is called --bench_steps
 times back to back (timed to the last result): the step's images/s. One JSON line per stage
 with both and their ratio; the sanity run's stages are left out (the same steps again).
@@ -53,7 +54,9 @@ def step_throughput(stage, state, mesh, num_steps: int) -> float:
 def main():
   ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   ap.add_argument('--steps', type=int, default=0, help='steps per stage (default: the config)')
-  ap.add_argument('--every', type=int, default=50, help='checkpoint every this many steps')
+  ap.add_argument('--every', type=int, default=0,
+                  help='checkpoint every this many steps (default: the config, 200)')
+  ap.add_argument('--log_every', type=int, default=0, help='default: the config, 50')
   ap.add_argument('--image_size', type=int, default=0, help='default: the config (32)')
   ap.add_argument('--bench_steps', type=int, default=50)
   ap.add_argument('--stages', default='classifier,concepts,explainer,explainer_noreg,probe')
@@ -63,6 +66,7 @@ def main():
   from configs import shapes  # pylint: disable=g-import-not-at-top
   from lsei_jax import compile_cache, pipeline  # pylint: disable=g-import-not-at-top
   from lsei_jax.pipeline import node as node_lib  # pylint: disable=g-import-not-at-top
+  from lsei_jax.training import metric_writer  # pylint: disable=g-import-not-at-top
 
   compile_cache.enable()
   config = shapes.get_config()
@@ -76,12 +80,19 @@ def main():
     config.concepts.anneal_steps = min(config.concepts.anneal_steps, config.concepts.steps)
   if args.image_size:
     config.data.image_size = args.image_size
-  config.checkpoint.every_steps = args.every
+  if args.every:
+    config.checkpoint.every_steps = args.every
+  if args.log_every:
+    config.log_every = args.log_every
   config.sanity.enabled = False
 
   marks: dict[str, list] = {}
-  hook = lambda name, step, state: marks.setdefault(name, []).append(
-      (step, time.perf_counter()))
+  real_write = metric_writer.MetricWriter.write
+
+  def write(self, step, metrics):   # the stage's directory is named after it
+    marks.setdefault(os.path.basename(self._directory), []).append((step, time.perf_counter()))
+    return real_write(self, step, metrics)
+  metric_writer.MetricWriter.write = write
   rows = []
   real_run = node_lib.run_stage
 
@@ -94,7 +105,8 @@ def main():
       loop = (s1 - s0) * batch / (t1 - t0) if s1 > s0 else float('nan')
       step = step_throughput(stage, state, mesh, args.bench_steps)
       rows.append(dict(stage=stage.name, batch=batch, image=config.data.image_size,
-                       steps=stage.num_steps, timed_steps=s1 - s0, every=args.every,
+                       steps=stage.num_steps, timed_steps=s1 - s0,
+                       log_every=config.log_every, every=config.checkpoint.every_steps,
                        loop_images_per_s=round(loop, 1), step_images_per_s=round(step, 1),
                        loop_over_step=round(loop / step, 3), backend=jax.default_backend(),
                        devices=mesh.devices.size))
@@ -102,7 +114,7 @@ def main():
     return state, meta
   node_lib.run_stage = measured
   with tempfile.TemporaryDirectory() as workdir:
-    pipeline.train(config, workdir, hooks=(hook,))
+    pipeline.train(config, workdir)
   print('| stage | batch | loop img/s | step img/s | loop / step |')
   print('|---|---|---|---|---|')
   for r in rows:

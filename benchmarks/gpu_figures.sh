@@ -46,11 +46,12 @@ limit() { local left=$(( TOTAL - ($(date +%s) - START) - 5 ))
 run() { local t; t=$(limit "$1"); shift
         if [ "$t" -lt 10 ]; then echo "skipped: ${t}s left of TOTAL=${TOTAL}s"; return 0; fi
         setsid "$@" <&0 & local pid=$!
-        # The timer acts only if its sleep ran out; ending that sleep early disarms it.
-        ( sleep "$t" && { echo "stopped at its ${t}s limit"; kill -TERM -- "-$pid"
+        # The timer acts only if its sleep runs out; ending the timer's shell (blocked in
+        # `wait`, which a signal interrupts) disarms it; its sleep then just runs out.
+        ( sleep "$t" & wait $! && { echo "stopped at its ${t}s limit"; kill -TERM -- "-$pid"
           sleep 3; kill -KILL -- "-$pid"; } ) 2>/dev/null & local timer=$!
         wait "$pid"; local rc=$?
-        pkill -P "$timer" -x sleep 2>/dev/null; wait "$timer" 2>/dev/null
+        kill "$timer" 2>/dev/null; wait "$timer" 2>/dev/null
         return $rc; }
 
 part versions

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import jax
+import ml_collections
 import numpy as np
 from lsei_jax.training import parallel
 from lsei_jax import pipeline
@@ -31,11 +32,10 @@ def _params(workdir, config):
   """Final parameters of each stage, restored onto this process's devices (the 2-process
   checkpoints were written on another topology: the template's shardings place them)."""
   mesh = parallel.make_mesh()
-  spec = pipeline.make_spec(config)
+  spec = pipeline.make_spec(config, mesh)
   out = {}
   for stage in ('classifier', 'concepts'):
-    state, meta = load_complete(workdir, stage, pipeline.template_state(spec, stage,
-                                                                        mesh))
+    state, meta = load_complete(workdir, stage, pipeline.restore_target(spec, stage))
     out[stage] = jax.tree.map(np.asarray, state.params)
   return out
 
@@ -96,8 +96,13 @@ def test_images_on_disk_train_bitwise_like_in_memory(trained_workdir, tiny_confi
 def test_two_processes_read_their_rows_from_disk(tmp_path, tiny_config):
   """The streaming path across hosts: each process reads only its rows of an .npy split."""
   path = _npy_dir(str(tmp_path / 'npy'), tiny_config)
-  args = ['--config=configs/tiny.py', '--stages=classifier', '--config.data.name=numpy',
-          f'--config.data.path={path}']
+  config_file = tmp_path / 'tiny_npy.py'   # the tiny config's data section has no path
+  config_file.write_text(
+      'import ml_collections\nfrom configs import tiny\n\n\ndef get_config():\n'
+      '  c = tiny.get_config()\n'
+      f'  c.data = ml_collections.ConfigDict(dict(name="numpy", path={path!r}, '
+      f'image_size=16, task={tiny_config.data.task!r}, seed=0))\n  return c\n')
+  args = [f'--config={config_file}', '--stages=classifier']
   single = str(tmp_path / 'single')
   r = subprocess.run([sys.executable, 'train.py', f'--workdir={single}', *args], cwd=ROOT,
                      env=_env(4), capture_output=True, text=True, timeout=300)
@@ -118,7 +123,8 @@ def test_two_processes_read_their_rows_from_disk(tmp_path, tiny_config):
   for p, (_, err) in zip(procs, outs):
     assert p.returncode == 0, err[-3000:]
   config = tiny_config.copy_and_resolve_references()
-  config.data.update(name='numpy', path=path)
+  config.data = ml_collections.ConfigDict(dict(name='numpy', path=path, image_size=16,
+                                               task=tiny_config.data.task, seed=0))
   template = lambda: pipeline.restore_target(pipeline.make_spec(config), 'classifier')
   # gloo's all-reduce sums in another order than one process: equal up to rounding.
   jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b),

@@ -28,7 +28,8 @@ def test_rows_index_like_numpy(tmp_path, array):
   sub = r.subset(np.array([30, 2, 7, 2]))
   np.testing.assert_array_equal(np.asarray(sub), array[[30, 2, 7, 2]])
   np.testing.assert_array_equal(sub.subset([3, 0])[:], array[[2, 30]])
-  np.testing.assert_array_equal(np.asarray(sub, np.float32), array[[30, 2, 7, 2]].astype(np.float32))
+  np.testing.assert_array_equal(np.asarray(sub, np.float32),
+                                array[[30, 2, 7, 2]].astype(np.float32))
   with pytest.raises(IndexError):
     r[np.array([37])]
   with pytest.raises(IndexError):

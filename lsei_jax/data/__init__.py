@@ -5,8 +5,9 @@ run reads exactly the batches an uninterrupted one would have.
 
 Sources (config.data.name): 'shapes' (embedded synthetic data), 'celeba' (TFDS celeb_a),
 'numpy' (an .npz or arrays registered in Python), 'folder' (images + attribute CSV).
-Every source loads a whole split into memory on every host; `batch_indices` then gives
-each process (jax.process_index() of jax.process_count()) a disjoint slice of each
+The shapes, CelebA and .npz sources hold a split's images in memory; an image folder and a
+directory of .npy files keep them on disk (data.rows.Rows), read per batch. `batch_indices`
+gives each process (jax.process_index() of jax.process_count()) a disjoint slice of each
 global batch, so hosts never read the same example in one step.
 """
 from __future__ import annotations
@@ -27,7 +28,8 @@ SPLITS = {'shapes': ('train', 'test', 'test_biased'),
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
-  """In-memory split. images uint8 [N,H,W,3]; labels int32 [N]; attributes bool [N,A]."""
+  """A split. images uint8 [N,H,W,3] (an ndarray, or rows.Rows on disk: index it with rows
+  or slices, np.asarray(images) reads it whole); labels int32 [N]; attributes bool [N,A]."""
   images: np.ndarray
   labels: np.ndarray
   attributes: np.ndarray

@@ -1,5 +1,6 @@
 """Bring your own data: NumPy arrays (an .npz file or arrays registered in Python) or an
-image folder with a CSV of binary attributes. Both become the in-memory `Dataset`.
+image folder with a CSV of binary attributes. Both become a `Dataset`; an image folder's
+split and a directory of .npy files' images stay on disk (rows.Rows), read per batch.
 
 Splits: an optional per-example split ('train', 'validation', 'test') — the `split` array
 of the .npz / `split` column of the CSV — or else a deterministic hold-out of
@@ -16,6 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
+from lsei_jax.data import rows
 from lsei_jax.errors import UserError
 
 SPLITS = ('train', 'validation', 'test')
@@ -225,19 +227,29 @@ def load_arrays(data_config, split: str):
     if not path:
       raise ValueError("config.data.path must name an .npz file for data.name='numpy' "
                        '(or set config.data.arrays to a registered key)')
-    if not os.path.isfile(path):
-      raise FileNotFoundError(f'no .npz file at config.data.path={path!r}')
-    with np.load(path, allow_pickle=False) as z:
-      arrays = {k: z[k] for k in z.files}
+    if os.path.isdir(path):
+      arrays = _npy_dir(path)
+    elif not os.path.isfile(path):
+      raise FileNotFoundError(f'no .npz file or directory of .npy files at '
+                              f'config.data.path={path!r}')
+    else:
+      with np.load(path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
     what = path
   missing = [k for k in ('images', 'attributes', 'attribute_names') if arrays.get(k) is None]
   if missing:
     raise ValueError(f'{what}: missing array(s) {", ".join(missing)}; expected images '
                      '[N,H,W,3], attributes [N,A], attribute_names [A] (+ labels, split)')
   names = tuple(str(n) for n in np.asarray(arrays['attribute_names']).reshape(-1))
-  check_arrays(arrays['images'], arrays['attributes'], names, arrays.get('labels'),
-               arrays.get('split'), what)
-  images = check_images(arrays['images'], what)
+  images = arrays['images']
+  check_arrays(images, arrays['attributes'], names, arrays.get('labels'), arrays.get('split'),
+               what)   # shapes only: an on-disk array is not read
+  on_disk = isinstance(images, rows.Rows) and images.dtype == np.uint8
+  if on_disk:   # read by rows, never whole; uint8 needs no check of its values
+    if images.ndim != 4 or images.shape[-1] != 3:
+      raise ValueError(f'{what}: images must be [N, H, W, 3] RGB, got shape {images.shape}')
+  else:
+    images = check_images(np.asarray(images), what)
   attributes = np.asarray(arrays['attributes'])
   labels = arrays.get('labels')
   if attributes.ndim != 2 or attributes.shape != (len(images), len(names)):
@@ -250,11 +262,41 @@ def load_arrays(data_config, split: str):
   attributes = to_bool(attributes, names, what)[idx]
   labels = labels_for(data_config.task, names, attributes,
                       None if labels is None else np.asarray(labels)[idx], what)
-  images = images[idx]
+  images = images.subset(idx) if on_disk else images[idx]
   if images.shape[1:3] != (size, size):
-    images = resize_all(images, size, bool(data_config.get('resize', False)),
+    images = resize_all(np.asarray(images), size, bool(data_config.get('resize', False)),
                         [f'#{i}' for i in idx], what)
   return images, labels, attributes, names
+
+
+NPY_NAMES = ('images', 'attributes', 'attribute_names', 'labels', 'split')
+
+
+def _npy_dir(path: str) -> dict[str, Any]:
+  """The arrays of a directory of NAME.npy files (save_npy_dir); images.npy stays on disk
+  and is read by rows (rows.Rows), so a split larger than memory can be trained on."""
+  found = {k: os.path.join(path, f'{k}.npy') for k in NPY_NAMES
+           if os.path.isfile(os.path.join(path, f'{k}.npy'))}
+  if 'images' not in found:
+    raise FileNotFoundError(f'{path}: no images.npy; a directory of .npy files needs '
+                            f'images.npy, attributes.npy, attribute_names.npy '
+                            f'(+ labels.npy, split.npy): see byo.save_npy_dir')
+  arrays: dict[str, Any] = {k: np.load(p, allow_pickle=False) for k, p in found.items()
+                            if k != 'images'}
+  arrays['images'] = rows.Rows.open(found['images'])
+  return arrays
+
+
+def save_npy_dir(path: str, images, attributes, attribute_names, labels=None,
+                 split=None) -> None:
+  """Writes arrays as a directory of .npy files that config.data.name='numpy' reads from
+  config.data.path with the images on disk (read per batch, not loaded whole)."""
+  os.makedirs(path, exist_ok=True)
+  for k, v in (('images', images), ('attributes', attributes),
+               ('attribute_names', np.asarray(attribute_names)), ('labels', labels),
+               ('split', split)):
+    if v is not None:
+      np.save(os.path.join(path, f'{k}.npy'), np.asarray(v), allow_pickle=False)
 
 
 # ------------------------------------------------------------------ folder + CSV
@@ -343,10 +385,19 @@ def load_folder(data_config, split: str):
   labels = labels_for(data_config.task, names, attributes[idx], None, csv_path)
   workers = int(data_config.get('workers', -1))
   workers = (os.cpu_count() or 1) if workers < 0 else max(workers, 1)
-  # PIL releases the GIL while decoding, so threads use every core without pickling.
-  with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-    images = list(pool.map(_read_image, [paths[i] for i in idx]))
-  images = resize_all(images, int(data_config.image_size),
-                      bool(data_config.get('resize', False)), [files[i] for i in idx],
-                      csv_path)
+  size, resize = int(data_config.image_size), bool(data_config.get('resize', False))
+
+  def decoded():   # chunk by chunk: the split is never whole in memory
+    # PIL releases the GIL while decoding, so threads use every core without pickling.
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+      for s in range(0, len(idx), DECODE_CHUNK):
+        part = idx[s:s + DECODE_CHUNK]
+        yield resize_all(list(pool.map(_read_image, [paths[i] for i in part])), size, resize,
+                         [files[i] for i in part], csv_path)
+  images = rows.spill(decoded(), (len(idx), size, size, 3), np.uint8,
+                      data_config.get('cache_dir', '') or None)
   return images, labels, attributes[idx], names
+
+
+# Images decoded (and held) at a time while a folder is read into its on-disk split.
+DECODE_CHUNK = 1024

@@ -6,6 +6,7 @@ multi-host pod (each host feeds its own slice of the global batch).
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, Callable
 
@@ -94,15 +95,27 @@ def data_parallel_step(step_fn: Callable, mesh: jax.sharding.Mesh, num_replicate
 def every_nth(every: int, on_step: Callable, off_step: Callable) -> Callable:
   """A step that runs on_step when state.step % every == 0 and off_step otherwise.
 
-  Chosen on the host (one scalar read per step) rather than with lax.cond: XLA:CPU runs
-  the convolutions inside a conditional's branches far slower than at top level.
+  Chosen on the host rather than with lax.cond: XLA:CPU runs the convolutions inside a
+  conditional's branches far slower than at top level. Called directly it reads state.step
+  (one device sync); the training loop asks `.for_step(step)` with its own step index
+  instead, so that it never waits on the device to pick the next step.
   """
   if every <= 1:
     return on_step
+  return _EveryNth(every, on_step, off_step)
 
-  def step(state, *args):
-    return (on_step if int(state.step) % every == 0 else off_step)(state, *args)
-  return step
+
+@dataclasses.dataclass(frozen=True)
+class _EveryNth:
+  every: int
+  on_step: Callable
+  off_step: Callable
+
+  def for_step(self, step: int) -> Callable:
+    return self.on_step if step % self.every == 0 else self.off_step
+
+  def __call__(self, state, *args):
+    return self.for_step(int(state.step))(state, *args)
 
 
 def data_parallel_apply(fn: Callable, mesh: jax.sharding.Mesh,
@@ -128,16 +141,23 @@ def map_in_batches(apply: Callable, params: Any, arrays: dict[str, np.ndarray],
   Every process passes the same full arrays; the last batch is padded to the batch size
   (one compilation) and the padding dropped. Process p feeds its slice of each batch.
   """
+  outs = list(map_batches(apply, params, arrays, batch_size, mesh, desc))
+  return jax.tree.map(lambda *xs: np.concatenate(xs), *outs)
+
+
+def map_batches(apply: Callable, params: Any, arrays: dict[str, np.ndarray],
+                batch_size: int, mesh: jax.sharding.Mesh, desc: str | None = None):
+  """map_in_batches one batch at a time: yields the outputs of consecutive rows (NumPy, the
+  padding of the last batch dropped), so that a caller can write them out instead of
+  holding them. `arrays` may be anything indexable by an index array (data.rows.Rows)."""
   from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
   check_batch(batch_size, mesh, 'eval batch size')
   n = len(next(iter(arrays.values())))
-  outs = []
   pc, pi = jax.process_count(), jax.process_index()
   local = batch_size // pc
   for start in tqdm(range(0, n, batch_size), desc=desc, disable=desc is None, leave=False):
     idx = np.arange(start, start + batch_size) % max(n, 1)
     idx = idx[pi * local:(pi + 1) * local]
     batch = shard_batch({k: v[idx] for k, v in arrays.items()}, mesh)
-    outs.append(to_host(apply(params, batch)))
-  out = jax.tree.map(lambda *xs: np.concatenate(xs)[:n], *outs)
-  return out
+    keep = min(batch_size, n - start)
+    yield jax.tree.map(lambda x: x[:keep], to_host(apply(params, batch)))

@@ -99,6 +99,40 @@ def _fold_in_each(rng: jax.Array, steps: jax.Array) -> jax.Array:
   return jax.vmap(jax.random.fold_in, (None, 0))(rng, steps)
 
 
+# The most steps whose metrics wait on the device unfetched, whatever log_every is.
+MAX_WINDOW = 256
+CHECKED = ('loss', 'grad_norm')
+
+
+def fetch_window(window: list[dict]) -> list[dict[str, float]]:
+  """The metrics of a window of steps on the host, one transfer wait for all of them."""
+  return [{k: float(v) for k, v in m.items()} for m in jax.device_get(window)]
+
+
+def first_non_finite(host: list[dict[str, float]], first_step: int
+                     ) -> tuple[int, str, float] | None:
+  """(step, key, value) of the first non-finite loss or grad_norm in a window whose first
+  entry is step `first_step` (counted from 1, as checkpoints are), or None."""
+  for i, m in enumerate(host):
+    for key in CHECKED:
+      if key in m and not np.isfinite(m[key]):
+        return first_step + i, key, m[key]
+  return None
+
+
+def _step_chooser(step: Callable, state: Any, start: int) -> Callable[[int], Callable]:
+  """step index ↦ the compiled step to run. A step that alternates variants by state.step
+  (parallel.every_nth) is asked by the loop's own index, never by reading state.step back
+  from the device each step; the restored state's step is checked once to equal it."""
+  choose = getattr(step, 'for_step', None)
+  if choose is None:
+    return lambda i: step
+  if int(state.step) != start:
+    raise checkpoints.CheckpointError(
+        f'the restored state is at step {int(state.step)}, its checkpoint at {start}')
+  return choose
+
+
 def _check_resumable(stage: Stage, directory: str, meta: dict) -> None:
   """Refuses a stored checkpoint of `stage` made with other architecture fields, upstream
   checkpoints or number of steps."""
@@ -168,11 +202,16 @@ def run_stage(stage: Stage, workdir: str, mesh, *, save_every: int, max_to_keep:
     # step cost ≈ 2.5 ms of host time under load, on the cores the step runs on.
     prefetch = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix='prefetch')
     step_key = step_keys(stage.rng, start, stage.num_steps)
+    step_for = _step_chooser(stage.step, state, start)
     # On several CPU devices, at most two steps in flight: with more queued, XLA:CPU's
     # all-reduce deadlocked (4 forced host devices, small steps: one device never joined
     # the rendezvous, aborted after 40 s) once the host loop ran ahead of the steps.
     bounded = mesh.devices.size > 1 and mesh.devices.flat[0].platform == 'cpu'
     in_flight = None
+    # Each step's metrics stay on the device until the window is fetched (every log_every
+    # steps, at checkpoints, or after MAX_WINDOW steps): the host never waits on a step
+    # it does not have to, and every step of the window is still checked for NaN.
+    window: list[dict] = []
     try:
       bar = tqdm(range(start, stage.num_steps), desc=stage.name, initial=start,
                  total=stage.num_steps, disable=jax.process_index() != 0)
@@ -182,23 +221,29 @@ def run_stage(stage: Stage, workdir: str, mesh, *, save_every: int, max_to_keep:
         if step + 1 < stage.num_steps:
           pending = prefetch.submit(stage.batch_fn, step + 1)
         batch = parallel.shard_batch(local, mesh)
-        state, metrics = stage.step(state, batch, step_key(step), *stage.extra)
+        state, metrics = step_for(step)(state, batch, step_key(step), *stage.extra)
         if bounded:
           if in_flight is not None:
             jax.block_until_ready(in_flight)
           in_flight = metrics
+        window.append(metrics)
         done = step + 1
         is_save = done % save_every == 0 or done == stage.num_steps
-        if done % log_every == 0 or is_save:
-          host = {k: float(v) for k, v in jax.device_get(metrics).items()}
-          for key in ('loss', 'grad_norm'):
-            if key in host and not np.isfinite(host[key]):
-              raise NonFiniteError(
-                  f'{stage.name}: {key} is {host[key]} at step {done}; stopped without '
-                  f'saving this state (last good checkpoint: {_describe(ckpt.latest_step())}). '
-                  f'Lower the learning rate or check the data.')
-          writer.write(done, host)
-          bar.set_postfix(loss=f'{host["loss"]:.4g}')
+        is_log = done % log_every == 0 or is_save
+        if is_log or len(window) >= MAX_WINDOW:
+          host = fetch_window(window)
+          window = []
+          bad = first_non_finite(host, done - len(host) + 1)
+          if bad is not None:
+            bad_step, key, value = bad
+            raise NonFiniteError(
+                f'{stage.name}: {key} is {value} at step {bad_step} (the first non-finite one '
+                f'of steps {done - len(host) + 1}–{done}); stopped without saving this state '
+                f'(last good checkpoint: {_describe(ckpt.latest_step())}). '
+                f'Lower the learning rate or check the data.')
+          if is_log:
+            writer.write(done, host[-1])
+            bar.set_postfix(loss=f'{host[-1]["loss"]:.4g}')
         if is_save:
           complete = done == stage.num_steps
           meta = {'num_steps': stage.num_steps, 'complete': complete,

@@ -11,7 +11,7 @@ import numpy as np
 from lsei_jax import data as data_lib, metrics
 from lsei_jax.pipeline import artifacts, identity, templates
 from lsei_jax.pipeline.node import Context, Node
-from lsei_jax.pipeline.stages import float_images, image0, init_state
+from lsei_jax.pipeline.stages import host_batch, image0, init_state, on_float_images
 from lsei_jax.reporting import bias, crosscheck
 from lsei_jax.training import parallel, steps
 from lsei_jax.training.trainer import save_untrained
@@ -129,6 +129,7 @@ NODE = ClassifierNode(
     template=lambda spec, rng: init_state(spec.mods.classifier, rng, image0(spec),
                                           spec.config.classifier),
     step=lambda ctx: parallel.data_parallel_step(
-        steps.classifier_step, ctx.mesh, compiler_options=parallel.convnet_compiler_options()),
-    inputs=lambda ctx: ({'image': ctx.data.images, 'label': ctx.data.labels}, float_images),
+        on_float_images(steps.classifier_step), ctx.mesh,
+        compiler_options=parallel.convnet_compiler_options()),
+    inputs=lambda ctx: ({'image': ctx.data.images, 'label': ctx.data.labels}, host_batch),
     evaluators=(header, verdict, data_association, ground_truth, cross_checks))

@@ -13,7 +13,7 @@ import ml_collections
 from lsei_jax import fisher
 from lsei_jax.pipeline import artifacts, frozen
 from lsei_jax.pipeline.node import Context, Node, concept_signature
-from lsei_jax.pipeline.stages import float_images, init_state
+from lsei_jax.pipeline.stages import host_batch, init_state, on_float_images
 from lsei_jax.pipeline.stages.concepts import hhat_train
 from lsei_jax.training import balance, parallel, steps
 from lsei_jax.training.signature import UNUSED_NOREG
@@ -29,7 +29,8 @@ def explainer_step(explainer, cfg, mesh) -> Callable:
 @functools.lru_cache(maxsize=16)
 def _explainer_step(explainer, cfg, mesh) -> Callable:
   make = lambda reg: parallel.data_parallel_step(
-      steps.make_explainer_step(explainer, cfg, regularize=reg), mesh, num_replicated=2,
+      on_float_images(steps.make_explainer_step(explainer, cfg, regularize=reg)), mesh,
+      num_replicated=2,
       compiler_options=parallel.convnet_compiler_options())
   if float(cfg.fisher_weight) == 0:
     return make(True)
@@ -121,7 +122,7 @@ def _node(name: str, **kw) -> Node:
       template=lambda spec, rng: init_state(spec.mods.explainer, rng, jnp.zeros((1, spec.d)),
                                             spec.config.explainer),
       step=step,
-      inputs=lambda ctx: ({'image': ctx.data.images, 'hhat': hhat_train(ctx)}, float_images),
+      inputs=lambda ctx: ({'image': ctx.data.images, 'hhat': hhat_train(ctx)}, host_batch),
       weights=lambda ctx: balance_weights(ctx, 'explainer'),
       extra=_extra,
       # Both explainers draw the same initialisation and batches: Table 2's with / without

@@ -9,9 +9,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lsei_jax.data import rows
 from lsei_jax.pipeline import artifacts, frozen
 from lsei_jax.pipeline.node import Context, Node
-from lsei_jax.pipeline.stages import float_images, image0, init_state
+from lsei_jax.pipeline.stages import host_batch, image0, init_state, on_float_images
 from lsei_jax.pipeline.stages.concepts import hhat_train
 from lsei_jax.pipeline.stages.explainer import balance_weights
 from lsei_jax.reporting import bias
@@ -40,13 +41,21 @@ def probe(ctx: Context, g_params, before: np.ndarray, after: np.ndarray, desc: s
 
 
 def _inputs(ctx: Context):
-  """Real train images and the explainer's g(ĥ) of them, each with its attributes."""
-  generated = ctx.map(frozen.render_fn(ctx.mods.explainer, ctx.mesh), ctx.params('explainer'),
-                      {'e': hhat_train(ctx)}, 'g(ĥ) train')
-  ds = ctx.data
-  arrays = {'image': np.concatenate([ds.images, generated]),
+  """Real train images and the explainer's g(ĥ) of them, each with its attributes: the
+  images [2N, H, W, 3] written to a temporary file on this host's disk as they are made
+  (data.rows.spill), read per batch, never held whole (a second copy of the split)."""
+  ds, size, chunk = ctx.data, ctx.spec.image_size, ctx.spec.config.eval.batch_size
+
+  def images():
+    for s in range(0, len(ds), chunk):
+      yield np.asarray(ds.images[s:s + chunk])
+    yield from parallel.map_batches(frozen.render_fn(ctx.mods.explainer, ctx.mesh),
+                                    ctx.params('explainer'), {'e': hhat_train(ctx)},
+                                    chunk, ctx.mesh, 'g(ĥ) train')
+  arrays = {'image': rows.spill(images(), (2 * len(ds), size, size, 3), np.uint8,
+                                ctx.spec.config.data.get('cache_dir', '') or None),
             'attributes': np.concatenate([ds.attributes, ds.attributes]).astype(np.float32)}
-  return arrays, float_images
+  return arrays, host_batch
 
 
 def probes(ctx: Context) -> dict:
@@ -99,7 +108,8 @@ NODE = Node(
     ('data', 'model.probe', 'model.explainer', 'probe'),
     template=lambda spec, rng: init_state(spec.mods.probe, rng, image0(spec), spec.config.probe),
     step=lambda ctx: parallel.data_parallel_step(
-        steps.probe_step, ctx.mesh, compiler_options=parallel.convnet_compiler_options()),
+        on_float_images(steps.probe_step), ctx.mesh,
+        compiler_options=parallel.convnet_compiler_options()),
     inputs=_inputs,
     # Real images and g(ĥ) of them: the train split's weights twice.
     weights=lambda ctx: (None if balance_weights(ctx, 'probe') is None

@@ -1,0 +1,126 @@
+"""Each training stage's loop throughput against its own step's throughput (issue 27: the
+loop should reach ≥ 70% of the step on an accelerator).
+
+  python benchmarks/loop_throughput.py                          # the demo, configs/shapes.py
+  python benchmarks/loop_throughput.py --image_size 64 --steps 100
+  python benchmarks/loop_throughput.py --steps 20 --log_every 5 --bench_steps 5   # quick
+
+Trains every stage of configs/shapes.py (optionally with other sizes) in one pipeline.train
+call, as train.py does, timing each metrics write (every --log_every steps, after the loop
+has fetched that window's metrics from the device, so the steps before it are done): the
+loop's images/s is (last − first logged step) × batch / the seconds between them, so the
+compilation and the first steps are left out, and the checkpoints written between count
+(the config's cadence, or --every, as in a run). Then the same compiled step, on the trained
+state and one batch of the stage's own data already on the device, is called --bench_steps
+times back to back (timed to the last result): the step's images/s. One JSON line per stage
+with both and their ratio; the sanity run's stages are left out (the same steps again).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def step_throughput(stage, state, mesh, num_steps: int) -> float:
+  """Images/s of stage.step called back to back on one device-resident batch."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from lsei_jax.training import parallel, trainer  # pylint: disable=g-import-not-at-top
+  local = stage.batch_fn(0)
+  batch = jax.block_until_ready(parallel.shard_batch(local, mesh))
+  size = len(next(iter(local.values()))) * jax.process_count()
+  keys = trainer.step_keys(stage.rng, 0, 1)
+  key = jax.block_until_ready(jax.device_put(keys(0)))
+  choose = getattr(stage.step, 'for_step', lambda i: stage.step)
+  state = jax.tree.map(lambda x: jnp.array(x, copy=True) if isinstance(x, jax.Array) else x,
+                       state)   # the step donates its state; the pipeline keeps the trained one
+  for i in range(2):            # compiled already; warm the allocator
+    state, m = choose(i)(state, batch, key, *stage.extra)
+  jax.block_until_ready(m)
+  start = time.perf_counter()
+  for i in range(num_steps):
+    state, m = choose(i)(state, batch, key, *stage.extra)
+  jax.block_until_ready((state, m))
+  return num_steps * size / (time.perf_counter() - start)
+
+
+def main():
+  ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  ap.add_argument('--steps', type=int, default=0, help='steps per stage (default: the config)')
+  ap.add_argument('--every', type=int, default=0,
+                  help='checkpoint every this many steps (default: the config, 200)')
+  ap.add_argument('--log_every', type=int, default=0, help='default: the config, 50')
+  ap.add_argument('--image_size', type=int, default=0, help='default: the config (32)')
+  ap.add_argument('--bench_steps', type=int, default=50)
+  ap.add_argument('--stages', default='classifier,concepts,explainer,explainer_noreg,probe')
+  args = ap.parse_args()
+
+  import jax  # pylint: disable=g-import-not-at-top
+  from configs import shapes  # pylint: disable=g-import-not-at-top
+  from lsei_jax import compile_cache, pipeline  # pylint: disable=g-import-not-at-top
+  from lsei_jax.pipeline import node as node_lib  # pylint: disable=g-import-not-at-top
+  from lsei_jax.training import metric_writer  # pylint: disable=g-import-not-at-top
+
+  compile_cache.enable()
+  config = shapes.get_config()
+  stages = args.stages.split(',')
+  for s in ('classifier', 'concepts', 'explainer', 'probe'):
+    if args.steps:
+      config[s].steps = args.steps
+    if 'warmup_steps' in config[s]:
+      config[s].warmup_steps = min(config[s].warmup_steps, config[s].steps - 1)
+  if 'anneal_steps' in config.concepts:
+    config.concepts.anneal_steps = min(config.concepts.anneal_steps, config.concepts.steps)
+  if args.image_size:
+    config.data.image_size = args.image_size
+  if args.every:
+    config.checkpoint.every_steps = args.every
+  if args.log_every:
+    config.log_every = args.log_every
+  config.sanity.enabled = False
+
+  marks: dict[str, list] = {}
+  real_write = metric_writer.MetricWriter.write
+
+  def write(self, step, metrics):   # the stage's directory is named after it
+    marks.setdefault(os.path.basename(self._directory), []).append((step, time.perf_counter()))
+    return real_write(self, step, metrics)
+  metric_writer.MetricWriter.write = write
+  rows = []
+  real_run = node_lib.run_stage
+
+  def measured(stage, workdir, mesh, **kw):
+    state, meta = real_run(stage, workdir, mesh, **kw)
+    if stage.name in stages:
+      m = marks.get(stage.name, [])
+      (s0, t0), (s1, t1) = m[0], m[-1]
+      batch = len(next(iter(stage.batch_fn(0).values()))) * jax.process_count()
+      loop = (s1 - s0) * batch / (t1 - t0) if s1 > s0 else float('nan')
+      step = step_throughput(stage, state, mesh, args.bench_steps)
+      rows.append(dict(stage=stage.name, batch=batch, image=config.data.image_size,
+                       steps=stage.num_steps, timed_steps=s1 - s0,
+                       log_every=config.log_every, every=config.checkpoint.every_steps,
+                       loop_images_per_s=round(loop, 1), step_images_per_s=round(step, 1),
+                       loop_over_step=round(loop / step, 3), backend=jax.default_backend(),
+                       devices=mesh.devices.size))
+      print(json.dumps(rows[-1]), flush=True)
+    return state, meta
+  node_lib.run_stage = measured
+  with tempfile.TemporaryDirectory() as workdir:
+    pipeline.train(config, workdir)
+  print('| stage | batch | loop img/s | step img/s | loop / step |')
+  print('|---|---|---|---|---|')
+  for r in rows:
+    print(f'| {r["stage"]} | {r["batch"]} | {r["loop_images_per_s"]:,.0f} | '
+          f'{r["step_images_per_s"]:,.0f} | {r["loop_over_step"]:.0%} |')
+
+
+if __name__ == '__main__':
+  main()

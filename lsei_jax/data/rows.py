@@ -1,0 +1,130 @@
+"""Arrays on disk read by rows: a split whose images never live in host memory whole.
+
+`Rows` is an .npy file (or a subset of its rows) that indexing reads with `os.pread`, only
+the rows asked for: a training batch `rows[idx]` costs its own bytes, whatever the size of
+the split. Not a np.memmap: pages touched through a mapping count in the process's resident
+memory until the kernel reclaims them, so over a long run a mapping grows to the file size.
+
+`spill` writes rows produced in chunks (decoded images) to an unlinked temporary .npy file
+and returns them as `Rows`: disk, not memory, holds the split, and nothing is left behind.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Iterable
+
+import numpy as np
+
+
+class Rows:
+  """Rows of a C-ordered .npy array [N, …] read on demand; `rows` selects and orders a
+  subset of the file's rows (default: all). Indexing with an int, slice or index array
+  returns a NumPy array; np.asarray(rows) reads everything (for whole-split consumers)."""
+
+  def __init__(self, fd: int, offset: int, shape: tuple[int, ...], dtype: np.dtype,
+               rows: np.ndarray | None = None, owner: object | None = None):
+    self._fd, self._offset, self._file_shape, self.dtype = fd, offset, shape, np.dtype(dtype)
+    self._rows = None if rows is None else np.asarray(rows, np.int64)
+    self._owner = owner   # keeps the file open as long as any view of it lives
+    self._row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * self.dtype.itemsize
+
+  @classmethod
+  def open(cls, path: str, rows: np.ndarray | None = None) -> 'Rows':
+    """The .npy file at `path` (any dtype but object, C order)."""
+    header = np.load(path, mmap_mode='r', allow_pickle=False)   # reads the header only
+    shape, dtype, offset = header.shape, header.dtype, header.offset
+    fortran = not header.flags.c_contiguous
+    del header
+    if fortran or dtype.hasobject or not shape:
+      raise ValueError(f'{path}: expected a C-ordered numeric array [N, …], got '
+                       f'{"Fortran order" if fortran else dtype}')
+    handle = _File(os.open(path, os.O_RDONLY))
+    return cls(handle.fd, offset, tuple(shape), dtype, rows, handle)
+
+  @property
+  def shape(self) -> tuple[int, ...]:
+    n = self._file_shape[0] if self._rows is None else len(self._rows)
+    return (n,) + tuple(self._file_shape[1:])
+
+  @property
+  def ndim(self) -> int:
+    return len(self._file_shape)
+
+  def __len__(self) -> int:
+    return self.shape[0]
+
+  def subset(self, rows: np.ndarray) -> 'Rows':
+    """These rows (indices into this view), without reading them."""
+    rows = np.asarray(rows, np.int64)
+    base = rows if self._rows is None else self._rows[rows]
+    return Rows(self._fd, self._offset, self._file_shape, self.dtype, base, self._owner)
+
+  def __getitem__(self, key) -> np.ndarray:
+    if isinstance(key, tuple):   # rows first, then the rest in memory
+      return self[key[0]][(slice(None),) + key[1:]]
+    n = len(self)
+    if isinstance(key, (int, np.integer)):
+      return self._read(np.array([int(key) % n if key < 0 else int(key)]))[0]
+    idx = np.arange(n)[key] if isinstance(key, slice) else np.asarray(key)
+    if idx.dtype == bool:
+      idx = np.flatnonzero(idx)
+    return self._read(idx.astype(np.int64).reshape(-1)).reshape(
+        np.shape(idx) + self.shape[1:])
+
+  def _read(self, idx: np.ndarray) -> np.ndarray:
+    if idx.size and (idx.min() < -len(self) or idx.max() >= len(self)):
+      raise IndexError(f'row index out of range for {len(self)} rows')
+    idx = np.where(idx < 0, idx + len(self), idx)
+    file_rows = idx if self._rows is None else self._rows[idx]
+    out = np.empty((len(idx),) + self.shape[1:], self.dtype)
+    flat = out.reshape(len(idx), self._row_bytes // self.dtype.itemsize).view(np.uint8)
+    for i, r in enumerate(file_rows):
+      got = os.preadv(self._fd, [flat[i]], self._offset + int(r) * self._row_bytes)
+      if got != self._row_bytes:
+        raise OSError(f'short read of row {r}: {got} of {self._row_bytes} bytes')
+    return out
+
+  def __array__(self, dtype=None, copy=None):
+    out = self[:]
+    return out if dtype is None else out.astype(dtype)
+
+
+class _File:
+  """An open file descriptor closed when the last view of it is gone."""
+
+  def __init__(self, fd: int):
+    self.fd = fd
+
+  def __del__(self):
+    try:
+      os.close(self.fd)
+    except OSError:
+      pass
+
+
+def spill(chunks: Iterable[np.ndarray], shape: tuple[int, ...], dtype,
+          directory: str | None = None) -> Rows:
+  """Writes `chunks` (arrays [n_i, …] whose rows add up to shape[0]) to an unlinked
+  temporary .npy file under `directory` (default: the system's temp dir) → its Rows."""
+  fd, path = tempfile.mkstemp(suffix='.npy', prefix='lsei_jax_rows_', dir=directory or None)
+  try:
+    with os.fdopen(os.dup(fd), 'wb') as f:
+      np.lib.format.write_array_header_1_0(
+          f, {'descr': np.lib.format.dtype_to_descr(np.dtype(dtype)), 'fortran_order': False,
+              'shape': tuple(shape)})
+      offset = f.tell()
+      written = 0
+      for chunk in chunks:
+        chunk = np.ascontiguousarray(chunk, dtype)
+        f.write(chunk.tobytes())
+        written += len(chunk)
+    if written != shape[0]:
+      raise ValueError(f'spill: {written} rows written, {shape[0]} announced')
+  except BaseException:
+    os.close(fd)
+    raise
+  finally:
+    os.unlink(path)   # the open descriptor keeps the data until the last view is gone
+  handle = _File(fd)
+  return Rows(fd, offset, tuple(shape), dtype, None, handle)

@@ -49,8 +49,10 @@ def image_sample(images: np.ndarray) -> np.ndarray:
   image, then every pixel of SAMPLE_EXAMPLES evenly spaced ones (flat uint8)."""
   n = len(images)
   rows = np.unique(np.linspace(0, n - 1, min(n, SAMPLE_EXAMPLES)).round().astype(np.int64))
-  grid = images[:, ::PIXEL_STRIDE, ::PIXEL_STRIDE]
-  return np.concatenate([np.asarray(grid).reshape(-1), np.asarray(images[rows]).reshape(-1)])
+  # In chunks: an on-disk split (data/rows.py) is read a chunk at a time, never whole.
+  grid = [np.asarray(images[s:s + 1024])[:, ::PIXEL_STRIDE, ::PIXEL_STRIDE].reshape(-1)
+          for s in range(0, n, 1024)]
+  return np.concatenate(grid + [np.asarray(images[rows]).reshape(-1)])
 
 
 def fingerprint(ds: Any, images: bool = True) -> dict[str, str]:
@@ -75,6 +77,8 @@ def _source_stamp(data_config) -> tuple:
   if name in ('numpy', 'folder'):
     root = data_config.get('path', '')
     paths = [root]
+    if os.path.isdir(root):   # a directory of .npy files: its arrays can be rewritten in place
+      paths += sorted(os.path.join(root, f) for f in os.listdir(root) if f.endswith('.npy'))
     if name == 'folder':
       paths.append(data_config.get('csv', '') or os.path.join(root, byo.CSV_NAME))
   stamp = []

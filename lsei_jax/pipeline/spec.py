@@ -129,7 +129,7 @@ def validate_config(config, mesh) -> None:
 
 
 def resolve(config, split: str, *, classifier: ClassifierSplit | None = None, mesh=None,
-            random_classifier: bool = False, check: bool = True
+            check: bool = True
             ) -> tuple[RunSpec, data_lib.Dataset]:
   """(RunSpec, the loaded `split`) of `config` explaining `classifier` (None: the config's
   own, trained here; or the one config.classifier.source names). Checks the config (check=
@@ -146,16 +146,15 @@ def resolve(config, split: str, *, classifier: ClassifierSplit | None = None, me
   frozen = ml_collections.FrozenConfigDict(config)
   classifier = identity.resolve_classifier(frozen, classifier, mesh)
   ds = data_lib.load(frozen.data, split)
-  return spec_for(frozen, mesh, ds, split, classifier, random_classifier), ds
+  return spec_for(frozen, mesh, ds, split, classifier), ds
 
 
-def spec_for(frozen, mesh, ds, split: str, classifier: ClassifierSplit | None,
-             random_classifier: bool = False) -> RunSpec:
+def spec_for(frozen, mesh, ds, split: str, classifier: ClassifierSplit | None) -> RunSpec:
   """The RunSpec of a resolved config over `ds` for `classifier` (None: the built-in one)."""
   size = frozen.data.image_size
   if classifier is None:
     d, num_classes = frozen.model.classifier.hidden_dim, frozen.model.classifier.num_classes
-    kind, given_fp = ('random' if random_classifier else 'trained'), None
+    kind, given_fp = 'trained', None
   else:
     d, num_classes = classifier.dims((size, size, 3))
     probe = np.asarray(ds.images[:8], np.float32) / 255.0

@@ -114,7 +114,9 @@ def _bias_split(data_config: Any, name: str) -> Dataset:
 
 
 def _without_bias(data_config: Any) -> Any:
-  c = data_config.copy_and_resolve_references()
+  # A FrozenConfigDict (the run spec's) hands back its source with as_configdict(): copy it.
+  source = data_config.as_configdict() if hasattr(data_config, 'as_configdict') else data_config
+  c = source.copy_and_resolve_references()
   with c.unlocked():
     c.bias_split = ''
   return c

@@ -78,6 +78,7 @@ def test_monte_carlo_converges_to_independent_numpy_draws():
   np.testing.assert_allclose(np.asarray(info), expected, rtol=0.05)
 
 
+@pytest.mark.slow
 def test_chunking_gives_the_same_vector():
   mlp = nn.Sequential([nn.Dense(16), nn.relu, nn.Dense(3)])
   e = jax.random.normal(jax.random.key(0), (10, 5))
@@ -93,6 +94,7 @@ def test_chunking_gives_the_same_vector():
     np.testing.assert_allclose(grouped, full, rtol=1e-5, atol=1e-9)
 
 
+@pytest.mark.slow
 def test_chunked_estimate_has_the_same_gradient():
   # chunk_size rematerialises chunks in the backward pass; the gradient must not change.
   mlp = nn.Sequential([nn.Dense(8), nn.relu, nn.Dense(6)])
@@ -256,6 +258,7 @@ def test_chunked_gradient_matches_float64_finite_differences(num_samples, chunk)
                                atol=1e-5 * np.abs(expected).max(), err_msg=str(kw))
 
 
+@pytest.mark.slow
 def test_chunked_mlp_value_and_gradient_equal_unchunked_at_scale():
   # A nonlinear fn, hundreds of perturbations per chunk, under jit with XLA's default flags.
   mlp = nn.Sequential([nn.Dense(32), nn.relu, nn.Dense(4)])
@@ -275,6 +278,7 @@ def test_chunked_mlp_value_and_gradient_equal_unchunked_at_scale():
                  g, full_g)
 
 
+@pytest.mark.slow
 def test_chunked_explainer_value_and_gradient_equal_unchunked_and_use_canonical_convs():
   # The regularizer's real fn, a transposed-conv decoder: chunks (a lax.scan), a remainder
   # chunk and groups give the unchunked value and parameter gradient, and every

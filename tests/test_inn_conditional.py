@@ -88,6 +88,7 @@ def test_sample_invariances_is_keyed_per_row_and_draw():
   np.testing.assert_allclose(np.asarray(nu), want, atol=1e-4)   # round trip, |ν| ≲ 3
 
 
+@pytest.mark.slow
 def test_resampling_keeps_what_h_encodes_and_varies_the_rest():
   """After training on v = [u, ν] with h = tanh(u A): for a fixed h, samples keep u (what
   h encodes) and spread ν like the data (what h is invariant to)."""
@@ -118,6 +119,7 @@ def test_resampling_keeps_what_h_encodes_and_varies_the_rest():
   assert 0.75 < spread.mean() < 1.25   # ν: data std 1
 
 
+@pytest.mark.slow
 def test_autoencoder_trains_and_refuses_a_bad_image_size():
   ae = autoencoder.ImageAutoencoder(image_size=16, channels=(8, 16), latent_dim=6)
   rng = np.random.default_rng(0)

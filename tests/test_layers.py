@@ -20,6 +20,7 @@ def _close(a, b, tol=1e-4):
 @pytest.mark.parametrize('shape,strides', [((2, 8, 8, 3), 2), ((2, 7, 9, 4), 2),
                                            ((1, 10, 11, 2), 3), ((2, 6, 6, 3), (2, 1)),
                                            ((2, 5, 5, 3), 1)])
+@pytest.mark.slow
 def test_conv_matches_flax_conv_in_params_values_and_gradients(shape, strides):
   x = jax.random.normal(jax.random.key(0), shape)
   s = (strides, strides) if isinstance(strides, int) else strides

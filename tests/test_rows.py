@@ -93,6 +93,7 @@ def test_an_image_folder_is_decoded_to_disk_in_chunks(tmp_path, monkeypatch):
   np.testing.assert_array_equal(labels, np.arange(10) % 2)
 
 
+@pytest.mark.slow
 def test_a_run_on_an_image_folder_equals_the_run_in_memory(trained_workdir, tiny_config,
                                                            tmp_path):
   # The tiny config's shapes splits as PNG files (lossless) in the same order: every stage

@@ -109,12 +109,13 @@ def figure_rows(ctx: Context) -> dict:
   return {}
 
 
-def _node(name: str, **kw) -> Node:
+def _node(name: str, fisher_weight: Callable, **kw) -> Node:
+  """An explainer node; fisher_weight: spec → its λ (the config's, or 0)."""
   def step(ctx):
     # A copy: FrozenConfigDict.as_configdict() hands back the caller's own section.
     cfg = ctx.spec.config.explainer.as_configdict().copy_and_resolve_references()
     with cfg.unlocked():
-      cfg.fisher_weight = NODES_FW[name](ctx.spec)
+      cfg.fisher_weight = fisher_weight(ctx.spec)
     return explainer_step(ctx.mods.explainer, cfg, ctx.mesh)
   return Node(
       name, ('classifier', 'concepts'), 'explainer',
@@ -130,11 +131,9 @@ def _node(name: str, **kw) -> Node:
       stream='explainer', **kw)
 
 
-NODES_FW = {'explainer': lambda spec: spec.config.explainer.fisher_weight,
-            'explainer_noreg': lambda spec: 0.0}
-NODE = _node('explainer', signature_fix=concept_signature,
-             evaluators=(_table2('explainer', ''), figure_rows))
-NOREG = _node('explainer_noreg', signature_fix=_noreg_signature,
+NODE = _node('explainer', lambda spec: spec.config.explainer.fisher_weight,
+             signature_fix=concept_signature, evaluators=(_table2('explainer', ''), figure_rows))
+NOREG = _node('explainer_noreg', lambda spec: 0.0, signature_fix=_noreg_signature,
               enabled=lambda config: config.explainer.train_noreg,
               present=lambda ctx: os.path.isdir(os.path.join(ctx.workdir, 'explainer_noreg')),
               evaluators=(_table2('explainer_noreg', '_noreg'),))

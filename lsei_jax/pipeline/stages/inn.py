@@ -16,7 +16,7 @@ import numpy as np
 
 from lsei_jax import data as data_lib
 from lsei_jax.inn import factor
-from lsei_jax.pipeline import frozen
+from lsei_jax.pipeline import artifacts, frozen
 from lsei_jax.pipeline.node import Context, Node
 from lsei_jax.pipeline.stages.concepts import h_train
 from lsei_jax.training import parallel, steps
@@ -45,10 +45,9 @@ def _train_h(ctx: Context) -> np.ndarray:
   """h of the train split: the training split itself in training, loaded in evaluation."""
   if ctx.split == 'train':
     return h_train(ctx)
-  images = data_lib.load(ctx.spec.config.data, 'train').images
   return ctx.derived('h_train_eval', lambda: ctx.map(
       frozen.embed_fn(ctx.classifier.embed, ctx.mesh), ctx.classifier.params,
-      {'image': images}, 'embed train'))
+      {'image': artifacts.train_images(ctx)}, 'embed train'))
 
 
 def _inputs(ctx: Context):

@@ -25,7 +25,7 @@ import pytest
 
 from configs import tiny
 from lsei_jax import baselines, data as data_lib
-from lsei_jax.training import parallel, steps
+from lsei_jax.training import parallel
 from lsei_jax import pipeline
 from lsei_jax.training.trainer import load_complete
 

@@ -6,7 +6,7 @@ import pytest
 
 from configs import tiny
 from lsei_jax import concepts, interventions
-from lsei_jax.training import parallel, steps
+from lsei_jax.training import parallel
 from lsei_jax import pipeline
 from lsei_jax.pipeline.stages import concepts as concepts_stage
 from lsei_jax.concepts import nmf, topk_sae

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import lsei_jax
-from lsei_jax import concepts, data, interventions
+from lsei_jax import data, interventions
 from lsei_jax.pipeline import evaluation
 from lsei_jax import pipeline
 

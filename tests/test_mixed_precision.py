@@ -5,7 +5,7 @@ import pytest
 from lsei_jax.errors import UserError
 from lsei_jax.pipeline import evaluation
 from lsei_jax.reporting.report import TABLE_KEYS
-from lsei_jax.training import checkpoints, signature, validate
+from lsei_jax.training import checkpoints, validate
 from lsei_jax import pipeline
 
 pytestmark = pytest.mark.slow  # trains through the pipeline (the quick tier skips it)

@@ -15,7 +15,6 @@ import pytest
 
 import lsei_jax
 from lsei_jax.training import checkpoints
-from lsei_jax import pipeline
 from lsei_jax.pipeline import identity
 from lsei_jax import data as data_lib
 from lsei_jax import errors

@@ -205,7 +205,6 @@ def test_evaluation_is_deterministic(trained_workdir, tiny_config, workdir_copy)
 def test_sanity_with_a_random_head_on_the_builtin_classifier(workdir_copy, tiny_config):
   import shutil
   from lsei_jax import data as data_lib
-  from lsei_jax.training import parallel
   head = tiny_config.copy_and_resolve_references()
   head.sanity.randomize = 'head'
   sdir = os.path.join(workdir_copy, 'sanity')

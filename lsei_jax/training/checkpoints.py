@@ -8,7 +8,6 @@ config fields that shape the checkpoint (signature.py): a change is refused by n
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import signal
@@ -16,7 +15,6 @@ import threading
 from typing import Any, Iterator
 
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 
 from lsei_jax.data import fingerprint as fingerprint_lib

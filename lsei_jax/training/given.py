@@ -10,9 +10,7 @@ same weights in another function are refused, last-bit differences between devic
 """
 from __future__ import annotations
 
-import re
 
-import flax.linen as nn
 import jax
 import numpy as np
 

@@ -8,7 +8,7 @@ dropout is drawn per device, as under pmap.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp

@@ -12,6 +12,12 @@ from lsei_jax.pipeline.spec import RunSpec
 from lsei_jax.training import parallel
 
 
+def _canonical(spec: RunSpec) -> RunSpec:
+  """The spec a template depends on: not which classifier the run explains (trained, given
+  or random), so the sanity run reuses the main run's compiled templates."""
+  return spec.replace(classifier='trained', given_fingerprint=None, given=None)
+
+
 def _node(stage: str):
   from lsei_jax.pipeline import graph  # pylint: disable=g-import-not-at-top  (graph → nodes → here)
   return graph.NODES[stage]
@@ -30,7 +36,7 @@ def initial_state(spec: RunSpec, stage: str, rng: jax.Array):
   either way), one compilation, persistently cached, instead of an eager one per
   parameter shape and op (seconds per stage on 2 CPU cores, never cached); compiled at a
   lower LLVM optimisation level (`compile_cache.init_compiler_options`), bitwise the same."""
-  return parallel.replicate(_jitted_template(spec, stage)(rng), spec.mesh)
+  return parallel.replicate(_jitted_template(_canonical(spec), stage)(rng), spec.mesh)
 
 
 def restore_target(spec: RunSpec, stage: str):
@@ -40,7 +46,7 @@ def restore_target(spec: RunSpec, stage: str):
   `template_state` would initialise the modules eagerly, one small XLA compilation per
   distinct parameter shape and op (about 8 s of a warm evaluation, none of it cached); this
   is the shape of `initial_state`'s jitted template."""
-  return _restore_target(spec, stage)
+  return _restore_target(_canonical(spec), stage)
 
 
 @functools.lru_cache(maxsize=64)

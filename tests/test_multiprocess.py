@@ -43,16 +43,17 @@ def _params(workdir, config):
   return out
 
 
-def test_two_processes_equal_one_process_with_four_devices(tmp_path, tiny_config):
+def _one_and_two_processes(tmp_path, args) -> tuple[str, str, list]:
+  """train.py with `args` in one process on 4 devices and in two processes on 2 devices
+  each: (single workdir, multi workdir, the two processes' (stdout, stderr)); both succeed."""
   single = str(tmp_path / 'single')
-  r = subprocess.run([sys.executable, 'train.py', f'--workdir={single}', *ARGS], cwd=ROOT,
+  r = subprocess.run([sys.executable, 'train.py', f'--workdir={single}', *args], cwd=ROOT,
                      env=_env(4), capture_output=True, text=True, timeout=300)
   assert r.returncode == 0, r.stderr[-3000:]
-
   multi = str(tmp_path / 'multi')
   port = _free_port()
   procs = [subprocess.Popen(
-      [sys.executable, 'train.py', f'--workdir={multi}', *ARGS,
+      [sys.executable, 'train.py', f'--workdir={multi}', *args,
        f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2', f'--process_id={i}'],
       cwd=ROOT, env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
       for i in range(2)]
@@ -64,6 +65,11 @@ def test_two_processes_equal_one_process_with_four_devices(tmp_path, tiny_config
         p.kill()
   for p, (_, err) in zip(procs, outs):
     assert p.returncode == 0, err[-3000:]
+  return single, multi, outs
+
+
+def test_two_processes_equal_one_process_with_four_devices(tmp_path, tiny_config):
+  single, multi, outs = _one_and_two_processes(tmp_path, ARGS)
   assert 'process 1 of 2, 2 local / 4 global devices' in outs[1][1]
   # Gradients are all-reduced by gloo across processes, in another summation order than
   # within one process: equal up to float rounding, not bit for bit.
@@ -105,26 +111,8 @@ def test_two_processes_read_their_rows_from_disk(tmp_path, tiny_config):
       '  c = tiny.get_config()\n'
       f'  c.data = ml_collections.ConfigDict(dict(name="numpy", path={path!r}, '
       f'image_size=16, task={tiny_config.data.task!r}, seed=0))\n  return c\n')
-  args = [f'--config={config_file}', '--stages=classifier']
-  single = str(tmp_path / 'single')
-  r = subprocess.run([sys.executable, 'train.py', f'--workdir={single}', *args], cwd=ROOT,
-                     env=_env(4), capture_output=True, text=True, timeout=300)
-  assert r.returncode == 0, r.stderr[-3000:]
-  multi = str(tmp_path / 'multi')
-  port = _free_port()
-  procs = [subprocess.Popen(
-      [sys.executable, 'train.py', f'--workdir={multi}', *args,
-       f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2', f'--process_id={i}'],
-      cwd=ROOT, env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-      for i in range(2)]
-  try:
-    outs = [p.communicate(timeout=300) for p in procs]
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
-  for p, (_, err) in zip(procs, outs):
-    assert p.returncode == 0, err[-3000:]
+  single, multi, _ = _one_and_two_processes(
+      tmp_path, [f'--config={config_file}', '--stages=classifier'])
   config = tiny_config.copy_and_resolve_references()
   config.data = ml_collections.ConfigDict(dict(name='numpy', path=path, image_size=16,
                                                task=tiny_config.data.task, seed=0))

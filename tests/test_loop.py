@@ -127,3 +127,26 @@ def test_first_non_finite_names_the_first_bad_entry():
   host = [{'loss': 1.0}, {'loss': 2.0, 'grad_norm': np.inf}, {'loss': np.nan}]
   assert trainer.first_non_finite(host, 41) == (42, 'grad_norm', np.inf)
   assert trainer.first_non_finite(host[:1], 41) is None
+
+
+# ------------------------------------------------ an untrained state made on another device
+def test_untrained_state_from_another_device_is_accepted_a_trained_one_is_not():
+  """The sanity check's random classifier is recomputed and compared with the stored one.
+  Another device's initialisers may round in the last bits (the hash differs); values within
+  UNTRAINED_RTOL are the same state, a state one optimiser step away is not."""
+  from lsei_jax.training import checkpoints, trainer
+  fresh = {'w': jnp.asarray(np.random.default_rng(0).normal(size=(16, 8)), jnp.float32),
+           'b': jnp.zeros(8)}
+  ulp = jax.tree.map(lambda x: np.nextafter(np.asarray(x), np.float32(np.inf)), fresh)
+  stepped = jax.tree.map(lambda x: np.asarray(x) - 1e-3 * np.sign(np.asarray(x) + 0.5), fresh)
+  expected = checkpoints.fingerprint(fresh)
+  meta = lambda params, steps=0: {'fingerprint': checkpoints.fingerprint(params),
+                                  'num_steps': steps}
+  assert checkpoints.fingerprint(ulp) != expected   # a hash alone would refuse it
+  trainer.check_untrained('d', 'classifier', meta(ulp), expected, ulp, fresh)
+  with pytest.raises(checkpoints.CheckpointError, match='not the untrained one'):
+    trainer.check_untrained('d', 'classifier', meta(stepped), expected, stepped, fresh)
+  with pytest.raises(checkpoints.CheckpointError, match='trained for 1 steps'):
+    trainer.check_untrained('d', 'classifier', meta(fresh, 1), expected, fresh, fresh)
+  with pytest.raises(checkpoints.CheckpointError):   # no values to compare: the hash decides
+    trainer.check_untrained('d', 'classifier', meta(ulp), expected)

@@ -305,9 +305,30 @@ def load_complete(workdir: str, stage: str, template: Any, signature: dict | Non
     ckpt.close()
 
 
-def check_untrained(directory: str, stage: str, meta: dict, expected: str) -> None:
-  """Refuses a checkpoint that is not the untrained state with fingerprint `expected`."""
-  if meta.get('fingerprint') != expected or meta.get('num_steps') != 0:
+# Initialisers (truncated normal through erfinv, variance scaling) may round otherwise on
+# another device, so a stored untrained state whose hash differs still counts as this one
+# when every value agrees to this relative tolerance: one Adam step moves each weight by about
+# the learning rate (1e-3 and up), 100× more.
+UNTRAINED_RTOL = 1e-5
+
+
+def same_values(stored: Any, fresh: Any, rtol: float = UNTRAINED_RTOL) -> bool:
+  """Whether two pytrees have the same structure, shapes and values to `rtol` (atol rtol·10⁻¹
+  for the zeros of biases)."""
+  a, ta = jax.tree_util.tree_flatten(jax.device_get(stored))
+  b, tb = jax.tree_util.tree_flatten(jax.device_get(fresh))
+  return ta == tb and all(np.shape(x) == np.shape(y) and np.allclose(
+      np.asarray(x, np.float64), np.asarray(y, np.float64), rtol=rtol, atol=rtol / 10)
+      for x, y in zip(a, b))
+
+
+def check_untrained(directory: str, stage: str, meta: dict, expected: str,
+                    stored: Any = None, fresh: Any = None) -> None:
+  """Refuses a checkpoint that is not the untrained state with fingerprint `expected` (or,
+  given both, params `stored` equal to `fresh` to UNTRAINED_RTOL: made on another device)."""
+  same = meta.get('fingerprint') == expected or (
+      stored is not None and fresh is not None and same_values(stored, fresh))
+  if not same or meta.get('num_steps') != 0:
     raise checkpoints.CheckpointError(
         f'{directory} holds a {stage} trained for {meta.get("num_steps")} steps '
         f'(fingerprint {meta.get("fingerprint")}), not the untrained one this config '
@@ -320,17 +341,18 @@ def save_untrained(workdir: str, stage: str, state: Any, signature: dict) -> tup
 
   `state` is recreated deterministically by the caller, so a missing or unfinished one
   (a run killed during its first save) is simply written again; a stored one must be this
-  very state (same fingerprint), never a trained one put in its place.
+  very state (same fingerprint, or its values to UNTRAINED_RTOL when made on another
+  device), never a trained one put in its place.
   """
   ckpt = checkpoints.StageCheckpoints(workdir, stage)
   try:
     expected = checkpoints.fingerprint(state.params)
     if ckpt.latest_step() is not None:
-      _, meta = _restore_latest(ckpt, state, lambda meta: checkpoints.check_config(
+      stored, meta = _restore_latest(ckpt, state, lambda meta: checkpoints.check_config(
           stage, ckpt.directory, meta.get('config', {}), signature))
       if meta is not None:
-        check_untrained(ckpt.directory, stage, meta, expected)
-        return state, meta
+        check_untrained(ckpt.directory, stage, meta, expected, stored.params, state.params)
+        return stored, meta   # what later stages' links name (its fingerprint)
     ckpt.save(0, state, {'num_steps': 0, 'complete': True, 'upstream': {},
                          'config': signature, 'fingerprint': expected})
     return state, ckpt.read_meta(0)

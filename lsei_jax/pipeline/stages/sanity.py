@@ -95,8 +95,9 @@ def evaluate_sanity(ctx: Context) -> dict:
   sctx = Context(_random_spec(ctx, mode, rand), sdir, ctx.data, split=ctx.split)
   graph.load_nodes(sctx, ['classifier'])
   if mode == 'init':   # the stored random classifier must be the one this config makes
+    fresh = templates.random_classifier_state(sctx.spec).params
     check_untrained(f'{sdir}/classifier', 'classifier', sctx.metas['classifier'],
-                    checkpoints.fingerprint(templates.random_classifier_state(sctx.spec).params))
+                    checkpoints.fingerprint(fresh), sctx.params('classifier'), fresh)
   graph.load_nodes(sctx, ['concepts', 'explainer'])
   s_out = artifacts.explain(sctx, sctx.classifier, sctx.params('concepts'),
                             artifacts.bias_mask(ctx), 'sanity test')

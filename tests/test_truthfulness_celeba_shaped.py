@@ -79,7 +79,7 @@ def test_quick_cell_end_to_end_resumes_and_rescores(tmp_path, capsys):
   assert set(line['reliance']) == set(NAMES)
   assert all(0 <= v['flip_rate'] <= 1 for v in line['reliance'].values())
   for m in tcs.METHODS:
-    assert [r['attribute'] for r in line['rows'][m]] == NAMES
+    assert sorted(r['attribute'] for r in line['rows'][m]) == sorted(NAMES)
   summary = json.load(open(os.path.join(out, 'summary.json')))
   assert {r['method'] for r in summary} == set(tcs.METHODS)
   assert '| prediction_association | lipstick | 1 | 13 |' in capsys.readouterr().out

@@ -181,13 +181,13 @@ def summarize(lines: list[dict], methods=METHODS) -> list[dict]:
   """One row per (method, training split) and per method over all lines (train 'all')."""
   from lsei_jax.reporting import bias  # pylint: disable=g-import-not-at-top
   keys = ('n', 'answered', 'tp', 'fp', 'fn', 'strong', 'strong_hit', 'unused', 'fp_unused',
-          'zero', 'fp_zero', 'wrong')
+          'zero', 'fp_zero', 'wrong', 'with_ci', 'covered')
   acc: dict = {}
   for line in lines:
     rel, relied, unused = truth(line)
     for m in methods:
       for group in (line['train'], 'all'):
-        s = acc.setdefault((m, group), dict(dict.fromkeys(keys, 0), spearman=[]))
+        s = acc.setdefault((m, group), dict(dict.fromkeys(keys, 0), spearman=[], err=[]))
         rows = line['rows'][m]
         if any(relied.values()):
           flagged = {r['attribute']: r for r in rows if r['verdict'] == 'relied on'}
@@ -210,6 +210,11 @@ def summarize(lines: list[dict], methods=METHODS) -> list[dict]:
           s['fp_zero'] += flag and rel[n] < truthfulness.MARGIN
           s['wrong'] += (flag and unused[n]) or (v == 'no evidence'
                                                  and rel[n] > truthfulness.STRONG)
+          effect = line['reliance'][n].get('effect')
+          if effect is not None and 'ci_low' in row:     # the gate has no interval
+            s['with_ci'] += 1
+            s['covered'] += bool(row['ci_low'] <= effect <= row['ci_high'])
+            s['err'].append(abs(row['shift'] - effect))
   ratio = lambda a, b: a / b if b else None
   order = lambda k: (methods.index(k[0]), k[1] == 'all', k[1])
   return [{'method': m, 'train': g, 'classifiers': sum(1 for l in lines if g in ('all', l['train'])),
@@ -219,7 +224,10 @@ def summarize(lines: list[dict], methods=METHODS) -> list[dict]:
            'recall_strong': ratio(s['strong_hit'], s['strong']), 'strong': s['strong'],
            'fpr_unused': ratio(s['fp_unused'], s['unused']), 'unused': s['unused'],
            'fpr_zero': ratio(s['fp_zero'], s['zero']), 'wrong': s['wrong'],
-           'median_spearman': float(np.median(s['spearman'])) if s['spearman'] else None}
+           'median_spearman': float(np.median(s['spearman'])) if s['spearman'] else None,
+           'interval_covers_effect': ratio(s['covered'], s['with_ci']),
+           'effect_error_median': float(np.median(s['err'])) if s['err'] else None,
+           'effect_error_max': float(np.max(s['err'])) if s['err'] else None}
           for (m, g), s in sorted(acc.items(), key=lambda kv: order(kv[0]))]
 
 
@@ -227,12 +235,46 @@ def format_table(rows: list[dict]) -> str:
   num = lambda v: '—' if v is None else f'{v:.2f}'
   head = ('| method | training split | classifiers | attributes | coverage | precision | '
           'recall | recall (reliance > 0.25) | FPR (unused) | FPR (reliance < 0.05) | '
-          'wrong answers | median Spearman |')
-  return '\n'.join([head, '|' + '---|' * 12] + [
+          'wrong answers | median Spearman | interval covers the effect | '
+          '|effect error| median / max |')
+  return '\n'.join([head, '|' + '---|' * 14] + [
       f'| {r["method"]} | {r["train"]} | {r["classifiers"]} | {r["attributes"]} | '
       f'{num(r["coverage"])} | {num(r["precision"])} | {num(r["recall"])} | '
       f'{num(r["recall_strong"])} ({r["strong"]}) | {num(r["fpr_unused"])} ({r["unused"]}) | '
-      f'{num(r["fpr_zero"])} | {r["wrong"]} | {num(r["median_spearman"])} |' for r in rows])
+      f'{num(r["fpr_zero"])} | {r["wrong"]} | {num(r["median_spearman"])} | '
+      f'{num(r["interval_covers_effect"])} | {num(r["effect_error_median"])} / '
+      f'{num(r["effect_error_max"])} |' for r in rows])
+
+
+def interaction_effects(pred: np.ndarray, attrs: np.ndarray) -> np.ndarray:
+  """[A] a diagnostic, not the verdict: per attribute a, least squares of 1[ŷ = 1] on a, the
+  others and a × each other, then the mean over the split of the fitted value at a = 1 minus
+  at a = 0 (standardization: the split's average effect where the effect of a differs with
+  the other attributes, which an additive fit averages with other weights)."""
+  x, y = np.asarray(attrs, np.float64), (np.asarray(pred) == 1).astype(np.float64)
+  out = []
+  for a in range(x.shape[1]):
+    others = np.delete(x, a, 1)
+    design = lambda col: np.column_stack([np.ones(len(x)), col, others, col[:, None] * others])
+    beta = np.linalg.lstsq(design(x[:, a]), y, rcond=None)[0]
+    out.append(float(np.mean((design(np.ones(len(x))) - design(np.zeros(len(x)))) @ beta)))
+  return np.array(out)
+
+
+def effect_errors(lines: list[dict]) -> str:
+  """|estimate − signed effect| of the verdict's additive fit and of interaction_effects."""
+  add, inter = [], []
+  for line in lines:
+    attrs, _ = test_split(line, line['num_test'])
+    rows = {r['attribute']: r['shift'] for r in line['rows']['prediction_association']}
+    g = interaction_effects(np.asarray(line['pred']), attrs)
+    for a, n in enumerate(line['names']):
+      truth_ = line['reliance'][n]['effect']
+      add.append(abs(rows[n] - truth_))
+      inter.append(abs(g[a] - truth_))
+  return (f'|effect − signed effect| over {len(add)} attributes: the verdict (additive) median '
+          f'{np.median(add):.3f}, max {np.max(add):.3f}; with interactions (diagnostic) median '
+          f'{np.median(inter):.3f}, max {np.max(inter):.3f}')
 
 
 def format_cells(lines: list[dict]) -> str:
@@ -290,6 +332,7 @@ def main(argv=None) -> None:
   rows = summarize(lines)
   print(format_table(rows))
   print(format_cells(lines))
+  print(effect_errors(lines))
   with open(os.path.join(args.out, 'summary.json'), 'w') as f:
     json.dump(rows, f, indent=2)
 

@@ -87,3 +87,30 @@ def test_quick_cell_end_to_end_resumes_and_rescores(tmp_path, capsys):
   assert len(open(os.path.join(out, 'cells.jsonl')).readlines()) == 1
   # The test attributes drawn again from their seed are the run's: rows equal exactly.
   assert json.loads(json.dumps(tcs.rescore(line))) == line
+
+
+def test_interaction_effects_recover_an_and_of_two_correlated_attributes_exactly():
+  # ŷ = 1[a0 and a1]: flipping a0 changes ŷ exactly where a1 = 1, so the split's average
+  # effect of a0 is mean(a1); the fit with a0 × others is exact here (to rounding).
+  x = tcs.train_attributes(np.random.default_rng(4), 3000, 'celeba')
+  pred = (x[:, 0] & x[:, 2]).astype(int)           # Male and Wearing_Lipstick (phi −0.78)
+  g = tcs.interaction_effects(pred, x)
+  assert g[0] == pytest.approx(x[:, 2].mean(), abs=1e-9)
+  assert g[2] == pytest.approx(x[:, 0].mean(), abs=1e-9)
+  # (Another attribute's fit lacks the a0 × a1 term, so its estimate is not exactly 0.)
+
+
+def test_interval_coverage_and_effect_error_columns():
+  rel = [0.5] + [0.0] * 12
+  line = _line('celeba', rel, ['relied on'] + ['no evidence'] * 12)
+  for n in NAMES:
+    line['reliance'][n]['effect'] = 0.4 if n == 'Male' else 0.0
+  rows = [dict(r, ci_low=r['shift'] - 0.05, ci_high=r['shift'] + 0.05) for r in
+          line['rows']['prediction_association']]      # Male: 0.5 ± 0.05 misses 0.4
+  line['rows'] = {'prediction_association': rows,
+                  'correlation_gate': line['rows']['correlation_gate']}
+  by = {(r['method'], r['train']): r for r in tcs.summarize([line])}
+  v = by[('prediction_association', 'celeba')]
+  assert v['interval_covers_effect'] == pytest.approx(12 / 13)
+  assert v['effect_error_max'] == pytest.approx(0.1) and v['effect_error_median'] == 0
+  assert by[('correlation_gate', 'celeba')]['interval_covers_effect'] is None

@@ -291,6 +291,20 @@ def format_cells(lines: list[dict]) -> str:
   return '\n'.join(out)
 
 
+def figure(path: str, image_size: int = 32, zoom: int = 4) -> None:
+  """A PNG: every attribute 0, then each attribute alone set to 1 (13), then 2 sampled
+  images; one row of 16."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from lsei_jax.data import shapes_many  # pylint: disable=g-import-not-at-top
+  a = len(shapes_many.ATTRIBUTES)
+  attrs = np.concatenate([np.zeros((1, a), bool), np.eye(a, dtype=bool),
+                          shapes_many.sample_attributes(np.random.default_rng(0), 2)])
+  imgs = shapes_many.render(np.random.default_rng([0, 25]), attrs, image_size)
+  row = np.concatenate(list(imgs), axis=1)
+  Image.fromarray(row).resize((row.shape[1] * zoom, row.shape[0] * zoom),
+                              Image.NEAREST).save(path)
+
+
 def main(argv=None) -> None:
   ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   ap.add_argument('--out', default='runs/celeba_shaped', help='folder of cells.jsonl')
@@ -303,8 +317,12 @@ def main(argv=None) -> None:
   ap.add_argument('--table', action='store_true', help='only print the table of --out')
   ap.add_argument('--rescore', action='store_true',
                   help='compute every line\'s rows again with the current code')
+  ap.add_argument('--figure', default='', help='write the example images to this PNG and stop')
   ap.add_argument('--cache', default=os.path.join(tempfile.gettempdir(), 'lsei_jax_truth_jit'))
   args = ap.parse_args(argv)
+  if args.figure:
+    figure(args.figure)
+    return
   path = os.path.join(args.out, 'cells.jsonl')
   if args.rescore:
     lines = [rescore(l) for l in truthfulness.read_lines(path)]

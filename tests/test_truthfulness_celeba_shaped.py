@@ -114,3 +114,10 @@ def test_interval_coverage_and_effect_error_columns():
   assert v['interval_covers_effect'] == pytest.approx(12 / 13)
   assert v['effect_error_max'] == pytest.approx(0.1) and v['effect_error_median'] == 0
   assert by[('correlation_gate', 'celeba')]['interval_covers_effect'] is None
+
+
+def test_figure_writes_one_row_of_sixteen_images(tmp_path):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  path = str(tmp_path / 'f.png')
+  tcs.main(['--figure', path])
+  assert Image.open(path).size == (16 * 32 * 4, 32 * 4)

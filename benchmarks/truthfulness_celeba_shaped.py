@@ -236,7 +236,7 @@ def format_table(rows: list[dict]) -> str:
   head = ('| method | training split | classifiers | attributes | coverage | precision | '
           'recall | recall (reliance > 0.25) | FPR (unused) | FPR (reliance < 0.05) | '
           'wrong answers | median Spearman | interval covers the effect | '
-          '|effect error| median / max |')
+          'abs. effect error median / max |')
   return '\n'.join([head, '|' + '---|' * 14] + [
       f'| {r["method"]} | {r["train"]} | {r["classifiers"]} | {r["attributes"]} | '
       f'{num(r["coverage"])} | {num(r["precision"])} | {num(r["recall"])} | '

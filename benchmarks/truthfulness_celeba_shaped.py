@@ -22,7 +22,11 @@ on: reliance more than 0.05 above the largest reliance of the two control attrib
 are independent fair coins in every split), recall on reliance > 0.25, FPR on unused
 attributes (reliance at or below the controls' largest) and on reliance < 0.05, wrong answers
 ('relied on' for an unused attribute, 'no evidence' for reliance > 0.25; 'cannot tell' is
-never wrong, only uncovered), median Spearman (as benchmarks/truthfulness_correlated.py).
+never wrong, only uncovered), median Spearman (as benchmarks/truthfulness_correlated.py);
+and against the signed average effect E[1[ŷ(a=1) = 1] − 1[ŷ(a=0) = 1]] over the test split
+(from the same re-renders): the share of the verdict's intervals that contain it and the
+absolute error of its effect (`effect_errors` compares a fit with interactions, a
+diagnostic, with it).
 Methods: prediction_association (the shipped verdict, lsei_jax/reporting/association.py) and
 correlation_gate (the verdict before issue 25: 'cannot tell' for |r| > 0.1 with another
 attribute; truthfulness_correlated.gate_rows).

@@ -50,7 +50,9 @@ import truthfulness  # noqa: E402  pylint: disable=g-import-not-at-top
 
 R_TEST = (0.0, 0.3, 0.6, 0.9, 1.0)
 PAIR = ('size', 'position')
-METHODS = ('prediction_association', 'representation_shift', 'correlation_gate')
+METHODS = ('prediction_association', 'representation_shift', 'correlation_gate',
+           'heldout_association', 'train_association', 'stratified_shift')
+FALLBACKS = METHODS[3:]   # need the held-out / training predictions (lines before them lack them)
 
 
 def grid(quick: bool = False, spurious=('background', 'color'), rhos=(0.9, 1.0),
@@ -128,16 +130,23 @@ def run_cell(cell: dict, workdir: str, base: str, num_test: int, r_test=R_TEST) 
   names, task = list(shapes.ATTRIBUTES), config.data.task
   embed, head = _embed_head(split, config.eval.batch_size)
   train = data_lib.load(config.data, 'train')
-  beta, ident = representation_shift.directions(embed(train.images), train.attributes)
+  h_train = embed(train.images)
+  beta, ident = representation_shift.directions(h_train, train.attributes)
+  held = data_lib.load(config.data, 'validation')
   line = {'cell': truthfulness.cell_key(cell), **cell, 'names': names, 'task': task,
-          'num_test': num_test, 'tests': []}
+          'num_test': num_test, 'tests': [],
+          'pred_validation': np.argmax(classify(held.images), -1).astype(int).tolist(),
+          'pred_train': np.argmax(head(h_train), -1).astype(int).tolist()}
   for k, r in enumerate(r_test):
     rng = np.random.default_rng([cell['seed'], k, 2025])
     attrs = test_attributes(rng, num_test, task, cell['spurious'], r)
     seed = int(rng.integers(2**31))
     images = render(config.data, attrs, seed)
     pred = np.argmax(classify(images), -1)
-    rates = representation_shift.flip_rates(embed(images), attrs, beta, head)
+    h_test = embed(images)
+    rates = representation_shift.flip_rates(h_test, attrs, beta, head)
+    strat, counts = representation_shift.stratified_flip_rates(h_train, train.attributes,
+                                                               h_test, attrs, head)
     reliance = {}
     for a, n in enumerate(names):
       flipped = attrs.copy()
@@ -148,10 +157,13 @@ def run_cell(cell: dict, workdir: str, base: str, num_test: int, r_test=R_TEST) 
     line['tests'].append({
         'r_test': r, 'accuracy': float(np.mean(pred == attrs[:, names.index(task)])),
         'reliance': reliance, 'pred': pred.astype(int).tolist(), 'shift_flip_rate': rates.tolist(),
-        'rows': {'prediction_association': rows,
+        'stratified_flip_rate': strat.tolist(), 'stratified_count': counts.tolist()})
+    t = line['tests'][-1]
+    t['rows'] = {'prediction_association': rows,
                  'representation_shift': representation_shift.combine(
                      rows, rates, ident, names, num_test, len(train)),
-                 'correlation_gate': gate_rows(pred, attrs, names)}})
+                 'correlation_gate': gate_rows(pred, attrs, names),
+                 **fallback_rows(line, t, rows, config.data)}
   line['seconds'] = time.time() - t0
   return line
 
@@ -177,7 +189,38 @@ def rescore(line: dict, base: str = 'small') -> dict:
         'representation_shift': representation_shift.combine(
             rows, np.asarray(t['shift_flip_rate']), ident, names, line['num_test'], len(train)),
         'correlation_gate': gate_rows(pred, attrs, names)}))
+    if 'pred_validation' in line:
+      tests[-1]['rows'].update(fallback_rows(line, tests[-1], rows, config.data))
   return dict(line, tests=tests)
+
+
+def fallback_rows(line: dict, t: dict, rows: list[dict], data_config) -> dict:
+  """The rows of the fallbacks for what the test split confounds (issue 25, item 3), from
+  the line's stored predictions: heldout_association (the verdict on the 'validation' split,
+  drawn like 'train', which the classifier never saw; reporting/heldout.py), train_association
+  (the same on the training images themselves: memorisation may bias it), stratified_shift
+  (representation_shift.stratified_flip_rates, checked against the test split like the
+  global shift)."""
+  from lsei_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+  from lsei_jax.reporting import heldout, representation_shift  # pylint: disable=g-import-not-at-top
+  names, task = line['names'], line['task']
+  out = {}
+  for m, split in (('heldout_association', 'validation'), ('train_association', 'train')):
+    _, attrs = data_lib.load_annotations(data_config, split)
+    pred = np.asarray(line['pred_' + split])
+    held = association_rows(pred, attrs, names, task)
+    out[m] = heldout.fill(rows, held, split, len(pred))
+  counts = np.asarray(t['stratified_count'])
+  out['stratified_shift'] = representation_shift.combine(
+      rows, np.asarray(t['stratified_flip_rate']), counts > 0, names, counts,
+      len(line['pred_train']), estimator=representation_shift.STRATIFIED,
+      how='moved by the difference of its stratum\'s training means in h')
+  return out
+
+
+def association_rows(pred, attrs, names, task):
+  from lsei_jax.reporting import bias  # pylint: disable=g-import-not-at-top
+  return bias.prediction_association(pred, attrs, names, task, 2)
 
 
 def _embed_head(split, batch_size: int):
@@ -209,7 +252,7 @@ def summarize(lines: list[dict], methods=METHODS) -> list[dict]:
   for line in lines:
     for t in line['tests']:
       rel, relied, unused = truthfulness.truth({**line, 'reliance': t['reliance']})
-      for m in methods:
+      for m in (m for m in methods if m in t['rows']):   # older lines lack the fallbacks
         new = lambda: dict(dict.fromkeys(('n', 'answered', 'tp', 'fp', 'fn', 'strong',
                                           'strong_hit', 'unused', 'fp_unused', 'wrong', 'zero',
                                           'fp_zero'), 0),

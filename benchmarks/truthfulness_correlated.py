@@ -218,6 +218,28 @@ def fallback_rows(line: dict, t: dict, rows: list[dict], data_config) -> dict:
   return out
 
 
+def memorisation(lines: list[dict], base: str = 'small') -> list[dict]:
+  """Per classifier: the adjusted effects of the task and of the spurious attribute on the
+  training images and on the held-out validation split (the same distribution); a
+  classifier that memorised its training images reads the task larger and the shortcut
+  smaller on the former."""
+  from lsei_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+  out = []
+  for line in (l for l in lines if 'pred_validation' in l):
+    data = truthfulness.cell_config(line, base).data
+    effect = {}
+    for split in ('train', 'validation'):
+      _, attrs = data_lib.load_annotations(data, split)
+      rows = {r['attribute']: r for r in association_rows(
+          np.asarray(line['pred_' + split]), attrs, line['names'], line['task'])}
+      effect[split] = {k: rows[line[k]]['shift'] for k in ('task', 'spurious')}
+    truth = line['tests'][0]['reliance']     # the flip rates on the independent test split
+    out.append({'cell': line['cell'], 'rho': line['rho'], **{
+        f'{k}_{s}': effect[s][k] for s in effect for k in ('task', 'spurious')},
+                **{f'{k}_flip_rate': truth[line[k]]['flip_rate'] for k in ('task', 'spurious')}})
+  return out
+
+
 def association_rows(pred, attrs, names, task):
   from lsei_jax.reporting import bias  # pylint: disable=g-import-not-at-top
   return bias.prediction_association(pred, attrs, names, task, 2)
@@ -349,6 +371,15 @@ def main(argv=None) -> None:
             flush=True)
   rows = summarize(truthfulness.read_lines(path))
   print(format_table(rows))
+  mem = memorisation(truthfulness.read_lines(path), 'tiny' if args.quick else args.base)
+  for k in ('task', 'spurious'):
+    d = [m[f'{k}_train'] - m[f'{k}_validation'] for m in mem if m['rho'] < 1]
+    if d:
+      print(f'{k} effect, training images − validation (ρ_train < 1, {len(d)} classifiers): '
+            f'median {np.median(d):+.3f}, range [{min(d):+.3f}, {max(d):+.3f}]; |effect − '
+            'flip rate at r = 0|, median: training images ' + ', validation '.join(
+                f'{np.median([abs(m[f"{k}_{s}"] - m[f"{k}_flip_rate"]) for m in mem if m["rho"] < 1]):.3f}'
+                for s in ('train', 'validation')))
   with open(os.path.join(args.out, 'summary.json'), 'w') as f:
     json.dump(rows, f, indent=2)
 

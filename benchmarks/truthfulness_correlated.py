@@ -240,6 +240,20 @@ def memorisation(lines: list[dict], base: str = 'small') -> list[dict]:
   return out
 
 
+def magnitude_errors(lines: list[dict], methods=METHODS) -> dict:
+  """{method: [| |shift| − flip rate | over the attributes only the training split
+  separates that the method answered]}: how far its estimate is from the ground truth."""
+  out: dict = {}
+  for line in lines:
+    for t in line['tests']:
+      for m in (m for m in methods if m in t['rows']):
+        out.setdefault(m, []).extend(
+            abs(abs(r['shift']) - t['reliance'][r['attribute']]['flip_rate'])
+            for r in t['rows'][m] if r.get('verdict') != 'cannot tell'
+            and separation(line, t['r_test'], r['attribute']) == 'train')
+  return out
+
+
 def association_rows(pred, attrs, names, task):
   from lsei_jax.reporting import bias  # pylint: disable=g-import-not-at-top
   return bias.prediction_association(pred, attrs, names, task, 2)
@@ -371,6 +385,10 @@ def main(argv=None) -> None:
             flush=True)
   rows = summarize(truthfulness.read_lines(path))
   print(format_table(rows))
+  for m, err in magnitude_errors(truthfulness.read_lines(path)).items():
+    if err:
+      print(f'{m}: |estimate − flip rate| where only training separates ({len(err)} answers): '
+            f'median {np.median(err):.3f}, max {max(err):.3f}')
   mem = memorisation(truthfulness.read_lines(path), 'tiny' if args.quick else args.base)
   for k in ('task', 'spurious'):
     d = [m[f'{k}_train'] - m[f'{k}_validation'] for m in mem if m['rho'] < 1]

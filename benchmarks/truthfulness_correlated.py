@@ -208,7 +208,7 @@ def fallback_rows(line: dict, t: dict, rows: list[dict], data_config) -> dict:
   for m, split in (('heldout_association', 'validation'), ('train_association', 'train')):
     _, attrs = data_lib.load_annotations(data_config, split)
     pred = np.asarray(line['pred_' + split])
-    held = association_rows(pred, attrs, names, task)
+    held = association_rows(pred, attrs, names, task, split)
     out[m] = heldout.fill(rows, held, split, len(pred))
   counts = np.asarray(t['stratified_count'])
   out['stratified_shift'] = representation_shift.combine(
@@ -254,9 +254,9 @@ def magnitude_errors(lines: list[dict], methods=METHODS) -> dict:
   return out
 
 
-def association_rows(pred, attrs, names, task):
+def association_rows(pred, attrs, names, task, split: str = 'test'):
   from lsei_jax.reporting import bias  # pylint: disable=g-import-not-at-top
-  return bias.prediction_association(pred, attrs, names, task, 2)
+  return bias.prediction_association(pred, attrs, names, task, 2, split=split)
 
 
 def _embed_head(split, batch_size: int):

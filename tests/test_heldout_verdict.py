@@ -41,6 +41,7 @@ def test_pair_confounded_in_test_but_not_in_training_is_answered_by_the_held_out
   for n in 'ab':
     assert rows[n]['estimator'] == heldout.ESTIMATOR.format(split='validation split, 1000 images')
     assert rows[n]['evidence'].startswith('validation split: effect')
+    assert ' on 1000 validation images' in rows[n]['evidence']
     assert 'the test split alone: a linear function of' in rows[n]['evidence']
     assert rows[n]['ci_low'] <= rows[n]['shift'] <= rows[n]['ci_high']
   # The attribute the test split answers keeps the test split's row, unchanged.

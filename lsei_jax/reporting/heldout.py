@@ -85,5 +85,6 @@ def prediction_association(pred: np.ndarray, attributes: np.ndarray, names: Sequ
   got = held() if callable(held) else held
   if got is None or len(got[0]) == 0:
     return fill(rows, None, split, 0)
-  held_rows = association.prediction_association(got[0], got[1], names, task, num_classes, **kw)
+  held_rows = association.prediction_association(got[0], got[1], names, task, num_classes,
+                                                 split=split, **kw)
   return fill(rows, held_rows, split, len(got[0]))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+from absl import logging
 
 from lsei_jax import data as data_lib, metrics
 from lsei_jax.errors import UserError
@@ -45,7 +46,9 @@ def held_out(ctx: Context) -> tuple[np.ndarray, np.ndarray] | None:
   where the data has none (a BYO dataset without validation rows)."""
   try:
     ds = data_lib.load(ctx.spec.config.data, 'validation')
-  except UserError:
+  except UserError as e:     # the rows it would fill stay 'cannot tell' and say so
+    logging.warning('the verdict has no validation split to answer confounded attributes '
+                    'from: %s', e)
     return None
   if len(ds) == 0:
     return None

@@ -27,6 +27,10 @@ representation_shift (those rows, with each 'cannot tell' that a confounding att
 answered by reporting/representation_shift.py where the training split separates the pair:
 directions in h = c1(x) fitted on the training split's images); and correlation_gate (the verdict before issue 25: HC0 errors, normal reference, 'cannot tell'
 for every attribute correlated with another beyond |r| > 0.1), on the same predictions.
+Fallbacks for what only the training split separates (fallback_rows): heldout_association
+(what the report ships: the verdict on the 'validation' split, reporting/heldout.py),
+train_association (the same on the training images; `memorisation` measures its bias) and
+stratified_shift. --table also prints each method's |estimate − flip rate| there.
 
 Usage (resumable, one JSON line per classifier):
   python benchmarks/truthfulness_correlated.py --out runs/correlated

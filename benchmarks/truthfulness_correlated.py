@@ -27,6 +27,10 @@ representation_shift (those rows, with each 'cannot tell' that a confounding att
 answered by reporting/representation_shift.py where the training split separates the pair:
 directions in h = c1(x) fitted on the training split's images); and correlation_gate (the verdict before issue 25: HC0 errors, normal reference, 'cannot tell'
 for every attribute correlated with another beyond |r| > 0.1), on the same predictions.
+Fallbacks for what only the training split separates (fallback_rows): heldout_association
+(what the report ships: the verdict on the 'validation' split, reporting/heldout.py),
+train_association (the same on the training images; `memorisation` measures its bias) and
+stratified_shift. --table also prints each method's |estimate − flip rate| there.
 
 Usage (resumable, one JSON line per classifier):
   python benchmarks/truthfulness_correlated.py --out runs/correlated
@@ -50,7 +54,9 @@ import truthfulness  # noqa: E402  pylint: disable=g-import-not-at-top
 
 R_TEST = (0.0, 0.3, 0.6, 0.9, 1.0)
 PAIR = ('size', 'position')
-METHODS = ('prediction_association', 'representation_shift', 'correlation_gate')
+METHODS = ('prediction_association', 'representation_shift', 'correlation_gate',
+           'heldout_association', 'train_association', 'stratified_shift')
+FALLBACKS = METHODS[3:]   # need the held-out / training predictions (lines before them lack them)
 
 
 def grid(quick: bool = False, spurious=('background', 'color'), rhos=(0.9, 1.0),
@@ -128,16 +134,23 @@ def run_cell(cell: dict, workdir: str, base: str, num_test: int, r_test=R_TEST) 
   names, task = list(shapes.ATTRIBUTES), config.data.task
   embed, head = _embed_head(split, config.eval.batch_size)
   train = data_lib.load(config.data, 'train')
-  beta, ident = representation_shift.directions(embed(train.images), train.attributes)
+  h_train = embed(train.images)
+  beta, ident = representation_shift.directions(h_train, train.attributes)
+  held = data_lib.load(config.data, 'validation')
   line = {'cell': truthfulness.cell_key(cell), **cell, 'names': names, 'task': task,
-          'num_test': num_test, 'tests': []}
+          'num_test': num_test, 'tests': [],
+          'pred_validation': np.argmax(classify(held.images), -1).astype(int).tolist(),
+          'pred_train': np.argmax(head(h_train), -1).astype(int).tolist()}
   for k, r in enumerate(r_test):
     rng = np.random.default_rng([cell['seed'], k, 2025])
     attrs = test_attributes(rng, num_test, task, cell['spurious'], r)
     seed = int(rng.integers(2**31))
     images = render(config.data, attrs, seed)
     pred = np.argmax(classify(images), -1)
-    rates = representation_shift.flip_rates(embed(images), attrs, beta, head)
+    h_test = embed(images)
+    rates = representation_shift.flip_rates(h_test, attrs, beta, head)
+    strat, counts = representation_shift.stratified_flip_rates(h_train, train.attributes,
+                                                               h_test, attrs, head)
     reliance = {}
     for a, n in enumerate(names):
       flipped = attrs.copy()
@@ -148,10 +161,13 @@ def run_cell(cell: dict, workdir: str, base: str, num_test: int, r_test=R_TEST) 
     line['tests'].append({
         'r_test': r, 'accuracy': float(np.mean(pred == attrs[:, names.index(task)])),
         'reliance': reliance, 'pred': pred.astype(int).tolist(), 'shift_flip_rate': rates.tolist(),
-        'rows': {'prediction_association': rows,
+        'stratified_flip_rate': strat.tolist(), 'stratified_count': counts.tolist()})
+    t = line['tests'][-1]
+    t['rows'] = {'prediction_association': rows,
                  'representation_shift': representation_shift.combine(
                      rows, rates, ident, names, num_test, len(train)),
-                 'correlation_gate': gate_rows(pred, attrs, names)}})
+                 'correlation_gate': gate_rows(pred, attrs, names),
+                 **fallback_rows(line, t, rows, config.data)}
   line['seconds'] = time.time() - t0
   return line
 
@@ -177,7 +193,74 @@ def rescore(line: dict, base: str = 'small') -> dict:
         'representation_shift': representation_shift.combine(
             rows, np.asarray(t['shift_flip_rate']), ident, names, line['num_test'], len(train)),
         'correlation_gate': gate_rows(pred, attrs, names)}))
+    if 'pred_validation' in line:
+      tests[-1]['rows'].update(fallback_rows(line, tests[-1], rows, config.data))
   return dict(line, tests=tests)
+
+
+def fallback_rows(line: dict, t: dict, rows: list[dict], data_config) -> dict:
+  """The rows of the fallbacks for what the test split confounds (issue 25, item 3), from
+  the line's stored predictions: heldout_association (the verdict on the 'validation' split,
+  drawn like 'train', which the classifier never saw; reporting/heldout.py), train_association
+  (the same on the training images themselves: memorisation may bias it), stratified_shift
+  (representation_shift.stratified_flip_rates, checked against the test split like the
+  global shift)."""
+  from lsei_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+  from lsei_jax.reporting import heldout, representation_shift  # pylint: disable=g-import-not-at-top
+  names, task = line['names'], line['task']
+  out = {}
+  for m, split in (('heldout_association', 'validation'), ('train_association', 'train')):
+    _, attrs = data_lib.load_annotations(data_config, split)
+    pred = np.asarray(line['pred_' + split])
+    held = association_rows(pred, attrs, names, task, split)
+    out[m] = heldout.fill(rows, held, split, len(pred))
+  counts = np.asarray(t['stratified_count'])
+  out['stratified_shift'] = representation_shift.combine(
+      rows, np.asarray(t['stratified_flip_rate']), counts > 0, names, counts,
+      len(line['pred_train']), estimator=representation_shift.STRATIFIED,
+      how='moved by the difference of its stratum\'s training means in h')
+  return out
+
+
+def memorisation(lines: list[dict], base: str = 'small') -> list[dict]:
+  """Per classifier: the adjusted effects of the task and of the spurious attribute on the
+  training images and on the held-out validation split (the same distribution); a
+  classifier that memorised its training images reads the task larger and the shortcut
+  smaller on the former."""
+  from lsei_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+  out = []
+  for line in (l for l in lines if 'pred_validation' in l):
+    data = truthfulness.cell_config(line, base).data
+    effect = {}
+    for split in ('train', 'validation'):
+      _, attrs = data_lib.load_annotations(data, split)
+      rows = {r['attribute']: r for r in association_rows(
+          np.asarray(line['pred_' + split]), attrs, line['names'], line['task'])}
+      effect[split] = {k: rows[line[k]]['shift'] for k in ('task', 'spurious')}
+    truth = line['tests'][0]['reliance']     # the flip rates on the independent test split
+    out.append({'cell': line['cell'], 'rho': line['rho'], **{
+        f'{k}_{s}': effect[s][k] for s in effect for k in ('task', 'spurious')},
+                **{f'{k}_flip_rate': truth[line[k]]['flip_rate'] for k in ('task', 'spurious')}})
+  return out
+
+
+def magnitude_errors(lines: list[dict], methods=METHODS) -> dict:
+  """{method: [| |shift| − flip rate | over the attributes only the training split
+  separates that the method answered]}: how far its estimate is from the ground truth."""
+  out: dict = {}
+  for line in lines:
+    for t in line['tests']:
+      for m in (m for m in methods if m in t['rows']):
+        out.setdefault(m, []).extend(
+            abs(abs(r['shift']) - t['reliance'][r['attribute']]['flip_rate'])
+            for r in t['rows'][m] if r.get('verdict') != 'cannot tell'
+            and separation(line, t['r_test'], r['attribute']) == 'train')
+  return out
+
+
+def association_rows(pred, attrs, names, task, split: str = 'test'):
+  from lsei_jax.reporting import bias  # pylint: disable=g-import-not-at-top
+  return bias.prediction_association(pred, attrs, names, task, 2, split=split)
 
 
 def _embed_head(split, batch_size: int):
@@ -209,7 +292,7 @@ def summarize(lines: list[dict], methods=METHODS) -> list[dict]:
   for line in lines:
     for t in line['tests']:
       rel, relied, unused = truthfulness.truth({**line, 'reliance': t['reliance']})
-      for m in methods:
+      for m in (m for m in methods if m in t['rows']):   # older lines lack the fallbacks
         new = lambda: dict(dict.fromkeys(('n', 'answered', 'tp', 'fp', 'fn', 'strong',
                                           'strong_hit', 'unused', 'fp_unused', 'wrong', 'zero',
                                           'fp_zero'), 0),
@@ -306,6 +389,19 @@ def main(argv=None) -> None:
             flush=True)
   rows = summarize(truthfulness.read_lines(path))
   print(format_table(rows))
+  for m, err in magnitude_errors(truthfulness.read_lines(path)).items():
+    if err:
+      print(f'{m}: |estimate − flip rate| where only training separates ({len(err)} answers): '
+            f'median {np.median(err):.3f}, max {max(err):.3f}')
+  mem = memorisation(truthfulness.read_lines(path), 'tiny' if args.quick else args.base)
+  for k in ('task', 'spurious'):
+    d = [m[f'{k}_train'] - m[f'{k}_validation'] for m in mem if m['rho'] < 1]
+    if d:
+      print(f'{k} effect, training images − validation (ρ_train < 1, {len(d)} classifiers): '
+            f'median {np.median(d):+.3f}, range [{min(d):+.3f}, {max(d):+.3f}]; |effect − '
+            'flip rate at r = 0|, median: training images ' + ', validation '.join(
+                f'{np.median([abs(m[f"{k}_{s}"] - m[f"{k}_flip_rate"]) for m in mem if m["rho"] < 1]):.3f}'
+                for s in ('train', 'validation')))
   with open(os.path.join(args.out, 'summary.json'), 'w') as f:
     json.dump(rows, f, indent=2)
 

@@ -21,7 +21,7 @@ import numpy as np
 from lsei_jax.data import bias_splits, byo, shapes
 from lsei_jax.errors import as_user_errors
 
-SPLITS = {'shapes': ('train', 'test', 'test_biased'),
+SPLITS = {'shapes': ('train', 'validation', 'test', 'test_biased'),
           'celeba': ('train', 'validation', 'test'),
           'numpy': byo.SPLITS, 'folder': byo.SPLITS}
 
@@ -68,7 +68,9 @@ def _load(data_config: Any, split: str) -> Dataset:
   """Loads `split` of the configured data.
 
   Splits: 'train', 'test' (what evaluation uses; unbiased for shapes, the official test
-  partition for CelebA), 'validation' (CelebA, BYO), 'test_biased' (shapes), and the
+  partition for CelebA), 'validation' (held-out images of the training distribution: CelebA,
+  BYO; shapes: drawn like 'train' under another name, num_test images), 'test_biased'
+  (shapes), and the
   bias-control splits (bias_splits.CELEBA) sampled from train. config.data.bias_split
   replaces 'train' by one of those.
   """

@@ -165,7 +165,8 @@ def partners(x: np.ndarray) -> list[tuple[int | None, int, float]]:
 def prediction_association(pred: np.ndarray, attributes: np.ndarray, names: Sequence[str],
                            task: str, num_classes: int, *, level: float = 0.95,
                            min_effect: float = 0.05, max_hidden: float = 0.25,
-                           max_confounding: float | None = None) -> list[dict]:
+                           max_confounding: float | None = None,
+                           split: str = 'test') -> list[dict]:
   """Which attributes the classifier's predictions depend on, on a test split (module doc).
 
   Args:
@@ -177,6 +178,7 @@ def prediction_association(pred: np.ndarray, attributes: np.ndarray, names: Sequ
       a wider interval that contains 0 is 'cannot tell'.
     max_confounding: ignored (the correlation gate it set is replaced by the intervals);
       accepted so that configs written before keep working.
+    split: the split's name in the rows' evidence ('test'; heldout.py: 'validation').
 
   Returns one row per attribute, sorted by |shift|: shift (the effect on P(ŷ = k), k = 1
   for two classes, else the class of the largest |effect|), toward_class, se, ci_low,
@@ -204,14 +206,14 @@ def prediction_association(pred: np.ndarray, attributes: np.ndarray, names: Sequ
            'partner': None if partner is None else names[partner], 'separated_by': sep,
            'correlation': r, 'estimator': ESTIMATOR, 'is_task': is_task_attribute(name, task)}
     if not varies[a]:
-      row['evidence'] = f'constant in the {len(x)} test images: no effect to estimate'
+      row['evidence'] = f'constant in the {len(x)} {split} images: no effect to estimate'
       rows.append(row)
       continue
     j = int(np.searchsorted(cols, a))
     if not fit['identifiable'][j]:
       with_ = [names[cols[b]] for b in fit['collinear'][j]] or [names[partner]]
       row.update(confounded_by=with_, evidence=(
-          f'a linear function of {", ".join(with_)} in the {len(x)} test images '
+          f'a linear function of {", ".join(with_)} in the {len(x)} {split} images '
           f'({sep} separate it from {names[partner]}): the split cannot tell their effects '
           'apart'))
       rows.append(row)
@@ -232,7 +234,7 @@ def prediction_association(pred: np.ndarray, attributes: np.ndarray, names: Sequ
     row.update(shift=float(e[i]), toward_class=int(classes[i]), se=float(s[i]),
                ci_low=float(lo[i]), ci_high=float(hi[i]), verdict=verdict, flagged=flagged,
                confounded_by=[names[partner]] if confounded else [],
-               evidence=f'effect {e[i]:+.3f} {ci} on {len(x)} test images{why}')
+               evidence=f'effect {e[i]:+.3f} {ci} on {len(x)} {split} images{why}')
     rows.append(row)
   return sorted(rows, key=lambda r: -abs(r['shift']))
 

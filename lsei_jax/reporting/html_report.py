@@ -121,7 +121,8 @@ def render(result: dict, eval_dir: str | None = None, *, task: str | None = None
     cls = 'task' if r['is_task'] and not r['flagged'] else ('sig' if r['flagged'] else '')
     rows.append([f'<td class="{cls}">{e(r["attribute"])}{" (task)" if r["is_task"] else ""}</td>',
                  e(verdict), f'{r["shift"]:+.3f}', f'[{r["ci_low"]:+.3f}, {r["ci_high"]:+.3f}]',
-                 str(r.get('toward_class', 1))])
+                 str(r.get('toward_class', 1)),
+                 f'<td title="{e(r.get("evidence", ""))}">{e(r.get("estimator", ""))}</td>'])
   parts += ['<h2>Bias report: what the classifier relies on</h2>',
             '<p>For each attribute, how much the probability that the classifier predicts a '
             'class changes between test images with and without the attribute: '
@@ -133,8 +134,11 @@ def render(result: dict, eval_dir: str | None = None, *, task: str | None = None
             'configured minimum; <b>no evidence</b>: the interval rules out a large effect; '
             '<b>cannot tell</b>: it does not, e.g. an attribute that the test split never '
             'separates from another (the row names it and how many test images separate '
-            'them). Bold red: relied on.</p>',
-            _table(['attribute', 'verdict', 'effect', 'interval', 'class'], rows),
+            'them). Where the test split confounds an attribute with another but held-out '
+            'images of the training distribution (the validation split) separate them, that '
+            'split answers, and the row names it as its estimator (hover: its evidence). '
+            'Bold red: relied on.</p>',
+            _table(['attribute', 'verdict', 'effect', 'interval', 'class', 'estimator'], rows),
             _drawn(lambda f: plots.bias_bars(f, result['bias_report'],
                                              result.get('intervention', 'flip all bits')),
                    'bias report bars')]

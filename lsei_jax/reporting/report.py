@@ -39,8 +39,10 @@ def format_bias(m: dict, top: int = 6) -> str:
            'attribute on the test split)']
   for r in m['bias_report'][:top]:
     verdict = association.verdict_text(r)
+    by = r.get('estimator')
+    by = f' — by {by}' if by and by != association.ESTIMATOR else ''   # a fallback answered
     lines.append(f'  {r["attribute"]:>14}{" (task)" if r["is_task"] else "       "} '
-                 f'{r["shift"]:+.3f} [{r["ci_low"]:+.3f}, {r["ci_high"]:+.3f}] {verdict}')
+                 f'{r["shift"]:+.3f} [{r["ci_low"]:+.3f}, {r["ci_high"]:+.3f}] {verdict}{by}')
   rel = m.get('reliance')
   if rel:
     lines.append('Ground truth (counterfactual test images, one attribute flipped): '

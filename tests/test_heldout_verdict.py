@@ -1,0 +1,199 @@
+"""The verdict's fallback for what the test split confounds (reporting/heldout.py) and the
+stratified representation shift (representation_shift.stratified_flip_rates): exact answers
+on synthetic arrays, identifiability failures as 'cannot tell' (never a traceback or NaN)."""
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+from lsei_jax import data as data_lib
+from lsei_jax.reporting import association, heldout, representation_shift
+
+NAMES = ['a', 'b', 'c']
+
+
+def _design(n: int, agree: float, seed: int) -> np.ndarray:
+  """bool [n, 3]: a and c fair coins; b equals a in a fraction `agree` of the rows (exactly:
+  the first round(n·(1 − agree)) rows of a shuffled order disagree)."""
+  rng = np.random.default_rng(seed)
+  x = rng.random((n, 3)) < 0.5
+  x[:, 1] = x[:, 0]
+  flip = rng.permutation(n)[:round(n * (1 - agree))]
+  x[flip, 1] = ~x[flip, 0]
+  return x
+
+
+def test_pair_confounded_in_test_but_not_in_training_is_answered_by_the_held_out_split():
+  test = _design(400, 1.0, 0)                # b = a in every test image
+  held = _design(1000, 0.9, 1)               # the training distribution: 100 images separate
+  pred_test, pred_held = test[:, 0].astype(int), held[:, 0].astype(int)   # reads a alone
+  alone = {r['attribute']: r for r in association.prediction_association(
+      pred_test, test, NAMES, 'a', 2)}
+  assert alone['a']['verdict'] == alone['b']['verdict'] == 'cannot tell'
+  rows = {r['attribute']: r for r in heldout.prediction_association(
+      pred_test, test, NAMES, 'a', 2, held=(pred_held, held))}
+  # Predictions a function of a: the least-squares effects are exactly 1 (a) and 0 (b, c),
+  # up to float rounding of a 4 × 4 solve (1e-9).
+  assert rows['a']['verdict'] == 'relied on' and rows['a']['shift'] == pytest.approx(1, abs=1e-9)
+  assert rows['b']['verdict'] == 'no evidence' and rows['b']['shift'] == pytest.approx(0, abs=1e-9)
+  for n in 'ab':
+    assert rows[n]['estimator'] == heldout.ESTIMATOR.format(split='validation split, 1000 images')
+    assert rows[n]['evidence'].startswith('validation split: effect')
+    assert ' on 1000 validation images' in rows[n]['evidence']
+    assert 'the test split alone: a linear function of' in rows[n]['evidence']
+    assert rows[n]['ci_low'] <= rows[n]['shift'] <= rows[n]['ci_high']
+  # The attribute the test split answers keeps the test split's row, unchanged.
+  assert rows['c'] == alone['c'] and rows['c']['estimator'] == association.ESTIMATOR
+
+
+def test_pair_confounded_everywhere_is_cannot_tell_naming_the_pair():
+  test, held = _design(300, 1.0, 2), _design(600, 1.0, 3)
+  rows = {r['attribute']: r for r in heldout.prediction_association(
+      test[:, 0].astype(int), test, NAMES, 'a', 2, held=(held[:, 0].astype(int), held))}
+  for n, other in (('a', 'b'), ('b', 'a')):
+    r = rows[n]
+    assert r['verdict'] == 'cannot tell' and not r['flagged']
+    assert r['confounded_by'] == [other] and r['partner'] == other and r['separated_by'] == 0
+    assert r['estimator'] == association.ESTIMATOR
+    assert 'the validation split (600 images) cannot tell either' in r['evidence']
+    assert association.verdict_text(r).startswith(f'cannot tell: confounded with {other}')
+  assert rows['c']['verdict'] == 'no evidence'
+
+
+def _finite_or_inf(rows):
+  for r in rows:
+    for k in ('shift', 'se', 'ci_low', 'ci_high', 'correlation'):
+      assert not math.isnan(r[k]), (r['attribute'], k)
+
+
+@pytest.mark.parametrize('n', [2, 5, 64])
+def test_perfectly_collinear_design_gives_cannot_tell_never_nan(n):
+  rng = np.random.default_rng(n)
+  a = rng.random(n) < 0.5
+  a[:2] = [True, False]
+  # b = not a, c = constant, d = a: every column is a linear function of the others.
+  x = np.column_stack([a, ~a, np.ones(n, bool), a])
+  names = ['a', 'b', 'c', 'd']
+  pred = a.astype(int)
+  for held in (None, (pred, x), lambda: (pred, x), lambda: None):
+    rows = heldout.prediction_association(pred, x, names, 'a', 2, held=held)
+    assert [r['verdict'] for r in rows] == ['cannot tell'] * 4
+    _finite_or_inf(rows)
+    assert all(not r['flagged'] for r in rows)
+
+
+def test_held_out_split_is_not_loaded_where_the_test_split_answers():
+  test = _design(400, 0.5, 4)            # a and b nearly independent in the test split
+  def never():
+    raise AssertionError('the held-out split was loaded although nothing needed it')
+  rows = heldout.prediction_association(test[:, 0].astype(int), test, NAMES, 'a', 2, held=never)
+  assert rows == association.prediction_association(test[:, 0].astype(int), test, NAMES, 'a', 2)
+
+
+def test_no_held_out_split_leaves_cannot_tell_and_says_so():
+  test = _design(200, 1.0, 5)
+  for held in (lambda: None, lambda: (np.zeros(0, int), np.zeros((0, 3), bool))):
+    rows = {r['attribute']: r for r in heldout.prediction_association(
+        test[:, 0].astype(int), test, NAMES, 'a', 2, held=held)}
+    assert rows['a']['verdict'] == 'cannot tell'
+    assert rows['a']['evidence'].endswith('no validation split to answer from')
+
+
+def test_shapes_validation_split_is_drawn_like_train_under_another_name():
+  from configs import tiny  # pylint: disable=g-import-not-at-top
+  cfg = tiny.get_config().data
+  val, train = data_lib.load(cfg, 'validation'), data_lib.load(cfg, 'train')
+  assert len(val) == cfg.num_test and val.images.shape[1:] == train.images.shape[1:]
+  agree = lambda d: np.mean(d.attributes[:, 0] == d.attributes[:, 1])   # shape, color
+  # Training's ρ (tiny: 0.9), not the test split's 0.5; 0.9 ± 3 s.e. (s.e. = √(0.09 / N)).
+  assert abs(agree(val) - cfg.rho) < 3 * math.sqrt(cfg.rho * (1 - cfg.rho) / len(val))
+  assert not np.array_equal(val.images, train.images[:len(val)])
+  labels, attrs = data_lib.load_annotations(cfg, 'validation')
+  assert np.array_equal(attrs, val.attributes) and np.array_equal(labels, val.labels)
+
+
+def _head(h):
+  """Two classes; class 1 where h[:, 0] > 0.5 (reads the first coordinate alone)."""
+  return np.stack([np.zeros(len(h)), h[:, 0] - 0.5], -1)
+
+
+def test_stratified_shift_recovers_exact_flip_rates_where_the_test_split_confounds():
+  train = _design(1000, 0.9, 6)
+  test = _design(200, 1.0, 7)
+  # h: the attributes themselves, with an interaction term a·b (a global linear shift
+  # fitted on all attributes would mix it into a's and b's directions).
+  emb = lambda x: np.column_stack([x[:, 0], x[:, 1], x[:, 0] & x[:, 1], x[:, 2]]).astype(float)
+  rates, counts = representation_shift.stratified_flip_rates(emb(train), train, emb(test), test,
+                                                             _head)
+  # Moving a within its stratum moves h[:, 0] by ±1 exactly: every prediction flips; b and c
+  # leave h[:, 0] unchanged: none does. Every stratum has ≥ 5 images on both sides.
+  assert rates.tolist() == [1.0, 0.0, 0.0] and counts.tolist() == [200, 200, 200]
+
+
+def test_stratified_shift_counts_only_strata_the_training_split_separates():
+  train = _design(1000, 1.0, 8)          # b = a in training too: no stratum separates them
+  test = _design(100, 1.0, 9)
+  emb = lambda x: x.astype(float)
+  rates, counts = representation_shift.stratified_flip_rates(emb(train), train, emb(test), test,
+                                                             _head, min_count=5)
+  assert counts.tolist() == [0, 0, 100] and rates.tolist() == [0.0, 0.0, 0.0]
+  # Through combine: not identifiable → the rows stay the test split's 'cannot tell'.
+  pred = test[:, 0].astype(int)
+  rows = association.prediction_association(pred, test, NAMES, 'a', 2)
+  out = representation_shift.combine(rows, rates, counts > 0, NAMES, counts, 1000,
+                                     estimator=representation_shift.STRATIFIED)
+  assert [r['verdict'] for r in out if r['attribute'] in 'ab'] == ['cannot tell'] * 2
+
+
+@pytest.mark.slow
+def test_pipeline_answers_a_pair_the_test_split_confounds_from_the_validation_split(tmp_path):
+  """End to end on a BYO dataset whose test split confounds shape with colour (as real data
+  can) while its training and validation splits separate them (ρ = 0.8): the classifier
+  stage's verdict answers both from the validation split, and says so."""
+  from configs import tiny  # pylint: disable=g-import-not-at-top
+  from lsei_jax import pipeline  # pylint: disable=g-import-not-at-top
+  from lsei_jax.data import byo, shapes  # pylint: disable=g-import-not-at-top
+  from lsei_jax.pipeline import artifacts, evaluation  # pylint: disable=g-import-not-at-top
+  from lsei_jax.reporting import report  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  sizes = {'train': 256, 'validation': 256, 'test': 128}
+  attrs = np.concatenate([shapes.sample_attributes(rng, n, 'shape', 'color',
+                                                   1.0 if s == 'test' else 0.8)
+                          for s, n in sizes.items()])
+  split = np.concatenate([[s] * n for s, n in sizes.items()])
+  images = shapes.render(rng, attrs, 16)
+  byo.register_arrays('heldout_pipeline', images, attrs, shapes.ATTRIBUTES, split=split)
+  config = tiny.get_config()
+  with config.unlocked():
+    config.data = dict(name='numpy', path='', arrays='heldout_pipeline', task='shape',
+                       image_size=16, resize=False, seed=0, csv='', workers=2)
+    config.classifier.steps = 60
+    config.sanity.enabled = False
+  workdir = str(tmp_path / 'run')
+  pipeline.train(config, workdir)
+  evaluation.evaluate(config, workdir)
+  with open(os.path.join(workdir, 'eval', 'metrics.json')) as f:
+    result = json.load(f)
+  rows = {r['attribute']: r for r in result['bias_report']}
+  # The oracle: the same verdict computed here on the validation split's predictions.
+  ctx = evaluation.load(config, workdir, ['classifier'])
+  val = split == 'validation'
+  pred = artifacts.classify_fn(ctx.classifier, 32, ctx.mesh)(images[val]).argmax(-1)
+  expect = {r['attribute']: r for r in association.prediction_association(
+      pred, attrs[val], shapes.ATTRIBUTES, 'shape', 2)}
+  for n in ('shape', 'color'):
+    assert rows[n]['estimator'] == heldout.ESTIMATOR.format(split='validation split, 256 images')
+    assert rows[n]['verdict'] == expect[n]['verdict'] != 'cannot tell'
+    # The same function on the same predictions; 1e-9: batched vs whole logits' argmax ties
+    # are impossible at float32 resolution here, so only the solve's rounding remains.
+    assert rows[n]['shift'] == pytest.approx(expect[n]['shift'], abs=1e-9)
+    assert rows[n]['confounded_by'] == ['color' if n == 'shape' else 'shape']
+  assert all(rows[n]['estimator'] == association.ESTIMATOR
+             for n in ('size', 'position', 'background', 'texture'))
+  text = report.format_bias(result, top=6)
+  assert 'by adjusted association on held-out images' in text
+  with open(os.path.join(workdir, 'eval', 'report.html')) as f:
+    page = f.read()
+  assert '<th>estimator</th>' in page and 'held-out images of the training distribution' in page

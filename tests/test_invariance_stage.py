@@ -55,11 +55,15 @@ def test_summarise_names_what_the_samples_vary():
   reliance = {'color': {'flip_rate': 0.999}, 'size': {'flip_rate': 0.0},
               'shape': {'flip_rate': 0.02}}
   kw = dict(num_images=4, samples=2, temperature=1.0, reconstruction_mse=0.0, round_trip=0.0,
-            encoded_min=0.9, change_max=0.05, relied_min=0.05)
+            encoded_min=0.9, change_max=0.05, relied_min=0.05, min_probe_accuracy=0.75)
   out = inv_stage.summarise(rates, ['color', 'size', 'shape'], np.array([1.0, 0.6, 0.95]),
                             np.ones(3), reliance, **kw)
   assert out['varied'] == ['size'] and out['encoded_by_h'] == ['color', 'shape']
   assert out['unencoded_varied'] and out['relied_on'] == ['color'] and out['relied_kept']
+  # A probe that cannot read size on D(E(x)): its changes count neither way.
+  out = inv_stage.summarise(rates, ['color', 'size', 'shape'], np.array([1.0, 0.6, 0.95]),
+                            np.array([1.0, 0.5, 1.0]), reliance, **kw)
+  assert out['unreadable'] == ['size'] and out['varied'] == [] and out['unencoded_varied']
   rates['attribute_change'] = np.array([0.06, 0.01, 0.04])   # colour varies, size does not
   out = inv_stage.summarise(rates, ['color', 'size', 'shape'], np.array([1.0, 0.6, 0.95]),
                             np.ones(3), reliance, **kw)

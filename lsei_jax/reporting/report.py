@@ -95,7 +95,9 @@ def invariance_lines(v: dict) -> list[str]:
     lines.append('the samples vary ' + (', '.join(v['varied']) or 'no attribute')
                  + '; h encodes (linear probe) ' + (', '.join(v['encoded_by_h']) or 'none')
                  + '; every attribute h does not encode varies: '
-                 + ('yes' if v['unencoded_varied'] else 'no'))
+                 + ('yes' if v['unencoded_varied'] else 'no')
+                 + (f' (probes cannot read {", ".join(v["unreadable"])} on D(E(x)))'
+                    if v.get('unreadable') else ''))
   if 'relied_kept' in v:
     kept = ', '.join(f'{a} {100 * v["attribute_change"][a]:.1f}%' for a in v['relied_on'])
     lines.append(f'attributes relied on (ground truth): {kept or "none"} changed; all kept: '

@@ -138,18 +138,15 @@ def evaluate_invariance(ctx: Context) -> dict:
   classify = artifacts.classify_fn(split, bs, ctx.mesh)
   pred = lambda x: np.argmax(classify(x), -1)
   pred_orig, pred_dec = pred(images), pred(u8)
-  rates = {}
-  attr_names = list(test.attribute_names)
-  probe_acc_recon = None
+  attr_names, probe_acc_recon = list(test.attribute_names), None
   if 'probe' in ctx.states:
     probs = ctx.map(_probe_images_fn(ctx.mods.probe, ctx.mesh), ctx.params('probe'),
                     {'image': u8}, 'probe invariance') > 0.5
-    rates = invariance_rates(pred_orig, pred_dec[:b], pred_dec[b:].reshape(n, b),
-                             probs[:b], probs[b:].reshape(n, b, -1))
     probe_acc_recon = np.mean(probs[:b] == test.attributes[:b].astype(bool), 0)
   else:   # no probes: the label share alone
-    rates = invariance_rates(pred_orig, pred_dec[:b], pred_dec[b:].reshape(n, b),
-                             np.zeros((b, 0), bool), np.zeros((n, b, 0), bool))
+    probs = np.zeros((b * (n + 1), 0), bool)
+  rates = invariance_rates(pred_orig, pred_dec[:b], pred_dec[b:].reshape(n, b), probs[:b],
+                           probs[b:].reshape(n, b, -1))
   y_tr = data_lib.load_annotations(spec.config.data, 'train')[1]
   acc_h = h_probe_accuracy(_std(_train_h(ctx), s['h']), y_tr, _std(h_test, s['h']),
                            test.attributes)
@@ -163,15 +160,19 @@ def evaluate_invariance(ctx: Context) -> dict:
       num_images=b, samples=n, temperature=float(cfg.temperature),
       reconstruction_mse=float(np.mean((recon - images / 255.0) ** 2)), round_trip=round_trip,
       encoded_min=float(cfg.encoded_min), change_max=float(cfg.change_max),
-      relied_min=float(spec.config.eval.min_effect))}
+      relied_min=float(spec.config.eval.min_effect),
+      min_probe_accuracy=float(spec.config.eval.get('min_probe_accuracy', 0.75)))}
 
 
 def summarise(rates: dict, names: list, acc_h: np.ndarray, probe_acc_recon, reliance,
               *, num_images: int, samples: int, temperature: float, reconstruction_mse: float,
-              round_trip: float, encoded_min: float, change_max: float, relied_min: float) -> dict:
+              round_trip: float, encoded_min: float, change_max: float, relied_min: float,
+              min_probe_accuracy: float) -> dict:
   """The 'invariance' entry: the shares, and which attributes the samples vary (change
   > change_max) against which h encodes (linear probe ≥ encoded_min) and which the
-  classifier relies on by the ground truth (flip rate ≥ relied_min; None without it)."""
+  classifier relies on by the ground truth (flip rate ≥ relied_min; absent without it).
+  probe_acc_recon [A]: the probes' accuracy on D(E(x)); below min_probe_accuracy an
+  attribute is unreadable there."""
   change = rates['attribute_change']
   out = {'num_images': num_images, 'samples_per_image': samples, 'temperature': temperature,
          'label_kept': rates['label_kept'], 'recon_label_kept': rates['recon_label_kept'],
@@ -182,9 +183,13 @@ def summarise(rates: dict, names: list, acc_h: np.ndarray, probe_acc_recon, reli
   if len(change):
     out['attribute_change'] = {a: float(x) for a, x in zip(names, change)}
     out['probe_accuracy_on_reconstruction'] = {a: float(x) for a, x in zip(names, probe_acc_recon)}
-    out['varied'] = [a for a, x in zip(names, change) if x > change_max]
+    # A probe that cannot read its attribute on D(E(x)) changes its decision at random:
+    # such attributes are named, and not counted as varied or kept.
+    out['unreadable'] = [a for a, x in zip(names, probe_acc_recon) if x < min_probe_accuracy]
+    out['varied'] = [a for a, x in zip(names, change)
+                     if x > change_max and a not in out['unreadable']]
     out['unencoded_varied'] = all(a in out['varied'] for a in names
-                                  if a not in out['encoded_by_h'])
+                                  if a not in out['encoded_by_h'] + out['unreadable'])
   if reliance is not None:
     out['relied_on'] = [a for a in names if reliance[a]['flip_rate'] >= relied_min]
     if len(change):

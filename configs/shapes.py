@@ -104,7 +104,7 @@ def get_config() -> ml_collections.ConfigDict:
   # than this is varied by them.
   c.autoencoder = ml_collections.ConfigDict(dict(
       latent_dim=32, channels=(16, 32, 64),
-      steps=2000, batch_size=128, optimizer='adam', learning_rate=3e-3, schedule='cosine',
+      steps=1500, batch_size=64, optimizer='adam', learning_rate=3e-3, schedule='cosine',
       warmup_steps=20, grad_clip=0.0))
   c.invariance = ml_collections.ConfigDict(dict(
       enabled=False, num_steps=6, hidden=(128, 128), embed=(128,), clamp=2.0, linear='lu',

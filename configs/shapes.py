@@ -101,10 +101,12 @@ def get_config() -> ml_collections.ConfigDict:
   # and re-runs the classifier and the attribute probes on D(τ⁻¹(ν | h)) (metrics.json
   # 'invariance'). encoded_min: a linear probe on h reading an attribute this well means h
   # encodes it; change_max: an attribute whose probe decision changes on more samples
-  # than this is varied by them.
+  # than this is varied by them. The autoencoder first learns the background alone and
+  # only later the object: 600 steps of 128 or 800 of 64 reconstructed no colour (labels
+  # kept 53%, chance), 1500 of 64 and 2000 of 128 did (99.2%); 2000 of 64 for a margin.
   c.autoencoder = ml_collections.ConfigDict(dict(
       latent_dim=32, channels=(16, 32, 64),
-      steps=1500, batch_size=64, optimizer='adam', learning_rate=3e-3, schedule='cosine',
+      steps=2000, batch_size=64, optimizer='adam', learning_rate=3e-3, schedule='cosine',
       warmup_steps=20, grad_clip=0.0))
   c.invariance = ml_collections.ConfigDict(dict(
       enabled=False, num_steps=6, hidden=(128, 128), embed=(128,), clamp=2.0, linear='lu',

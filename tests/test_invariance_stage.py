@@ -2,6 +2,7 @@
 of the graph (trained, resumed, linked, evaluated), the evaluator's shares against a NumPy
 oracle, and the step's noise independent of the device count."""
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -107,6 +108,18 @@ def test_stages_train_resume_and_evaluate(workdir_copy, tiny_config, trained_wor
   again = pipeline.train(c, workdir_copy, ['autoencoder', 'invariance'])   # resumed: done
   assert again['invariance'] == metas['invariance']
   assert again['autoencoder'] == metas['autoencoder']
+  # Interrupted after its first checkpoint, the cINN resumes to bitwise the same parameters.
+  shutil.move(os.path.join(workdir_copy, 'invariance'), str(tmp_path / 'inv_done'))
+  def interrupt(stage, step, state):
+    if stage == 'invariance' and step == c.checkpoint.every_steps:
+      raise KeyboardInterrupt
+  with pytest.raises(KeyboardInterrupt):
+    pipeline.train(c, workdir_copy, ['invariance'], hooks=[interrupt])
+  seen = []
+  resumed = pipeline.train(c, workdir_copy, ['invariance'],
+                           hooks=[lambda s, step, _: seen.append((s, step))])
+  assert ('invariance', c.checkpoint.every_steps) not in seen     # resumed, not restarted
+  assert resumed['invariance']['fingerprint'] == metas['invariance']['fingerprint']
   ctx = evaluation.load(c, workdir_copy, ['classifier', 'probe', 'autoencoder', 'invariance'])
   res = inv_stage.evaluate_invariance(ctx)['invariance']
   names = list(ctx.data.attribute_names)

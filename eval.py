@@ -37,6 +37,8 @@ def main(argv):
     print(report.format_tables(result))
     print(report.format_concepts(result))
     print(report.format_bias(result))
+    if result.get('invariance'):
+      print(report.format_invariance(result))
     print(f'wrote {FLAGS.workdir}/eval/report.html, metrics.json and figures')
   cli.run_main(run)
 

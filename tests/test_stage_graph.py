@@ -38,13 +38,17 @@ def test_stage_facts_are_read_off_the_nodes(tiny_config):
   # sections, the default stages of a config.
   from lsei_jax.pipeline import graph
   assert pipeline.STAGES == ('classifier', 'concepts', 'explainer', 'explainer_noreg',
-                             'probe', 'inn', 'sanity')
+                             'probe', 'inn', 'autoencoder', 'invariance', 'sanity')
   assert graph.trained_sections(tiny_config) == ('classifier', 'concepts', 'explainer', 'probe')
   c = tiny_config.copy_and_resolve_references()
-  assert pipeline.stage_names(c) == tuple(s for s in pipeline.STAGES if s != 'inn')
+  optional = ('inn', 'autoencoder', 'invariance')
+  assert pipeline.stage_names(c) == tuple(s for s in pipeline.STAGES if s not in optional)
   c.inn.enabled = True   # an optional node: its section is checked only when it runs
   assert graph.trained_sections(c)[-1] == 'inn' and 'inn' in pipeline.stage_names(c)
   c.inn.enabled = False
+  c.invariance.enabled = True   # one switch for both invariance stages
+  assert graph.trained_sections(c)[-2:] == ('autoencoder', 'invariance')
+  c.invariance.enabled = False
   c.explainer.train_noreg, c.sanity.enabled = False, False
   assert pipeline.stage_names(c) == ('classifier', 'concepts', 'explainer', 'probe')
   spec = pipeline.make_spec(c)

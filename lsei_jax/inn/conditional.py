@@ -30,17 +30,19 @@ LOG_2PI = float(np.log(2 * np.pi))
 class ConditionalINN(nn.Module):
   """v [B, m] ↔ ν [B, m] given h [B, d]: `__call__(v, h) -> (ν, logdet [B])`,
   `inverse(ν, h) -> v`. h passes through Dense layers `embed` (GELU between; none: h
-  itself) before reaching every coupling."""
+  itself) before reaching every coupling. data_init=False: ActNorm starts at the identity
+  (for standardised v, so that a template needs no data)."""
   num_steps: int = 8
   hidden: Sequence[int] = (128, 128)
   embed: Sequence[int] = (128,)
   clamp: float = 2.0
   linear: str = 'lu'
   seed: int = 0
+  data_init: bool = True
 
   def setup(self):
     self.embed_layers = [nn.Dense(w) for w in self.embed]
-    self.flow = blocks.Flow(self.num_steps, tuple(self.hidden), self.clamp, True,
+    self.flow = blocks.Flow(self.num_steps, tuple(self.hidden), self.clamp, self.data_init,
                             self.linear, self.seed)
 
   def condition(self, h: Array) -> Array:
@@ -73,13 +75,20 @@ def nll(inn: ConditionalINN, params, v: Array, h: Array) -> tuple[Array, dict]:
                                         'logdet': jnp.mean(logdet) / m}
 
 
-def make_step(inn: ConditionalINN) -> Callable:
+def make_step(inn: ConditionalINN, noise_std: float = 0.0) -> Callable:
   """Data-parallel train step (state, batch, rng) -> (state, metrics).
-  batch: v [b, m] (autoencoder latents), h [b, d] (the classifier's embedding)."""
+  batch: v [b, m] (autoencoder latents), h [b, d] (the classifier's embedding).
+
+  With noise_std > 0, v gets N(0, noise_std²) noise per example from (rng, global example
+  index), the same on any number of devices: a density on v is unbounded where the latents
+  lie on a thinner set than R^m, and the noise bounds it. Without, rng is unused."""
   def step(state: train_state.TrainState, batch: dict, rng: Array) -> tuple[train_state.TrainState, dict]:
-    del rng  # exact likelihood: no sampling in training
+    v = batch['v']
+    if noise_std > 0:
+      keys = train_state.example_keys(rng, v.shape[0])
+      v = v + noise_std * jax.vmap(lambda k: jax.random.normal(k, v.shape[1:], v.dtype))(keys)
     (loss, parts), grads = jax.value_and_grad(
-        lambda p: nll(inn, p, batch['v'], batch['h']), has_aux=True)(state.params)
+        lambda p: nll(inn, p, v, batch['h']), has_aux=True)(state.params)
     return train_state.apply_gradients(state, grads, dict(parts, loss=loss))
   return step
 

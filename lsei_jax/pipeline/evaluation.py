@@ -54,7 +54,7 @@ def compute(config, workdir: str, *, classifier: ClassifierSplit | None = None, 
 def write(result: dict, figures: dict, eval_dir: str, *, workdir: str = '',
           seeds: dict | None = None) -> None:
   """WORKDIR/eval/{metrics.json, fig3_grid.png, attribution_grid.png, per_bit.png,
-  bias_report.png, report.html} from `compute`'s output."""
+  bias_report.png, invariance_grid.png, report.html} from `compute`'s output."""
   os.makedirs(eval_dir, exist_ok=True)
   draw = {
       'fig3_grid.png': lambda p: plots.save_grid(
@@ -70,6 +70,11 @@ def write(result: dict, figures: dict, eval_dir: str, *, workdir: str = '',
   if result.get('bias_report'):
     draw['bias_report.png'] = lambda p: plots.bias_bars(p, result['bias_report'],
                                                         result['intervention'])
+  if 'invariance' in figures:   # columns: original, D(E(x)), samples; a row per image
+    inv = figures['invariance']
+    draw['invariance_grid.png'] = lambda p: plots.save_grid(
+        p, [inv['original'], inv['reconstruction'], *inv['samples']],
+        titles=('original', 'D(E(x))', *[f'sample {i + 1}' for i in range(len(inv['samples']))]))
   for fname, fn in draw.items():
     atomic.write_with(os.path.join(eval_dir, fname), fn)
   atomic.write_json(os.path.join(eval_dir, 'metrics.json'), result)

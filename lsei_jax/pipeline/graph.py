@@ -8,10 +8,11 @@ from typing import Sequence
 from lsei_jax import errors
 from lsei_jax.pipeline import identity
 from lsei_jax.pipeline.node import Context, Node
-from lsei_jax.pipeline.stages import classifier, concepts, explainer, inn, probe, sanity
+from lsei_jax.pipeline.stages import (autoencoder, classifier, concepts, explainer, inn,
+                                      invariance, probe, sanity)
 
 GRAPH: tuple[Node, ...] = (classifier.NODE, concepts.NODE, explainer.NODE, explainer.NOREG,
-                           probe.NODE, inn.NODE, sanity.NODE)
+                           probe.NODE, inn.NODE, autoencoder.NODE, invariance.NODE, sanity.NODE)
 NODES = {n.name: n for n in GRAPH}
 STAGES = tuple(NODES)
 

@@ -13,7 +13,7 @@ import os
 
 from lsei_jax.training import atomic
 from lsei_jax.reporting import association, plots
-from lsei_jax.reporting.report import TABLE_KEYS
+from lsei_jax.reporting.report import TABLE_KEYS, invariance_lines
 
 _CSS = """body{font-family:system-ui,sans-serif;max-width:960px;margin:2em auto;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 9px;
@@ -90,6 +90,29 @@ def _concepts_section(c: dict | None) -> list[str]:
   return out
 
 
+def _invariance_section(v: dict | None, eval_dir: str | None) -> list[str]:
+  """The conditional INN's invariance samples: the shares, the figure, per attribute."""
+  if not v:
+    return []
+  e = html.escape
+  parts = ['<h2>Invariances: what the classifier does not see</h2>',
+           '<p>For each test image, its embedding h is held fixed and the rest of its '
+           'autoencoder latent is resampled through the conditional INN, then decoded; the '
+           'classifier and the attribute probes read the decoded images again.</p><ul>'
+           + ''.join(f'<li>{e(x)}</li>' for x in invariance_lines(v)) + '</ul>']
+  grid = _img(eval_dir, 'invariance_grid.png', 'original, D(E(x)), invariance samples')
+  if grid:
+    parts += ['<figure>', grid, '<figcaption>Each row: a test image, its autoencoder '
+              'reconstruction D(E(x)), and images decoded from its h with the residual '
+              'resampled (what the classifier\'s representation cannot tell apart).'
+              '</figcaption></figure>']
+  if 'attribute_change' in v:
+    parts.append(_table(['attribute', 'samples changed (probe)', 'probe on h (linear)'],
+                        [[e(a), f'{100 * x:.1f}%', f'{v["h_probe_accuracy"][a]:.3f}']
+                         for a, x in v['attribute_change'].items()]))
+  return parts
+
+
 def render(result: dict, eval_dir: str | None = None, *, task: str | None = None,
            workdir: str = '', seeds: dict | None = None) -> str:
   """The report page of a results dict; image grids from eval_dir when it has them."""
@@ -114,6 +137,7 @@ def render(result: dict, eval_dir: str | None = None, *, task: str | None = None
     parts += ['<h2>Concept images</h2><figure>', grid,
               '<figcaption>Each row: a test image, the explainer\'s image of its embedding '
               'g(ĥ), and after flipping every concept bit g(ĥ\').</figcaption></figure>']
+  parts += _invariance_section(result.get('invariance'), eval_dir)
 
   rows = []
   for r in result['bias_report']:

@@ -12,7 +12,7 @@ REPORT_ORDER = ('split', 'num_examples', 'task', 'num_classes', 'embed_dim', 'cl
                 'info_cosine', 'info_cosine_noreg', 'per_bit_change', 'single_bit_change',
                 'per_bit_change_by_class', 'probe_accuracy', 'intervention', 'bias_report',
                 'intervention_report', 'data_association', 'reliance', 'tcav', 'tcav_skipped',
-                'attribution_sanity', 'inn', 'sanity')
+                'attribution_sanity', 'inn', 'invariance', 'sanity')
 
 def format_tables(m: dict) -> str:
   """Table 1 (percentages, as in the paper) and Table 2 (cosines) as plain text."""
@@ -85,4 +85,37 @@ def format_seeds(agg: dict) -> str:
   for k, v in agg.items():
     scale = 1 if k.startswith('info') else 100
     lines.append(f'  {k:>18} {scale * v["mean"]:7.2f} ± {scale * v["std"]:.2f}')
+  return '\n'.join(lines)
+
+
+def invariance_lines(v: dict) -> list[str]:
+  """metrics.json 'invariance' as sentences (eval.py's printout and the report page)."""
+  lines = [f'{100 * v["label_kept"]:.1f}% of {v["samples_per_image"]} × {v["num_images"]} '
+           f'invariance samples keep the label of their original '
+           f'(its reconstruction D(E(x)): {100 * v["recon_label_kept"]:.1f}%)']
+  if 'varied' in v:
+    lines.append('the samples vary ' + (', '.join(v['varied']) or 'no attribute')
+                 + '; h encodes (linear probe) ' + (', '.join(v['encoded_by_h']) or 'none')
+                 + '; every attribute h does not encode varies: '
+                 + ('yes' if v['unencoded_varied'] else 'no')
+                 + (f' (probes cannot read {", ".join(v["unreadable"])} on D(E(x)))'
+                    if v.get('unreadable') else ''))
+  if 'relied_kept' in v:
+    kept = ', '.join(f'{a} {100 * v["attribute_change"][a]:.1f}%' for a in v['relied_on'])
+    lines.append(f'attributes relied on (ground truth): {kept or "none"} changed; all kept: '
+                 + ('yes' if v['relied_kept'] else 'no'))
+  return lines
+
+
+def format_invariance(m: dict) -> str:
+  """The conditional INN's invariance samples (metrics.json 'invariance'); '' without."""
+  v = m.get('invariance')
+  if not v:
+    return ''
+  lines = ['Invariances (h fixed, residual resampled, decoded; classifier and probes re-run):']
+  lines += [f'  {x}' for x in invariance_lines(v)]
+  if 'attribute_change' in v:
+    lines.append('  ' + f'{"attribute":>14} {"changed":>8} {"probe on h":>11}')
+    for a, x in v['attribute_change'].items():
+      lines.append(f'  {a:>14} {100 * x:7.1f}% {v["h_probe_accuracy"][a]:11.3f}')
   return '\n'.join(lines)

@@ -67,9 +67,9 @@ def data_association(ctx: Context) -> dict:
 
 def ground_truth(ctx: Context) -> dict:
   """Where the data can be re-rendered with one attribute flipped."""
-  return {'reliance': artifacts.ground_truth_reliance(
+  return {'reliance': ctx.derived('reliance', lambda: artifacts.ground_truth_reliance(
       ctx.spec.config.data, ctx.classifier, ctx.data, ctx.spec.config.eval.batch_size,
-      ctx.mesh)}
+      ctx.mesh))}   # cached: the invariance evaluator reads it too
 
 
 def random_head(ctx: Context):

@@ -1,0 +1,145 @@
+"""The invariance stages (issue 26): the image autoencoder and the conditional INN as nodes
+of the graph (trained, resumed, linked, evaluated), the evaluator's shares against a NumPy
+oracle, and the step's noise independent of the device count."""
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lsei_jax import pipeline
+from lsei_jax.inn import conditional
+from lsei_jax.pipeline import evaluation
+from lsei_jax.pipeline.stages import invariance as inv_stage
+from lsei_jax.reporting import html_report, plots, report
+from lsei_jax.training import checkpoints, parallel
+
+
+def _oracle(pred_orig, pred_recon, pred_samples, attr_recon, attr_samples):
+  """Loops in float64 over every sample and attribute."""
+  n, b = pred_samples.shape
+  a = attr_recon.shape[1]
+  kept = sum(float(pred_samples[i, j] == pred_orig[j]) for i in range(n) for j in range(b))
+  change = np.zeros(a, np.float64)
+  for k in range(a):
+    change[k] = sum(float(attr_samples[i, j, k] != attr_recon[j, k])
+                    for i in range(n) for j in range(b)) / (n * b)
+  recon = sum(float(pred_recon[j] == pred_orig[j]) for j in range(b)) / b
+  return kept / (n * b), recon, change
+
+
+def test_invariance_rates_match_a_numpy_oracle():
+  rng = np.random.default_rng(0)
+  n, b, a = 5, 7, 4
+  pred_orig, pred_recon = rng.integers(0, 3, b), rng.integers(0, 3, b)
+  pred_samples = rng.integers(0, 3, (n, b))
+  attr_recon, attr_samples = rng.random((b, a)) > 0.5, rng.random((n, b, a)) > 0.3
+  got = inv_stage.invariance_rates(pred_orig, pred_recon, pred_samples, attr_recon,
+                                   attr_samples)
+  kept, recon, change = _oracle(pred_orig, pred_recon, pred_samples, attr_recon, attr_samples)
+  # Shares of at most 35 counts: exact in float64 up to one rounding of the division.
+  assert got['label_kept'] == pytest.approx(kept, abs=1e-15)
+  assert got['recon_label_kept'] == pytest.approx(recon, abs=1e-15)
+  np.testing.assert_allclose(got['attribute_change'], change, rtol=0, atol=1e-15)
+  # Known answers: samples equal to the original keep every label and change nothing.
+  same = inv_stage.invariance_rates(pred_orig, pred_orig, np.tile(pred_orig, (n, 1)),
+                                    attr_recon, np.tile(attr_recon, (n, 1, 1)))
+  assert same['label_kept'] == 1.0 and same['recon_label_kept'] == 1.0
+  assert not same['attribute_change'].any()
+
+
+def test_summarise_names_what_the_samples_vary():
+  rates = {'label_kept': 0.97, 'recon_label_kept': 0.99,
+           'attribute_change': np.array([0.01, 0.30, 0.04])}
+  reliance = {'color': {'flip_rate': 0.999}, 'size': {'flip_rate': 0.0},
+              'shape': {'flip_rate': 0.02}}
+  kw = dict(num_images=4, samples=2, temperature=1.0, reconstruction_mse=0.0, round_trip=0.0,
+            encoded_min=0.9, change_max=0.05, relied_min=0.05, min_probe_accuracy=0.75)
+  out = inv_stage.summarise(rates, ['color', 'size', 'shape'], np.array([1.0, 0.6, 0.95]),
+                            np.ones(3), reliance, **kw)
+  assert out['varied'] == ['size'] and out['encoded_by_h'] == ['color', 'shape']
+  assert out['unencoded_varied'] and out['relied_on'] == ['color'] and out['relied_kept']
+  # A probe that cannot read size on D(E(x)): its changes count neither way.
+  out = inv_stage.summarise(rates, ['color', 'size', 'shape'], np.array([1.0, 0.6, 0.95]),
+                            np.array([1.0, 0.5, 1.0]), reliance, **kw)
+  assert out['unreadable'] == ['size'] and out['varied'] == [] and out['unencoded_varied']
+  rates['attribute_change'] = np.array([0.06, 0.01, 0.04])   # colour varies, size does not
+  out = inv_stage.summarise(rates, ['color', 'size', 'shape'], np.array([1.0, 0.6, 0.95]),
+                            np.ones(3), reliance, **kw)
+  assert not out['relied_kept'] and not out['unencoded_varied']
+  text = report.format_invariance({'invariance': out})
+  assert '97.0% of 2 × 4 invariance samples' in text and 'all kept: no' in text
+
+
+def test_step_noise_is_the_same_on_one_and_four_devices():
+  inn = conditional.ConditionalINN(num_steps=2, hidden=(8,), embed=(4,), data_init=False)
+  rng = np.random.default_rng(0)
+  batch = {'v': rng.normal(size=(8, 4)).astype(np.float32),
+           'h': rng.normal(size=(8, 3)).astype(np.float32)}
+  import optax  # pylint: disable=g-import-not-at-top
+  state = conditional.create_state(inn, jax.random.key(0), jnp.zeros((2, 4)), jnp.zeros((2, 3)),
+                                   optax.sgd(0.1))
+  losses = []
+  for n_dev, noise in ((1, 0.5), (4, 0.5), (4, 0.0)):
+    mesh = parallel.make_mesh(n_dev)
+    step = parallel.data_parallel_step(conditional.make_step(inn, noise), mesh,
+                                       donate_state=False)
+    losses.append(float(step(parallel.replicate(state, mesh), batch, jax.random.key(3))[1]['loss']))
+  # The same noise per example on 1 and 4 devices: the loss differs by float32 reduction
+  # order only (means over 8 rows of O(1) terms).
+  assert losses[0] == pytest.approx(losses[1], abs=1e-5)
+  assert abs(losses[0] - losses[2]) > 1e-3      # the noise is there
+
+
+@pytest.mark.slow
+def test_stages_train_resume_and_evaluate(workdir_copy, tiny_config, trained_workdir, tmp_path):
+  c = tiny_config.copy_and_resolve_references()
+  assert 'invariance' not in pipeline.stage_names(c)       # off by default
+  c.invariance.enabled = True
+  assert pipeline.stage_names(c)[-3:] == ('autoencoder', 'invariance', 'sanity')
+  metas = pipeline.train(c, workdir_copy, ['autoencoder', 'invariance'])
+  assert metas['autoencoder']['complete'] and metas['invariance']['complete']
+  assert metas['autoencoder']['upstream'] == {}             # the same for any classifier
+  assert metas['invariance']['upstream'] == {
+      'classifier': checkpoints.identity(trained_workdir[1]['classifier']),
+      'autoencoder': checkpoints.identity(metas['autoencoder'])}
+  again = pipeline.train(c, workdir_copy, ['autoencoder', 'invariance'])   # resumed: done
+  assert again['invariance'] == metas['invariance']
+  assert again['autoencoder'] == metas['autoencoder']
+  # Interrupted after its first checkpoint, the cINN resumes to bitwise the same parameters.
+  shutil.move(os.path.join(workdir_copy, 'invariance'), str(tmp_path / 'inv_done'))
+  def interrupt(stage, step, state):
+    if stage == 'invariance' and step == c.checkpoint.every_steps:
+      raise KeyboardInterrupt
+  with pytest.raises(KeyboardInterrupt):
+    pipeline.train(c, workdir_copy, ['invariance'], hooks=[interrupt])
+  seen = []
+  resumed = pipeline.train(c, workdir_copy, ['invariance'],
+                           hooks=[lambda s, step, _: seen.append((s, step))])
+  assert ('invariance', c.checkpoint.every_steps) not in seen     # resumed, not restarted
+  assert resumed['invariance']['fingerprint'] == metas['invariance']['fingerprint']
+  ctx = evaluation.load(c, workdir_copy, ['classifier', 'probe', 'autoencoder', 'invariance'])
+  res = inv_stage.evaluate_invariance(ctx)['invariance']
+  names = list(ctx.data.attribute_names)
+  assert res['num_images'] == 16 and res['samples_per_image'] == 2
+  assert 0.0 <= res['label_kept'] <= 1.0 and set(res['attribute_change']) == set(names)
+  assert set(res['relied_on']) <= set(names) and set(res['varied']) <= set(names)
+  # Round trip of standardised v through τ and τ⁻¹ given h: float32 rounding of a 2-step
+  # flow on unit-scale inputs.
+  assert res['round_trip_max_abs'] < 1e-4
+  fig = ctx.figures['invariance']
+  assert fig['original'].shape == fig['reconstruction'].shape == (4, 16, 16, 3)
+  assert fig['samples'].shape == (2, 4, 16, 16, 3)
+  # The figure beside the DVAE's in the report page.
+  plots.save_grid(str(tmp_path / 'invariance_grid.png'),
+                  [fig['original'], fig['reconstruction'], *fig['samples']])
+  page = '\n'.join(html_report._invariance_section(res, str(tmp_path)))
+  assert 'data:image/png;base64' in page and 'Invariances' in page
+  # A changed autoencoder is refused by the cINN's checkpoint link.
+  os.rename(os.path.join(workdir_copy, 'autoencoder'), str(tmp_path / 'ae_old'))
+  c.autoencoder.steps = 4
+  pipeline.train(c, workdir_copy, ['autoencoder'])
+  with pytest.raises(checkpoints.CheckpointError, match='invariance'):
+    evaluation.load(c, workdir_copy, ['classifier', 'autoencoder', 'invariance'])

@@ -155,7 +155,7 @@ def run_cell(cell: dict, workdir: str, base: str = 'small', classifier_from: str
   """
   import jax  # pylint: disable=g-import-not-at-top
   from lsei_jax import pipeline  # pylint: disable=g-import-not-at-top
-  from lsei_jax.pipeline import artifacts, evaluation  # pylint: disable=g-import-not-at-top
+  from lsei_jax.pipeline import artifacts, closed_loop, evaluation  # pylint: disable=g-import-not-at-top
   from lsei_jax.pipeline.stages import probe as probe_stage  # pylint: disable=g-import-not-at-top
   from lsei_jax.reporting import bias, crosscheck  # pylint: disable=g-import-not-at-top
   t0 = time.time()
@@ -207,6 +207,10 @@ def run_cell(cell: dict, workdir: str, base: str = 'small', classifier_from: str
           'num_changed': s['num_changed'], 'num_to': s['num_to'], 'num_from': s['num_from'],
           'old_report': {r['attribute']: [r['shift'], r['ci_low'], r['ci_high']] for r in old}}
     line[f'{variant}/probe_accuracy_real'] = probe_acc_real
+    # The closed loop (issue 25 item 4): g(ĥ'_k) read back by the classifier and the probes.
+    loop = closed_loop.loop_arrays(c, split, c.params('concepts'), c.params('explainer'),
+                                   c.params('probe'), f'closed loop {variant}')
+    line[f'{variant}/closed_loop'] = closed_loop.report(c, loop)
     line[f'{variant}/probe_accuracy_generated'] = probe_acc_gen
   if shared is not None:
     line.update({k: shared[k] for k in SHARED})
@@ -263,6 +267,11 @@ def method_scores(line: dict, method: str) -> tuple[dict, dict]:
     rep = line['biased/' + ('flip_all' if method == 'flip_all' else 'decisive')]['old_report']
     return ({n: abs(v[0]) for n, v in rep.items()},
             {n: bool(v[1] > 0 or v[2] < 0) for n, v in rep.items()})
+  if method.endswith('closed_loop'):     # closed_loop (biased g, probes), balanced_closed_loop
+    rows = line[('balanced' if method.startswith('balanced') else 'biased') + '/closed_loop']
+    rows = rows['rows']
+    return ({r['attribute']: abs(r['effect'] or 0.0) for r in rows},
+            {r['attribute']: r['flagged'] for r in rows})
   if method == 'tcav':
     score, flag = {n: 0.0 for n in names}, {n: False for n in names}
     for t in line['tcav']:
@@ -345,6 +354,51 @@ def summarize(lines: list[dict], methods=METHODS) -> dict:
               'fpr_unused': fp_unused / unused_n if unused_n else None,
               'cells': len(lines)}
   return out
+
+
+# The closed loop's estimators (issue 25 item 4): the explainer's view closed through the
+# classifier, with biased or balanced g and probes; scored on the lines that carry them.
+LOOP_METHODS = ('closed_loop', 'balanced_closed_loop')
+
+
+def loop_summary(lines: list[dict], methods=LOOP_METHODS + ('prediction_association',)) -> dict:
+  """summarize() of the lines that carry the closed loop, plus per method: coverage (share
+  of attributes answered, not "cannot tell"), wrong answers ("relied on" for an unused
+  attribute, "no evidence" for one with reliance > 0.25) and, for the closed loop, the
+  median validity of the flip-all edit (share of samples whose c(g(ĥ')) ≠ c(g(ĥ)))."""
+  lines = [l for l in lines if 'biased/closed_loop' in l]
+  out = summarize(lines, methods)
+  for m in methods:
+    answered = wrong = total = 0
+    for line in lines:
+      rel, _, unused = truth(line)
+      if m == 'prediction_association':
+        verdict = {r['attribute']: r.get('verdict', 'relied on' if r['flagged'] else
+                                         'no evidence') for r in line['association_rows']}
+      else:
+        key = ('balanced' if m.startswith('balanced') else 'biased') + '/closed_loop'
+        verdict = {r['attribute']: r['verdict'] for r in line[key]['rows']}
+      for n in line['names']:
+        total += 1
+        answered += verdict[n] != 'cannot tell'
+        wrong += ((verdict[n] == 'relied on' and unused[n])
+                  or (verdict[n] == 'no evidence' and rel[n] > STRONG))
+    out[m].update(coverage=answered / total if total else None, wrong=wrong, attributes=total)
+    if m in LOOP_METHODS and lines:
+      key = ('balanced' if m.startswith('balanced') else 'biased') + '/closed_loop'
+      out[m]['median_validity'] = float(np.median([l[key]['validity_flip_all'] for l in lines]))
+  return out
+
+
+def format_loop_table(summary: dict) -> str:
+  num = lambda v: '—' if v is None else f'{v:.2f}'
+  head = ['method', 'attributes', 'coverage', 'wrong answers', 'validity (flip all)'] + [
+      h for h, _ in _COLUMNS]
+  rows = [[m, str(s['attributes']), num(s['coverage']), str(s['wrong']),
+           num(s.get('median_validity'))] + [num(s[k]) for _, k in _COLUMNS]
+          for m, s in summary.items()]
+  return '\n'.join(['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+                   + ['| ' + ' | '.join(r) + ' |' for r in rows])
 
 
 # The scored columns of both tables: (header, summarize() key).
@@ -480,6 +534,10 @@ def main(argv=None) -> None:
     summary = summarize(lines)
     print(f'{len(lines)} cells')
     print(format_table(summary))
+  if any('biased/closed_loop' in l for l in lines):
+    summary['closed_loop'] = loop_summary(lines)
+    print(f'closed loop: {sum("biased/closed_loop" in l for l in lines)} cells')
+    print(format_loop_table(summary['closed_loop']))
   path = (os.path.splitext(args.out)[0] + '_summary.json' if args.out.endswith('.jsonl')
           else os.path.join(args.out, 'summary.json'))
   with open(path, 'w') as f:

@@ -146,7 +146,7 @@ def _balanced(config):
 
 
 def run_cell(cell: dict, workdir: str, base: str = 'small', classifier_from: str | None = None,
-             shared: dict | None = None) -> dict:
+             shared: dict | None = None, editor_steps: int = 0) -> dict:
   """Trains the cell's stages (both variants of g and the probes) and returns its JSON line.
 
   classifier_from: a finished classifier checkpoint folder of the same (data, seed) (another
@@ -212,6 +212,8 @@ def run_cell(cell: dict, workdir: str, base: str = 'small', classifier_from: str
                                    c.params('probe'), f'closed loop {variant}')
     line[f'{variant}/closed_loop'] = closed_loop.report(c, loop)
     line[f'{variant}/probe_accuracy_generated'] = probe_acc_gen
+  if editor_steps:
+    line['editor'] = editor_cell(config, split, test, mesh, editor_steps)
   if shared is not None:
     line.update({k: shared[k] for k in SHARED})
     line['seconds'] = {'train': t_train, 'total': time.time() - t0}
@@ -229,6 +231,43 @@ def run_cell(cell: dict, workdir: str, base: str = 'small', classifier_from: str
   return line
 
 
+def editor_cell(config, split, test, mesh, steps: int) -> dict:
+  """The image editor (issue 25 item 3): an attribute-conditional autoencoder and attribute
+  probes (batches balanced by training.balance: no attribute tied to the label) trained on
+  the cell's training split; each test image edited in one attribute at a time and read by
+  the classifier and the probes; an attribute is answered only where its edit is trusted."""
+  from lsei_jax import data as data_lib, editor  # pylint: disable=g-import-not-at-top
+  from lsei_jax.pipeline import artifacts  # pylint: disable=g-import-not-at-top
+  from lsei_jax.reporting import editor_view  # pylint: disable=g-import-not-at-top
+  from lsei_jax.training import balance  # pylint: disable=g-import-not-at-top
+  t0 = time.time()
+  train = data_lib.load(config.data, 'train')
+  names = list(test.attribute_names)
+  task_index = names.index(test.task) if test.task in names else None
+  weights = balance.balancing_weights(train.labels, train.attributes, task_index)
+  read = editor.train_probe(train.images, train.attributes, weights, seed=config.seed,
+                            steps=steps)
+  module, params = editor.train_editor(train.images, train.attributes, seed=config.seed,
+                                       steps=steps)
+  classify = artifacts.classify_fn(split, config.eval.batch_size, mesh)
+  ref = editor.edit_images(module, params, test.images, test.attributes, None)
+  pred_ref, p_ref = np.argmax(classify(ref), -1), read(ref)
+  pred_edit, trust = [], []
+  for j in range(len(names)):
+    edited = editor.edit_images(module, params, test.images, test.attributes, j)
+    pred_edit.append(np.argmax(classify(edited), -1))
+    trust.append(editor.edit_trust(p_ref, read(edited), test.attributes, j))
+  pred_x = np.argmax(classify(test.images), -1)
+  p_x = read(test.images)
+  rows = editor_view.editor_rows(pred_ref, np.stack(pred_edit), test.attributes, trust, names,
+                                 test.task, level=config.eval.ci_level)
+  acc = lambda p: [float(np.mean((p[:, a] > 0.5) == test.attributes[:, a]))
+                   for a in range(len(names))]
+  return {'rows': rows, 'steps': steps, 'seconds': time.time() - t0,
+          'recon_agreement': float(np.mean(pred_ref == pred_x)),
+          'probe_accuracy_real': acc(p_x), 'probe_accuracy_recon': acc(p_ref)}
+
+
 def _verdict_and_truth(config, split, test, mesh, pred: np.ndarray) -> dict:
   """The verdict's rows on the classifier's test predictions, and the ground truth."""
   from lsei_jax.pipeline import artifacts  # pylint: disable=g-import-not-at-top
@@ -240,7 +279,8 @@ def _verdict_and_truth(config, split, test, mesh, pred: np.ndarray) -> dict:
                                                       config.eval.batch_size, mesh)}
 
 
-def run_classifier_cell(cell: dict, workdir: str, base: str = 'small') -> dict:
+def run_classifier_cell(cell: dict, workdir: str, base: str = 'small',
+                        editor_steps: int = 0) -> dict:
   """The cell's classifier stage only: its accuracy, verdict rows, ground truth and test
   predictions (so that any verdict can be scored again on the same classifier)."""
   from lsei_jax import pipeline  # pylint: disable=g-import-not-at-top
@@ -252,9 +292,11 @@ def run_classifier_cell(cell: dict, workdir: str, base: str = 'small') -> dict:
   mesh, test, split = ctx.mesh, ctx.data, ctx.classifier
   logits = artifacts.classify_fn(split, config.eval.batch_size, mesh)(test.images)
   pred = np.argmax(logits, -1)
+  edited = {'editor': editor_cell(config, split, test, mesh, editor_steps)} if editor_steps \
+      else {}
   return {'cell': cell_key(cell), **cell, 'names': list(test.attribute_names),
           'task': test.task, 'accuracy': float(np.mean(pred == test.labels)),
-          **_verdict_and_truth(config, split, test, mesh, pred),
+          **_verdict_and_truth(config, split, test, mesh, pred), **edited,
           'pred': pred.astype(int).tolist(), 'seconds': {'total': time.time() - t0}}
 
 
@@ -267,6 +309,10 @@ def method_scores(line: dict, method: str) -> tuple[dict, dict]:
     rep = line['biased/' + ('flip_all' if method == 'flip_all' else 'decisive')]['old_report']
     return ({n: abs(v[0]) for n, v in rep.items()},
             {n: bool(v[1] > 0 or v[2] < 0) for n, v in rep.items()})
+  if method == 'image_editor':
+    rows = line['editor']['rows']
+    return ({r['attribute']: abs(r['effect']) if r['trusted'] else 0.0 for r in rows},
+            {r['attribute']: r['flagged'] for r in rows})
   if method.endswith('closed_loop'):     # closed_loop (biased g, probes), balanced_closed_loop
     rows = line[('balanced' if method.startswith('balanced') else 'biased') + '/closed_loop']
     rows = rows['rows']
@@ -366,13 +412,19 @@ def loop_summary(lines: list[dict], methods=LOOP_METHODS + ('prediction_associat
   of attributes answered, not "cannot tell"), wrong answers ("relied on" for an unused
   attribute, "no evidence" for one with reliance > 0.25) and, for the closed loop, the
   median validity of the flip-all edit (share of samples whose c(g(ĥ')) ≠ c(g(ĥ)))."""
-  lines = [l for l in lines if 'biased/closed_loop' in l]
+  needs = {'image_editor': 'editor', 'closed_loop': 'biased/closed_loop',
+           'balanced_closed_loop': 'balanced/closed_loop'}
+  lines = [l for l in lines if all(needs.get(m, 'names') in l for m in methods)]
   out = summarize(lines, methods)
   for m in methods:
     answered = wrong = total = 0
     for line in lines:
       rel, _, unused = truth(line)
-      if m == 'prediction_association':
+      if m == 'image_editor':
+        if 'editor' not in line:
+          continue
+        verdict = {r['attribute']: r['verdict'] for r in line['editor']['rows']}
+      elif m == 'prediction_association':
         verdict = {r['attribute']: r.get('verdict', 'relied on' if r['flagged'] else
                                          'no evidence') for r in line['association_rows']}
       else:
@@ -484,6 +536,8 @@ def main(argv=None) -> None:
   ap.add_argument('--seeds', default=','.join(map(str, SEEDS)), help='sub-grid: seeds')
   ap.add_argument('--classifier_only', action='store_true',
                   help='train each cell\'s classifier only and score the verdict alone')
+  ap.add_argument('--editor_steps', type=int, default=0,
+                  help='train the image editor (issue 25 item 3) this many steps per cell')
   args = ap.parse_args(argv)
   split = lambda v: [x for x in v.split(',') if x]
   learners = split(args.learners)
@@ -508,10 +562,11 @@ def main(argv=None) -> None:
         clf, first = None, None     # the group's classifier, trained with its first cell
         for cell in group:
           if args.classifier_only:
-            line = run_classifier_cell(cell, wd, args.base)
+            line = run_classifier_cell(cell, wd, args.base, args.editor_steps)
             _append_line(args.out, i, line)
             continue
-          line = run_cell(cell, os.path.join(wd, learner_of(cell)), args.base, clf, first)
+          line = run_cell(cell, os.path.join(wd, learner_of(cell)), args.base, clf, first,
+                          args.editor_steps)
           if first is None:
             clf = os.path.join(wd, learner_of(cell), 'biased', 'classifier')
             first = line
@@ -538,6 +593,11 @@ def main(argv=None) -> None:
     summary['closed_loop'] = loop_summary(lines)
     print(f'closed loop: {sum("biased/closed_loop" in l for l in lines)} cells')
     print(format_loop_table(summary['closed_loop']))
+  edited = [l for l in lines + only if 'editor' in l]
+  if edited:
+    summary['image_editor'] = loop_summary(edited, ('image_editor', 'prediction_association'))
+    print(f'image editor: {len(edited)} cells')
+    print(format_loop_table(summary['image_editor']))
   path = (os.path.splitext(args.out)[0] + '_summary.json' if args.out.endswith('.jsonl')
           else os.path.join(args.out, 'summary.json'))
   with open(path, 'w') as f:

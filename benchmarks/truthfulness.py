@@ -439,15 +439,19 @@ def loop_summary(lines: list[dict], methods=LOOP_METHODS + ('prediction_associat
     if m in LOOP_METHODS and lines:
       key = ('balanced' if m.startswith('balanced') else 'biased') + '/closed_loop'
       out[m]['median_validity'] = float(np.median([l[key]['validity_flip_all'] for l in lines]))
+      agree = [l[key]['agreement_real'] for l in lines if l[key].get('agreement_real') is not None]
+      out[m]['median_agreement_real'] = float(np.median(agree)) if agree else None
   return out
 
 
 def format_loop_table(summary: dict) -> str:
   num = lambda v: '—' if v is None else f'{v:.2f}'
-  head = ['method', 'attributes', 'coverage', 'wrong answers', 'validity (flip all)'] + [
+  head = ['method', 'attributes', 'coverage', 'wrong answers', 'validity (flip all)',
+          'c(g(ĥ)) = c(x)'] + [
       h for h, _ in _COLUMNS]
   rows = [[m, str(s['attributes']), num(s['coverage']), str(s['wrong']),
-           num(s.get('median_validity'))] + [num(s[k]) for _, k in _COLUMNS]
+           num(s.get('median_validity')), num(s.get('median_agreement_real'))] + [
+               num(s[k]) for _, k in _COLUMNS]
           for m, s in summary.items()]
   return '\n'.join(['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
                    + ['| ' + ' | '.join(r) + ' |' for r in rows])

@@ -92,8 +92,10 @@ def test_known_answer_reliance_leakage_and_verdicts():
   assert rows['task']['num_edits'] == rows['bg']['num_edits'] == 200
   # Nothing ever moves the texture: no edit, no answer.
   assert rows['tex']['verdict'] == 'cannot tell' and rows['tex']['effect'] is None
-  rep = closed_loop.closed_loop_report(pb, pa, qb, qa, names, 'task', 1 - pb)
-  assert rep['validity_flip_all'] == 1.0
+  real = pb.copy()
+  real[:50] = 1 - real[:50]
+  rep = closed_loop.closed_loop_report(pb, pa, qb, qa, names, 'task', 1 - pb, real)
+  assert rep['validity_flip_all'] == 1.0 and rep['agreement_real'] == 0.75
   assert [b['validity'] for b in rep['bits']] == [1.0, 0.0, 1.0, 0.0]
   assert [b['assigned'] for b in rep['bits']] == ['task', 'bg', 'task', None]
   assert [b['leakage'] for b in rep['bits']] == [0.0, 0.0, 1.0, 0.0]
@@ -176,3 +178,6 @@ def test_jitted_loop_matches_numpy_on_a_toy_generator_and_classifier():
   lg = logits((1 - z) @ w['D'])
   clear = np.abs(lg[:, 0] - lg[:, 1]) > 1e-3
   np.testing.assert_array_equal(out['pred_flip_all'][clear], np.argmax(lg, -1)[clear])
+  lg = h @ w['head']
+  clear = np.abs(lg[:, 0] - lg[:, 1]) > 1e-3
+  np.testing.assert_array_equal(out['pred_real'][clear], np.argmax(lg, -1)[clear])

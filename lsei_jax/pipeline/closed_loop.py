@@ -22,7 +22,7 @@ def _loop_fn(embed, head_fn, learner, explainer, probe, mesh, add_error: bool = 
   """((clf, learner, g, probe params, on_value [K]), {'image': uint8 [b,H,W,3]}) →
   pred_before [b] = argmax c(g(ĥ)), pred_after [b, K] = argmax c(g(ĥ'_k)) with unit k
   switched alone, pred_flip_all [b] (every unit switched), p_before [b, A] and p_after
-  [b, K, A]: the probes' probabilities on g(ĥ) and g(ĥ'_k)."""
+  [b, K, A]: the probes' probabilities on g(ĥ) and g(ĥ'_k); pred_real [b] = argmax c(x)."""
   def f(params, batch):
     clf_p, lp, g_p, probe_p, on = params
     x = batch['image'].astype(jnp.float32) / 255.0
@@ -39,6 +39,7 @@ def _loop_fn(embed, head_fn, learner, explainer, probe, mesh, add_error: bool = 
     pred_after = jax.vmap(lambda m: classify(edit(m)))(masks)                # [K, b]
     p_after = jax.vmap(lambda m: read(edit(m)))(masks)                       # [K, b, A]
     return {'pred_before': classify(hhat), 'p_before': read(hhat),
+            'pred_real': jnp.argmax(head_fn(clf_p, h), -1),
             'pred_after': pred_after.T, 'p_after': jnp.swapaxes(p_after, 0, 1),
             'pred_flip_all': classify(edit(jnp.ones(z.shape[-1])))}
   return parallel.data_parallel_apply(f, mesh, parallel.convnet_compiler_options())
@@ -64,6 +65,7 @@ def report(ctx: Context, arrays: dict) -> dict:
   return closed_loop.closed_loop_report(
       arrays['pred_before'], arrays['pred_after'], arrays['p_before'], arrays['p_after'],
       list(ctx.data.attribute_names), ctx.data.task, arrays['pred_flip_all'],
+      pred_real=arrays['pred_real'],
       level=ec.ci_level, min_effect=ec.get('min_effect', 0.05),
       max_hidden=ec.get('max_hidden', 0.25))
 

@@ -116,13 +116,18 @@ def closed_loop_rows(pred_before: np.ndarray, pred_after: np.ndarray, p_before: 
 
 def closed_loop_report(pred_before: np.ndarray, pred_after: np.ndarray, p_before: np.ndarray,
                        p_after: np.ndarray, names: Sequence[str], task: str,
-                       pred_flip_all: np.ndarray | None = None, **kw) -> dict:
+                       pred_flip_all: np.ndarray | None = None,
+                       pred_real: np.ndarray | None = None, **kw) -> dict:
   """{'validity_flip_all' (share of samples whose prediction on g of the flip-all ĥ' differs
-  from that on g(ĥ); None without pred_flip_all), 'bits' (bit_summary), 'rows'
-  (closed_loop_rows)}: what metrics.json carries as `closed_loop`."""
+  from that on g(ĥ); None without pred_flip_all), 'agreement_real' (share whose prediction
+  on g(ĥ) is c's on the real image x: whether the renders carry what c reads; None without
+  pred_real), 'bits' (bit_summary), 'rows' (closed_loop_rows)}: metrics.json's
+  `closed_loop`."""
   moved = attribute_moves(p_before, p_after, kw.get('threshold', 0.5))
   return {'validity_flip_all': (None if pred_flip_all is None else
                                 float(np.mean(np.asarray(pred_flip_all) != pred_before))),
+          'agreement_real': (None if pred_real is None else
+                             float(np.mean(np.asarray(pred_real) == pred_before))),
           'bits': bit_summary(pred_before, pred_after, moved, names),
           'rows': closed_loop_rows(pred_before, pred_after, p_before, p_after, names, task,
                                    **kw),

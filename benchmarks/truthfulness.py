@@ -246,7 +246,7 @@ def editor_cell(config, split, test, mesh, steps: int) -> dict:
   task_index = names.index(test.task) if test.task in names else None
   weights = balance.balancing_weights(train.labels, train.attributes, task_index)
   read = editor.train_probe(train.images, train.attributes, weights, seed=config.seed,
-                            steps=steps)
+                            steps=1500)
   module, params = editor.train_editor(train.images, train.attributes, seed=config.seed,
                                        steps=steps)
   classify = artifacts.classify_fn(split, config.eval.batch_size, mesh)

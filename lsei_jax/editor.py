@@ -30,7 +30,7 @@ class AttributeAutoencoder(nn.Module):
   image_size: int = 32
   latent_dim: int = 4
   channels: Sequence[int] = (16, 32, 32)
-  up_channels: Sequence[int] = (64, 32, 16)
+  up_channels: Sequence[int] = (128, 64, 32)
 
   def setup(self):
     self.enc = models.C1(channels=tuple(self.channels), strides=(2,) * len(self.channels),
@@ -39,7 +39,9 @@ class AttributeAutoencoder(nn.Module):
     self.dec = models.Explainer(image_size=self.image_size, channels=tuple(self.up_channels))
 
   def encode(self, x: Array) -> Array:
-    return self.to_z(self.enc(x))
+    # Bounded, so that training's noise on z limits what z carries (an unbounded z would
+    # outgrow the noise and carry the attributes too, and then an edit would change nothing).
+    return jnp.tanh(self.to_z(self.enc(x)))
 
   def decode(self, z: Array, attributes: Array) -> Array:
     return self.dec(jnp.concatenate([z, 2.0 * attributes.astype(jnp.float32) - 1.0], -1))
@@ -50,7 +52,7 @@ class AttributeAutoencoder(nn.Module):
 
 def train_editor(images: np.ndarray, attributes: np.ndarray, *, seed: int = 0,
                  steps: int = 1500, batch_size: int = 64, learning_rate: float = 2e-3,
-                 latent_dim: int = 4, z_noise: float = 0.5,
+                 latent_dim: int = 4, z_noise: float = 0.3,
                  log: Callable[[int, float], None] | None = None
                  ) -> tuple[AttributeAutoencoder, dict]:
   """Fits the editor to uint8 images [N, H, W, 3] and their attributes [N, A] (per-pixel

@@ -34,6 +34,15 @@ Methods (all on the same trained stages of a cell):
                   before the rows were stored: the plain difference with the bound
                   s.e. ≤ 1/√N, which is within 0.3% of the exact one at N = 1024)
 
+Closed loop and image editor (issue 25 items 3–4; scored in their own table, with coverage
+and wrong answers, on the lines that carry them):
+  closed_loop     each DVAE bit flipped alone, g(ĥ'_k) re-classified by c and read by the
+                  probes (biased g and probes; balanced_closed_loop: balanced ones);
+                  reliance from edits that move one attribute only (reporting/closed_loop.py)
+  image_editor    --editor_steps N: an attribute-conditional autoencoder and balanced probes
+                  trained on the cell's training split; answered where the edit is trusted
+                  (lsei_jax/editor.py, reporting/editor_view.py)
+
 Concept learners (--learners dvae,topk_sae,nmf; lsei_jax.concepts): a cell is (data, seed,
 learner). The learners of one (data, seed) share one trained classifier (trained for the
 first, its checkpoint copied into the others' workdirs), so they explain the same model

@@ -34,6 +34,15 @@ Methods (all on the same trained stages of a cell):
                   before the rows were stored: the plain difference with the bound
                   s.e. ≤ 1/√N, which is within 0.3% of the exact one at N = 1024)
 
+Closed loop and image editor (issue 25 items 3–4; scored in their own table, with coverage
+and wrong answers, on the lines that carry them):
+  closed_loop     each DVAE bit flipped alone, g(ĥ'_k) re-classified by c and read by the
+                  probes (biased g and probes; balanced_closed_loop: balanced ones);
+                  reliance from edits that move one attribute only (reporting/closed_loop.py)
+  image_editor    --editor_steps N: an attribute-conditional autoencoder and balanced probes
+                  trained on the cell's training split; answered where the edit is trusted
+                  (lsei_jax/editor.py, reporting/editor_view.py)
+
 Concept learners (--learners dvae,topk_sae,nmf; lsei_jax.concepts): a cell is (data, seed,
 learner). The learners of one (data, seed) share one trained classifier (trained for the
 first, its checkpoint copied into the others' workdirs), so they explain the same model
@@ -146,7 +155,7 @@ def _balanced(config):
 
 
 def run_cell(cell: dict, workdir: str, base: str = 'small', classifier_from: str | None = None,
-             shared: dict | None = None) -> dict:
+             shared: dict | None = None, editor_steps: int = 0) -> dict:
   """Trains the cell's stages (both variants of g and the probes) and returns its JSON line.
 
   classifier_from: a finished classifier checkpoint folder of the same (data, seed) (another
@@ -155,7 +164,7 @@ def run_cell(cell: dict, workdir: str, base: str = 'small', classifier_from: str
   """
   import jax  # pylint: disable=g-import-not-at-top
   from lsei_jax import pipeline  # pylint: disable=g-import-not-at-top
-  from lsei_jax.pipeline import artifacts, evaluation  # pylint: disable=g-import-not-at-top
+  from lsei_jax.pipeline import artifacts, closed_loop, evaluation  # pylint: disable=g-import-not-at-top
   from lsei_jax.pipeline.stages import probe as probe_stage  # pylint: disable=g-import-not-at-top
   from lsei_jax.reporting import bias, crosscheck  # pylint: disable=g-import-not-at-top
   t0 = time.time()
@@ -207,7 +216,13 @@ def run_cell(cell: dict, workdir: str, base: str = 'small', classifier_from: str
           'num_changed': s['num_changed'], 'num_to': s['num_to'], 'num_from': s['num_from'],
           'old_report': {r['attribute']: [r['shift'], r['ci_low'], r['ci_high']] for r in old}}
     line[f'{variant}/probe_accuracy_real'] = probe_acc_real
+    # The closed loop (issue 25 item 4): g(ĥ'_k) read back by the classifier and the probes.
+    loop = closed_loop.loop_arrays(c, split, c.params('concepts'), c.params('explainer'),
+                                   c.params('probe'), f'closed loop {variant}')
+    line[f'{variant}/closed_loop'] = closed_loop.report(c, loop)
     line[f'{variant}/probe_accuracy_generated'] = probe_acc_gen
+  if editor_steps:
+    line['editor'] = editor_cell(config, split, test, mesh, editor_steps)
   if shared is not None:
     line.update({k: shared[k] for k in SHARED})
     line['seconds'] = {'train': t_train, 'total': time.time() - t0}
@@ -225,6 +240,43 @@ def run_cell(cell: dict, workdir: str, base: str = 'small', classifier_from: str
   return line
 
 
+def editor_cell(config, split, test, mesh, steps: int) -> dict:
+  """The image editor (issue 25 item 3): an attribute-conditional autoencoder and attribute
+  probes (batches balanced by training.balance: no attribute tied to the label) trained on
+  the cell's training split; each test image edited in one attribute at a time and read by
+  the classifier and the probes; an attribute is answered only where its edit is trusted."""
+  from lsei_jax import data as data_lib, editor  # pylint: disable=g-import-not-at-top
+  from lsei_jax.pipeline import artifacts  # pylint: disable=g-import-not-at-top
+  from lsei_jax.reporting import editor_view  # pylint: disable=g-import-not-at-top
+  from lsei_jax.training import balance  # pylint: disable=g-import-not-at-top
+  t0 = time.time()
+  train = data_lib.load(config.data, 'train')
+  names = list(test.attribute_names)
+  task_index = names.index(test.task) if test.task in names else None
+  weights = balance.balancing_weights(train.labels, train.attributes, task_index)
+  read = editor.train_probe(train.images, train.attributes, weights, seed=config.seed,
+                            steps=1500)
+  module, params = editor.train_editor(train.images, train.attributes, seed=config.seed,
+                                       steps=steps)
+  classify = artifacts.classify_fn(split, config.eval.batch_size, mesh)
+  ref = editor.edit_images(module, params, test.images, test.attributes, None)
+  pred_ref, p_ref = np.argmax(classify(ref), -1), read(ref)
+  pred_edit, trust = [], []
+  for j in range(len(names)):
+    edited = editor.edit_images(module, params, test.images, test.attributes, j)
+    pred_edit.append(np.argmax(classify(edited), -1))
+    trust.append(editor.edit_trust(p_ref, read(edited), test.attributes, j))
+  pred_x = np.argmax(classify(test.images), -1)
+  p_x = read(test.images)
+  rows = editor_view.editor_rows(pred_ref, np.stack(pred_edit), test.attributes, trust, names,
+                                 test.task, level=config.eval.ci_level)
+  acc = lambda p: [float(np.mean((p[:, a] > 0.5) == test.attributes[:, a]))
+                   for a in range(len(names))]
+  return {'rows': rows, 'steps': steps, 'seconds': time.time() - t0,
+          'recon_agreement': float(np.mean(pred_ref == pred_x)),
+          'probe_accuracy_real': acc(p_x), 'probe_accuracy_recon': acc(p_ref)}
+
+
 def _verdict_and_truth(config, split, test, mesh, pred: np.ndarray) -> dict:
   """The verdict's rows on the classifier's test predictions, and the ground truth."""
   from lsei_jax.pipeline import artifacts  # pylint: disable=g-import-not-at-top
@@ -236,7 +288,8 @@ def _verdict_and_truth(config, split, test, mesh, pred: np.ndarray) -> dict:
                                                       config.eval.batch_size, mesh)}
 
 
-def run_classifier_cell(cell: dict, workdir: str, base: str = 'small') -> dict:
+def run_classifier_cell(cell: dict, workdir: str, base: str = 'small',
+                        editor_steps: int = 0) -> dict:
   """The cell's classifier stage only: its accuracy, verdict rows, ground truth and test
   predictions (so that any verdict can be scored again on the same classifier)."""
   from lsei_jax import pipeline  # pylint: disable=g-import-not-at-top
@@ -248,9 +301,11 @@ def run_classifier_cell(cell: dict, workdir: str, base: str = 'small') -> dict:
   mesh, test, split = ctx.mesh, ctx.data, ctx.classifier
   logits = artifacts.classify_fn(split, config.eval.batch_size, mesh)(test.images)
   pred = np.argmax(logits, -1)
+  edited = {'editor': editor_cell(config, split, test, mesh, editor_steps)} if editor_steps \
+      else {}
   return {'cell': cell_key(cell), **cell, 'names': list(test.attribute_names),
           'task': test.task, 'accuracy': float(np.mean(pred == test.labels)),
-          **_verdict_and_truth(config, split, test, mesh, pred),
+          **_verdict_and_truth(config, split, test, mesh, pred), **edited,
           'pred': pred.astype(int).tolist(), 'seconds': {'total': time.time() - t0}}
 
 
@@ -263,6 +318,15 @@ def method_scores(line: dict, method: str) -> tuple[dict, dict]:
     rep = line['biased/' + ('flip_all' if method == 'flip_all' else 'decisive')]['old_report']
     return ({n: abs(v[0]) for n, v in rep.items()},
             {n: bool(v[1] > 0 or v[2] < 0) for n, v in rep.items()})
+  if method == 'image_editor':
+    rows = line['editor']['rows']
+    return ({r['attribute']: abs(r['effect']) if r['trusted'] else 0.0 for r in rows},
+            {r['attribute']: r['flagged'] for r in rows})
+  if method.endswith('closed_loop'):     # closed_loop (biased g, probes), balanced_closed_loop
+    rows = line[('balanced' if method.startswith('balanced') else 'biased') + '/closed_loop']
+    rows = rows['rows']
+    return ({r['attribute']: abs(r['effect'] or 0.0) for r in rows},
+            {r['attribute']: r['flagged'] for r in rows})
   if method == 'tcav':
     score, flag = {n: 0.0 for n in names}, {n: False for n in names}
     for t in line['tcav']:
@@ -345,6 +409,61 @@ def summarize(lines: list[dict], methods=METHODS) -> dict:
               'fpr_unused': fp_unused / unused_n if unused_n else None,
               'cells': len(lines)}
   return out
+
+
+# The closed loop's estimators (issue 25 item 4): the explainer's view closed through the
+# classifier, with biased or balanced g and probes; scored on the lines that carry them.
+LOOP_METHODS = ('closed_loop', 'balanced_closed_loop')
+
+
+def loop_summary(lines: list[dict], methods=LOOP_METHODS + ('prediction_association',)) -> dict:
+  """summarize() of the lines that carry the closed loop, plus per method: coverage (share
+  of attributes answered, not "cannot tell"), wrong answers ("relied on" for an unused
+  attribute, "no evidence" for one with reliance > 0.25) and, for the closed loop, the
+  median validity of the flip-all edit (share of samples whose c(g(ĥ')) ≠ c(g(ĥ)))."""
+  needs = {'image_editor': 'editor', 'closed_loop': 'biased/closed_loop',
+           'balanced_closed_loop': 'balanced/closed_loop'}
+  lines = [l for l in lines if all(needs.get(m, 'names') in l for m in methods)]
+  out = summarize(lines, methods)
+  for m in methods:
+    answered = wrong = total = 0
+    for line in lines:
+      rel, _, unused = truth(line)
+      if m == 'image_editor':
+        if 'editor' not in line:
+          continue
+        verdict = {r['attribute']: r['verdict'] for r in line['editor']['rows']}
+      elif m == 'prediction_association':
+        verdict = {r['attribute']: r.get('verdict', 'relied on' if r['flagged'] else
+                                         'no evidence') for r in line['association_rows']}
+      else:
+        key = ('balanced' if m.startswith('balanced') else 'biased') + '/closed_loop'
+        verdict = {r['attribute']: r['verdict'] for r in line[key]['rows']}
+      for n in line['names']:
+        total += 1
+        answered += verdict[n] != 'cannot tell'
+        wrong += ((verdict[n] == 'relied on' and unused[n])
+                  or (verdict[n] == 'no evidence' and rel[n] > STRONG))
+    out[m].update(coverage=answered / total if total else None, wrong=wrong, attributes=total)
+    if m in LOOP_METHODS and lines:
+      key = ('balanced' if m.startswith('balanced') else 'biased') + '/closed_loop'
+      out[m]['median_validity'] = float(np.median([l[key]['validity_flip_all'] for l in lines]))
+      agree = [l[key]['agreement_real'] for l in lines if l[key].get('agreement_real') is not None]
+      out[m]['median_agreement_real'] = float(np.median(agree)) if agree else None
+  return out
+
+
+def format_loop_table(summary: dict) -> str:
+  num = lambda v: '—' if v is None else f'{v:.2f}'
+  head = ['method', 'attributes', 'coverage', 'wrong answers', 'validity (flip all)',
+          'c(g(ĥ)) = c(x)'] + [
+      h for h, _ in _COLUMNS]
+  rows = [[m, str(s['attributes']), num(s['coverage']), str(s['wrong']),
+           num(s.get('median_validity')), num(s.get('median_agreement_real'))] + [
+               num(s[k]) for _, k in _COLUMNS]
+          for m, s in summary.items()]
+  return '\n'.join(['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+                   + ['| ' + ' | '.join(r) + ' |' for r in rows])
 
 
 # The scored columns of both tables: (header, summarize() key).
@@ -430,6 +549,8 @@ def main(argv=None) -> None:
   ap.add_argument('--seeds', default=','.join(map(str, SEEDS)), help='sub-grid: seeds')
   ap.add_argument('--classifier_only', action='store_true',
                   help='train each cell\'s classifier only and score the verdict alone')
+  ap.add_argument('--editor_steps', type=int, default=0,
+                  help='train the image editor (issue 25 item 3) this many steps per cell')
   args = ap.parse_args(argv)
   split = lambda v: [x for x in v.split(',') if x]
   learners = split(args.learners)
@@ -454,10 +575,11 @@ def main(argv=None) -> None:
         clf, first = None, None     # the group's classifier, trained with its first cell
         for cell in group:
           if args.classifier_only:
-            line = run_classifier_cell(cell, wd, args.base)
+            line = run_classifier_cell(cell, wd, args.base, args.editor_steps)
             _append_line(args.out, i, line)
             continue
-          line = run_cell(cell, os.path.join(wd, learner_of(cell)), args.base, clf, first)
+          line = run_cell(cell, os.path.join(wd, learner_of(cell)), args.base, clf, first,
+                          args.editor_steps)
           if first is None:
             clf = os.path.join(wd, learner_of(cell), 'biased', 'classifier')
             first = line
@@ -480,6 +602,15 @@ def main(argv=None) -> None:
     summary = summarize(lines)
     print(f'{len(lines)} cells')
     print(format_table(summary))
+  if any('biased/closed_loop' in l for l in lines):
+    summary['closed_loop'] = loop_summary(lines)
+    print(f'closed loop: {sum("biased/closed_loop" in l for l in lines)} cells')
+    print(format_loop_table(summary['closed_loop']))
+  edited = [l for l in lines + only if 'editor' in l]
+  if edited:
+    summary['image_editor'] = loop_summary(edited, ('image_editor', 'prediction_association'))
+    print(f'image editor: {len(edited)} cells')
+    print(format_loop_table(summary['image_editor']))
   path = (os.path.splitext(args.out)[0] + '_summary.json' if args.out.endswith('.jsonl')
           else os.path.join(args.out, 'summary.json'))
   with open(path, 'w') as f:

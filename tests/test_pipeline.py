@@ -134,6 +134,12 @@ def test_eval_metrics(trained_workdir, tiny_config):
   for v in saved['reliance'].values():
     assert 0.0 <= v['flip_rate'] <= 1.0 and v['num_examples'] == 64
   assert {r['attribute'] for r in saved['intervention_report']} == set(saved['reliance'])
+  # The closed loop (issue 25 item 4): one row per attribute, one entry per concept bit.
+  loop = saved['closed_loop']
+  assert [r['attribute'] for r in loop['rows']] == list(saved['reliance'])
+  assert len(loop['bits']) == tiny_config.model.dvae.latent_dim
+  assert 0.0 <= loop['validity_flip_all'] <= 1.0
+  assert all(r['verdict'] in ('relied on', 'no evidence', 'cannot tell') for r in loop['rows'])
   assert all('flagged' in r for r in saved['bias_report'])
   assert 'Ground truth: reliance' in open(os.path.join(workdir, 'eval', 'report.html')).read()
 

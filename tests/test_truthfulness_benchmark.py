@@ -23,8 +23,10 @@ def test_ci_cell_writes_one_scored_line_and_resumes(tmp_path, capsys):
   for v in line['reliance'].values():
     assert 0.0 <= v['flip_rate'] <= 1.0 and v['num_examples'] == 64
   summary = json.load(open(os.path.join(out, 'summary.json')))
-  assert set(summary) == set(truthfulness.METHODS)
-  for m in truthfulness.METHODS:
+  assert set(summary) == set(truthfulness.METHODS) | {'closed_loop'}
+  assert set(summary['closed_loop']) == set(truthfulness.LOOP_METHODS) | {
+      'prediction_association'}
+  for m in truthfulness.METHODS + truthfulness.LOOP_METHODS:
     score, flag = truthfulness.method_scores(line, m)
     assert set(score) == set(flag) == set(line['names'])
   # Resumable: a finished cell is not run again.

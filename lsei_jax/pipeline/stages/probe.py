@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lsei_jax.data import rows
-from lsei_jax.pipeline import artifacts, frozen
+from lsei_jax.pipeline import artifacts, closed_loop, frozen
 from lsei_jax.pipeline.node import Context, Node
 from lsei_jax.pipeline.stages import host_batch, image0, init_state, on_float_images
 from lsei_jax.pipeline.stages.concepts import hhat_train
@@ -114,4 +114,5 @@ NODE = Node(
     # Real images and g(ĥ) of them: the train split's weights twice.
     weights=lambda ctx: (None if balance_weights(ctx, 'probe') is None
                          else np.concatenate([balance_weights(ctx, 'probe')] * 2)),
-    evaluators=(lambda ctx: ctx.derived('probe_accuracy', lambda: accuracy(ctx)), intervention))
+    evaluators=(lambda ctx: ctx.derived('probe_accuracy', lambda: accuracy(ctx)), intervention,
+                closed_loop.evaluate))

@@ -2,7 +2,7 @@
 Interpretation Network"; used in Rombach, Esser & Ommer, ECCV 2020). Equations:
 docs/method.md § "The INN (issue 26)".
 
-An invertible T (a `blocks.Flow`) maps h [B, d] to z = T(h) [B, d], read as F factor
+An invertible T maps h [B, d] to z = T(h) [B, d], read as F factor
 blocks of d_f features each (block f = z[:, f·d_f:(f+1)·d_f], one per annotated attribute)
 and a residual block z[:, F·d_f:] of d − F·d_f features. Training pairs (h_a, h_b) share
 the value of attribute f; their likelihood is a standard normal on every block except f,
@@ -14,6 +14,10 @@ where the pair is jointly normal with correlation σ per feature:
   L = E_pairs[−log p(T(h_a), T(h_b) | f) − log|det T'(h_a)| − log|det T'(h_b)|] / (2d)
 
 (nats per dimension; f = −1 marks a pair that shares nothing: both independent normals).
+In the pipeline T = flow ∘ A with A the fixed attribute basis of `inn.basis` (its log-det a
+constant, left out) and the flow (a `blocks.Flow` that starts as the identity) on the first
+flow_dim features only, the rest passed through: d above is then flow_dim, and this
+module's h is A(h).
 σ is fixed (config), not learned: a learned σ can fall to 0 and undo the factorisation.
 Block f then carries what pairs sharing attribute f have in common, which includes the
 attribute and excludes attributes independent of it; the residual carries the rest.

@@ -94,7 +94,8 @@ class FactorINN:
 
 def build(cfg, dim: int, num_factors: int) -> FactorINN:
   """From a config section (`config.inn`): factor_dim, flow_dim (0: all of dim), num_steps,
-  hidden, clamp, linear, sigma, noise_std, seed."""
+  hidden, clamp, linear, sigma, noise_std, seed, unpermute (default True: the flow starts
+  as the identity, for inputs already in the attribute basis)."""
   sigma = float(cfg.get('sigma', 0.9))
   if not 0.0 < sigma < 1.0:
     raise UserError(f'inn.sigma={sigma} must be in (0, 1): the correlation of a shared factor')
@@ -104,7 +105,8 @@ def build(cfg, dim: int, num_factors: int) -> FactorINN:
   flow = blocks.Flow(num_steps=int(cfg.get('num_steps', 8)),
                      hidden=tuple(cfg.get('hidden', (128, 128))),
                      clamp=float(cfg.get('clamp', 2.0)), linear=cfg.get('linear', 'lu'),
-                     seed=int(cfg.get('seed', 0)), unpermute=True)
+                     seed=int(cfg.get('seed', 0)),
+                     unpermute=bool(cfg.get('unpermute', True)))
   layout = FactorLayout(dim, num_factors, int(cfg.get('factor_dim', 1)))
   flow_dim = int(cfg.get('flow_dim', 0)) or dim
   if not num_factors * layout.factor_dim < flow_dim <= dim:

@@ -90,8 +90,11 @@ def child(args) -> None:
 
   got = _config(args.scenario, args.steps, args.celeba_test)
   config, full = got if isinstance(got, tuple) else (got, None)
+  if args.inn:
+    config.inn.enabled = True
   stages = [s for s in pipeline.stage_names(config)
-            if not (args.scenario == 'given_classifier' and s == 'classifier')]
+            if not (args.scenario == 'given_classifier' and s == 'classifier')
+            and (not args.stages or s in args.stages)]
   base = dict(scenario=args.scenario, cache=args.label, jax_version=jax.__version__,
               threads=os.cpu_count())
   print(json.dumps(dict(base, stage='startup', wall_s=round(time.perf_counter() - T_START, 2))),
@@ -126,10 +129,11 @@ def child(args) -> None:
     else:
       spans.append((label, prev, at))
     prev = at
-  acc['compile'] = 0.0
-  t_eval = clock()
-  evaluation.evaluate(config, args.workdir)
-  spans.append(('eval', t_eval, clock()))
+  if not args.stages:   # a subset of stages has no full evaluation to time
+    acc['compile'] = 0.0
+    t_eval = clock()
+    evaluation.evaluate(config, args.workdir)
+    spans.append(('eval', t_eval, clock()))
   for stage, (t0, c0, busy0, own0), (t1, c1, busy1, own1) in spans:
     wall = t1 - t0
     other = ((busy1 - busy0) - (own1 - own0)) / (wall * os.cpu_count())
@@ -159,6 +163,7 @@ def _run_child(args, label: str, workdir: str, cache_dir: str) -> list[dict]:
   cmd = [sys.executable, os.path.abspath(__file__), '--child', '--scenario', args.scenario,
          '--label', label, '--workdir', workdir, '--cache_dir', cache_dir,
          '--steps', str(args.steps), '--celeba_test', str(args.celeba_test)]
+  cmd += ['--inn'] * args.inn + (['--stages', *args.stages] if args.stages else [])
   out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
   if out.returncode:
     tail = [l for l in out.stderr.splitlines() if 'it/s' not in l][-15:]
@@ -176,6 +181,10 @@ def main():
   ap.add_argument('--runs', nargs='+', default=['cold', 'warm'])
   ap.add_argument('--steps', type=int, default=6, help='celeba64: steps per stage')
   ap.add_argument('--celeba_test', type=int, default=512, help='celeba64: test images')
+  ap.add_argument('--inn', action='store_true',
+                  help='also train the factor INN (config.inn.enabled; off by default)')
+  ap.add_argument('--stages', nargs='+', default=[],
+                  help='time only these stages (no evaluation), e.g. concepts inn')
   ap.add_argument('--child', action='store_true', help=argparse.SUPPRESS)
   ap.add_argument('--label', default='', help=argparse.SUPPRESS)
   ap.add_argument('--workdir', default='', help=argparse.SUPPRESS)

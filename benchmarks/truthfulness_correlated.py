@@ -26,7 +26,11 @@ Methods: prediction_association (the shipped verdict, reporting/association.py);
 representation_shift (those rows, with each 'cannot tell' that a confounding attribute caused
 answered by reporting/representation_shift.py where the training split separates the pair:
 directions in h = c1(x) fitted on the training split's images); and correlation_gate (the verdict before issue 25: HC0 errors, normal reference, 'cannot tell'
-for every attribute correlated with another beyond |r| > 0.1), on the same predictions.
+for every attribute correlated with another beyond |r| > 0.1), on the same predictions;
+inn_factor (the factor INN of docs/method.md § The INN, trained on the training split's h:
+block a of each test image moved to the other value's class mean, mapped back, read by
+c2; the flip rate's Wilson interval, Bonferroni over the attributes, decides as
+representation_shift's does, on every attribute).
 Fallbacks for what only the training split separates (fallback_rows): heldout_association
 (what the report ships: the verdict on the 'validation' split, reporting/heldout.py),
 train_association (the same on the training images; `memorisation` measures its bias) and
@@ -55,8 +59,8 @@ import truthfulness  # noqa: E402  pylint: disable=g-import-not-at-top
 R_TEST = (0.0, 0.3, 0.6, 0.9, 1.0)
 PAIR = ('size', 'position')
 METHODS = ('prediction_association', 'representation_shift', 'correlation_gate',
-           'heldout_association', 'train_association', 'stratified_shift')
-FALLBACKS = METHODS[3:]   # need the held-out / training predictions (lines before them lack them)
+           'heldout_association', 'train_association', 'stratified_shift', 'inn_factor')
+FALLBACKS = METHODS[3:6]   # need the held-out / training predictions (lines before them lack them)
 
 
 def grid(quick: bool = False, spurious=('background', 'color'), rhos=(0.9, 1.0),
@@ -137,6 +141,7 @@ def run_cell(cell: dict, workdir: str, base: str, num_test: int, r_test=R_TEST) 
   h_train = embed(train.images)
   beta, ident = representation_shift.directions(h_train, train.attributes)
   held = data_lib.load(config.data, 'validation')
+  inn_flip = inn_factor_fn(h_train, train.attributes, head, config.seed)
   line = {'cell': truthfulness.cell_key(cell), **cell, 'names': names, 'task': task,
           'num_test': num_test, 'tests': [],
           'pred_validation': np.argmax(classify(held.images), -1).astype(int).tolist(),
@@ -158,15 +163,18 @@ def run_cell(cell: dict, workdir: str, base: str, num_test: int, r_test=R_TEST) 
       after = np.argmax(classify(render(config.data, flipped, seed)), -1)
       reliance[n] = {'flip_rate': float(np.mean(after != pred)), 'num_examples': num_test}
     rows = bias.prediction_association(pred, attrs, names, task, 2)
+    inn_rates = inn_flip(h_test, attrs)
     line['tests'].append({
         'r_test': r, 'accuracy': float(np.mean(pred == attrs[:, names.index(task)])),
         'reliance': reliance, 'pred': pred.astype(int).tolist(), 'shift_flip_rate': rates.tolist(),
-        'stratified_flip_rate': strat.tolist(), 'stratified_count': counts.tolist()})
+        'stratified_flip_rate': strat.tolist(), 'stratified_count': counts.tolist(),
+        'inn_flip_rate': inn_rates.tolist()})
     t = line['tests'][-1]
     t['rows'] = {'prediction_association': rows,
                  'representation_shift': representation_shift.combine(
                      rows, rates, ident, names, num_test, len(train)),
                  'correlation_gate': gate_rows(pred, attrs, names),
+                 'inn_factor': inn_rows(inn_rates, names, num_test),
                  **fallback_rows(line, t, rows, config.data)}
   line['seconds'] = time.time() - t0
   return line
@@ -192,7 +200,9 @@ def rescore(line: dict, base: str = 'small') -> dict:
         'prediction_association': rows,
         'representation_shift': representation_shift.combine(
             rows, np.asarray(t['shift_flip_rate']), ident, names, line['num_test'], len(train)),
-        'correlation_gate': gate_rows(pred, attrs, names)}))
+        'correlation_gate': gate_rows(pred, attrs, names),
+        **({'inn_factor': inn_rows(np.asarray(t['inn_flip_rate']), names, line['num_test'])}
+           if 'inn_flip_rate' in t else {})}))
     if 'pred_validation' in line:
       tests[-1]['rows'].update(fallback_rows(line, tests[-1], rows, config.data))
   return dict(line, tests=tests)
@@ -261,6 +271,57 @@ def magnitude_errors(lines: list[dict], methods=METHODS) -> dict:
 def association_rows(pred, attrs, names, task, split: str = 'test'):
   from lsei_jax.reporting import bias  # pylint: disable=g-import-not-at-top
   return bias.prediction_association(pred, attrs, names, task, 2, split=split)
+
+
+def inn_factor_fn(h_train: np.ndarray, attrs_train: np.ndarray, head, seed: int):
+  """Trains the factor INN (configs/shapes.py's config.inn: attribute basis + flow) on the
+  training split's h; → (h [N, d], attributes [N, A] → flip rate [A]): the share of
+  predictions that change when block a moves to the other value's class mean (train
+  codes) and T⁻¹ maps it back to h."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from configs import shapes  # pylint: disable=g-import-not-at-top
+  from lsei_jax import train_state  # pylint: disable=g-import-not-at-top
+  from lsei_jax.inn import basis, factor  # pylint: disable=g-import-not-at-top
+  cfg = shapes.get_config().inn
+  bas = basis.fit(h_train, attrs_train, int(cfg.factor_dim))
+  x = bas.forward(h_train)
+  model = factor.build(cfg, x.shape[1], attrs_train.shape[1])
+  model = factor.FactorINN(model.flow.clone(data_init=False), model.layout, model.sigma,
+                           model.noise_std, model.flow_dim)
+  state = factor.create_state(model, jax.random.key(seed), jnp.zeros((2, x.shape[1])),
+                              train_state.make_optimizer(cfg, cfg.steps))
+  from lsei_jax.training import parallel  # pylint: disable=g-import-not-at-top
+  step = parallel.data_parallel_step(factor.make_step(model), parallel.make_mesh())
+  rng = np.random.default_rng(seed)
+  table = factor.sample_pair_table(attrs_train, rng, int(cfg.pairs_per_example))
+  for i in range(cfg.steps):
+    rows = rng.integers(0, len(table[0]), cfg.batch_size)
+    state, _ = step(state, factor.pair_batch(x, table, rows), jax.random.key(i))
+  params = state.params
+  enc = jax.jit(lambda h: factor.encode(model, params, h))
+  dec = jax.jit(lambda z: factor.decode(model, params, z))
+  means = factor.class_means(np.asarray(enc(x)), attrs_train, model.layout)
+
+  def flip(h: np.ndarray, attrs: np.ndarray) -> np.ndarray:
+    z = np.asarray(enc(bas.forward(h)))
+    pred = np.argmax(head(h), -1)
+    return np.array([np.mean(np.argmax(head(bas.backward(np.asarray(dec(
+        factor.flip_factor(z, a, model.layout, attrs, means))))), -1) != pred)
+        for a in range(attrs.shape[1])])
+  return flip
+
+
+def inn_rows(rates: np.ndarray, names, num_test: int, level: float = 0.95) -> list[dict]:
+  """The factor INN's verdict rows: flip rate's Wilson interval (Bonferroni over the
+  attributes) against min_effect / max_hidden, as representation_shift.shift_verdicts."""
+  from lsei_jax.reporting import representation_shift  # pylint: disable=g-import-not-at-top
+  from lsei_jax.reporting.association import t_quantile  # pylint: disable=g-import-not-at-top
+  z = t_quantile(1 - (1 - level) / (2 * len(names)), np.inf)
+  return [dict(attribute=n, verdict=v, flagged=v == 'relied on', shift=float(r), ci_low=lo,
+               ci_high=hi, estimator='inn_factor')
+          for n, r, (v, lo, hi) in zip(names, rates, representation_shift.shift_verdicts(
+              rates, num_test, z))]
 
 
 def _embed_head(split, batch_size: int):

@@ -37,8 +37,9 @@ MODULES = {
     'coupling': lambda: blocks.AffineCoupling(hidden=(16,)),
     'flow_lu': lambda: blocks.Flow(num_steps=3, hidden=(16,)),
     'flow_permute': lambda: blocks.Flow(num_steps=3, hidden=(16,), linear='permute'),
+    'flow_unpermute': lambda: blocks.Flow(num_steps=3, hidden=(16,), unpermute=True),
 }
-CONDITIONAL = {'coupling', 'flow_lu', 'flow_permute'}
+CONDITIONAL = {'coupling', 'flow_lu', 'flow_permute', 'flow_unpermute'}
 CASES = [(n, c) for n in MODULES for c in (False, True) if not c or n in CONDITIONAL]
 
 
@@ -147,3 +148,21 @@ def test_bad_architecture_is_refused():
 def test_actnorm_data_init_refuses_a_single_row():
   with pytest.raises(ValueError, match='at least 2 rows'):
     blocks.Flow(num_steps=1).init(jax.random.key(0), _x(n=1))
+
+
+@pytest.mark.parametrize('linear', ['lu', 'permute'])
+def test_unpermuted_flow_starts_as_the_identity(linear):
+  # Without data init every block starts at the identity except the mixes, which start
+  # at their permutations; unpermute undoes their product, so the flow is the identity
+  # exactly (a gather of the input), whatever the seed and number of steps.
+  x = _x(d=7)
+  for steps in (1, 4):
+    flow = blocks.Flow(num_steps=steps, hidden=(8,), data_init=False, linear=linear, seed=5,
+                       unpermute=True)
+    params = flow.init(jax.random.key(0), x)
+    y, logdet = flow.apply(params, x)
+    np.testing.assert_array_equal(np.asarray(y), np.asarray(x))
+    np.testing.assert_array_equal(np.asarray(logdet), 0.0)
+    # Without unpermute the same flow permutes the features (the check can fail).
+    plain = flow.clone(unpermute=False)
+    assert not np.array_equal(np.asarray(plain.apply(params, x)[0]), np.asarray(x))

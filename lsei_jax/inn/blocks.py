@@ -194,6 +194,10 @@ class Flow(nn.Module):
 
   Step k's permutation has seed `seed + k` (distinct fixed permutations per step, chosen
   on the host; not a PRNG stream, since they are architecture, not randomness of a run).
+  unpermute: end with the fixed permutation that undoes the steps' starting permutations
+  (`composite_permutation`), so that a flow without data init starts as the identity and
+  keeps the feature order of its input (the factor INN's blocks start where its linear
+  basis put them); logdet 0.
   """
   num_steps: int = 8
   hidden: Sequence[int] = (64, 64)
@@ -201,6 +205,7 @@ class Flow(nn.Module):
   data_init: bool = True
   linear: str = 'lu'
   seed: int = 0
+  unpermute: bool = False
 
   def setup(self):
     if self.num_steps < 1:
@@ -211,13 +216,33 @@ class Flow(nn.Module):
   def __call__(self, x: Array, cond: Array | None = None, reverse: bool = False
                ) -> tuple[Array, Array]:
     logdet = _zeros_logdet(x)
+    if self.unpermute and reverse:
+      x = x[:, composite_permutation(x.shape[-1], self.num_steps, self.linear, self.seed)]
     for step in (reversed(self.steps) if reverse else self.steps):
       x, ld = step(x, cond, reverse)
       logdet = logdet + ld
+    if self.unpermute and not reverse:
+      x = x[:, np.argsort(composite_permutation(x.shape[-1], self.num_steps, self.linear,
+                                                self.seed))]
     return x, logdet
 
   def inverse(self, y: Array, cond: Array | None = None) -> Array:
     return self(y, cond, reverse=True)[0]
+
+
+def composite_permutation(d: int, num_steps: int, linear: str, seed: int) -> np.ndarray:
+  """int [d]: c[j] = the input feature at output position j of a Flow's steps at their
+  start (identity couplings and ActNorm, each mix at its permutation)."""
+  c = np.arange(d)
+  for k in range(num_steps):
+    perm = permutation(d, seed + k)
+    if linear == 'lu':          # out[:, perm] = v
+      nxt = np.empty_like(c)
+      nxt[perm] = c
+      c = nxt
+    else:                       # y = x[:, perm]
+      c = c[perm]
+  return c
 
 
 INN = Flow

@@ -2,7 +2,7 @@
 Interpretation Network"; used in Rombach, Esser & Ommer, ECCV 2020). Equations:
 docs/method.md § "The INN (issue 26)".
 
-An invertible T (a `blocks.Flow`) maps h [B, d] to z = T(h) [B, d], read as F factor
+An invertible T maps h [B, d] to z = T(h) [B, d], read as F factor
 blocks of d_f features each (block f = z[:, f·d_f:(f+1)·d_f], one per annotated attribute)
 and a residual block z[:, F·d_f:] of d − F·d_f features. Training pairs (h_a, h_b) share
 the value of attribute f; their likelihood is a standard normal on every block except f,
@@ -14,6 +14,10 @@ where the pair is jointly normal with correlation σ per feature:
   L = E_pairs[−log p(T(h_a), T(h_b) | f) − log|det T'(h_a)| − log|det T'(h_b)|] / (2d)
 
 (nats per dimension; f = −1 marks a pair that shares nothing: both independent normals).
+In the pipeline T = flow ∘ A with A the fixed attribute basis of `inn.basis` (its log-det a
+constant, left out) and the flow (a `blocks.Flow` that starts as the identity) on the first
+flow_dim features only, the rest passed through: d above is then flow_dim, and this
+module's h is A(h).
 σ is fixed (config), not learned: a learned σ can fall to 0 and undo the factorisation.
 Block f then carries what pairs sharing attribute f have in common, which includes the
 attribute and excludes attributes independent of it; the residual carries the rest.
@@ -67,16 +71,31 @@ class FactorLayout:
 
 @dataclasses.dataclass(frozen=True)
 class FactorINN:
-  """The flow, its layout and the fixed pair correlation σ."""
+  """The flow, its layout and the fixed pair correlation σ.
+
+  flow_dim: the flow acts on the first flow_dim features (the factor blocks and the start
+  of the residual); the rest of the residual passes through unchanged (None: all of them).
+  """
   flow: blocks.Flow
   layout: FactorLayout
   sigma: float = 0.9
   noise_std: float = 0.0   # training only: h + N(0, noise_std²) per example (see make_step)
+  flow_dim: int | None = None
+
+  @property
+  def k(self) -> int:
+    return self.layout.dim if self.flow_dim is None else self.flow_dim
+
+  @property
+  def flow_layout(self) -> FactorLayout:
+    """The layout of the flow's own features: the same blocks, a shorter residual."""
+    return FactorLayout(self.k, self.layout.num_factors, self.layout.factor_dim)
 
 
 def build(cfg, dim: int, num_factors: int) -> FactorINN:
-  """From a config section (proposed `config.inn`): factor_dim, num_steps, hidden, clamp,
-  linear, sigma, noise_std, seed."""
+  """From a config section (`config.inn`): factor_dim, flow_dim (0: all of dim), num_steps,
+  hidden, clamp, linear, sigma, noise_std, seed, unpermute (default True: the flow starts
+  as the identity, for inputs already in the attribute basis)."""
   sigma = float(cfg.get('sigma', 0.9))
   if not 0.0 < sigma < 1.0:
     raise UserError(f'inn.sigma={sigma} must be in (0, 1): the correlation of a shared factor')
@@ -86,14 +105,19 @@ def build(cfg, dim: int, num_factors: int) -> FactorINN:
   flow = blocks.Flow(num_steps=int(cfg.get('num_steps', 8)),
                      hidden=tuple(cfg.get('hidden', (128, 128))),
                      clamp=float(cfg.get('clamp', 2.0)), linear=cfg.get('linear', 'lu'),
-                     seed=int(cfg.get('seed', 0)))
-  return FactorINN(flow, FactorLayout(dim, num_factors, int(cfg.get('factor_dim', 1))), sigma,
-                   noise_std)
+                     seed=int(cfg.get('seed', 0)),
+                     unpermute=bool(cfg.get('unpermute', True)))
+  layout = FactorLayout(dim, num_factors, int(cfg.get('factor_dim', 1)))
+  flow_dim = int(cfg.get('flow_dim', 0)) or dim
+  if not num_factors * layout.factor_dim < flow_dim <= dim:
+    raise UserError(f'inn.flow_dim={flow_dim} must exceed the {num_factors * layout.factor_dim}'
+                    f' factor features and be at most dim={dim} (0: all of h)')
+  return FactorINN(flow, layout, sigma, noise_std, flow_dim)
 
 
 def create_state(model: FactorINN, rng: Array, example_h: Array, tx) -> train_state.TrainState:
   """Train state; ActNorm starts from example_h [n ≥ 2, d] (use a few hundred rows)."""
-  return train_state.create_train_state(model.flow, rng, example_h, tx)
+  return train_state.create_train_state(model.flow, rng, example_h[:, :model.k], tx)
 
 
 # ----------------------------------------------------------------------------- objective
@@ -115,18 +139,21 @@ def pair_nll(z_a: Array, z_b: Array, factor: Array, layout: FactorLayout, sigma:
 
 def factor_loss(model: FactorINN, params, h_a: Array, h_b: Array, factor: Array
                 ) -> tuple[Array, dict]:
-  """L of the module docstring (nats / dim) for pairs h_a, h_b [B, d] sharing factor [B].
+  """L of the module docstring (nats / dim) for pairs h_a, h_b [B, d] sharing factor [B],
+  over the flow's first model.k features (the rest pass through: a constant term).
 
   → (loss, {'nll', 'logdet', 'shared_corr'}): the prior term and the mean logdet per
   image, both per dimension, and the mean z_a·z_b over shared features (→ σ when fitted).
   """
   b = h_a.shape[0]
-  z, logdet = model.flow.apply({'params': params}, jnp.concatenate([h_a, h_b], 0))
+  k = model.k
+  z, logdet = model.flow.apply({'params': params},
+                               jnp.concatenate([h_a[:, :k], h_b[:, :k]], 0))
   z_a, z_b = z[:b], z[b:]
-  nll = pair_nll(z_a, z_b, factor, model.layout, model.sigma)
-  d = model.layout.dim
+  nll = pair_nll(z_a, z_b, factor, model.flow_layout, model.sigma)
+  d = k
   loss = jnp.mean(nll - logdet[:b] - logdet[b:]) / (2 * d)
-  shared = block_mask(model.layout, factor)
+  shared = block_mask(model.flow_layout, factor)
   corr = jnp.sum(shared * z_a * z_b) / jnp.maximum(jnp.sum(shared), 1.0)
   return loss, {'nll': jnp.mean(nll) / (2 * d), 'logdet': jnp.mean(logdet) / d,
                 'shared_corr': corr}
@@ -210,13 +237,16 @@ def pair_batch(h: np.ndarray, pairs: tuple[np.ndarray, np.ndarray, np.ndarray],
 
 # ----------------------------------------------------------------------------- use
 def encode(model: FactorINN, params, h: Array) -> Array:
-  """z = T(h) [B, d]."""
-  return model.flow.apply({'params': params}, h)[0]
+  """z = T(h) [B, d] (the features past model.k pass through)."""
+  k = model.k
+  return jnp.concatenate([model.flow.apply({'params': params}, h[:, :k])[0], h[:, k:]], -1)
 
 
 def decode(model: FactorINN, params, z: Array) -> Array:
   """h = T⁻¹(z) [B, d]."""
-  return model.flow.apply({'params': params}, z, method='inverse')
+  k = model.k
+  return jnp.concatenate([model.flow.apply({'params': params}, z[:, :k], method='inverse'),
+                          z[:, k:]], -1)
 
 
 def swap_factor(z: Array, z_other: Array, f: int, layout: FactorLayout) -> Array:
@@ -312,13 +342,15 @@ def chance_accuracy(y: np.ndarray) -> np.ndarray:
 
 def evaluate(model: FactorINN, params, h_train: np.ndarray, y_train: np.ndarray,
              h_test: np.ndarray, y_test: np.ndarray,
-             encode_fn: Callable[[Array], Array] | None = None) -> dict:
+             encode_fn: Callable[[Array], Array] | None = None,
+             h_probe: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
   """The factor INN's own metrics (attribute a ↔ block a; y [N, F] in {0, 1}):
 
   block_accuracy [F, F + 1] (`block_probe_accuracy`, test split), own_block [F] (its
   diagonal), other_max [F] (the best other block, residual included), h_accuracy [F]
   (the probe on h itself), chance [F], round_trip_max_abs (max |T⁻¹(T(h)) − h| on test).
-  encode_fn: a jitted h → z (default: `encode` un-jitted).
+  encode_fn: a jitted h → z (default: `encode` un-jitted). h_probe: (train, test) inputs of
+  the probe on h itself when the flow reads a transform of h (default: h_train, h_test).
   """
   enc = encode_fn or (lambda h: encode(model, params, h))
   z_train, z_test = np.asarray(enc(jnp.asarray(h_train))), np.asarray(enc(jnp.asarray(h_test)))
@@ -327,7 +359,8 @@ def evaluate(model: FactorINN, params, h_train: np.ndarray, y_train: np.ndarray,
   if acc.shape[0] != num:
     raise ValueError(f'{acc.shape[0]} attributes for {num} factor blocks: pass the '
                      f'attributes the blocks were trained for, in order')
-  h_acc = np.array([np.mean(probe_predict(fit_logistic(h_train, y_train[:, a]), h_test)
+  p_train, p_test = h_probe or (h_train, h_test)
+  h_acc = np.array([np.mean(probe_predict(fit_logistic(p_train, y_train[:, a]), p_test)
                             == np.asarray(y_test)[:, a].astype(bool)) for a in range(num)])
   others = np.where(np.eye(num, num + 1, dtype=bool), -np.inf, acc)
   back = decode(model, params, jnp.asarray(z_test))

@@ -1,6 +1,7 @@
-"""The factor INN on h (issue 26; docs/method.md § "The INN"): T maps the standardised
-embedding of the train split onto one block per annotated attribute plus a residual,
-trained on pairs of images that share an attribute. A stage added as one node: its
+"""The factor INN on h (issue 26; docs/method.md § "The INN"): T = flow ∘ attribute basis
+maps the embedding onto one block per annotated attribute plus a residual; the basis
+(`inn.basis`, a fixed linear map fitted on the train split's h and attributes) is recomputed
+wherever it is needed, the flow is trained on pairs of images that share an attribute. A stage added as one node: its
 evaluators report each block's probe accuracy, the round trip, and the factor
 intervention (move block a to the other value's mean, map back, read c2) as an estimator of
 the classifier's reliance on attribute a as its representation encodes it."""
@@ -15,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lsei_jax import data as data_lib
-from lsei_jax.inn import factor
+from lsei_jax.inn import basis, factor
 from lsei_jax.pipeline import artifacts, frozen
 from lsei_jax.pipeline.node import Context, Node
 from lsei_jax.pipeline.stages.concepts import h_train
@@ -41,6 +42,18 @@ def _train_stats(ctx: Context) -> tuple[np.ndarray, np.ndarray]:
   return ctx.derived('inn_stats', lambda: standardise(_train_h(ctx)))
 
 
+def _train_attributes(ctx: Context) -> np.ndarray:
+  if ctx.split == 'train':
+    return ctx.data.attributes
+  return data_lib.load_annotations(ctx.spec.config.data, 'train')[1]
+
+
+def _basis(ctx: Context) -> basis.Basis:
+  """The attribute basis of the train split (float64 on the host, deterministic)."""
+  return ctx.derived('inn_basis', lambda: basis.fit(
+      _train_h(ctx), _train_attributes(ctx), int(ctx.spec.config.inn.factor_dim)))
+
+
 def _train_h(ctx: Context) -> np.ndarray:
   """h of the train split: the training split itself in training, loaded in evaluation."""
   if ctx.split == 'train':
@@ -51,8 +64,7 @@ def _train_h(ctx: Context) -> np.ndarray:
 
 
 def _inputs(ctx: Context):
-  mean, scale = _train_stats(ctx)
-  hs = (h_train(ctx) - mean) / scale
+  hs = _basis(ctx).forward(h_train(ctx))
   cfg = ctx.spec.config.inn
   table = factor.sample_pair_table(
       ctx.data.attributes, np.random.default_rng(ctx.spec.stream_seed('inn/pairs')),
@@ -75,22 +87,25 @@ def evaluate_inn(ctx: Context) -> dict:
   enc, dec = _codecs(m)
   params = ctx.params('inn')
   mean, scale = _train_stats(ctx)
-  std = lambda h: jnp.asarray((np.asarray(h) - mean) / scale)
-  train_attrs = data_lib.load_annotations(spec.config.data, 'train')[1]
+  bas = _basis(ctx)
+  train_attrs = _train_attributes(ctx)
   h_test = ctx.map(frozen.embed_fn(ctx.classifier.embed, ctx.mesh), ctx.classifier.params,
                    {'image': test.images}, 'embed test')
-  ev = factor.evaluate(m, params, np.asarray(std(_train_h(ctx))), train_attrs,
-                       np.asarray(std(h_test)), test.attributes,
-                       encode_fn=lambda h: enc(params, h))
-  z = np.asarray(enc(params, std(h_test)))
-  z_train = np.asarray(enc(params, std(_train_h(ctx))))
+  x_train, x_test = bas.forward(_train_h(ctx)), bas.forward(h_test)
+  # The probe on h itself reads the standardised h (not the basis: a probe's L2 penalty
+  # depends on the coordinates it is given).
+  ev = factor.evaluate(m, params, x_train, train_attrs, x_test, test.attributes,
+                       encode_fn=lambda h: enc(params, h),
+                       h_probe=((_train_h(ctx) - mean) / scale, (h_test - mean) / scale))
+  z = np.asarray(enc(params, x_test))
+  z_train = np.asarray(enc(params, x_train))
   means = factor.class_means(z_train, train_attrs, m.layout)
   head = jax.jit(ctx.classifier.head)
   pred = np.argmax(np.asarray(head(ctx.classifier.params, jnp.asarray(h_test))), -1)
   flips = {}
   for a, name in enumerate(test.attribute_names):
     z_f = factor.flip_factor(z, a, m.layout, test.attributes, means)
-    h_f = np.asarray(dec(params, z_f)) * scale + mean
+    h_f = bas.backward(np.asarray(dec(params, z_f)))
     after = np.argmax(np.asarray(head(ctx.classifier.params, jnp.asarray(h_f))), -1)
     flips[name] = float(np.mean(after != pred))
   names = test.attribute_names
@@ -102,6 +117,9 @@ def evaluate_inn(ctx: Context) -> dict:
       'h_accuracy': dict(zip(names, map(float, ev['h_accuracy']))),
       'chance': dict(zip(names, map(float, ev['chance']))),
       'round_trip_max_abs': ev['round_trip_max_abs'],
+      # The whole T⁻¹(T(h)) − h, basis included, in units of h.
+      'round_trip_h_max_abs': float(np.max(np.abs(
+          bas.backward(np.asarray(dec(params, jnp.asarray(z)))) - np.asarray(h_test)))),
       # The estimator: share of test predictions that change when block a moves to the
       # other value's class mean (the rest of z kept) and T⁻¹ maps it back to h.
       'factor_flip_rate': flips}}

@@ -37,6 +37,7 @@ Usage (resumable, one JSON line per classifier):
   python benchmarks/truthfulness_celeba_shaped.py --out runs/celeba_shaped
   python benchmarks/truthfulness_celeba_shaped.py --quick --out /tmp/c   # one tiny cell (tests)
   python benchmarks/truthfulness_celeba_shaped.py --out DIR --table      # the table only
+  python benchmarks/truthfulness_celeba_shaped.py --out DIR --candidates # interaction thresholds
 """
 from __future__ import annotations
 
@@ -289,6 +290,24 @@ def effect_errors(lines: list[dict]) -> str:
       f'{k} median {np.median(v):.3f}, max {np.max(v):.3f}' for k, v in err.items() if v))
 
 
+def candidates(lines: list[dict], min_cells=(None, 1, 5, 10, 15, 20, 30, 100)) -> list[dict]:
+  """The verdict's summary row (all classifiers) per interaction threshold min_cell
+  (None: the additive fit), from the stored predictions; one dict per threshold with
+  'min_cell' added."""
+  from lsei_jax.reporting import bias  # pylint: disable=g-import-not-at-top
+  out = []
+  for k in min_cells:
+    scored = []
+    for line in lines:
+      attrs, _ = test_split(line, line['num_test'])
+      rows = bias.prediction_association(np.asarray(line['pred']), attrs, line['names'], TASK,
+                                         2, min_cell=k)
+      scored.append(dict(line, rows={'prediction_association': rows}))
+    row = [r for r in summarize(scored, ('prediction_association',)) if r['train'] == 'all']
+    out.append(dict(row[0], min_cell=k))
+  return out
+
+
 def format_cells(lines: list[dict]) -> str:
   """Per classifier: accuracy, and per attribute 'flip rate (signed effect) → the verdict's
   effect and answer' (R relied on, · no evidence, ? cannot tell)."""
@@ -330,12 +349,21 @@ def main(argv=None) -> None:
   ap.add_argument('--rescore', action='store_true',
                   help='compute every line\'s rows again with the current code')
   ap.add_argument('--figure', default='', help='write the example images to this PNG and stop')
+  ap.add_argument('--candidates', action='store_true',
+                  help='score the verdict at several interaction thresholds (min_cell) on '
+                       'the stored predictions and stop')
   ap.add_argument('--cache', default=os.path.join(tempfile.gettempdir(), 'lsei_jax_truth_jit'))
   args = ap.parse_args(argv)
   if args.figure:
     figure(args.figure)
     return
   path = os.path.join(args.out, 'cells.jsonl')
+  if args.candidates:
+    for r in candidates(truthfulness.read_lines(path)):
+      print(json.dumps({k: r[k] for k in ('min_cell', 'coverage', 'interval_covers_effect',
+                                          'recall', 'recall_strong', 'fpr_unused', 'wrong',
+                                          'median_spearman', 'effect_error_max')}))
+    return
   if args.rescore:
     lines = [rescore(l) for l in truthfulness.read_lines(path)]
     with open(path + '.tmp', 'w') as f:

@@ -337,3 +337,19 @@ def test_a_pair_separated_by_few_images():
       assert np.isfinite(rows['a']['se'])
       assert f'confounded with b ({k} test images separate it from b)' in \
           association.verdict_text(rows['a'])
+
+
+def test_interactions_that_would_absorb_the_attribute_fall_back_to_the_additive_fit():
+  # c = a XOR b: a·c = a − a·b, so a lies in the span of its interactions with b and c and
+  # its coefficient would not be estimable; the fit for a drops them (additive), and says so.
+  rng = np.random.default_rng(9)
+  a, b = rng.random((2, 400)) < 0.5
+  attrs = np.stack([a, b, a ^ b], 1)
+  y = (a ^ (rng.random(400) < 0.1)).astype(float)[:, None]
+  fit = association.effects(y, attrs.astype(float))
+  add = association.effects(y, attrs.astype(float), None)
+  assert fit['identifiable'].all() and fit['additive_in'][0] == [1, 2]
+  # 1e-12: the same least squares (the same design), computed twice.
+  assert fit['effect'][0, 0] == pytest.approx(add['effect'][0, 0], abs=1e-12)
+  assert fit['se'][0, 0] == pytest.approx(add['se'][0, 0], rel=1e-12)
+  assert np.isfinite(fit['se']).all()

@@ -154,7 +154,7 @@ def test_an_interaction_the_split_cannot_estimate_is_assumed_away_and_said():
   fit = association.effects((pred == 1)[:, None].astype(float), attrs.astype(float))
   assert fit['additive_in'][0] == [1] and fit['additive_in'][2] == []
   rows = _rows(pred, attrs, list('abc'))
-  assert 'assumes its effect does not vary with b (a cell under 10 images)' in \
+  assert 'assumes its effect does not vary with b (a cell under 10 images' in \
       rows['a']['evidence']
   assert 'assumes' not in rows['c']['evidence']    # c is independent of a and b
   assert rows['a']['verdict'] == 'relied on'

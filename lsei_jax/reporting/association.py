@@ -276,7 +276,7 @@ def prediction_association(pred: np.ndarray, attributes: np.ndarray, names: Sequ
     if flat:
       why += (f'; assumes its effect does not vary with {", ".join(flat[:3])}'
               f'{f" (+{len(flat) - 3})" if len(flat) > 3 else ""} (a cell under {min_cell} '
-              'images)')
+              'images, or an interaction collinear with it: the split cannot tell)')
     row.update(shift=float(e[i]), toward_class=int(classes[i]), se=float(s[i]),
                ci_low=float(lo[i]), ci_high=float(hi[i]), verdict=verdict, flagged=flagged,
                confounded_by=[names[partner]] if confounded else [],

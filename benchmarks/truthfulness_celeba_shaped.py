@@ -25,16 +25,19 @@ attributes (reliance at or below the controls' largest) and on reliance < 0.05, 
 never wrong, only uncovered), median Spearman (as benchmarks/truthfulness_correlated.py);
 and against the signed average effect E[1[ŷ(a=1) = 1] − 1[ŷ(a=0) = 1]] over the test split
 (from the same re-renders): the share of the verdict's intervals that contain it and the
-absolute error of its effect (`effect_errors` compares a fit with interactions, a
-diagnostic, with it).
-Methods: prediction_association (the shipped verdict, lsei_jax/reporting/association.py) and
-correlation_gate (the verdict before issue 25: 'cannot tell' for |r| > 0.1 with another
-attribute; truthfulness_correlated.gate_rows).
+absolute error of its effect (`effect_errors` also compares a fit with every a × other
+interaction, a diagnostic).
+Methods: prediction_association (the shipped verdict, lsei_jax/reporting/association.py: the
+split's average effect, interactions where each cell holds ≥ 10 images), additive_fit (the
+same rows with min_cell=None: the additive fit the verdict used before) and correlation_gate
+(the verdict before issue 25: 'cannot tell' for |r| > 0.1 with another attribute;
+truthfulness_correlated.gate_rows).
 
 Usage (resumable, one JSON line per classifier):
   python benchmarks/truthfulness_celeba_shaped.py --out runs/celeba_shaped
   python benchmarks/truthfulness_celeba_shaped.py --quick --out /tmp/c   # one tiny cell (tests)
   python benchmarks/truthfulness_celeba_shaped.py --out DIR --table      # the table only
+  python benchmarks/truthfulness_celeba_shaped.py --out DIR --candidates # interaction thresholds
 """
 from __future__ import annotations
 
@@ -56,7 +59,7 @@ import truthfulness_correlated  # noqa: E402  pylint: disable=g-import-not-at-to
 TASK = 'Male'
 TRAINS = ('celeba', 'lipstick')
 RHO_LIPSTICK = 0.97
-METHODS = ('prediction_association', 'correlation_gate')
+METHODS = ('prediction_association', 'additive_fit', 'correlation_gate')
 
 
 def grid(quick: bool = False, trains=TRAINS, difficulty=('easy', 'hard'), seeds=(0, 1)
@@ -161,6 +164,8 @@ def run_cell(cell: dict, workdir: str, base: str, num_test: int) -> dict:
 def rows_of(pred: np.ndarray, attrs: np.ndarray, names) -> dict:
   from lsei_jax.reporting import bias  # pylint: disable=g-import-not-at-top
   return {'prediction_association': bias.prediction_association(pred, attrs, names, TASK, 2),
+          'additive_fit': bias.prediction_association(pred, attrs, names, TASK, 2,
+                                                      min_cell=None),
           'correlation_gate': truthfulness_correlated.gate_rows(pred, attrs, names)}
 
 
@@ -190,6 +195,8 @@ def summarize(lines: list[dict], methods=METHODS) -> list[dict]:
   for line in lines:
     rel, relied, unused = truth(line)
     for m in methods:
+      if m not in line['rows']:      # a line stored before the method existed
+        continue
       for group in (line['train'], 'all'):
         s = acc.setdefault((m, group), dict(dict.fromkeys(keys, 0), spearman=[], err=[]))
         rows = line['rows'][m]
@@ -266,19 +273,39 @@ def interaction_effects(pred: np.ndarray, attrs: np.ndarray) -> np.ndarray:
 
 
 def effect_errors(lines: list[dict]) -> str:
-  """|estimate − signed effect| of the verdict's additive fit and of interaction_effects."""
-  add, inter = [], []
+  """|estimate − signed effect| of the verdict, the additive fit and interaction_effects."""
+  err: dict = {'the verdict': [], 'additive': [], 'every interaction (diagnostic)': []}
   for line in lines:
     attrs, _ = test_split(line, line['num_test'])
-    rows = {r['attribute']: r['shift'] for r in line['rows']['prediction_association']}
+    rows = {m: {r['attribute']: r['shift'] for r in line['rows'][m]}
+            for m in ('prediction_association', 'additive_fit') if m in line['rows']}
     g = interaction_effects(np.asarray(line['pred']), attrs)
     for a, n in enumerate(line['names']):
       truth_ = line['reliance'][n]['effect']
-      add.append(abs(rows[n] - truth_))
-      inter.append(abs(g[a] - truth_))
-  return (f'|effect − signed effect| over {len(add)} attributes: the verdict (additive) median '
-          f'{np.median(add):.3f}, max {np.max(add):.3f}; with interactions (diagnostic) median '
-          f'{np.median(inter):.3f}, max {np.max(inter):.3f}')
+      err['the verdict'].append(abs(rows['prediction_association'][n] - truth_))
+      if 'additive_fit' in rows:
+        err['additive'].append(abs(rows['additive_fit'][n] - truth_))
+      err['every interaction (diagnostic)'].append(abs(g[a] - truth_))
+  return (f'|effect − signed effect| over {len(err["the verdict"])} attributes: ' + '; '.join(
+      f'{k} median {np.median(v):.3f}, max {np.max(v):.3f}' for k, v in err.items() if v))
+
+
+def candidates(lines: list[dict], min_cells=(None, 1, 5, 10, 15, 20, 30, 100)) -> list[dict]:
+  """The verdict's summary row (all classifiers) per interaction threshold min_cell
+  (None: the additive fit), from the stored predictions; one dict per threshold with
+  'min_cell' added."""
+  from lsei_jax.reporting import bias  # pylint: disable=g-import-not-at-top
+  out = []
+  for k in min_cells:
+    scored = []
+    for line in lines:
+      attrs, _ = test_split(line, line['num_test'])
+      rows = bias.prediction_association(np.asarray(line['pred']), attrs, line['names'], TASK,
+                                         2, min_cell=k)
+      scored.append(dict(line, rows={'prediction_association': rows}))
+    row = [r for r in summarize(scored, ('prediction_association',)) if r['train'] == 'all']
+    out.append(dict(row[0], min_cell=k))
+  return out
 
 
 def format_cells(lines: list[dict]) -> str:
@@ -322,12 +349,21 @@ def main(argv=None) -> None:
   ap.add_argument('--rescore', action='store_true',
                   help='compute every line\'s rows again with the current code')
   ap.add_argument('--figure', default='', help='write the example images to this PNG and stop')
+  ap.add_argument('--candidates', action='store_true',
+                  help='score the verdict at several interaction thresholds (min_cell) on '
+                       'the stored predictions and stop')
   ap.add_argument('--cache', default=os.path.join(tempfile.gettempdir(), 'lsei_jax_truth_jit'))
   args = ap.parse_args(argv)
   if args.figure:
     figure(args.figure)
     return
   path = os.path.join(args.out, 'cells.jsonl')
+  if args.candidates:
+    for r in candidates(truthfulness.read_lines(path)):
+      print(json.dumps({k: r[k] for k in ('min_cell', 'coverage', 'interval_covers_effect',
+                                          'recall', 'recall_strong', 'fpr_unused', 'wrong',
+                                          'median_spearman', 'effect_error_max')}))
+    return
   if args.rescore:
     lines = [rescore(l) for l in truthfulness.read_lines(path)]
     with open(path + '.tmp', 'w') as f:

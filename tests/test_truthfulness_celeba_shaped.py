@@ -64,7 +64,7 @@ def test_scoring_against_the_controls_floor():
   assert b['fpr_unused'] == pytest.approx(1 / 9) and b['fpr_zero'] == pytest.approx(1 / 9)
   both = by[('prediction_association', 'all')]
   assert both['classifiers'] == 2 and both['attributes'] == 26 and both['wrong'] == 2
-  assert [r['train'] for r in rows] == ['celeba', 'lipstick', 'all'] * 2
+  assert [r['train'] for r in rows] == ['celeba', 'lipstick', 'all'] * len(tcs.METHODS)
   assert '| prediction_association | all | 2 | 26 |' in tcs.format_table(rows)
 
 
@@ -121,3 +121,19 @@ def test_figure_writes_one_row_of_sixteen_images(tmp_path):
   path = str(tmp_path / 'f.png')
   tcs.main(['--figure', path])
   assert Image.open(path).size == (16 * 32 * 4, 32 * 4)
+
+
+def test_candidates_score_each_interaction_threshold_on_stored_predictions():
+  # Predictions equal to Male: its average effect is exactly 1, every other one exactly 0
+  # (least squares with Male in the design reproduces ŷ = Male), at any threshold.
+  line = {'cell': 'celeba-easy-s0', 'train': 'celeba', 'difficulty': 'easy', 'seed': 0,
+          'names': NAMES, 'num_test': 256}
+  attrs, _ = tcs.test_split(line, 256)
+  line['pred'] = attrs[:, 0].astype(int).tolist()
+  line['reliance'] = {n: {'flip_rate': float(n == 'Male'), 'effect': float(n == 'Male'),
+                          'num_examples': 256} for n in NAMES}
+  out = tcs.candidates([line], (None, 10))
+  assert [r['min_cell'] for r in out] == [None, 10]
+  for r in out:
+    assert r['recall_strong'] == 1.0 and r['fpr_unused'] == 0 and r['wrong'] == 0
+    assert r['effect_error_max'] == pytest.approx(0.0, abs=1e-9)   # exact up to rounding

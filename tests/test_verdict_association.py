@@ -1,6 +1,8 @@
-"""The verdict's statistics (reporting/association.py): effects and HC3-with-floor errors
-against a NumPy float64 oracle written out by hand, known answers on correlated splits,
-identifiability, small samples, input checks, and calibration under a null by simulation."""
+"""The verdict's statistics (reporting/association.py): average effects (interactions) and
+the additive fit, with HC3-with-floor errors, against NumPy float64 oracles written out by
+hand; a heterogeneous effect whose split average is known in closed form; known answers on
+correlated splits, identifiability, small samples, input checks, and calibration under a
+null by simulation."""
 import json
 import math
 import os
@@ -52,7 +54,8 @@ def test_effects_and_errors_match_the_oracle(n, r):
   attrs = rng.random((n, 3)) < 0.5
   attrs[:, 1] = np.where(rng.random(n) < (1 + r) / 2, attrs[:, 0], ~attrs[:, 0])
   pred = (attrs[:, 0] ^ (rng.random(n) < 0.1)).astype(int)
-  rows = _rows(pred, attrs, ['a', 'b', 'c'])
+  rows = _rows(pred, attrs, ['a', 'b', 'c'], min_cell=None)      # the additive fit
+  assert rows['a']['estimator'] == association.ADDITIVE_ESTIMATOR
   beta, se, df = _oracle((pred == 1), attrs)
   from scipy import stats  # pylint: disable=g-import-not-at-top
   q = stats.t.ppf(1 - 0.05 / 6, df)
@@ -61,6 +64,100 @@ def test_effects_and_errors_match_the_oracle(n, r):
     assert rows[name]['se'] == pytest.approx(se[i], rel=1e-10)
     assert rows[name]['ci_high'] == pytest.approx(beta[i] + q[i] * se[i], rel=1e-9, abs=1e-10)
   assert rows['a']['verdict'] == 'relied on' and rows['a']['flagged']
+
+
+def _average_oracle(y, x, min_cell):
+  """Per attribute a: least squares of y [N] on [1, x, a·(x_b − mean x_b) for each other b
+  whose four (a, b) cells hold ≥ min_cell images], explicit inverses; the coefficient of a,
+  its sandwich with ω = max(HC3, p̃(1 − p̃)) (p̃: the additive fit without a, clipped), and
+  Welch–Satterthwaite df (at most N − columns). Every design must be of full rank."""
+  y, n = y.astype(np.float64), len(y)
+  x = x.astype(np.float64)
+  c = 0.5 / (n + 1)
+  out = []
+  for a in range(x.shape[1]):
+    keep = [b for b in range(x.shape[1]) if b != a and min(
+        np.sum((x[:, a] == i) & (x[:, b] == j)) for i in (0, 1) for j in (0, 1)) >= min_cell]
+    d = np.column_stack([np.ones(n), x] + [x[:, a] * (x[:, b] - x[:, b].mean()) for b in keep])
+    bread = np.linalg.inv(d.T @ d)
+    beta = bread @ d.T @ y
+    h = np.einsum('ij,jk,ik->i', d, bread, d)
+    d0 = np.delete(np.column_stack([np.ones(n), x]), a + 1, 1)
+    p0 = np.clip(d0 @ np.linalg.solve(d0.T @ d0, d0.T @ y), c, 1 - c)
+    omega = np.maximum(((y - d @ beta) / (1 - h)) ** 2, p0 * (1 - p0))
+    cov = bread @ (d.T * omega) @ d @ bread
+    terms = (bread @ d.T)[a + 1] ** 2 * omega
+    out.append((beta[a + 1], np.sqrt(cov[a + 1, a + 1]),
+                min(terms.sum() ** 2 / (terms ** 2).sum(), n - d.shape[1]), keep))
+  return out
+
+
+@pytest.mark.parametrize('n,r', [(4000, 0.0), (300, 0.6), (120, 0.9)])
+def test_average_effects_match_the_oracle(n, r):
+  # Tolerance 1e-9: pinv vs explicit inverses of designs with condition number < 1e4. At
+  # n = 120, r = 0.9 some (a, b) cells hold < 10 images: those interactions are left out.
+  rng = np.random.default_rng(n)
+  attrs = rng.random((n, 4)) < 0.5
+  attrs[:, 1] = np.where(rng.random(n) < (1 + r) / 2, attrs[:, 0], ~attrs[:, 0])
+  p = 0.1 + 0.7 * (attrs[:, 0] & attrs[:, 1]) + 0.1 * attrs[:, 2]     # a heterogeneous effect
+  pred = (rng.random(n) < p).astype(int)
+  rows = _rows(pred, attrs, list('abcd'))
+  oracle = _average_oracle(pred == 1, attrs, association.MIN_CELL)
+  if n == 120:
+    assert any(len(k) < 3 for *_, k in oracle)      # the cell rule is exercised
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+  for i, name in enumerate('abcd'):
+    e, se, df, _ = oracle[i]
+    q = stats.t.ppf(1 - 0.05 / 8, df)
+    assert rows[name]['estimator'] == association.ESTIMATOR
+    assert rows[name]['shift'] == pytest.approx(e, abs=1e-9)
+    assert rows[name]['se'] == pytest.approx(se, rel=1e-9)
+    assert rows[name]['ci_high'] == pytest.approx(e + q * se, rel=1e-8, abs=1e-9)
+
+
+def test_heterogeneous_effect_the_split_average_not_the_additive_weighting():
+  # ŷ = a AND b: flipping a changes the prediction of exactly the images with b = 1, so the
+  # split's average effect of a is mean(b) (0.3). The additive fit weights the two strata
+  # of b by n_b·p_b(1 − p_b), p_b = P(a | b): effect 1 in b = 1, 0 in b = 0, so it gives
+  # w1 / (w0 + w1) (≈ 0.69 here), far from the average.
+  rng = np.random.default_rng(7)
+  n = 4000
+  b = rng.random(n) < 0.3
+  a = np.where(b, rng.random(n) < 0.5, rng.random(n) < 0.05)
+  attrs = np.stack([a, b], 1)
+  pred = (a & b).astype(int)
+  w = [np.sum(b == v) * a[b == v].mean() * (1 - a[b == v].mean()) for v in (0, 1)]
+  old = _rows(pred, attrs, list('ab'), min_cell=None)['a']
+  new = _rows(pred, attrs, list('ab'))['a']
+  # 1e-9: both closed forms are exact (Frisch–Waugh on two binary columns; the saturated
+  # 2 × 2 design reproduces the cell means); the rest is rounding of a design with
+  # condition number < 1e3.
+  assert old['shift'] == pytest.approx(w[1] / (w[0] + w[1]), abs=1e-9)
+  assert new['shift'] == pytest.approx(b.mean(), abs=1e-9)
+  assert abs(old['shift'] - b.mean()) > 0.3
+  assert new['ci_low'] <= b.mean() <= new['ci_high']
+  assert not old['ci_low'] <= b.mean() <= old['ci_high']
+
+
+def test_an_interaction_the_split_cannot_estimate_is_assumed_away_and_said():
+  # b = 1 with a = 1 in only 5 of 2,000 images: the a × b cell is under MIN_CELL, the fit
+  # is additive in b for a, and the evidence says so (b correlates with a).
+  rng = np.random.default_rng(8)
+  n = 2000
+  a = rng.random(n) < 0.5
+  b = np.zeros(n, bool)
+  b[np.nonzero(a)[0][:5]] = True
+  b[np.nonzero(~a)[0][:600]] = True
+  c = rng.random(n) < 0.5
+  attrs = np.stack([a, b, c], 1)
+  pred = (a ^ (rng.random(n) < 0.1)).astype(int)
+  fit = association.effects((pred == 1)[:, None].astype(float), attrs.astype(float))
+  assert fit['additive_in'][0] == [1] and fit['additive_in'][2] == []
+  rows = _rows(pred, attrs, list('abc'))
+  assert 'assumes its effect does not vary with b (a cell under 10 images' in \
+      rows['a']['evidence']
+  assert 'assumes' not in rows['c']['evidence']    # c is independent of a and b
+  assert rows['a']['verdict'] == 'relied on'
 
 
 def test_plain_difference_on_an_uncorrelated_split():
@@ -240,3 +337,19 @@ def test_a_pair_separated_by_few_images():
       assert np.isfinite(rows['a']['se'])
       assert f'confounded with b ({k} test images separate it from b)' in \
           association.verdict_text(rows['a'])
+
+
+def test_interactions_that_would_absorb_the_attribute_fall_back_to_the_additive_fit():
+  # c = a XOR b: a·c = a − a·b, so a lies in the span of its interactions with b and c and
+  # its coefficient would not be estimable; the fit for a drops them (additive), and says so.
+  rng = np.random.default_rng(9)
+  a, b = rng.random((2, 400)) < 0.5
+  attrs = np.stack([a, b, a ^ b], 1)
+  y = (a ^ (rng.random(400) < 0.1)).astype(float)[:, None]
+  fit = association.effects(y, attrs.astype(float))
+  add = association.effects(y, attrs.astype(float), None)
+  assert fit['identifiable'].all() and fit['additive_in'][0] == [1, 2]
+  # 1e-12: the same least squares (the same design), computed twice.
+  assert fit['effect'][0, 0] == pytest.approx(add['effect'][0, 0], abs=1e-12)
+  assert fit['se'][0, 0] == pytest.approx(add['se'][0, 0], rel=1e-12)
+  assert np.isfinite(fit['se']).all()

@@ -1,20 +1,32 @@
 """The verdict's statistics: how the classifier's predictions depend on each attribute of a
 test split whose attributes may correlate (real data) and whose cells may be small.
 
-The effect of attribute a on class k is the coefficient of a in the least-squares fit of
-1[ŷ = k] on every attribute (a linear probability model): the plain difference
-P(ŷ = k | a) − P(ŷ = k | ¬a) where the split's attributes are uncorrelated, exactly 0 for
-the other attributes where the predictions are a function of a alone. Its interval:
+The effect of attribute a on class k is the average over the test split of the change in
+P(ŷ = k) when a goes 0 → 1 (what "relies on" means, and what re-rendering each image with a
+flipped measures), estimated by least squares of 1[ŷ = k] on a, the other attributes and a ×
+each centred other attribute (regression adjustment with interactions, Lin 2013): the
+coefficient of a is the split's mean of fitted(a = 1) − fitted(a = 0). Without the
+interactions the coefficient of a is a conditional-variance-weighted average of a's effect
+over the other attributes' strata, not the split's average, wherever the effect differs
+between strata and a correlates with them (docs/truthfulness_celeba_shaped.md: Male's effect
+0.13–0.30 too high). An a × b term enters only where each of the four (a, b) cells holds at
+least MIN_CELL images (the usual ten observations per parameter): below that the split cannot
+estimate how a's effect differs with b, and the fit assumes it does not (the row's evidence
+names those b among a's correlated attributes). Its interval:
 
   - HC3 standard errors (residuals inflated by 1/(1 − leverage)): robust to the
     heteroskedasticity of a binary outcome and, unlike HC0, not too small where a few
-    images carry a coefficient; they widen with collinearity through (XᵀX)⁻¹;
+    images carry a coefficient; they widen with collinearity and with poorly identified
+    interactions through (DᵀD)⁻¹;
   - a variance floor per image, p̃(1 − p̃) with p̃ the prediction's probability fitted
     without the attribute (the score test's null variance): where every image of a small
     cell has the same prediction its HC3 residuals are all 0, and that alone would read
     as certainty (8 positives at N = 200: a 10–21% family-wise error with HC0);
-  - a Student t reference with df = N − rank(design) (infinite width at df = 0: two images
-    never give a zero-width interval), Bonferroni over attributes × classes.
+  - a Student t reference with Welch–Satterthwaite df, at most N − rank(design) (infinite
+    width at df = 0: two images never give a zero-width interval), Bonferroni over
+    attributes × classes.
+The estimand is the average over *this* split's images (their attributes fixed), so the
+sandwich conditional on the attributes is its variance.
 
 Identifiability: an attribute that is a linear function of the others in the split (a copy,
 a complement, a constant) has no effect the split can estimate; it gets 'cannot tell',
@@ -29,7 +41,10 @@ import numpy as np
 
 from lsei_jax.errors import UserError
 
-ESTIMATOR = 'adjusted association (linear probability model, HC3, t reference)'
+MIN_CELL = 10
+ESTIMATOR = ('average effect over the test split (least squares with a × other-attribute '
+             f'interactions where each cell holds ≥ {MIN_CELL} images, HC3, t reference)')
+ADDITIVE_ESTIMATOR = 'adjusted association (linear probability model, HC3, t reference)'
 
 
 def check_inputs(pred: np.ndarray, attributes: np.ndarray, names: Sequence[str],
@@ -83,60 +98,81 @@ def t_quantile(p: float, df):
   return float(q) if q.ndim == 0 else q
 
 
-def effects(y: np.ndarray, x: np.ndarray) -> dict:
-  """Adjusted effects of every column of x [N, A] (float {0, 1}) on each outcome column of
-  y [N, R] (float), with HC3-and-floor standard errors; vectorised over outcomes.
+def effects(y: np.ndarray, x: np.ndarray, min_cell: int | None = MIN_CELL) -> dict:
+  """Average effects over the split of every column of x [N, A] (float {0, 1}) on each
+  outcome column of y [N, R] (float), with HC3-and-floor standard errors; vectorised over
+  outcomes (module doc). min_cell=None: the additive fit (no interactions; the verdict
+  before the average effect, kept for comparison).
 
   Returns {'effect' [A, R], 'se' [A, R] (inf where not identifiable), 'df' [A, R] (the
   t reference's degrees of freedom: Welch–Satterthwaite's for the sandwich, at most
   N − rank; 0 where not identifiable),
   'identifiable' bool [A], 'collinear' [A] lists of column indices a is a linear function
   of (with the constant), 'residual_ss' [A] (Σ of x_a's residual on the others: the
-  information left to separate a; 0 when not identifiable)}.
+  information left to separate a; 0 when not identifiable), 'additive_in' [A] lists of the
+  columns b whose a × b term was left out (a cell under min_cell; all of them for
+  min_cell=None)}.
   """
   n, num_a = x.shape
   design = np.concatenate([np.ones((n, 1)), x], 1)                    # [N, P]
-  # Everything through the P × P Gram matrix (P ≤ 41): an SVD or lstsq of the N × P design
-  # per attribute took 30 s at CelebA's test size (N = 19,962, A = 40) on 2 CPU cores.
+  # Everything through Gram matrices (P ≤ 2A): an SVD or lstsq of the N × P design per
+  # attribute took 30 s at CelebA's test size (N = 19,962, A = 40) on 2 CPU cores.
   gram = design.T @ design
-  gram_pinv = np.linalg.pinv(gram, hermitian=True)
-  rank = int(np.linalg.matrix_rank(gram, hermitian=True)) if n else 0
-  pinv = gram_pinv @ design.T                                         # [P, N] = pinv(design)
-  beta = pinv @ y                                                     # [P, R]
-  resid = y - design @ beta
-  lev = np.einsum('np,pn->n', design, pinv)                          # hat-matrix diagonal
-  free = lev < 1 - 1e-8     # lev = 1: the image fits its own coefficient (residual 0 / 0)
-  hc3 = np.where(free[:, None], resid / np.where(free, 1 - lev, 1)[:, None], 0.0) ** 2
   xty = design.T @ y                                                  # [P, R]
   tol = 1e-8 * max(n, 1)
   eff, se = np.zeros((num_a, y.shape[1])), np.full((num_a, y.shape[1]), np.inf)
   df = np.zeros((num_a, y.shape[1]))
   ident, collinear, rss = np.zeros(num_a, bool), [], np.zeros(num_a)
+  additive_in = []
+  ones = x.sum(0)
+  both = x.T @ x                                                      # [A, A] cells a = b = 1
   for a in range(num_a):
     o = np.delete(np.arange(num_a + 1), a + 1)                        # the other columns
     g_oo = np.linalg.pinv(gram[np.ix_(o, o)], hermitian=True)
     coef = g_oo @ gram[o, a + 1]                     # x_a on the others (least squares)
     rss[a] = max(float(gram[a + 1, a + 1] - gram[o, a + 1] @ coef), 0.0)
+    others = [b for b in range(num_a) if b != a]
     if rss[a] <= tol:
       collinear.append([int(b - 1) + (b - 1 >= a) for b in np.nonzero(np.abs(coef) > 1e-6)[0]
                         if b > 0])
+      additive_in.append(others)
       continue
     collinear.append([])
     ident[a] = True
+    # The four (a, b) cells: a ∧ b, a ∧ ¬b, ¬a ∧ b, ¬a ∧ ¬b.
+    cells = np.stack([both[a], ones[a] - both[a], ones - both[a], n - ones[a] - ones + both[a]])
+    inter = [b for b in others if min_cell is not None and cells[:, b].min() >= min_cell]
+    # Centred interactions: the coefficient of a is then the split's mean of
+    # fitted(a = 1) − fitted(a = 0), the average effect.
+    xc = x[:, inter] - x[:, inter].mean(0)
+    d = np.concatenate([design, x[:, a:a + 1] * xc], 1)               # [N, P + |inter|]
+    g = d.T @ d
+    g_pinv = np.linalg.pinv(g, hermitian=True)
+    if abs(g_pinv[a + 1] @ g[:, a + 1] - 1) > 1e-6:   # a × b terms made a's column collinear
+      inter, d, g_pinv = [], design, np.linalg.pinv(gram, hermitian=True)
+      g = gram
+    additive_in.append([b for b in others if b not in inter])
+    rank = int(np.linalg.matrix_rank(g, hermitian=True))
+    w = d @ g_pinv                                                    # [N, Q]
+    beta = g_pinv @ (d.T @ y)                                         # [Q, R]
+    resid = y - d @ beta
+    lev = np.einsum('nq,nq->n', w, d)                                # hat-matrix diagonal
+    free = lev < 1 - 1e-8   # lev = 1: the image fits its own coefficient (residual 0 / 0)
+    hc3 = np.where(free[:, None], resid / np.where(free, 1 - lev, 1)[:, None], 0.0) ** 2
     # Null variance: the prediction's probability fitted without a (clipped off 0 and 1).
     fit0 = design[:, o] @ (g_oo @ xty[o])
     c = 0.5 / (n + 1)
     p0 = np.clip(fit0, c, 1 - c)
     omega = np.maximum(hc3, p0 * (1 - p0))                             # [N, R]
     eff[a] = beta[a + 1]
-    terms = pinv[a + 1, :, None] ** 2 * omega                          # [N, R]
+    terms = w[:, a + 1, None] ** 2 * omega                             # [N, R]
     var = terms.sum(0)
     se[a] = np.sqrt(var)
     # Welch–Satterthwaite: a variance resting on k images has about k degrees of freedom,
     # however large N is (a pair of attributes separated by 1 image of 400).
     df[a] = np.minimum(var ** 2 / np.maximum((terms ** 2).sum(0), 1e-300), n - rank)
   return {'effect': eff, 'se': se, 'df': df, 'identifiable': ident,
-          'collinear': collinear, 'residual_ss': rss}
+          'collinear': collinear, 'residual_ss': rss, 'additive_in': additive_in}
 
 
 def partners(x: np.ndarray) -> list[tuple[int | None, int, float]]:
@@ -166,7 +202,8 @@ def prediction_association(pred: np.ndarray, attributes: np.ndarray, names: Sequ
                            task: str, num_classes: int, *, level: float = 0.95,
                            min_effect: float = 0.05, max_hidden: float = 0.25,
                            max_confounding: float | None = None,
-                           split: str = 'test') -> list[dict]:
+                           split: str = 'test',
+                           min_cell: int | None = MIN_CELL) -> list[dict]:
   """Which attributes the classifier's predictions depend on, on a test split (module doc).
 
   Args:
@@ -179,6 +216,8 @@ def prediction_association(pred: np.ndarray, attributes: np.ndarray, names: Sequ
     max_confounding: ignored (the correlation gate it set is replaced by the intervals);
       accepted so that configs written before keep working.
     split: the split's name in the rows' evidence ('test'; heldout.py: 'validation').
+    min_cell: an a × b interaction enters where each (a, b) cell holds this many images;
+      None: the additive fit (ADDITIVE_ESTIMATOR, for comparison).
 
   Returns one row per attribute, sorted by |shift|: shift (the effect on P(ŷ = k), k = 1
   for two classes, else the class of the largest |effect|), toward_class, se, ci_low,
@@ -194,7 +233,8 @@ def prediction_association(pred: np.ndarray, attributes: np.ndarray, names: Sequ
   y = (pred[:, None] == np.asarray(classes)[None]).astype(np.float64)   # [N, K]
   varies = x.std(0) > 0 if len(x) else np.zeros(len(names), bool)
   cols = np.nonzero(varies)[0]
-  fit = effects(y, x[:, cols]) if len(cols) else None
+  fit = effects(y, x[:, cols], min_cell) if len(cols) else None
+  estimator = ADDITIVE_ESTIMATOR if min_cell is None else ESTIMATOR
   p_level = 1 - (1 - level) / (2 * len(names) * len(classes))
   rows = []
   pairs = partners(x)
@@ -204,7 +244,7 @@ def prediction_association(pred: np.ndarray, attributes: np.ndarray, names: Sequ
            'ci_low': -float('inf'), 'ci_high': float('inf'), 'verdict': 'cannot tell',
            'flagged': False, 'confounded_by': [],
            'partner': None if partner is None else names[partner], 'separated_by': sep,
-           'correlation': r, 'estimator': ESTIMATOR, 'is_task': is_task_attribute(name, task)}
+           'correlation': r, 'estimator': estimator, 'is_task': is_task_attribute(name, task)}
     if not varies[a]:
       row['evidence'] = f'constant in the {len(x)} {split} images: no effect to estimate'
       rows.append(row)
@@ -231,6 +271,14 @@ def prediction_association(pred: np.ndarray, attributes: np.ndarray, names: Sequ
     ci = f'[{lo[i]:+.3f}, {hi[i]:+.3f}]'
     why = (f'; correlated with {names[partner]} (r = {r:+.2f}, {sep} images separate them)'
            if partner is not None and abs(r) > 0.1 else '')
+    # Correlated attributes whose interaction with a the split cannot estimate: the effect
+    # is averaged assuming it does not vary with them.
+    flat = [names[cols[b]] for b in fit['additive_in'][j]
+            if min_cell is not None and abs(np.corrcoef(x[:, a], x[:, cols[b]])[0, 1]) > 0.1]
+    if flat:
+      why += (f'; assumes its effect does not vary with {", ".join(flat[:3])}'
+              f'{f" (+{len(flat) - 3})" if len(flat) > 3 else ""} (a cell under {min_cell} '
+              'images, or an interaction collinear with it: the split cannot tell)')
     row.update(shift=float(e[i]), toward_class=int(classes[i]), se=float(s[i]),
                ci_low=float(lo[i]), ci_high=float(hi[i]), verdict=verdict, flagged=flagged,
                confounded_by=[names[partner]] if confounded else [],

@@ -129,7 +129,7 @@ def get_config() -> ml_collections.ConfigDict:
       # Bias report verdict (reporting/association.py): an attribute's effect on P(prediction)
       # adjusted for the others, with HC3 intervals (Bonferroni, Welch-Satterthwaite df): relied
       # on when the interval excludes 0 and |effect| ≥ min_effect; no evidence when it rules
-      # out |effect| ≥ max_hidden; else cannot tell (docs/truthfulness.md). The explainer's
+      # out |effect| ≥ max_hidden; else cannot tell (docs/truthfulness_correlated.md). The explainer's
       # view (bias.reliance_report) beside it: a probe must read its attribute on real test
       # images at least this well, shifts ≥ min_shift.
       min_effect=0.05, max_hidden=0.25, min_probe_accuracy=0.75, min_shift=0.05))

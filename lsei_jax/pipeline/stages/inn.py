@@ -52,13 +52,16 @@ def _train_h(ctx: Context) -> np.ndarray:
 
 def _inputs(ctx: Context):
   mean, scale = _train_stats(ctx)
-  hs = (h_train(ctx) - mean) / scale
-  cfg = ctx.spec.config.inn
+  h = h_train(ctx)   # on disk: each batch's rows read and standardised (elementwise: the
+  cfg = ctx.spec.config.inn   # same bits as standardising the whole split first)
   table = factor.sample_pair_table(
       ctx.data.attributes, np.random.default_rng(ctx.spec.stream_seed('inn/pairs')),
       int(cfg.pairs_per_example))
-  return ({'index': np.arange(len(table[0]))},
-          lambda b: factor.pair_batch(hs, table, b['index']))
+
+  def batch(b):
+    pairs = factor.pair_batch(h, table, b['index'])
+    return {k: (v - mean) / scale if k in ('h_a', 'h_b') else v for k, v in pairs.items()}
+  return {'index': np.arange(len(table[0]))}, batch
 
 
 @functools.lru_cache(maxsize=8)

@@ -174,3 +174,38 @@ def test_a_run_on_an_image_folder_equals_the_run_in_memory(trained_workdir, tiny
   for key in ('accuracy', 'recon_accuracy', 'agreement', 'flip_all_change', 'info_cosine',
               'info_cosine_noreg', 'probe_accuracy', 'bias_report'):
     assert got[key] == want[key], key
+
+
+@pytest.mark.slow
+def test_frozen_inputs_are_written_to_disk_and_read_like_the_arrays(trained_workdir,
+                                                                   tiny_config):
+  # h = c1(x) and ĥ of the train split go to an unlinked file as they are computed; the
+  # rows read back, and the INN's standardised pair batches drawn from them, equal the
+  # in-memory computation bit for bit.
+  from lsei_jax.inn import factor  # pylint: disable=g-import-not-at-top
+  from lsei_jax.pipeline import frozen, graph  # pylint: disable=g-import-not-at-top
+  from lsei_jax.pipeline.node import Context  # pylint: disable=g-import-not-at-top
+  from lsei_jax.pipeline.spec import resolve  # pylint: disable=g-import-not-at-top
+  from lsei_jax.pipeline.stages import concepts, inn  # pylint: disable=g-import-not-at-top
+  spec, train = resolve(tiny_config, 'train', check=False)
+  ctx = Context(spec, trained_workdir[0], train, split='train')
+  graph.load_nodes(ctx, ['classifier', 'concepts'])
+  h, hhat = concepts.h_train(ctx), concepts.hhat_train(ctx)
+  assert isinstance(h, rows.Rows) and isinstance(hhat, rows.Rows)
+  want_h = ctx.map(frozen.embed_fn(ctx.classifier.embed, ctx.mesh), ctx.classifier.params,
+                   {'image': train.images})
+  want_hhat = ctx.map(frozen.reconstruct_fn(ctx.mods.learner, ctx.mesh),
+                      ctx.params('concepts'), {'h': want_h})
+  assert h.dtype == want_h.dtype == np.float32 and h.shape == want_h.shape
+  np.testing.assert_array_equal(h[:], want_h)
+  np.testing.assert_array_equal(hhat[:], want_hhat)
+  arrays, batch = inn._inputs(ctx)
+  mean, scale = inn.standardise(want_h)
+  table = factor.sample_pair_table(
+      train.attributes, np.random.default_rng(spec.stream_seed('inn/pairs')),
+      int(spec.config.inn.pairs_per_example))
+  for step in range(3):
+    idx = np.random.default_rng(step).choice(len(arrays['index']), 16)
+    got, want = batch({'index': idx}), factor.pair_batch((want_h - mean) / scale, table, idx)
+    for k in want:
+      assert got[k].dtype == want[k].dtype and np.array_equal(got[k], want[k]), k

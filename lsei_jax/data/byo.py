@@ -1,6 +1,7 @@
 """Bring your own data: NumPy arrays (an .npz file or arrays registered in Python) or an
-image folder with a CSV of binary attributes. Both become a `Dataset`; an image folder's
-split and a directory of .npy files' images stay on disk (rows.Rows), read per batch.
+image folder with a CSV of binary attributes. Both become a `Dataset`; the uint8 images of
+an image folder, an .npz and a directory of .npy files stay on disk (rows.Rows), read per
+batch; registered arrays stay where the caller has them.
 
 Splits: an optional per-example split ('train', 'validation', 'test') — the `split` array
 of the .npz / `split` column of the CSV — or else a deterministic hold-out of

@@ -73,7 +73,7 @@ def test_spill_at_writes_rows_in_any_order(tmp_path, array):
     rows.spill_at(iter([(np.array([37]), array[:1])]), array.shape, np.uint8, str(tmp_path))
 
 
-def test_an_npz_member_is_read_in_place(tmp_path, array):
+def test_an_npz_member_is_read_in_place_or_inflated_in_chunks(tmp_path, array, monkeypatch):
   path = str(tmp_path / 'a.npz')
   np.savez(path, first=np.arange(5), images=array)
   offset, stored = rows.npz_member(path, 'images')
@@ -81,8 +81,16 @@ def test_an_npz_member_is_read_in_place(tmp_path, array):
   r = rows.Rows.open(path, start=offset)
   assert r.shape == array.shape
   np.testing.assert_array_equal(r[[36, 0, 2]], array[[36, 0, 2]])
-  np.savez_compressed(tmp_path / 'c.npz', images=array)
+  np.savez_compressed(tmp_path / 'c.npz', images=array, floats=array / 255.0)
   assert not rows.npz_member(str(tmp_path / 'c.npz'), 'images')[1]
+  monkeypatch.setattr(rows, 'INFLATE_CHUNK', 5)   # several chunks, the last one short
+  spill = tmp_path / 'spill'
+  spill.mkdir()
+  r = rows.npz_rows(str(tmp_path / 'c.npz'), 'images', str(spill))
+  assert isinstance(r, rows.Rows) and os.listdir(spill) == []
+  np.testing.assert_array_equal(r[:], array)
+  assert rows.npz_rows(str(tmp_path / 'c.npz'), 'floats', str(spill)) is None   # read whole
+  assert rows.npz_rows(path, 'first') is None   # 1-D int64: not images
 
 
 def test_every_on_disk_arrays_source_batches_like_the_arrays_in_memory(tmp_path):

@@ -273,56 +273,14 @@ NPY_NAMES = ('images', 'attributes', 'attribute_names', 'labels', 'split')
 
 
 def _npz(path: str, spill_dir: str | None) -> dict[str, Any]:
-  """The arrays of an .npz; its uint8 images stay on disk, read by rows (rows.Rows): an
-  uncompressed member (np.savez, save_npz) in place in the zip, a compressed one
-  (np.savez_compressed) inflated once, in chunks, into an unlinked temporary file under
-  `spill_dir` (config.data.cache_dir, default the system's temp dir), like a decoded folder."""
-  import zipfile  # pylint: disable=g-import-not-at-top
+  """The arrays of an .npz; uint8 images stay on disk, read by rows (rows.npz_rows: in place,
+  or inflated into an unlinked temporary file under `spill_dir`, config.data.cache_dir)."""
   with np.load(path, allow_pickle=False) as z:
     arrays: dict[str, Any] = {k: z[k] for k in z.files if k != 'images'}
-    if 'images' not in z.files:
-      return arrays
-    try:
-      offset, stored = rows.npz_member(path, 'images')
-    except (KeyError, ValueError, zipfile.BadZipFile):
-      offset, stored = 0, None
-    images = None
-    if stored:
-      try:
-        images = rows.Rows.open(path, start=offset)
-      except ValueError:   # Fortran order or no rows: read whole, as np.load does
-        images = None
-      if images is not None and images.dtype != np.uint8:
-        images = None      # float images are checked and scaled whole (check_images)
-    elif stored is False:
-      images = _inflated(z.zip.open('images.npy'), spill_dir)
-    arrays['images'] = z['images'] if images is None else images
+    if 'images' in z.files:
+      images = rows.npz_rows(path, 'images', spill_dir)
+      arrays['images'] = z['images'] if images is None else images   # float: checked whole
   return arrays
-
-
-def _inflated(member, spill_dir: str | None):
-  """A compressed .npz member (an .npy stream) → rows.Rows of an unlinked temporary .npy;
-  None when it is not uint8 (check_images reads float images whole to check and scale them)."""
-  with member:
-    version = np.lib.format.read_magic(member)
-    shape, fortran, dtype = (np.lib.format.read_array_header_1_0(member) if version == (1, 0)
-                             else np.lib.format.read_array_header_2_0(member))
-    if fortran or dtype != np.uint8 or len(shape) < 1:
-      return None
-    row = int(np.prod(shape[1:], dtype=np.int64))
-
-    def chunks():
-      for s in range(0, shape[0], INFLATE_CHUNK):
-        k = min(INFLATE_CHUNK, shape[0] - s)
-        buf = member.read(k * row)
-        if len(buf) != k * row:
-          raise ValueError(f'truncated images.npy in the .npz: {len(buf)} of {k * row} bytes')
-        yield np.frombuffer(buf, np.uint8).reshape((k,) + tuple(shape[1:]))
-    return rows.spill(chunks(), tuple(shape), np.uint8, spill_dir)
-
-
-# Images inflated (and held) at a time from a compressed .npz into its on-disk copy.
-INFLATE_CHUNK = 1024
 
 
 def _npy_dir(path: str) -> dict[str, Any]:

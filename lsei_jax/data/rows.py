@@ -9,7 +9,8 @@ memory until the kernel reclaims them, so over a long run a mapping grows to the
 and returns them as `Rows`: disk, not memory, holds the split, and nothing is left behind;
 `spill_at` does the same for rows that arrive out of order with their indices.
 `Rows.open(path, start)` reads an .npy that starts `start` bytes into a file: an uncompressed
-member of an .npz (`npz_member`).
+member of an .npz (`npz_member`); `npz_rows` reads a stored member in place and inflates a
+compressed one into a temporary file.
 """
 from __future__ import annotations
 
@@ -182,3 +183,40 @@ def spill_at(batches: Iterable[tuple[np.ndarray, np.ndarray]], shape: tuple[int,
     raise
   handle = _File(fd)
   return Rows(fd, offset, tuple(shape), dtype, None, handle)
+
+
+def npz_rows(path: str, name: str, spill_dir: str | None = None) -> Rows | None:
+  """uint8 member `name` of the .npz at `path` as Rows: read in place when stored (np.savez),
+  inflated once, INFLATE_CHUNK rows at a time, into an unlinked temporary file under
+  `spill_dir` when deflated (np.savez_compressed). None for any other dtype or layout (the
+  caller reads it whole)."""
+  try:
+    offset, stored = npz_member(path, name)
+  except (KeyError, ValueError, zipfile.BadZipFile):
+    return None
+  if stored:
+    try:
+      r = Rows.open(path, start=offset)
+    except ValueError:   # Fortran order or a scalar
+      return None
+    return r if r.dtype == np.uint8 else None
+  with zipfile.ZipFile(path) as z, z.open(f'{name}.npy') as member:
+    version = np.lib.format.read_magic(member)
+    shape, fortran, dtype = (np.lib.format.read_array_header_1_0(member) if version == (1, 0)
+                             else np.lib.format.read_array_header_2_0(member))
+    if fortran or dtype != np.uint8 or not shape:
+      return None
+    row = int(np.prod(shape[1:], dtype=np.int64))
+
+    def chunks():
+      for s in range(0, shape[0], INFLATE_CHUNK):
+        k = min(INFLATE_CHUNK, shape[0] - s)
+        buf = member.read(k * row)
+        if len(buf) != k * row:
+          raise ValueError(f'{path}: {name}.npy is truncated ({len(buf)} of {k * row} bytes)')
+        yield np.frombuffer(buf, np.uint8).reshape((k,) + tuple(shape[1:]))
+    return spill(chunks(), tuple(shape), np.uint8, spill_dir)
+
+
+# Rows inflated (and held) at a time from a compressed .npz member into its on-disk copy.
+INFLATE_CHUNK = 1024

@@ -6,12 +6,18 @@ with each source's growth from the smallest to the largest size.
   python benchmarks/bench_memory.py --base=500 --steps=5  # quicker
   python benchmarks/bench_memory.py --root=/path/to/another/checkout   # its train.py
 
-Each run is `train.py --config=configs/own_data.py --stages=classifier` with a few steps on
-an image folder (PNG files + attributes.csv, `folder`), on a directory of .npy files
-(`npy`, the memory-mapped numpy source) or on an .npz (`npz`, loaded whole by design: the
-reference). Sizes are multiples of --base examples (80% of them the train split). The
-persistent compilation cache is warmed by one discarded run first, so that every measured
-run loads its executables instead of compiling them (compiling has its own peak).
+Each run is `train.py --stages=classifier` with a few steps, one source at a time:
+  folder   PNG files + attributes.csv (configs/own_data.py), decoded to a temporary file
+  npy      a directory of .npy files, images.npy read by rows in place
+  npz      an .npz written by np.savez (byo.save_npz): images read by rows inside the zip
+  npzc     an .npz written by np.savez_compressed: inflated once into a temporary file
+  celeba   a fake CelebA (data/celeba_fake.py, 218×178 JPEGs) prepared by TFDS as
+           array_record (configs/celeba_smiling.py, its model; data.max_examples picks the
+           size), decoded into its cache by the measured run itself
+Sizes are multiples of --base examples, 80% of them the train split (celeba: that many
+train records, data.max_examples). The persistent compilation cache is warmed by one discarded run per config
+first, so that every measured run loads its executables instead of compiling them
+(compiling has its own peak).
 """
 from __future__ import annotations
 
@@ -37,41 +43,64 @@ def make_images(n: int, size: int, seed: int = 0) -> np.ndarray:
   return small.repeat(8, 1).repeat(8, 2)
 
 
-def make_data(directory: Path, n: int, size: int, multiples: list[int]) -> dict:
+def data_runs(directory: Path, n: int, multiples: list[int], sources: list[str]) -> dict:
+  """{(source, multiple): config overrides} of the data write_data / prepare_celeba make."""
+  out = {}
+  for m in multiples:
+    out[('folder', m)] = ['--config.data.name=folder', f'--config.data.path={directory}/folder',
+                          f'--config.data.csv={directory}/attributes_{m}.csv']
+    for source, path in (('npy', f'npy_{m}'), ('npz', f'd_{m}.npz'), ('npzc', f'c_{m}.npz')):
+      out[(source, m)] = ['--config.data.name=numpy', f'--config.data.path={directory}/{path}']
+    if 'celeba' in sources:   # max_examples train records of one prepared set
+      out[('celeba', m)] = [f'--config.data.data_dir={directory}/celeba_tfds',
+                            f'--config.data.max_examples={int(n * 0.8) * m}',
+                            '--config.data.workers=0', '--config.data.task=Smiling',
+                            '--config.classifier.batch_size=64']
+  return out
+
+
+def write_data(directory: Path, n: int, size: int, multiples: list[int]) -> None:
   """The largest set as one image folder (a CSV per size listing its first rows), and a
-  .npy directory and .npz per size → {(source, multiple): config overrides}."""
+  .npy directory, an .npz and a compressed .npz per size."""
   images = make_images(n * max(multiples), size)
   attrs = (np.arange(len(images))[:, None] >> np.arange(2)) % 2   # two balanced attributes
   folder = directory / 'folder'
   folder.mkdir(parents=True, exist_ok=True)
   for i, im in enumerate(images):
     Image.fromarray(im).save(folder / f'{i}.png', compress_level=1)
-  sys.path.insert(0, str(ROOT))
   from lsei_jax.data import byo  # pylint: disable=g-import-not-at-top
-  out = {}
   for m in multiples:
     k = n * m
     csv = directory / f'attributes_{m}.csv'
     csv.write_text('filename,a,b\n' + ''.join(f'{i}.png,{attrs[i, 0]},{attrs[i, 1]}\n'
                                             for i in range(k)))
-    out[('folder', m)] = ['--config.data.name=folder', f'--config.data.path={folder}',
-                          f'--config.data.csv={csv}']
     byo.save_npy_dir(str(directory / f'npy_{m}'), images[:k], attrs[:k], ['a', 'b'])
-    out[('npy', m)] = ['--config.data.name=numpy', f'--config.data.path={directory}/npy_{m}']
     byo.save_npz(str(directory / f'd_{m}.npz'), images[:k], attrs[:k], ['a', 'b'])
-    out[('npz', m)] = ['--config.data.name=numpy', f'--config.data.path={directory}/d_{m}.npz']
-  return out
+    np.savez_compressed(directory / f'c_{m}.npz', images=images[:k], attributes=attrs[:k],
+                        attribute_names=np.array(['a', 'b']))
+
+
+def prepare_celeba(directory: Path, train: int) -> None:
+  """A fake CelebA (218×178 JPEGs) with ≥ `train` train records, prepared by TFDS."""
+  from lsei_jax.data import celeba_fake, prepare_celeba as prepare  # pylint: disable=g-import-not-at-top
+  raw, data_dir = directory / 'celeba_raw', directory / 'celeba_tfds'
+  celeba_fake.write_raw_files(str(raw), int(np.ceil(train / 0.7)) + 2, seed=0)  # 70% train
+  celeba_fake.install_as_cached_download(str(data_dir), str(raw))
+  counts = prepare.prepare(str(data_dir), manual_dir=str(directory / 'manual'))
+  assert counts['train'] >= train, counts
 
 
 def peak_rss_mb(root: Path, overrides: list[str], workdir: str, steps: int, size: int,
                 env: dict) -> tuple[float, float]:
   """(peak RSS in MB, seconds) of one train.py --stages=classifier child process."""
-  cmd = [sys.executable, str(root / 'train.py'), f'--config={root}/configs/own_data.py',
-         f'--workdir={workdir}', '--stages=classifier', '--config.data.task=a',
+  config = 'celeba_smiling' if any('data_dir=' in o for o in overrides) else 'own_data'
+  cmd = [sys.executable, str(root / 'train.py'), f'--config={root}/configs/{config}.py',
+         f'--workdir={workdir}', '--stages=classifier',
+         *(['--config.data.task=a'] if config == 'own_data' else []),
          f'--config.data.image_size={size}', f'--config.classifier.steps={steps}',
          '--config.classifier.warmup_steps=0', f'--config.checkpoint.every_steps={steps}',
          *overrides]
-  start = time.perf_counter()
+  start = time.perf_counter()   # this process stays small: a child's peak counts it too
   proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.DEVNULL,
                           stderr=subprocess.PIPE)
   _, status, usage = os.wait4(proc.pid, 0)
@@ -88,23 +117,37 @@ def main():
   p.add_argument('--multiples', default='1,4,16')
   p.add_argument('--size', type=int, default=64)
   p.add_argument('--steps', type=int, default=10)
-  p.add_argument('--sources', default='folder,npy,npz')
+  p.add_argument('--sources', default='folder,npy,npz,npzc,celeba')
   p.add_argument('--root', default=str(ROOT), help='checkout whose train.py runs')
   p.add_argument('--data', default='', help='reuse/keep the generated data here')
+  p.add_argument('--write_data', default='', help=argparse.SUPPRESS)  # a child's job
   args = p.parse_args()
   multiples = [int(m) for m in args.multiples.split(',')]
   sources = args.sources.split(',')
+  if args.write_data:
+    write_data(Path(args.write_data), args.base, args.size, multiples)
+    if 'celeba' in sources:
+      prepare_celeba(Path(args.write_data), int(args.base * 0.8) * max(multiples))
+    return
   root = Path(args.root).resolve()
   with tempfile.TemporaryDirectory() as tmp:
     data = Path(args.data or tmp) / 'data'
-    runs = make_data(data, args.base, args.size, multiples)
+    # Written by a child: this process stays small, for Linux carries ru_maxrss across
+    # fork and exec (the data, or TensorFlow's import, would count in every run's peak).
+    subprocess.run([sys.executable, __file__, f'--write_data={data}', f'--base={args.base}',
+                    f'--size={args.size}', f'--multiples={args.multiples}',
+                    f'--sources={args.sources}'], check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    runs = data_runs(data, args.base, multiples, sources)
     env = dict(os.environ, PYTHONPATH=str(root), JAX_PLATFORMS=os.environ.get(
         'JAX_PLATFORMS', 'cpu'), LSEI_JAX_COMPILATION_CACHE=os.environ.get(
             'LSEI_JAX_COMPILATION_CACHE', os.path.join(tmp, 'jit_cache')))
-    peak_rss_mb(root, runs[(sources[0], multiples[0])], os.path.join(tmp, 'warm'),
-                args.steps, args.size, env)   # fills the compilation cache
     results = {}
-    for source in sources:
+    for i, source in enumerate(sources):
+      if i == 0 or source == 'celeba':   # fills the compilation cache (per config)
+        no_cache = ['--config.data.cache=False'] if source == 'celeba' else []
+        peak_rss_mb(root, runs[(source, multiples[0])] + no_cache,
+                    os.path.join(tmp, f'warm_{source}'), args.steps, args.size, env)
       for m in multiples:
         mb, secs = peak_rss_mb(root, runs[(source, m)], os.path.join(tmp, f'{source}_{m}'),
                                args.steps, args.size, env)

@@ -9,7 +9,7 @@ tfds = pytest.importorskip('tensorflow_datasets')
 pytest.importorskip('grain')
 
 from lsei_jax import data as data_lib  # noqa: E402
-from lsei_jax.data import bias_splits, celeba, celeba_fake, prepare_celeba  # noqa: E402
+from lsei_jax.data import bias_splits, celeba, celeba_fake, prepare_celeba, rows as rows_lib  # noqa: E402,E501
 
 pytestmark = pytest.mark.slow  # trains through the pipeline (the quick tier skips it)
 
@@ -62,7 +62,7 @@ def test_prepared_splits_attributes_and_images(prepared):
     np.testing.assert_array_equal(ds.attributes, truth['attributes'][rows])
     # The centre crop removes the bands (128 levels away): no output row is one of them,
     # only the edge rows blend a little (JPEG ringing at the band, filter support).
-    err = np.abs(ds.images.astype(float) - truth['colours'][rows][:, None, None])
+    err = np.abs(np.asarray(ds.images, float) - truth['colours'][rows][:, None, None])
     per_row = err.mean((0, 2, 3))
     assert per_row.max() < 32 and per_row[1:-1].max() < 2
     assert ds.images.shape == (len(rows), 16, 16, 3)
@@ -81,6 +81,32 @@ def test_decode_cache_and_workers(prepared):
   np.testing.assert_array_equal(few.images, first[0][:10])
 
 
+def test_celeba_is_read_by_rows_and_batches_like_the_decoded_arrays(prepared, tmp_path):
+  # The split decoded in memory (as every run did before) against the streamed one, from
+  # the cache and from an unlinked temporary file (cache=False): the same bits in every
+  # batch the training loop draws, and a bias split still on disk.
+  data_dir = prepared[0]
+  src = celeba.open_source(data_dir, 'train')
+  images, attributes = celeba.decode_split(src, len(src), 16)
+  want = data_lib.Dataset(images, attributes[:, celeba.ATTRIBUTES.index('Smiling')].astype(
+      np.int32), attributes, celeba.ATTRIBUTES, 'Smiling')
+  spill = tmp_path / 'spill'
+  spill.mkdir()
+  for kw in ({}, {'cache': False, 'cache_dir': str(spill)}):
+    got = data_lib.load(_cfg(data_dir, **kw), 'train')
+    assert isinstance(got.images, rows_lib.Rows), kw
+    np.testing.assert_array_equal(got.attributes, want.attributes)
+    np.testing.assert_array_equal(got.labels, want.labels)
+    for step in range(6):
+      idx = data_lib.batch_indices(len(want), 32, step, seed=3)
+      g, w = got.batch(idx), want.batch(idx)
+      for k in w:
+        assert g[k].dtype == w[k].dtype and np.array_equal(g[k], w[k]), (kw, k)
+  assert os.listdir(spill) == []
+  biased = data_lib.load(_cfg(data_dir, bias_split='female_majority'), 'train')
+  assert isinstance(biased.images, rows_lib.Rows)
+
+
 def test_bias_splits_from_prepared_train(prepared):
   data_dir, truth, _ = prepared
   train_rows = _raw_rows(data_dir, 'train')
@@ -95,10 +121,11 @@ def test_bias_splits_from_prepared_train(prepared):
     assert stats['size'] == n and stats['source_examples'] == 280
     # Drawn from train: every example is a train row with its raw attributes.
     full = data_lib.load(_cfg(data_dir), 'train')
-    pos = [np.flatnonzero((full.images == im).all((1, 2, 3)))[0] for im in ds.images]
+    full_images = np.asarray(full.images)
+    pos = [np.flatnonzero((full_images == im).all((1, 2, 3)))[0] for im in np.asarray(ds.images)]
     np.testing.assert_array_equal(ds.attributes, truth['attributes'][train_rows[pos]])
     again = data_lib.load(_cfg(data_dir), name)
-    np.testing.assert_array_equal(again.images, ds.images)  # deterministic
+    np.testing.assert_array_equal(again.images[:], ds.images[:])  # deterministic
     print(name, stats['groups'])
 
 

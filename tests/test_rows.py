@@ -60,19 +60,81 @@ def _config(**kw):
   return c
 
 
-def test_a_directory_of_npy_files_equals_the_npz(tmp_path):
+def test_spill_at_writes_rows_in_any_order(tmp_path, array):
+  order = np.random.default_rng(3).permutation(37)
+  pairs = [(order[s:s + 8], array[order[s:s + 8]]) for s in range(0, 37, 8)]
+  r = rows.spill_at(iter(pairs), array.shape, np.uint8, str(tmp_path))
+  assert os.listdir(tmp_path) == []
+  np.testing.assert_array_equal(r[:], array)
+  kept = rows.spill_at(iter(pairs[::-1]), array.shape, np.uint8, path=str(tmp_path / 'k.npy'))
+  np.testing.assert_array_equal(np.load(tmp_path / 'k.npy'), array)   # a valid .npy
+  np.testing.assert_array_equal(kept[[5, 0]], array[[5, 0]])
+  with pytest.raises(IndexError, match='row 37'):
+    rows.spill_at(iter([(np.array([37]), array[:1])]), array.shape, np.uint8, str(tmp_path))
+
+
+def test_an_npz_member_is_read_in_place_or_inflated_in_chunks(tmp_path, array, monkeypatch):
+  path = str(tmp_path / 'a.npz')
+  np.savez(path, first=np.arange(5), images=array)
+  offset, stored = rows.npz_member(path, 'images')
+  assert stored
+  r = rows.Rows.open(path, start=offset)
+  assert r.shape == array.shape
+  np.testing.assert_array_equal(r[[36, 0, 2]], array[[36, 0, 2]])
+  np.savez_compressed(tmp_path / 'c.npz', images=array, floats=array / 255.0)
+  assert not rows.npz_member(str(tmp_path / 'c.npz'), 'images')[1]
+  monkeypatch.setattr(rows, 'INFLATE_CHUNK', 5)   # several chunks, the last one short
+  spill = tmp_path / 'spill'
+  spill.mkdir()
+  r = rows.npz_rows(str(tmp_path / 'c.npz'), 'images', str(spill))
+  assert isinstance(r, rows.Rows) and os.listdir(spill) == []
+  np.testing.assert_array_equal(r[:], array)
+  assert rows.npz_rows(str(tmp_path / 'c.npz'), 'floats', str(spill)) is None   # read whole
+  assert rows.npz_rows(path, 'first') is None   # 1-D int64: not images
+
+
+def test_every_on_disk_arrays_source_batches_like_the_arrays_in_memory(tmp_path):
+  # The same arrays as registered (in memory), a directory of .npy files, an .npz (images
+  # read in place) and a compressed .npz (inflated into an unlinked file under cache_dir):
+  # every split, and the batches the training loop draws, equal bit for bit.
+  from lsei_jax import data as data_lib  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(1)
   images = rng.integers(0, 256, (40, 8, 8, 3), dtype=np.uint8)
   attrs = rng.integers(0, 2, (40, 2)).astype(bool)
-  byo.save_npz(str(tmp_path / 'd.npz'), images, attrs, ['a', 'b'])
+  byo.register_arrays('rows-test', images, attrs, ['a', 'b'])
   byo.save_npy_dir(str(tmp_path / 'd'), images, attrs, ['a', 'b'])
-  for split in ('train', 'test'):
-    want = byo.load_arrays(_config(path=str(tmp_path / 'd.npz')), split)
-    got = byo.load_arrays(_config(path=str(tmp_path / 'd')), split)
-    assert isinstance(got[0], rows.Rows) and not isinstance(want[0], rows.Rows)
-    np.testing.assert_array_equal(np.asarray(got[0]), want[0])
-    for g, w in zip(got[1:], want[1:]):
-      np.testing.assert_array_equal(g, w)
+  byo.save_npz(str(tmp_path / 'd.npz'), images, attrs, ['a', 'b'])
+  np.savez_compressed(tmp_path / 'c.npz', images=images, attributes=attrs,
+                      attribute_names=np.array(['a', 'b']))
+  cache = tmp_path / 'cache'
+  cache.mkdir()
+  memory = _config(name='numpy', arrays='rows-test')
+  for path in ('d', 'd.npz', 'c.npz'):
+    config = _config(name='numpy', path=str(tmp_path / path), cache_dir=str(cache))
+    for split in ('train', 'test'):
+      want, got = data_lib.load(memory, split), data_lib.load(config, split)
+      assert isinstance(got.images, rows.Rows) and not isinstance(want.images, rows.Rows)
+      np.testing.assert_array_equal(got.labels, want.labels)
+      np.testing.assert_array_equal(got.attributes, want.attributes)
+      for step in range(7):
+        idx = data_lib.batch_indices(len(want), 8, step, seed=5)
+        g, w = got.batch(idx), want.batch(idx)
+        for k in w:
+          assert g[k].dtype == w[k].dtype and np.array_equal(g[k], w[k]), (path, split, k)
+    assert os.listdir(cache) == []   # nothing left behind, nothing next to the data
+  assert sorted(os.listdir(tmp_path)) == ['c.npz', 'cache', 'd', 'd.npz']
+
+
+def test_float_images_in_an_npz_are_still_checked_and_scaled(tmp_path):
+  images = np.random.default_rng(4).random((10, 8, 8, 3)).astype(np.float32)
+  attrs = np.arange(20).reshape(10, 2) % 2
+  byo.save_npz(str(tmp_path / 'f.npz'), images, attrs, ['a', 'b'])
+  got = byo.load_arrays(_config(path=str(tmp_path / 'f.npz'), test_fraction=0.0), 'train')[0]
+  np.testing.assert_array_equal(got, np.round(images * 255).astype(np.uint8))
+  images[0, 0, 0, 0] = 1.5
+  byo.save_npz(str(tmp_path / 'f.npz'), images, attrs, ['a', 'b'])
+  with pytest.raises(ValueError, match=r'must lie in \[0, 1\]'):
+    byo.load_arrays(_config(path=str(tmp_path / 'f.npz'), test_fraction=0.0), 'train')
 
 
 def test_an_image_folder_is_decoded_to_disk_in_chunks(tmp_path, monkeypatch):
@@ -120,3 +182,39 @@ def test_a_run_on_an_image_folder_equals_the_run_in_memory(trained_workdir, tiny
   for key in ('accuracy', 'recon_accuracy', 'agreement', 'flip_all_change', 'info_cosine',
               'info_cosine_noreg', 'probe_accuracy', 'bias_report'):
     assert got[key] == want[key], key
+
+
+@pytest.mark.slow
+def test_frozen_inputs_are_written_to_disk_and_read_like_the_arrays(trained_workdir,
+                                                                   tiny_config):
+  # h = c1(x) and ĥ of the train split go to an unlinked file as they are computed; the
+  # rows read back, and the INN's pair batches (through its basis) drawn from them, equal the
+  # in-memory computation bit for bit.
+  from lsei_jax.inn import factor  # pylint: disable=g-import-not-at-top
+  from lsei_jax.pipeline import frozen, graph  # pylint: disable=g-import-not-at-top
+  from lsei_jax.pipeline.node import Context  # pylint: disable=g-import-not-at-top
+  from lsei_jax.pipeline.spec import resolve  # pylint: disable=g-import-not-at-top
+  from lsei_jax.pipeline.stages import concepts, inn  # pylint: disable=g-import-not-at-top
+  spec, train = resolve(tiny_config, 'train', check=False)
+  ctx = Context(spec, trained_workdir[0], train, split='train')
+  graph.load_nodes(ctx, ['classifier', 'concepts'])
+  h, hhat = concepts.h_train(ctx), concepts.hhat_train(ctx)
+  assert isinstance(h, rows.Rows) and isinstance(hhat, rows.Rows)
+  want_h = ctx.map(frozen.embed_fn(ctx.classifier.embed, ctx.mesh), ctx.classifier.params,
+                   {'image': train.images})
+  want_hhat = ctx.map(frozen.reconstruct_fn(ctx.mods.learner, ctx.mesh),
+                      ctx.params('concepts'), {'h': want_h})
+  assert h.dtype == want_h.dtype == np.float32 and h.shape == want_h.shape
+  np.testing.assert_array_equal(h[:], want_h)
+  np.testing.assert_array_equal(hhat[:], want_hhat)
+  arrays, batch = inn._inputs(ctx)
+  bas = inn._basis(ctx)   # row-wise: the same map of the same rows, from disk or memory
+  table = factor.sample_pair_table(
+      train.attributes, np.random.default_rng(spec.stream_seed('inn/pairs')),
+      int(spec.config.inn.pairs_per_example))
+  for step in range(3):
+    idx = np.random.default_rng(step).choice(len(arrays['index']), 16)
+    got, want = batch({'index': idx}), factor.pair_batch(want_h, table, idx)
+    want = {k: bas.forward(v) if k in ('h_a', 'h_b') else v for k, v in want.items()}
+    for k in want:
+      assert got[k].dtype == want[k].dtype and np.array_equal(got[k], want[k]), k

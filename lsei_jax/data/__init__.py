@@ -5,8 +5,11 @@ run reads exactly the batches an uninterrupted one would have.
 
 Sources (config.data.name): 'shapes' (embedded synthetic data), 'celeba' (TFDS celeb_a),
 'numpy' (an .npz or arrays registered in Python), 'folder' (images + attribute CSV).
-The shapes, CelebA and .npz sources hold a split's images in memory; an image folder and a
-directory of .npy files keep them on disk (data.rows.Rows), read per batch. `batch_indices`
+Every source but the embedded shapes keeps a split's images on disk (data.rows.Rows), read
+per batch: an image folder's decoded into a temporary file, a directory of .npy files and an
+uncompressed .npz's in place, a compressed .npz's inflated into a temporary file, CelebA's
+decoded into its cache. The shapes are rendered in memory (12,288 × 64×64×3 ≈ 151 MB for
+configs/shapes.py's train split). `batch_indices`
 gives each process (jax.process_index() of jax.process_count()) a disjoint slice of each
 global batch, so hosts never read the same example in one step.
 """
@@ -18,7 +21,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from lsei_jax.data import bias_splits, byo, shapes
+from lsei_jax.data import bias_splits, byo, rows, shapes
 from lsei_jax.errors import as_user_errors
 
 SPLITS = {'shapes': ('train', 'validation', 'test', 'test_biased'),
@@ -98,7 +101,8 @@ def _celeba(data_config: Any, split: str) -> Dataset:
       data_config.get('data_dir', '') or celeba.default_data_dir(), split,
       int(data_config.image_size), int(data_config.get('crop_size', 0)),
       int(data_config.get('max_examples', 0)), int(data_config.get('workers', -1)),
-      bool(data_config.get('jpeg_draft', True)), bool(data_config.get('cache', True)))
+      bool(data_config.get('jpeg_draft', True)), bool(data_config.get('cache', True)),
+      data_config.get('cache_dir', '') or None)
   names = celeba.ATTRIBUTES
   labels = byo.labels_for(data_config.task, names, attributes, None, 'CelebA')
   return Dataset(images, labels, attributes, names, data_config.task)
@@ -111,7 +115,9 @@ def _bias_split(data_config: Any, name: str) -> Dataset:
       train.attributes, train.attribute_names, data_config.task, name,
       float(data_config.get('bias_fraction', 0.7)), int(data_config.get('bias_size', 0)),
       int(data_config.get('seed', 0)))
-  return Dataset(train.images[idx], train.labels[idx], train.attributes[idx],
+  images = (train.images.subset(idx) if isinstance(train.images, rows.Rows)
+            else train.images[idx])   # on disk: the chosen rows, still read per batch
+  return Dataset(images, train.labels[idx], train.attributes[idx],
                  train.attribute_names, train.task, info={'bias_split': stats})
 
 

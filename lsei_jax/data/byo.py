@@ -1,6 +1,7 @@
 """Bring your own data: NumPy arrays (an .npz file or arrays registered in Python) or an
-image folder with a CSV of binary attributes. Both become a `Dataset`; an image folder's
-split and a directory of .npy files' images stay on disk (rows.Rows), read per batch.
+image folder with a CSV of binary attributes. Both become a `Dataset`; the uint8 images of
+an image folder, an .npz and a directory of .npy files stay on disk (rows.Rows), read per
+batch; registered arrays stay where the caller has them.
 
 Splits: an optional per-example split ('train', 'validation', 'test') — the `split` array
 of the .npz / `split` column of the CSV — or else a deterministic hold-out of
@@ -233,8 +234,7 @@ def load_arrays(data_config, split: str):
       raise FileNotFoundError(f'no .npz file or directory of .npy files at '
                               f'config.data.path={path!r}')
     else:
-      with np.load(path, allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}
+      arrays = _npz(path, data_config.get('cache_dir', '') or None)
     what = path
   missing = [k for k in ('images', 'attributes', 'attribute_names') if arrays.get(k) is None]
   if missing:
@@ -270,6 +270,17 @@ def load_arrays(data_config, split: str):
 
 
 NPY_NAMES = ('images', 'attributes', 'attribute_names', 'labels', 'split')
+
+
+def _npz(path: str, spill_dir: str | None) -> dict[str, Any]:
+  """The arrays of an .npz; uint8 images stay on disk, read by rows (rows.npz_rows: in place,
+  or inflated into an unlinked temporary file under `spill_dir`, config.data.cache_dir)."""
+  with np.load(path, allow_pickle=False) as z:
+    arrays: dict[str, Any] = {k: z[k] for k in z.files if k != 'images'}
+    if 'images' in z.files:
+      images = rows.npz_rows(path, 'images', spill_dir)
+      arrays['images'] = z['images'] if images is None else images   # float: checked whole
+  return arrays
 
 
 def _npy_dir(path: str) -> dict[str, Any]:

@@ -6,8 +6,10 @@ the full width 178) and resized to `image_size`. The decoded uint8 arrays are ca
 .npy files under the data dir (keyed by version, split, size, crop, count), so only the
 first run pays for decoding ~200k JPEGs.
 
-Every host reads the whole split: the arrays live in memory (162,770 × 64×64×3 uint8 ≈
-2 GB for train) and `batch_indices` gives each host a disjoint slice of every batch.
+The decoded images stay on disk (rows.Rows: 162,770 × 64×64×3 uint8 ≈ 2 GB for train), and
+each host reads only the rows of its slice of every batch (`batch_indices`). Not decoded per
+batch from the array_record records: a JPEG decode costs more than a training step's share
+of an image (bench_input.py: ≈ 1,200 images/s per core), so it is paid once.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
+from lsei_jax.data import rows
 from lsei_jax.data.celeba_attrs import ATTRIBUTES, SPLITS, TFDS_NAME, TFDS_VERSION
 
 PREPARE_HINT = 'python -m lsei_jax.data.prepare_celeba --data_dir={}'
@@ -106,15 +109,26 @@ def open_source(data_dir: str, split: str):
 
 def decode_split(source, num: int, image_size: int, crop_size: int = 0, draft: bool = True,
                  workers: int = 0, batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
-  """Decodes records [0, num) of source: (images uint8 [num,S,S,3], attributes bool [num,40]).
+  """Decodes records [0, num) of source: (images uint8 [num,S,S,3], attributes bool [num,40])
+  in memory (read() writes them to disk instead: decode_batches)."""
+  images = np.zeros((num, image_size, image_size, 3), np.uint8)
+  attributes = np.zeros((num, len(ATTRIBUTES)), bool)
+  for index, ims, attrs in decode_batches(source, num, image_size, crop_size, draft, workers,
+                                          batch):
+    images[index], attributes[index] = ims, attrs
+  return images, attributes
+
+
+def decode_batches(source, num: int, image_size: int, crop_size: int = 0, draft: bool = True,
+                   workers: int = 0, batch: int = 256):
+  """Yields (indices int64 [b], images uint8 [b,S,S,3], attributes bool [b,40]) covering
+  records [0, num) of source once each, in batches of up to `batch`.
 
   workers > 0 decodes in that many grain worker processes (each batches on its own; the
   records' indices put every image back in its place).
   """
-  images = np.zeros((num, image_size, image_size, 3), np.uint8)
-  attributes = np.zeros((num, len(ATTRIBUTES)), bool)
   if num == 0:
-    return images, attributes
+    return
   if workers > 0:
     from absl import flags  # pylint: disable=g-import-not-at-top
     if not flags.FLAGS.is_parsed():  # grain's workers read absl flags
@@ -126,9 +140,7 @@ def decode_split(source, num: int, image_size: int, crop_size: int = 0, draft: b
       operations=[DecodeCrop(image_size, crop_size, draft), grain.transforms.Batch(batch)],
       worker_count=workers)
   for b in loader:
-    images[b['index']] = b['image']
-    attributes[b['index']] = b['attributes']
-  return images, attributes
+    yield np.asarray(b['index'], np.int64), b['image'], b['attributes']
 
 
 def worker_count(requested: int) -> int:
@@ -149,8 +161,11 @@ def cache_dir(data_dir: str, split: str, image_size: int, crop_size: int, draft:
 
 def read(data_dir: str, split: str, image_size: int, crop_size: int = 0,
          max_examples: int = 0, workers: int = -1, draft: bool = True,
-         cache: bool = True) -> tuple[np.ndarray, np.ndarray]:
-  """(images uint8 [N,S,S,3], attributes bool [N,40]) of a CelebA split, cached as .npy.
+         cache: bool = True, spill_dir: str | None = None) -> tuple[rows.Rows, np.ndarray]:
+  """(images uint8 [N,S,S,3] on disk as rows.Rows, read per batch; attributes bool [N,40])
+  of a CelebA split. Decoded once into the cache (an .npy under the data dir), or, with
+  cache=False or a read-only data dir, into an unlinked temporary file under `spill_dir`
+  (default: the system's temp dir): the decoded split is never whole in memory.
 
   max_examples > 0 keeps the first N records (TFDS stores them in hashed, i.e. random,
   order, so this is a random subset).
@@ -161,30 +176,51 @@ def read(data_dir: str, split: str, image_size: int, crop_size: int = 0,
   path = cache_dir(data_dir, split, image_size, crop_size, draft, num)
   if cache and os.path.exists(os.path.join(path, 'meta.json')):
     logging.info('CelebA %s: %d decoded images from the cache %s', split, num, path)
-    return np.load(os.path.join(path, 'images.npy')), np.load(os.path.join(path, 'attributes.npy'))
+    return (rows.Rows.open(os.path.join(path, 'images.npy')),
+            np.load(os.path.join(path, 'attributes.npy')))
   start = time.time()
-  images, attributes = decode_split(source, num, image_size, crop_size, draft,
-                                    worker_count(workers))
+  attributes = np.zeros((num, len(ATTRIBUTES)), bool)
+
+  def batches():
+    for index, ims, attrs in decode_batches(source, num, image_size, crop_size, draft,
+                                            worker_count(workers)):
+      attributes[index] = attrs
+      yield index, ims
+  shape = (num, image_size, image_size, 3)
+  images = _write_cache(path, shape, batches, attributes) if cache else None
+  if images is None:
+    images = rows.spill_at(batches(), shape, np.uint8, spill_dir)
   logging.info('CelebA %s: decoded %d images in %.1f s', split, num, time.time() - start)
-  if cache:
-    _write_cache(path, images, attributes)
   return images, attributes
 
 
-def _write_cache(path: str, images: np.ndarray, attributes: np.ndarray) -> None:
+def _write_cache(path: str, shape, batches, attributes: np.ndarray) -> rows.Rows | None:
+  """Decodes `batches` into the cache at `path` → the cached images, or None when the data
+  dir cannot be written (nothing decoded then)."""
   # Written to a private directory and renamed into place, so that hosts sharing the data
   # dir, or an interrupted run, never leave a half-written cache behind.
   tmp = f'{path}.tmp-{uuid.uuid4().hex}'
   try:
-    os.makedirs(tmp)
-    np.save(os.path.join(tmp, 'images.npy'), images)
-    np.save(os.path.join(tmp, 'attributes.npy'), attributes)
-    with open(os.path.join(tmp, 'meta.json'), 'w') as f:
-      json.dump({'num': len(images), 'shape': list(images.shape[1:]),
-                 'attributes': list(ATTRIBUTES)}, f)
-    os.replace(tmp, path)
-  except OSError as e:  # e.g. a read-only data dir: still usable, just not cached
-    logging.warning('could not cache decoded CelebA in %s: %s', path, e)
+    try:
+      os.makedirs(tmp)
+    except OSError as e:  # e.g. a read-only data dir: still usable, just not cached
+      logging.warning('could not cache decoded CelebA in %s: %s', path, e)
+      return None
+    try:
+      rows.spill_at(batches(), shape, np.uint8, path=os.path.join(tmp, 'images.npy'))
+      np.save(os.path.join(tmp, 'attributes.npy'), attributes)
+      with open(os.path.join(tmp, 'meta.json'), 'w') as f:
+        json.dump({'num': shape[0], 'shape': list(shape[1:]),
+                   'attributes': list(ATTRIBUTES)}, f)
+    except OSError as e:  # e.g. the disk filled up: decode again into a temporary file
+      logging.warning('could not cache decoded CelebA in %s: %s', path, e)
+      return None
+    try:
+      os.replace(tmp, path)
+    except OSError:   # another host's identical cache won the race
+      if not os.path.exists(os.path.join(path, 'meta.json')):
+        raise
+    return rows.Rows.open(os.path.join(path, 'images.npy'))
   finally:
     if os.path.isdir(tmp):
       import shutil  # pylint: disable=g-import-not-at-top
@@ -192,6 +228,6 @@ def _write_cache(path: str, images: np.ndarray, attributes: np.ndarray) -> None:
 
 
 @functools.lru_cache(maxsize=4)
-def read_cached(*args) -> tuple[np.ndarray, np.ndarray]:
+def read_cached(*args) -> tuple[rows.Rows, np.ndarray]:
   """read() memoised in this process (train and eval of one run share the arrays)."""
   return read(*args)

@@ -9,8 +9,10 @@ Cheap on large data: labels and attributes are hashed whole (a few bytes per exa
 images through a fixed sample, every pixel of SAMPLE_EXAMPLES evenly spaced images plus a
 strided grid (every PIXEL_STRIDE-th row and column) of every image, ≈ 1/50 of the bytes of
 64×64 images. A change confined to pixels off that grid in images off that sample is not
-seen. Every host loads the whole split (data/__init__.py), so every host computes the same
-fingerprint; there is no streamed input whose shards would need one each.
+seen. Every host computes the same fingerprint from the whole split: a split on disk
+(data/rows.py) is read for it in chunks of 1,024 images, so memory stays flat, but every
+image's bytes are read once per process (a sample of fewer images would change every stored
+signature).
 """
 from __future__ import annotations
 

@@ -6,12 +6,18 @@ the split. Not a np.memmap: pages touched through a mapping count in the process
 memory until the kernel reclaims them, so over a long run a mapping grows to the file size.
 
 `spill` writes rows produced in chunks (decoded images) to an unlinked temporary .npy file
-and returns them as `Rows`: disk, not memory, holds the split, and nothing is left behind.
+and returns them as `Rows`: disk, not memory, holds the split, and nothing is left behind;
+`spill_at` does the same for rows that arrive out of order with their indices.
+`Rows.open(path, start)` reads an .npy that starts `start` bytes into a file: an uncompressed
+member of an .npz (`npz_member`); `npz_rows` reads a stored member in place and inflates a
+compressed one into a temporary file.
 """
 from __future__ import annotations
 
 import os
+import struct
 import tempfile
+import zipfile
 from typing import Iterable
 
 import numpy as np
@@ -30,12 +36,15 @@ class Rows:
     self._row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * self.dtype.itemsize
 
   @classmethod
-  def open(cls, path: str, rows: np.ndarray | None = None) -> 'Rows':
-    """The .npy file at `path` (any dtype but object, C order)."""
-    header = np.load(path, mmap_mode='r', allow_pickle=False)   # reads the header only
-    shape, dtype, offset = header.shape, header.dtype, header.offset
-    fortran = not header.flags.c_contiguous
-    del header
+  def open(cls, path: str, rows: np.ndarray | None = None, start: int = 0) -> 'Rows':
+    """The .npy array (any dtype but object, C order) that starts at byte `start` of the
+    file at `path` (0: an .npy file; an .npz member's offset: see npz_member)."""
+    with open(path, 'rb') as f:   # the header alone
+      f.seek(start)
+      version = np.lib.format.read_magic(f)
+      shape, fortran, dtype = (np.lib.format.read_array_header_1_0(f) if version == (1, 0)
+                               else np.lib.format.read_array_header_2_0(f))
+      offset = f.tell()
     if fortran or dtype.hasobject or not shape:
       raise ValueError(f'{path}: expected a C-ordered numeric array [N, …], got '
                        f'{"Fortran order" if fortran else dtype}')
@@ -96,9 +105,9 @@ class _File:
   def __init__(self, fd: int):
     self.fd = fd
 
-  def __del__(self):
+  def __del__(self, _close=os.close):   # bound now: at exit the module's globals are gone
     try:
-      os.close(self.fd)
+      _close(self.fd)
     except OSError:
       pass
 
@@ -128,3 +137,86 @@ def spill(chunks: Iterable[np.ndarray], shape: tuple[int, ...], dtype,
     os.unlink(path)   # the open descriptor keeps the data until the last view is gone
   handle = _File(fd)
   return Rows(fd, offset, tuple(shape), dtype, None, handle)
+
+
+def npz_member(path: str, name: str) -> tuple[int, bool]:
+  """(byte offset of member `name`.npy's data in the .npz at `path`, whether it is stored
+  uncompressed): a stored member is an .npy file at that offset (np.savez), a deflated one
+  (np.savez_compressed) cannot be read by rows."""
+  with zipfile.ZipFile(path) as z:
+    info = z.getinfo(f'{name}.npy')
+  with open(path, 'rb') as f:   # the local header's name and extra field precede the data
+    f.seek(info.header_offset)
+    local = f.read(30)
+  if local[:4] != b'PK\x03\x04':
+    raise ValueError(f'{path}: bad zip local header for {name}.npy')
+  name_len, extra_len = struct.unpack('<HH', local[26:30])
+  return info.header_offset + 30 + name_len + extra_len, info.compress_type == zipfile.ZIP_STORED
+
+
+def spill_at(batches: Iterable[tuple[np.ndarray, np.ndarray]], shape: tuple[int, ...], dtype,
+             directory: str | None = None, path: str | None = None) -> Rows:
+  """Writes (indices int [b], rows [b, …]) pairs, in any order, into an .npy file of
+  `shape` → its Rows. path None: an unlinked temporary file under `directory` (nothing left
+  behind); else the file `path` (kept, e.g. a cache). Rows no pair writes read as zeros."""
+  if path is None:
+    fd, tmp = tempfile.mkstemp(suffix='.npy', prefix='lsei_jax_rows_', dir=directory or None)
+    os.unlink(tmp)   # the open descriptor keeps the data until the last view is gone
+  else:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+  try:
+    with os.fdopen(os.dup(fd), 'wb') as f:
+      np.lib.format.write_array_header_1_0(
+          f, {'descr': np.lib.format.dtype_to_descr(np.dtype(dtype)), 'fortran_order': False,
+              'shape': tuple(shape)})
+      offset = f.tell()
+    row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * np.dtype(dtype).itemsize
+    os.ftruncate(fd, offset + shape[0] * row_bytes)
+    for idx, values in batches:
+      values = np.ascontiguousarray(values, dtype).reshape(len(idx), -1).view(np.uint8)
+      for i, v in zip(np.asarray(idx, np.int64), values):
+        if not 0 <= i < shape[0]:
+          raise IndexError(f'spill_at: row {i} outside [0, {shape[0]})')
+        os.pwrite(fd, v.data, offset + int(i) * row_bytes)
+  except BaseException:
+    os.close(fd)
+    raise
+  handle = _File(fd)
+  return Rows(fd, offset, tuple(shape), dtype, None, handle)
+
+
+def npz_rows(path: str, name: str, spill_dir: str | None = None) -> Rows | None:
+  """uint8 member `name` of the .npz at `path` as Rows: read in place when stored (np.savez),
+  inflated once, INFLATE_CHUNK rows at a time, into an unlinked temporary file under
+  `spill_dir` when deflated (np.savez_compressed). None for any other dtype or layout (the
+  caller reads it whole)."""
+  try:
+    offset, stored = npz_member(path, name)
+  except (KeyError, ValueError, zipfile.BadZipFile):
+    return None
+  if stored:
+    try:
+      r = Rows.open(path, start=offset)
+    except ValueError:   # Fortran order or a scalar
+      return None
+    return r if r.dtype == np.uint8 else None
+  with zipfile.ZipFile(path) as z, z.open(f'{name}.npy') as member:
+    version = np.lib.format.read_magic(member)
+    shape, fortran, dtype = (np.lib.format.read_array_header_1_0(member) if version == (1, 0)
+                             else np.lib.format.read_array_header_2_0(member))
+    if fortran or dtype != np.uint8 or not shape:
+      return None
+    row = int(np.prod(shape[1:], dtype=np.int64))
+
+    def chunks():
+      for s in range(0, shape[0], INFLATE_CHUNK):
+        k = min(INFLATE_CHUNK, shape[0] - s)
+        buf = member.read(k * row)
+        if len(buf) != k * row:
+          raise ValueError(f'{path}: {name}.npy is truncated ({len(buf)} of {k * row} bytes)')
+        yield np.frombuffer(buf, np.uint8).reshape((k,) + tuple(shape[1:]))
+    return spill(chunks(), tuple(shape), np.uint8, spill_dir)
+
+
+# Rows inflated (and held) at a time from a compressed .npz member into its on-disk copy.
+INFLATE_CHUNK = 1024

@@ -10,6 +10,7 @@ plain loop (the given classifier, the sanity check) override those two.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from typing import Any, Callable, Sequence
 
 import jax
@@ -17,7 +18,7 @@ import numpy as np
 
 from lsei_jax import concepts, data as data_lib
 from lsei_jax.classifier_split import ClassifierSplit
-from lsei_jax.data import fingerprint as data_fingerprint
+from lsei_jax.data import fingerprint as data_fingerprint, rows
 from lsei_jax.pipeline.spec import RunSpec
 from lsei_jax.training import balance, checkpoints, parallel, signature as signature_lib
 from lsei_jax.training.trainer import Stage, adopt_stage, load_complete, run_stage
@@ -66,6 +67,19 @@ class Context:
     """fn over `arrays` in batches of config.eval.batch_size on the mesh (NumPy out)."""
     return parallel.map_in_batches(fn, params, arrays, self.spec.config.eval.batch_size,
                                    self.mesh, desc)
+
+  def map_to_disk(self, fn: Callable, params: Any, arrays: dict, desc: str | None = None
+                  ) -> rows.Rows:
+    """`map`'s rows (one array out) written to this host's disk as its batches come, never
+    held whole: an unlinked temporary .npy under config.data.cache_dir (default the system's
+    temp dir), read per batch (data.rows.Rows). Every host holds every row, as `map` gives
+    every host all of them: the stages draw any row of the split on any host."""
+    out = parallel.map_batches(fn, params, arrays, self.spec.config.eval.batch_size,
+                               self.mesh, desc)
+    n = len(next(iter(arrays.values())))
+    first = next(out)
+    return rows.spill(itertools.chain([first], out), (n,) + first.shape[1:], first.dtype,
+                      self.spec.config.data.get('cache_dir', '') or None)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lsei_jax import concept_metrics, metrics
+from lsei_jax.data import rows
 from lsei_jax.pipeline import artifacts, frozen
 from lsei_jax.pipeline.node import Context, Node, concept_signature
 from lsei_jax.pipeline.stages import init_state
@@ -14,18 +15,19 @@ from lsei_jax.reporting import bias
 from lsei_jax.training import parallel, steps
 
 
-def h_train(ctx: Context) -> np.ndarray:
-  """h = c1(x) [N, d] of the train images."""
-  return ctx.derived('h', lambda: ctx.map(frozen.embed_fn(ctx.classifier.embed, ctx.mesh),
-                                          ctx.classifier.params, {'image': ctx.data.images},
-                                          'embed train'))
+def h_train(ctx: Context) -> rows.Rows:
+  """h = c1(x) [N, d] of the train images, on this host's disk, read per batch."""
+  return ctx.derived('h', lambda: ctx.map_to_disk(
+      frozen.embed_fn(ctx.classifier.embed, ctx.mesh), ctx.classifier.params,
+      {'image': ctx.data.images}, 'embed train'))
 
 
-def hhat_train(ctx: Context) -> np.ndarray:
-  """ĥ = decode(encode(h)) [N, d] of the train images (the concept learner's eval code)."""
-  return ctx.derived('hhat', lambda: ctx.map(frozen.reconstruct_fn(ctx.mods.learner, ctx.mesh),
-                                             ctx.params('concepts'), {'h': h_train(ctx)},
-                                             'reconstruct'))
+def hhat_train(ctx: Context) -> rows.Rows:
+  """ĥ = decode(encode(h)) [N, d] of the train images (the concept learner's eval code), on
+  this host's disk, read per batch."""
+  return ctx.derived('hhat', lambda: ctx.map_to_disk(
+      frozen.reconstruct_fn(ctx.mods.learner, ctx.mesh), ctx.params('concepts'),
+      {'h': h_train(ctx)}, 'reconstruct'))
 
 
 def concept_state(learner, rng, example, cfg) -> steps.TrainState:

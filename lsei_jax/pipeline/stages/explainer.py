@@ -54,7 +54,8 @@ def _extra(ctx: Context) -> tuple:
   """(I(c2) [d], σ [d]) at ĥ, replicated; I(c2) is constant while g trains."""
   def compute():
     cfg, hhat, mesh = ctx.spec.config.explainer, hhat_train(ctx), ctx.mesh
-    sigma = parallel.replicate(fisher.batch_sigma(jnp.asarray(hhat), cfg.sigma_scale), mesh)
+    # σ over the whole split: ĥ read from disk whole for it (N × d floats, held briefly)
+    sigma = parallel.replicate(fisher.batch_sigma(jnp.asarray(hhat[:]), cfg.sigma_scale), mesh)
     n_info = min(cfg.info_examples, len(hhat))
     info_c2 = frozen.mean_information(
         ctx.classifier.head, 'ce', ctx.classifier.params, hhat[:n_info], sigma,

@@ -64,13 +64,17 @@ def _train_h(ctx: Context) -> np.ndarray:
 
 
 def _inputs(ctx: Context):
-  hs = _basis(ctx).forward(h_train(ctx))
+  bas = _basis(ctx)
+  h = h_train(ctx)   # on disk: each batch's rows read and mapped by the basis (row-wise)
   cfg = ctx.spec.config.inn
   table = factor.sample_pair_table(
       ctx.data.attributes, np.random.default_rng(ctx.spec.stream_seed('inn/pairs')),
       int(cfg.pairs_per_example))
-  return ({'index': np.arange(len(table[0]))},
-          lambda b: factor.pair_batch(hs, table, b['index']))
+
+  def batch(b):
+    pairs = factor.pair_batch(h, table, b['index'])
+    return {k: bas.forward(v) if k in ('h_a', 'h_b') else v for k, v in pairs.items()}
+  return {'index': np.arange(len(table[0]))}, batch
 
 
 @functools.lru_cache(maxsize=8)

@@ -60,7 +60,9 @@ def _std(x: np.ndarray, ms: tuple) -> np.ndarray:
 def _inputs(ctx: Context):
   s = stats(ctx)
   v = ae_stage.latents(ctx, ctx.data.images, f'v_{ctx.split}_train')
-  return {'v': _std(v, s['v']), 'h': _std(h_train(ctx), s['h'])}, lambda b: b
+  h = h_train(ctx)   # on disk: each batch's rows read, then standardised (elementwise)
+  return ({'v': _std(v, s['v']), 'index': np.arange(len(v))},
+          lambda b: {'v': b['v'], 'h': _std(h[b['index']], s['h'])})
 
 
 @functools.lru_cache(maxsize=8)

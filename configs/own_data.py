@@ -11,8 +11,8 @@ from lsei_jax.configs import shapes
 
 def get_config():
   c = shapes.get_config()
-  # The demo's 200 / 600 steps are tuned to its shortcut, not to real data.
-  c.classifier.steps = 600
+  # The demo's classifier and concept steps are tuned to its shortcut, not to real data.
+  c.classifier.update(steps=600, learning_rate=2e-3)
   c.concepts.update(steps=1500, anneal_steps=1000)
   c.data = dict(name='folder', path='', csv='', image_size=64, task='', resize=False,
                 test_fraction=0.2, validation_fraction=0.0, seed=0, workers=0)

@@ -1,10 +1,33 @@
-"""Demo: biased shapes (task `shape`, spurious `color` agreeing in 90% of training images).
+"""Demo: biased shapes (task `shape`, spurious `color` agreeing in 90% of training images),
+evaluated on a test split whose attributes correlate as real data's do: colour agrees with
+the shape in 80% of its images (data.test_rho, r = 0.6).
 
-The shape is drawn smaller and noisier than the data's default (object_scale 0.7, noise
-0.08), and the classifier trains for 200 steps, so that it takes the colour shortcut and
-nothing else: re-rendering the unbiased test images with only the colour flipped changes
-≥ 99.9% of its predictions, any other attribute ≤ 0.1% (seeds 0-4; README, Demo). At 600
-steps it read colour and shape about equally, in an order the CPU's float rounding decided.
+The classifier is good and still leans on colour: re-rendering the test images with only
+the colour flipped changes about a fifth of its predictions, any attribute never
+correlated with the label ≤ 6.8% (the shape is drawn a little smaller and noisier than the
+data's default, object_scale 0.85, noise 0.06, so that where it is hard to read the colour
+decides). Classifier seeds 0 / 1 / 2 / 3 / 4 (data seed 0, a 2-core AMD EPYC;
+benchmarks/demo_seeds.py):
+
+  accuracy on the unbiased split (metrics.json accuracy_unbiased):
+    90.3 / 90.2 / 89.6 / 74.0 / 91.6% (on the correlated test split 96.1 / 96.4 / 96.1 /
+    89.8 / 96.5%);
+  ground truth, flip rate: colour 0.203 / 0.190 / 0.215 / 0.523 / 0.167, shape 0.784 /
+    0.801 / 0.786 / 0.474 / 0.826; size, position, background, texture 0.030-0.068;
+  verdict on the correlated split: colour relied on, +0.180 / +0.167 / +0.192 / +0.527 /
+    +0.172, shape relied on, the other four no evidence, on every seed.
+
+Seed 3 is the exception: at 400 steps its race between colour and shape was still on. At
+600 steps it is past it (95.1% unbiased, colour 0.096, the independent attributes ≤ 0.037,
+the verdict the same), but more steps shrink the colour's share (seed 0 at 600 steps:
+96.7% unbiased, colour 0.067 against ≤ 0.027, still relied on at +0.058).
+
+Why these settings (classifier stage alone): at 200 steps and 2e-3 the classifier read
+colour alone (51.8% unbiased; the demo before, shape at 0.7 / 0.08, and as much with the
+default shape), which any method catches. With this shape and ρ 0.8 in training, at 300 steps and 2e-3 the seed decided the race (seed 0: 89.7% and colour
+0.18, seed 1: 69.9% and 0.60), and at 300 steps and 4e-3 it learnt the shape so well that
+colour flipped only 5.7-13.8% of its predictions (seeds 0-2), hardly above the
+independent attributes (1.6-4.2%) on seeds 0 and 2.
 configs/shapes_no_shortcut.py: the same bias in the data, a classifier that does not use it.
 
 Sizes are smaller than the paper's CelebA defaults (docs/method.md §3) so that the whole
@@ -20,8 +43,12 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict(dict(
       name='shapes', image_size=32, task='shape', spurious='color', rho=0.9,
+      # The test split: colour agrees with the shape in 80% of it (r = 0.6), as real test
+      # sets' attributes correlate; 'test_unbiased' (the same images, colour independent)
+      # gives metrics.json's accuracy_unbiased. 0.5: an independent test split.
+      test_rho=0.8,
       num_train=12288, num_test=2048, seed=0,
-      object_scale=0.7, noise=0.08))  # < 1 / more: the shape is harder to read
+      object_scale=0.85, noise=0.06))  # < 1 / more: the shape is harder to read
 
   c.model = ml_collections.ConfigDict()
   # Matmul operands of c1's and the DVAE's dense layers: 'float32' or 'bfloat16' (float32
@@ -51,9 +78,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.probe = ml_collections.ConfigDict(dict(channels=(16, 32, 32), strides=(1, 2, 2),
                                                  hidden_dim=64))
 
-  # 200 steps (were 600): the demo's story must not depend on the machine (module docstring).
+  # 400 steps at 4e-3 (were 200 at 2e-3): past the race between colour and shape that
+  # shorter or slower runs leave to the seed (module docstring).
   c.classifier = ml_collections.ConfigDict(dict(
-      steps=200, batch_size=128, optimizer='adam', learning_rate=2e-3, schedule='cosine',
+      steps=400, batch_size=128, optimizer='adam', learning_rate=4e-3, schedule='cosine',
       warmup_steps=50, grad_clip=0.0,
       # Explain your own classifier instead of training model.classifier: 'pkg.mod:fn', a
       # function (of the config, or of nothing) returning a lsei_jax.ClassifierSplit.

@@ -15,8 +15,9 @@ def get_config(size: str = ''):
     raise ValueError(f"configs/shapes3.py takes '' or 'tiny', got {size!r}")
   c = tiny.get_config() if size == 'tiny' else shapes.get_config()
   c.data.update(task='shape+color', spurious='size')
-  if size != 'tiny':   # configs/shapes.py's 200 steps read colour alone; this task needs both
-    c.classifier.steps = 600
+  if size != 'tiny':   # the data and classifier configs/shapes.py had before its test_rho
+    c.data.update(rho=0.9, object_scale=0.7, noise=0.08, test_rho=0.5)
+    c.classifier.update(steps=600, learning_rate=2e-3)
     c.concepts.update(steps=1500, anneal_steps=1000)
   c.model.classifier.num_classes = 3
   return c

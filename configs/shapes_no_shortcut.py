@@ -9,6 +9,7 @@ from lsei_jax.configs import shapes
 
 def get_config():
   c = shapes.get_config()
-  c.data.update(object_scale=1.0, noise=0.04)
-  c.classifier.steps = 1500
+  # ρ 0.9 and an independent test split: the data configs/shapes.py had before its test_rho.
+  c.data.update(object_scale=1.0, noise=0.04, rho=0.9, test_rho=0.5)
+  c.classifier.update(steps=1500, learning_rate=2e-3)
   return c

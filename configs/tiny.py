@@ -5,7 +5,8 @@ from lsei_jax.configs import shapes
 def get_config():
   c = shapes.get_config()
   c.log_every = 5
-  c.data.update(image_size=16, num_train=256, num_test=64, object_scale=1.0, noise=0.04)
+  c.data.update(image_size=16, num_train=256, num_test=64, object_scale=1.0, noise=0.04,
+                rho=0.9, test_rho=0.5)   # an independent test split, as the tests assume
   c.model.classifier.update(channels=(4, 8), strides=(2, 2), hidden_dim=16)
   c.model.dvae.update(latent_dim=6, hidden=(16, 8))
   c.model.topk_sae.update(latent_dim=12, k=2, k_aux=4)
@@ -13,7 +14,7 @@ def get_config():
   c.model.explainer.update(channels=(8, 4))
   c.model.probe.update(channels=(4, 8), strides=(2, 2), hidden_dim=8)
   c.probe.update(steps=8, batch_size=32, warmup_steps=2)
-  c.classifier.update(steps=12, batch_size=32, warmup_steps=2)
+  c.classifier.update(steps=12, batch_size=32, warmup_steps=2, learning_rate=2e-3)
   c.concepts.update(steps=12, batch_size=32, anneal_steps=10)
   c.explainer.update(steps=12, batch_size=16, fisher_batch=8, fisher_samples=2,
                      info_examples=64)

@@ -90,3 +90,15 @@ def test_compound_task_marks_each_of_its_attributes_as_task():
   assert task == {'shape': True, 'color': True, 'size': False}
   assert {r['attribute'] for r in rows if r['flagged']} == {'shape', 'color'}
   assert not bias.is_task_attribute('shape', 'shapes') and bias.is_task_attribute('x', 'x')
+
+
+def test_tables_report_the_unbiased_accuracy_of_a_correlated_test_split():
+  from lsei_jax.reporting import report  # pylint: disable=g-import-not-at-top
+  m = {'split': 'test (color agrees with shape in 80%: r = +0.60)', 'num_examples': 2048,
+       'accuracy': 0.96142578125, 'recon_accuracy': 0.9, 'agreement': 0.9,
+       'flip_all_change': 1.0, 'info_cosine': 0.99, 'info_cosine_noreg': 0.18}
+  text = report.format_tables(m)
+  assert 'test (color agrees with shape in 80%: r = +0.60), 2048 images' in text
+  assert 'spurious attribute independent' not in text      # absent where not measured
+  text = report.format_tables(dict(m, accuracy_unbiased=0.9033203125))
+  assert 'spurious attribute independent: 90.33' in text and '96.14' in text

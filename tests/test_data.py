@@ -32,6 +32,42 @@ def test_splits_unbiased_and_biased():
     data_lib.load(cfg, 'valid')
 
 
+def test_test_rho_correlates_the_test_split_only_and_test_unbiased_is_its_counterfactual():
+  cfg = tiny.get_config().data
+  cfg.unlock()
+  cfg.num_train, cfg.num_test, cfg.test_rho = 4000, 4000, 0.8
+  agree = lambda ds: np.mean(ds.attributes[:, 0] == ds.attributes[:, 1])
+  test, unbiased = data_lib.load(cfg, 'test'), data_lib.load(cfg, 'test_unbiased')
+  assert abs(agree(test) - 0.8) < 0.02    # binomial sd at N = 4,000: 0.006
+  assert abs(agree(unbiased) - 0.5) < 0.03
+  assert abs(agree(data_lib.load(cfg, 'train')) - 0.9) < 0.02
+  assert abs(agree(data_lib.load(cfg, 'test_biased')) - 0.9) < 0.02
+  # The same draws: only the spurious column (colour) differs, and the images differ
+  # exactly where it does (the nuisance is drawn after the attributes, whatever rho is).
+  differs = test.attributes != unbiased.attributes
+  assert not differs[:, [0, 2, 3, 4, 5]].any() and 0.2 < differs[:, 1].mean() < 0.4
+  np.testing.assert_array_equal(test.labels, unbiased.labels)
+  changed = (test.images != unbiased.images).any((1, 2, 3))
+  np.testing.assert_array_equal(changed, differs[:, 1])
+  # Annotations without rendering and the counterfactual renderer follow the same split.
+  labels, attrs = data_lib.load_annotations(cfg, 'test')
+  np.testing.assert_array_equal(attrs, test.attributes)
+  flipped = data_lib.counterfactual_renderer(cfg, 'test')('color')
+  assert (flipped != test.images).any((1, 2, 3)).all()
+  np.testing.assert_array_equal(flipped[differs[:, 1]], unbiased.images[differs[:, 1]])
+  # test_rho = 0.5 (the default): 'test' is 'test_unbiased'.
+  cfg.test_rho = 0.5
+  np.testing.assert_array_equal(data_lib.load(cfg, 'test').images, unbiased.images)
+
+
+def test_test_rho_out_of_range_is_a_clear_error():
+  cfg = tiny.get_config().data
+  cfg.unlock()
+  cfg.test_rho = 1.2
+  with pytest.raises(ValueError, match=r'config.data.test_rho=1.2 must be in \[0, 1\]'):
+    data_lib.load(cfg, 'test')
+
+
 def test_generation_is_deterministic_and_splits_differ():
   a = shapes.generate(64, image_size=16, seed=3)
   b = shapes.generate(64, image_size=16, seed=3)

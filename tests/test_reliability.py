@@ -102,7 +102,8 @@ def test_fields_that_cannot_change_the_result_may_change(workdir_copy, trained_w
                                                          tiny_config):
   config = _with(tiny_config, **{'eval.num_bootstrap': 7, 'log_every': 3,
                                  'checkpoint.every_steps': 5, 'checkpoint.max_to_keep': 1,
-                                 'data.num_test': 32, 'eval.bias_bits': (1,),
+                                 'data.num_test': 32, 'data.test_rho': 0.8,
+                                 'eval.bias_bits': (1,),
                                  'explainer.train_noreg': False})
   metas = pipeline.train(config, workdir_copy, ['classifier', 'concepts'])
   assert metas['concepts'] == trained_workdir[1]['concepts']

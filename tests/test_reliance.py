@@ -1,12 +1,18 @@
 """Ground truth of reliance: counterfactual shapes differ in one attribute only, and a
 hand-built classifier's reliance is exactly what it reads."""
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from configs import tiny
 from lsei_jax import data as data_lib
 from lsei_jax import reliance
+from lsei_jax.classifier_split import ClassifierSplit
 from lsei_jax.data import shapes
+from lsei_jax.pipeline import artifacts
+from lsei_jax.pipeline.stages import classifier as classifier_stage
+from lsei_jax.reporting import bias
+from lsei_jax.training import parallel
 
 KW = dict(image_size=24, seed=5, split='test', rho=0.5)
 
@@ -102,3 +108,39 @@ def test_relied_on_is_above_the_independent_attributes_by_the_margin():
   got = reliance.relied_on(vals, ['size', 'texture'], margin=0.1)
   assert got == {'shape': True, 'color': True, 'size': False, 'texture': False}
   assert not reliance.relied_on(vals, ['size', 'texture'], margin=0.2)['color']
+
+
+def test_correlated_test_split_colour_reader_ground_truth_verdict_and_unbiased_accuracy():
+  """data.test_rho = 0.8 (r = 0.6 between shape and colour): a hand-built colour reader
+  (blue object ⇒ class 1) has reliance 1 on colour, 0 elsewhere, on that split; the verdict
+  computed there says so; its unbiased accuracy is its accuracy on 'test_unbiased', the
+  same images with colour independent of the shape (≈ 0.5, where 'test' gives ≈ 0.8)."""
+  cfg = tiny.get_config().data
+  cfg.unlock()
+  cfg.num_test, cfg.test_rho = 512, 0.8
+  # Blue objects have B − R ≈ +0.7, red ones ≈ −0.7, the grey background |B − R| < 0.3.
+  blue = lambda p, x: jnp.max(x[..., 2] - x[..., 0], axis=(1, 2))[:, None]
+  split = ClassifierSplit(embed=blue, head=lambda p, h: jnp.concatenate([0.4 - h, h - 0.4], -1),
+                          params={})
+  mesh = parallel.make_mesh()
+  test, unbiased = data_lib.load(cfg, 'test'), data_lib.load(cfg, 'test_unbiased')
+  colour = shapes.ATTRIBUTES.index('color')
+  pred = np.argmax(artifacts.classify_fn(split, 128, mesh)(test.images), -1)
+  np.testing.assert_array_equal(pred, test.attributes[:, colour])   # it reads colour exactly
+  assert 0.75 < np.mean(pred == test.labels) < 0.85                 # test_rho 0.8, N = 512
+  acc = artifacts.unbiased_accuracy(cfg, split, 128, mesh)
+  expected = np.mean(unbiased.attributes[:, colour] == unbiased.labels)
+  assert acc == pytest.approx(expected, abs=1e-12) and 0.4 < acc < 0.6
+  rel = artifacts.ground_truth_reliance(cfg, split, test, 128, mesh)
+  assert rel['color']['flip_rate'] == 1.0
+  assert all(v['flip_rate'] == 0.0 for n, v in rel.items() if n != 'color')
+  rows = {r['attribute']: r for r in bias.prediction_association(
+      pred, test.attributes, test.attribute_names, test.task, 2)}
+  assert rows['color']['verdict'] == 'relied on' and rows['color']['shift'] == pytest.approx(1)
+  assert rows['shape']['verdict'] == 'no evidence' and rows['shape']['partner'] == 'color'
+  assert abs(rows['shape']['correlation'] - 0.6) < 0.1
+  assert (classifier_stage.split_description(cfg)
+          == 'test (color agrees with shape in 80%: r = +0.60)')
+  cfg.test_rho = 0.5      # the test split is the unbiased one: nothing extra to report
+  assert artifacts.unbiased_accuracy(cfg, split, 128, mesh) is None
+  assert classifier_stage.split_description(cfg) == 'test (unbiased)'

@@ -24,7 +24,7 @@ import numpy as np
 from lsei_jax.data import bias_splits, byo, rows, shapes
 from lsei_jax.errors import as_user_errors
 
-SPLITS = {'shapes': ('train', 'validation', 'test', 'test_biased'),
+SPLITS = {'shapes': ('train', 'validation', 'test', 'test_unbiased', 'test_biased'),
           'celeba': ('train', 'validation', 'test'),
           'numpy': byo.SPLITS, 'folder': byo.SPLITS}
 
@@ -70,12 +70,14 @@ def load_annotations(data_config: Any, split: str) -> tuple[np.ndarray, np.ndarr
 def _load(data_config: Any, split: str) -> Dataset:
   """Loads `split` of the configured data.
 
-  Splits: 'train', 'test' (what evaluation uses; unbiased for shapes, the official test
-  partition for CelebA), 'validation' (held-out images of the training distribution: CelebA,
-  BYO; shapes: drawn like 'train' under another name, num_test images), 'test_biased'
-  (shapes), and the
-  bias-control splits (bias_splits.CELEBA) sampled from train. config.data.bias_split
-  replaces 'train' by one of those.
+  Splits: 'train', 'test' (what evaluation uses; the official test partition for CelebA),
+  'validation' (held-out images of the training distribution: CelebA, BYO; shapes: drawn
+  like 'train' under another name, num_test images), and the bias-control splits
+  (bias_splits.CELEBA) sampled from train. config.data.bias_split replaces 'train' by one of
+  those. Shapes: 'test' has the spurious attribute agree with the task with probability
+  data.test_rho (default 0.5: independent; real test sets' attributes correlate),
+  'test_unbiased' is the same images with it independent (what the unbiased accuracy is
+  measured on), 'test_biased' other images at the training split's rho.
   """
   name = data_config.name
   if name not in SPLITS:
@@ -131,8 +133,17 @@ def _without_bias(data_config: Any) -> Any:
 
 
 def _shapes_args(data_config: Any, split: str) -> tuple:
+  """_shapes's arguments for `split`: the rho it is drawn at and the split whose generator
+  stream it uses ('test_unbiased' is 'test' drawn at rho 0.5: the same images and nuisance,
+  the spurious column redrawn from the same uniforms, so only it differs)."""
+  test_rho = float(data_config.get('test_rho', 0.5))
+  if not 0.0 <= test_rho <= 1.0:
+    raise ValueError(f'config.data.test_rho={test_rho} must be in [0, 1] (the probability '
+                     'that the test split\'s spurious attribute agrees with the task; 0.5: '
+                     'independent)')
+  rho = {'test': test_rho, 'test_unbiased': 0.5}.get(split, float(data_config.rho))
   return (int(data_config.image_size), data_config.task, data_config.get('spurious'),
-          float(data_config.rho), int(data_config.seed), split,
+          rho, int(data_config.seed), 'test' if split == 'test_unbiased' else split,
           int(data_config.num_train if split == 'train' else data_config.num_test),
           float(data_config.get('noise', 0.04)), float(data_config.get('object_scale', 1.0)))
 
@@ -153,7 +164,7 @@ def _shapes(image_size, task, spurious, rho, seed, split, num, noise=0.04, objec
     raise ValueError(f'config.data.task={task!r}: the attributes joined by "+" must be '
                      f'distinct and differ from config.data.spurious={spurious!r}')
   d = shapes.generate(num, image_size=image_size, task=parts[0], spurious=spurious,
-                      rho=0.5 if split == 'test' else rho,   # the test split is unbiased
+                      rho=rho,   # the split's own (_shapes_args)
                       seed=seed, split=split, noise=noise, object_scale=object_scale,
                       flip=flip, images=images)
   cols = [shapes.ATTRIBUTES.index(p) for p in parts]

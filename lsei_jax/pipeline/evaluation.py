@@ -1,4 +1,4 @@
-"""Evaluation on the unbiased test split: one walk over the stage graph, loading every node
+"""Evaluation on the test split: one walk over the stage graph, loading every node
 present in the workdir and running its evaluators (the paper's Table 1 / Table 2, the
 per-bit analysis, the attribute probes, the verdict and the explainer's view, the
 cross-checks, the sanity check). `compute` returns the results (a JSON-able dict) and the

@@ -23,6 +23,7 @@ padding:.6em}.ok{background:#efe;border:1px solid #0a0;padding:.6em}img{max-widt
 figcaption{font-size:.9em;color:#555}"""
 
 _LABELS = {'flip_all_change': '% change (flip all)', 'accuracy': 'accuracy of c',
+           'accuracy_unbiased': 'accuracy of c, spurious attribute independent',
            'recon_accuracy': 'accuracy of c2(ĥ)', 'agreement': 'agreement c2(ĥ) / c2(h)',
            'info_cosine': 'cos(I(g), I(c2)) with reg', 'info_cosine_noreg':
            'cos(I(g), I(c2)) without reg'}
@@ -125,7 +126,8 @@ def render(result: dict, eval_dir: str | None = None, *, task: str | None = None
            f' · intervention: {e(result.get("intervention", "flip all bits"))}</p>',
            '<h2>Tables 1 and 2</h2>',
            _table(['figure', 'value'], [[e(_LABELS[k]), _fmt(k, result.get(k))]
-                                        for k in TABLE_KEYS if k in result])]
+                                        for k in ('accuracy', 'accuracy_unbiased',
+                                                  *TABLE_KEYS[1:]) if k in result])]
   if seeds:
     parts += [f'<h3>Across {max(v["n"] for v in seeds.values())} seeds (mean ± std)</h3>',
               _table(['figure', 'mean', '± std', 'values'],

@@ -8,11 +8,12 @@ TABLE_KEYS = ('accuracy', 'recon_accuracy', 'agreement', 'flip_all_change', 'inf
               'info_cosine_noreg')
 # metrics.json's keys in the order it lists them (the graph's evaluators add them by node).
 REPORT_ORDER = ('split', 'num_examples', 'task', 'num_classes', 'embed_dim', 'classifier',
-                'accuracy', 'recon_accuracy', 'agreement', 'flip_all_change', 'concepts',
-                'info_cosine', 'info_cosine_noreg', 'per_bit_change', 'single_bit_change',
-                'per_bit_change_by_class', 'probe_accuracy', 'intervention', 'bias_report',
-                'intervention_report', 'data_association', 'reliance', 'tcav', 'tcav_skipped',
-                'attribution_sanity', 'inn', 'invariance', 'sanity')
+                'accuracy', 'accuracy_unbiased', 'recon_accuracy', 'agreement',
+                'flip_all_change', 'concepts', 'info_cosine', 'info_cosine_noreg',
+                'per_bit_change', 'single_bit_change', 'per_bit_change_by_class',
+                'probe_accuracy', 'intervention', 'bias_report', 'intervention_report',
+                'data_association', 'reliance', 'tcav', 'tcav_skipped', 'attribution_sanity',
+                'inn', 'invariance', 'sanity')
 
 def format_tables(m: dict) -> str:
   """Table 1 (percentages, as in the paper) and Table 2 (cosines) as plain text."""
@@ -22,6 +23,8 @@ def format_tables(m: dict) -> str:
       f'  {"% change":>9} {"acc":>8} {"acc on ĥ":>9} {"agreement":>10}',
       f'  {pct("flip_all_change"):>9} {pct("accuracy"):>8} {pct("recon_accuracy"):>9} '
       f'{pct("agreement"):>10}',
+      *([f'  accuracy of c on the same images with the spurious attribute independent: '
+         f'{pct("accuracy_unbiased").strip()}'] if 'accuracy_unbiased' in m else []),
       'Table 2 — cosine similarity of I(g) and I(c2)',
       f'  {"without reg":>12} {"with reg":>9}',
       f'  {_fmt(m.get("info_cosine_noreg")):>12} {_fmt(m.get("info_cosine")):>9}',

@@ -17,10 +17,10 @@ from lsei_jax.training import steps
 VERSION = 3
 
 # Fields read while training that cannot change what it computes: where the data is
-# cached and how fast it is read, the test split's size, whether the λ = 0 explainer is
-# also trained (a stage list choice).
+# cached and how fast it is read, the test split's size and correlation, whether the λ = 0
+# explainer is also trained (a stage list choice).
 HARMLESS = frozenset({
-    'data.num_test', 'data.data_dir', 'data.workers', 'data.cache',
+    'data.num_test', 'data.test_rho', 'data.data_dir', 'data.workers', 'data.cache',
     'explainer.train_noreg', 'inn.enabled',
 })
 

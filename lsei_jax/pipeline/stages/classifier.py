@@ -21,10 +21,27 @@ from lsei_jax.training.trainer import save_untrained
 
 def header(ctx: Context) -> dict:
   out, test = artifacts.outputs(ctx), ctx.data
-  return {'split': 'test (unbiased)', 'num_examples': len(test), 'task': test.task,
-          'num_classes': ctx.spec.num_classes, 'embed_dim': int(out['h'].shape[1]),
-          'classifier': ctx.identities['classifier'],
-          'accuracy': float(metrics.accuracy(out['logits'], test.labels))}
+  res = {'split': split_description(ctx.spec.config.data), 'num_examples': len(test),
+         'task': test.task, 'num_classes': ctx.spec.num_classes,
+         'embed_dim': int(out['h'].shape[1]), 'classifier': ctx.identities['classifier'],
+         'accuracy': float(metrics.accuracy(out['logits'], test.labels))}
+  unbiased = artifacts.unbiased_accuracy(ctx.spec.config.data, ctx.classifier,
+                                         ctx.spec.config.eval.batch_size, ctx.mesh)
+  if unbiased is not None:
+    res['accuracy_unbiased'] = unbiased
+  return res
+
+
+def split_description(data_config) -> str:
+  """What the test split is, for the report's header: the embedded shapes say how their
+  spurious attribute relates to the task there (config.data.test_rho)."""
+  if data_config.name != 'shapes' or data_config.get('bias_split', ''):
+    return 'test'
+  rho, spurious = float(data_config.get('test_rho', 0.5)), data_config.get('spurious')
+  if rho == 0.5 or not spurious:
+    return 'test (unbiased)'
+  return (f'test ({spurious} agrees with {data_config.task.split("+")[0]} in {rho:.0%}: '
+          f'r = {2 * rho - 1:+.2f})')
 
 
 def verdict(ctx: Context) -> dict:

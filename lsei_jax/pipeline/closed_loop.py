@@ -29,19 +29,19 @@ def _loop_fn(embed, head_fn, learner, explainer, probe, mesh, add_error: bool = 
     h = embed(clf_p, x)
     decode = lambda z: learner.decode(lp, z)
     z = learner.encode(lp, h)
-    render = lambda e: jax.nn.sigmoid(explainer.apply({'params': g_p}, e))
-    classify = lambda e: jnp.argmax(head_fn(clf_p, embed(clf_p, render(e))), -1)
-    read = lambda e: jax.nn.sigmoid(probe.apply({'params': probe_p}, render(e)))
+    def classify_and_read(e):   # one render of g, read by c and by the probes
+      img = jax.nn.sigmoid(explainer.apply({'params': g_p}, e))
+      return (jnp.argmax(head_fn(clf_p, embed(clf_p, img)), -1),
+              jax.nn.sigmoid(probe.apply({'params': probe_p}, img)))
     edit = lambda m: interventions.intervened(decode, h, z, interventions.intervene(z, m, on),
                                               add_error)
-    hhat = decode(z)
+    pred_before, p_before = classify_and_read(decode(z))
     masks = interventions.single_bit_masks(z.shape[-1])                       # [K, K]
-    pred_after = jax.vmap(lambda m: classify(edit(m)))(masks)                # [K, b]
-    p_after = jax.vmap(lambda m: read(edit(m)))(masks)                       # [K, b, A]
-    return {'pred_before': classify(hhat), 'p_before': read(hhat),
+    pred_after, p_after = jax.vmap(lambda m: classify_and_read(edit(m)))(masks)  # [K, b(, A)]
+    return {'pred_before': pred_before, 'p_before': p_before,
             'pred_real': jnp.argmax(head_fn(clf_p, h), -1),
             'pred_after': pred_after.T, 'p_after': jnp.swapaxes(p_after, 0, 1),
-            'pred_flip_all': classify(edit(jnp.ones(z.shape[-1])))}
+            'pred_flip_all': classify_and_read(edit(jnp.ones(z.shape[-1])))[0]}
   return parallel.data_parallel_apply(f, mesh, parallel.convnet_compiler_options())
 
 

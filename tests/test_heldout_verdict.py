@@ -197,3 +197,26 @@ def test_pipeline_answers_a_pair_the_test_split_confounds_from_the_validation_sp
   with open(os.path.join(workdir, 'eval', 'report.html')) as f:
     page = f.read()
   assert '<th>estimator</th>' in page and 'held-out images of the training distribution' in page
+
+
+def test_a_dataset_without_validation_rows_leaves_the_rows_and_a_bug_still_raises(monkeypatch):
+  """BYO data with validation_fraction 0 raises a ValueError marked as the user's (not a
+  UserError): the verdict must keep its 'cannot tell' rows, not end eval with a traceback
+  (the README's own-model example did); anything else is a bug and propagates."""
+  import types
+  from lsei_jax import data as data_lib, errors
+  from lsei_jax.pipeline.stages import classifier
+  ctx = types.SimpleNamespace(spec=types.SimpleNamespace(
+      config=types.SimpleNamespace(data=None)))
+
+  def empty(*_):
+    with errors.as_user_errors():
+      raise ValueError("split 'validation' is empty")
+  monkeypatch.setattr(data_lib, 'load', empty)
+  assert classifier.held_out(ctx) is None
+
+  def bug(*_):
+    raise RuntimeError('a bug')
+  monkeypatch.setattr(data_lib, 'load', bug)
+  with pytest.raises(RuntimeError, match='a bug'):
+    classifier.held_out(ctx)

@@ -10,7 +10,7 @@ import numpy as np
 from absl import logging
 
 from lsei_jax import data as data_lib, metrics
-from lsei_jax.errors import UserError
+from lsei_jax import errors
 from lsei_jax.pipeline import artifacts, identity, templates
 from lsei_jax.pipeline.node import Context, Node
 from lsei_jax.pipeline.stages import host_batch, image0, init_state, on_float_images
@@ -63,7 +63,10 @@ def held_out(ctx: Context) -> tuple[np.ndarray, np.ndarray] | None:
   where the data has none (a BYO dataset without validation rows)."""
   try:
     ds = data_lib.load(ctx.spec.config.data, 'validation')
-  except UserError as e:     # the rows it would fill stay 'cannot tell' and say so
+  except Exception as e:  # pylint: disable=broad-except
+    if not errors.is_user_error(e):   # a bug, not a dataset without that split
+      raise
+    # The rows it would fill stay 'cannot tell' and say so.
     logging.warning('the verdict has no validation split to answer confounded attributes '
                     'from: %s', e)
     return None

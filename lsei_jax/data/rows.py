@@ -116,27 +116,17 @@ def spill(chunks: Iterable[np.ndarray], shape: tuple[int, ...], dtype,
           directory: str | None = None) -> Rows:
   """Writes `chunks` (arrays [n_i, …] whose rows add up to shape[0]) to an unlinked
   temporary .npy file under `directory` (default: the system's temp dir) → its Rows."""
-  fd, path = tempfile.mkstemp(suffix='.npy', prefix='lsei_jax_rows_', dir=directory or None)
-  try:
-    with os.fdopen(os.dup(fd), 'wb') as f:
-      np.lib.format.write_array_header_1_0(
-          f, {'descr': np.lib.format.dtype_to_descr(np.dtype(dtype)), 'fortran_order': False,
-              'shape': tuple(shape)})
-      offset = f.tell()
-      written = 0
-      for chunk in chunks:
-        chunk = np.ascontiguousarray(chunk, dtype)
-        f.write(chunk.tobytes())
-        written += len(chunk)
-    if written != shape[0]:
-      raise ValueError(f'spill: {written} rows written, {shape[0]} announced')
-  except BaseException:
-    os.close(fd)
-    raise
-  finally:
-    os.unlink(path)   # the open descriptor keeps the data until the last view is gone
-  handle = _File(fd)
-  return Rows(fd, offset, tuple(shape), dtype, None, handle)
+  written = 0
+
+  def pairs():
+    nonlocal written
+    for chunk in chunks:
+      yield np.arange(written, written + len(chunk)), chunk
+      written += len(chunk)
+  out = spill_at(pairs(), shape, dtype, directory)
+  if written != shape[0]:
+    raise ValueError(f'spill: {written} rows written, {shape[0]} announced')
+  return out
 
 
 def npz_member(path: str, name: str) -> tuple[int, bool]:
@@ -173,11 +163,17 @@ def spill_at(batches: Iterable[tuple[np.ndarray, np.ndarray]], shape: tuple[int,
     row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * np.dtype(dtype).itemsize
     os.ftruncate(fd, offset + shape[0] * row_bytes)
     for idx, values in batches:
+      idx = np.asarray(idx, np.int64)
+      if not len(idx):
+        continue
       values = np.ascontiguousarray(values, dtype).reshape(len(idx), -1).view(np.uint8)
-      for i, v in zip(np.asarray(idx, np.int64), values):
-        if not 0 <= i < shape[0]:
-          raise IndexError(f'spill_at: row {i} outside [0, {shape[0]})')
-        os.pwrite(fd, v.data, offset + int(i) * row_bytes)
+      bad = idx[(idx < 0) | (idx >= shape[0])]
+      if len(bad):
+        raise IndexError(f'spill_at: row {bad[0]} outside [0, {shape[0]})')
+      # One write per run of consecutive rows (a chunk in order is one run), not per row.
+      cuts = np.flatnonzero(np.diff(idx) != 1) + 1
+      for lo, hi in zip([0, *cuts], [*cuts, len(idx)]):
+        os.pwrite(fd, values[lo:hi].data, offset + int(idx[lo]) * row_bytes)
   except BaseException:
     os.close(fd)
     raise

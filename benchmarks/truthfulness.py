@@ -74,6 +74,7 @@ import shutil
 import sys
 import tempfile
 import time
+from typing import Callable
 
 import numpy as np
 
@@ -523,6 +524,34 @@ def read_lines(out: str) -> list[dict]:
     with open(path) as f:
       lines += [json.loads(l) for l in f if l.strip()]
   return lines
+
+
+def rewrite_lines(path: str, lines: list[dict]) -> None:
+  """Replaces the JSON-lines file `path` by `lines` at once (a kill leaves the old file)."""
+  with open(path + '.tmp', 'w') as f:
+    f.write(''.join(json.dumps(l) + '\n' for l in lines))
+  os.replace(path + '.tmp', path)
+
+
+def run_new_cells(cells: list[dict], path: str, run: Callable[[dict, str], dict],
+                  key: Callable[[dict], str], describe: Callable[[dict], str],
+                  cache: str) -> None:
+  """run(cell, workdir) → line for every cell whose key no line of `path` has (resumable),
+  each in a fresh temporary workdir, its line appended as it finishes; the persistent
+  compilation cache at `cache` is shared by the cells."""
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.config.update('jax_compilation_cache_dir', cache)
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
+  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+  done = {l['cell'] for l in read_lines(path)} if os.path.exists(path) else set()
+  for cell in cells:
+    if key(cell) in done:
+      continue
+    with tempfile.TemporaryDirectory() as wd:
+      line = run(cell, wd)
+    with open(path, 'a') as f:
+      f.write(json.dumps(line) + '\n')
+    print(describe(line), flush=True)
 
 
 def _append_line(out: str, shard: int, line: dict) -> None:

@@ -365,27 +365,15 @@ def main(argv=None) -> None:
                                           'median_spearman', 'effect_error_max')}))
     return
   if args.rescore:
-    lines = [rescore(l) for l in truthfulness.read_lines(path)]
-    with open(path + '.tmp', 'w') as f:
-      f.write(''.join(json.dumps(l) + '\n' for l in lines))
-    os.replace(path + '.tmp', path)
+    truthfulness.rewrite_lines(path, [rescore(l) for l in truthfulness.read_lines(path)])
   elif not args.table:
-    import jax  # pylint: disable=g-import-not-at-top
-    jax.config.update('jax_compilation_cache_dir', args.cache)
-    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
-    os.makedirs(args.out, exist_ok=True)
-    done = {l['cell'] for l in truthfulness.read_lines(path)} if os.path.exists(path) else set()
     base, num_test = ('tiny', 64) if args.quick else (args.base, args.num_test)
     split = lambda v: [x for x in v.split(',') if x]
-    for cell in grid(args.quick, split(args.trains), split(args.difficulty),
-                     [int(k) for k in split(args.seeds)]):
-      if cell_key(cell) in done:
-        continue
-      with tempfile.TemporaryDirectory() as wd:
-        line = run_cell(cell, wd, base, num_test)
-      with open(path, 'a') as f:
-        f.write(json.dumps(line) + '\n')
-      print(f'{line["seconds"]:.0f} s ' + format_cells([line]), flush=True)
+    truthfulness.run_new_cells(
+        grid(args.quick, split(args.trains), split(args.difficulty),
+             [int(k) for k in split(args.seeds)]),
+        path, lambda cell, wd: run_cell(cell, wd, base, num_test), cell_key,
+        lambda line: f'{line["seconds"]:.0f} s ' + format_cells([line]), args.cache)
   lines = truthfulness.read_lines(path)
   rows = summarize(lines)
   print(format_table(rows))

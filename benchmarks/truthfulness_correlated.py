@@ -425,29 +425,18 @@ def main(argv=None) -> None:
   args = ap.parse_args(argv)
   path = os.path.join(args.out, 'cells.jsonl')
   if args.rescore:
-    lines = [rescore(l, args.base) for l in truthfulness.read_lines(path)]
-    with open(path + '.tmp', 'w') as f:
-      f.write(''.join(json.dumps(l) + '\n' for l in lines))
-    os.replace(path + '.tmp', path)
+    truthfulness.rewrite_lines(path, [rescore(l, args.base)
+                                      for l in truthfulness.read_lines(path)])
   elif not args.table:
-    import jax  # pylint: disable=g-import-not-at-top
-    jax.config.update('jax_compilation_cache_dir', args.cache)
-    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
-    os.makedirs(args.out, exist_ok=True)
-    done = {l['cell'] for l in truthfulness.read_lines(path)} if os.path.exists(path) else set()
     base, num_test = ('tiny', 64) if args.quick else (args.base, args.num_test)
     split = lambda v: [x for x in v.split(',') if x]
-    for cell in grid(args.quick, split(args.spurious), [float(r) for r in split(args.rhos)],
-                     split(args.difficulty), [int(k) for k in split(args.seeds)]):
-      if truthfulness.cell_key(cell) in done:
-        continue
-      with tempfile.TemporaryDirectory() as wd:
-        line = run_cell(cell, wd, base, num_test)
-      with open(path, 'a') as f:
-        f.write(json.dumps(line) + '\n')
-      print(f'{line["cell"]}: {line["seconds"]:.0f} s, reliance at r = 0: ' + str(
-          {k: round(v['flip_rate'], 2) for k, v in line['tests'][0]['reliance'].items()}),
-            flush=True)
+    truthfulness.run_new_cells(
+        grid(args.quick, split(args.spurious), [float(r) for r in split(args.rhos)],
+             split(args.difficulty), [int(k) for k in split(args.seeds)]),
+        path, lambda cell, wd: run_cell(cell, wd, base, num_test), truthfulness.cell_key,
+        lambda line: f'{line["cell"]}: {line["seconds"]:.0f} s, reliance at r = 0: ' + str(
+            {k: round(v['flip_rate'], 2) for k, v in line['tests'][0]['reliance'].items()}),
+        args.cache)
   rows = summarize(truthfulness.read_lines(path))
   print(format_table(rows))
   for m, err in magnitude_errors(truthfulness.read_lines(path)).items():

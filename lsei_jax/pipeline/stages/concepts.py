@@ -22,6 +22,16 @@ def h_train(ctx: Context) -> rows.Rows:
       {'image': ctx.data.images}, 'embed train'))
 
 
+def train_split_h(ctx: Context) -> np.ndarray | rows.Rows:
+  """h [N, d] of the train split in training (h_train) and in evaluation, where ctx holds
+  the test split (embedded once per evaluation: the INN stages both read it)."""
+  if ctx.split == 'train':
+    return h_train(ctx)
+  return ctx.derived('h_train_eval', lambda: ctx.map(
+      frozen.embed_fn(ctx.classifier.embed, ctx.mesh), ctx.classifier.params,
+      {'image': artifacts.train_images(ctx)}, 'embed train'))
+
+
 def hhat_train(ctx: Context) -> rows.Rows:
   """ĥ = decode(encode(h)) [N, d] of the train images (the concept learner's eval code), on
   this host's disk, read per batch."""

@@ -19,7 +19,7 @@ from lsei_jax import data as data_lib
 from lsei_jax.inn import basis, factor
 from lsei_jax.pipeline import artifacts, frozen
 from lsei_jax.pipeline.node import Context, Node
-from lsei_jax.pipeline.stages.concepts import h_train
+from lsei_jax.pipeline.stages.concepts import h_train, train_split_h
 from lsei_jax.training import parallel, steps
 
 
@@ -39,7 +39,7 @@ def standardise(h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _train_stats(ctx: Context) -> tuple[np.ndarray, np.ndarray]:
-  return ctx.derived('inn_stats', lambda: standardise(_train_h(ctx)))
+  return ctx.derived('inn_stats', lambda: standardise(train_split_h(ctx)))
 
 
 def _train_attributes(ctx: Context) -> np.ndarray:
@@ -51,16 +51,7 @@ def _train_attributes(ctx: Context) -> np.ndarray:
 def _basis(ctx: Context) -> basis.Basis:
   """The attribute basis of the train split (float64 on the host, deterministic)."""
   return ctx.derived('inn_basis', lambda: basis.fit(
-      _train_h(ctx), _train_attributes(ctx), int(ctx.spec.config.inn.factor_dim)))
-
-
-def _train_h(ctx: Context) -> np.ndarray:
-  """h of the train split: the training split itself in training, loaded in evaluation."""
-  if ctx.split == 'train':
-    return h_train(ctx)
-  return ctx.derived('h_train_eval', lambda: ctx.map(
-      frozen.embed_fn(ctx.classifier.embed, ctx.mesh), ctx.classifier.params,
-      {'image': artifacts.train_images(ctx)}, 'embed train'))
+      train_split_h(ctx), _train_attributes(ctx), int(ctx.spec.config.inn.factor_dim)))
 
 
 def _inputs(ctx: Context):
@@ -95,12 +86,12 @@ def evaluate_inn(ctx: Context) -> dict:
   train_attrs = _train_attributes(ctx)
   h_test = ctx.map(frozen.embed_fn(ctx.classifier.embed, ctx.mesh), ctx.classifier.params,
                    {'image': test.images}, 'embed test')
-  x_train, x_test = bas.forward(_train_h(ctx)), bas.forward(h_test)
+  x_train, x_test = bas.forward(train_split_h(ctx)), bas.forward(h_test)
   # The probe on h itself reads the standardised h (not the basis: a probe's L2 penalty
   # depends on the coordinates it is given).
   ev = factor.evaluate(m, params, x_train, train_attrs, x_test, test.attributes,
                        encode_fn=lambda h: enc(params, h),
-                       h_probe=((_train_h(ctx) - mean) / scale, (h_test - mean) / scale))
+                       h_probe=((train_split_h(ctx) - mean) / scale, (h_test - mean) / scale))
   z = np.asarray(enc(params, x_test))
   z_train = np.asarray(enc(params, x_train))
   means = factor.class_means(z_train, train_attrs, m.layout)

@@ -18,7 +18,7 @@ from lsei_jax.inn import conditional, factor
 from lsei_jax.pipeline import artifacts, frozen
 from lsei_jax.pipeline.node import Context, Node
 from lsei_jax.pipeline.stages import autoencoder as ae_stage
-from lsei_jax.pipeline.stages.concepts import h_train
+from lsei_jax.pipeline.stages.concepts import h_train, train_split_h
 from lsei_jax.pipeline.stages.inn import standardise
 from lsei_jax.training import parallel, steps
 
@@ -32,16 +32,6 @@ def model(spec) -> conditional.ConditionalINN:
                                     seed=c.seed, data_init=False)
 
 
-def _train_h(ctx: Context) -> np.ndarray:
-  """h [N, d] of the train split: the training split itself in training, loaded in
-  evaluation (the same cache key as the factor INN's, so it is embedded once)."""
-  if ctx.split == 'train':
-    return h_train(ctx)
-  return ctx.derived('h_train_eval', lambda: ctx.map(
-      frozen.embed_fn(ctx.classifier.embed, ctx.mesh), ctx.classifier.params,
-      {'image': artifacts.train_images(ctx)}, 'embed train'))
-
-
 def _train_images(ctx: Context) -> np.ndarray:
   return ctx.data.images if ctx.split == 'train' else artifacts.train_images(ctx)
 
@@ -49,7 +39,7 @@ def _train_images(ctx: Context) -> np.ndarray:
 def stats(ctx: Context) -> dict:
   """Per-feature (mean, scale) of h and of v over the train split (stages.inn.standardise)."""
   return ctx.derived('invariance_stats', lambda: {
-      'h': standardise(_train_h(ctx)),
+      'h': standardise(train_split_h(ctx)),
       'v': standardise(ae_stage.latents(ctx, _train_images(ctx), f'v_{ctx.split}_train'))})
 
 
@@ -150,7 +140,7 @@ def evaluate_invariance(ctx: Context) -> dict:
   rates = invariance_rates(pred_orig, pred_dec[:b], pred_dec[b:].reshape(n, b), probs[:b],
                            probs[b:].reshape(n, b, -1))
   y_tr = data_lib.load_annotations(spec.config.data, 'train')[1]
-  acc_h = h_probe_accuracy(_std(_train_h(ctx), s['h']), y_tr, _std(h_test, s['h']),
+  acc_h = h_probe_accuracy(_std(train_split_h(ctx), s['h']), y_tr, _std(h_test, s['h']),
                            test.attributes)
   ctx.figures['invariance'] = {'original': images[:cfg.figure_images] / 255.0,
                                'reconstruction': recon[:cfg.figure_images],

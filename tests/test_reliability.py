@@ -17,6 +17,7 @@ from PIL import Image
 
 from lsei_jax.training import checkpoints
 from lsei_jax import pipeline
+from lsei_jax.errors import UserError
 
 pytestmark = pytest.mark.slow  # trains through the pipeline (the quick tier skips it)
 
@@ -177,6 +178,18 @@ def test_bad_values_are_refused_before_anything_trains(field, tmp_path, tiny_con
   wd = str(tmp_path / 'wd')
   with pytest.raises(ValueError, match=message):
     pipeline.train(_with(tiny_config, **{field: value}), wd, ['classifier'])
+  assert not os.path.exists(wd)
+
+
+def test_autoencoder_that_cannot_halve_the_image_is_refused_before_anything_trains(
+    tmp_path, tiny_config):
+  # Was a ValueError from the module's setup, raised only when the autoencoder stage began
+  # (after the classifier had trained).
+  wd = str(tmp_path / 'wd')
+  bad = _with(tiny_config, **{'invariance.enabled': True,
+                              'autoencoder.channels': (8,) * 6})
+  with pytest.raises(UserError, match=r'the autoencoder cannot encode .*multiple of 64'):
+    pipeline.train(bad, wd, ['classifier'])
   assert not os.path.exists(wd)
 
 

@@ -68,6 +68,15 @@ def check_config(config, sections: Sequence[str]) -> None:
                     f's0×s0 map once per entry of config.model.explainer.channels='
                     f'{channels}, so config.data.image_size must be a multiple of '
                     f'{2**len(channels)}; change one of them')
+  if config.get('invariance', None) and config.invariance.get('enabled', False):
+    # The autoencoder halves the image once per entry of its channels (inn/autoencoder.py);
+    # caught here, not at init, where it would stop the run after the earlier stages.
+    ae = tuple(config.autoencoder.channels)
+    if not ae or size % 2**len(ae):
+      raise UserError(f'the autoencoder cannot encode {size}×{size} images: it halves them '
+                      f'once per entry of config.autoencoder.channels={ae}, so '
+                      f'config.data.image_size must be a multiple of {2**len(ae)}; use '
+                      f'fewer channels or another image size')
 
 
 def check_data(ds, config, split: str, num_classes: int | None = None) -> None:

@@ -11,6 +11,8 @@ z a worse carrier still.
 """
 from __future__ import annotations
 
+import functools
+
 from typing import Callable, Sequence
 
 import flax.linen as nn
@@ -151,14 +153,12 @@ def train_probe(images: np.ndarray, attributes: np.ndarray, weights: np.ndarray 
                                       for s in range(0, len(imgs), 256)])
 
 
-_EDIT_FNS: dict = {}
-
-
-def _edit_fn(module):
-  if module not in _EDIT_FNS:
-    _EDIT_FNS[module] = jax.jit(lambda p, x, a: jnp.round(255 * jax.nn.sigmoid(module.apply(
-        {'params': p}, x.astype(jnp.float32) / 255.0, a))).astype(jnp.uint8))
-  return _EDIT_FNS[module]
+@functools.lru_cache(maxsize=8)
+def _edit_fn(module: AttributeAutoencoder):
+  """(params, uint8 [b, H, W, 3], attributes [b, A]) → uint8 edits [b, H, W, 3], one
+  executable per module (a Flax module is a hashable dataclass), not a dict kept forever."""
+  return jax.jit(lambda p, x, a: jnp.round(255 * jax.nn.sigmoid(module.apply(
+      {'params': p}, x.astype(jnp.float32) / 255.0, a))).astype(jnp.uint8))
 
 
 def edit_trust(p_reference: np.ndarray, p_edit: np.ndarray, attributes: np.ndarray, a: int,

@@ -12,7 +12,6 @@ z a worse carrier still.
 from __future__ import annotations
 
 import functools
-
 from typing import Callable, Sequence
 
 import flax.linen as nn

@@ -235,6 +235,21 @@ def truth(line: dict) -> tuple[dict, dict, dict]:
   return rel, relied, {n: v <= floor for n, v in rel.items()}
 
 
+def target_effect(line: dict, name: str, row: dict) -> float | None:
+  """The signed average effect a row's interval estimates: over the test split, or where a
+  held-out look answered it (heldout.py's answered_from) over the validation split alone or
+  over the test and validation images pooled (their sizes' weighted mean)."""
+  test = line['reliance'][name].get('effect')
+  held = line.get('reliance_validation', {}).get(name)
+  where = row.get('answered_from')
+  if where is None or held is None:
+    return test
+  if where == 'validation':
+    return held['effect']
+  n_t, n_v = line['reliance'][name]['num_examples'], held['num_examples']
+  return (n_t * test + n_v * held['effect']) / (n_t + n_v)
+
+
 def summarize(lines: list[dict], methods=METHODS) -> list[dict]:
   """One row per (method, training split) and per method over all lines (train 'all')."""
   from lsei_jax.reporting import bias  # pylint: disable=g-import-not-at-top
@@ -270,7 +285,7 @@ def summarize(lines: list[dict], methods=METHODS) -> list[dict]:
           s['fp_zero'] += flag and rel[n] < truthfulness.MARGIN
           s['wrong'] += (flag and unused[n]) or (v == 'no evidence'
                                                  and rel[n] > truthfulness.STRONG)
-          effect = line['reliance'][n].get('effect')
+          effect = target_effect(line, n, row)
           if effect is not None and 'ci_low' in row:     # the gate has no interval
             s['with_ci'] += 1
             s['covered'] += bool(row['ci_low'] <= effect <= row['ci_high'])

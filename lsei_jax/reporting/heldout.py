@@ -27,8 +27,9 @@ and the training distribution's), at a stricter level, POOLED_ALPHA_SHARE of the
 α (Bonferroni over the same attributes × classes). Why stricter: it is a second look at rows
 the first left open; by the union bound a null attribute is flagged by either look with
 probability at most α/(2AK) + share·α/(2AK), so the family-wise error is at most
-(1 + share)·α (7.5% at α = 5%; benchmarks/verdict_calibration.py measures it, under 5% at
-N = 12, 200, 2048). Where the classifier's dependence differs between the two
+(1 + share)·α (7.5% at α = 5%; the confounded rows' held-out look, at the verdict's own
+level, can add up to α more in the worst case); `verdict_calibration.py --fallback`
+measures all looks together under the null: under 2% at N = 12, 200, 2048. Where the classifier's dependence differs between the two
 distributions, the pooled effect is their average weighted by the two sets' sizes, and its
 row says it is that, not the test split's.
 """

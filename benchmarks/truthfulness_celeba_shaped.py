@@ -15,6 +15,10 @@ benchmarks/truthfulness.py). The test split is drawn afresh with CelebA's correl
 CelebA's own test split would be): each pair is separated by some of its images, so every
 attribute is one the test split identifies. Ground truth: each test image rendered again
 with one attribute flipped (same nuisance), reliance = the share of predictions that change.
+Each cell also renders a `validation` split (num_test images drawn like its training split,
+its own named stream; validation_split), predicted and flipped the same way: held-out
+images of the training distribution, what the shipped verdict reads for rows the test
+split leaves 'cannot tell' (reporting/heldout.py).
 
 Scored per method, pooled over the classifiers (one row per training split and for all):
 coverage (share answered, not 'cannot tell'), precision and recall of 'relied on' (relied
@@ -27,8 +31,12 @@ and against the signed average effect E[1[ŷ(a=1) = 1] − 1[ŷ(a=0) = 1]] over 
 (from the same re-renders): the share of the verdict's intervals that contain it and the
 absolute error of its effect (`effect_errors` also compares a fit with every a × other
 interaction, a diagnostic).
-Methods: prediction_association (the shipped verdict, lsei_jax/reporting/association.py: the
-split's average effect, interactions where each cell holds ≥ 10 images), additive_fit (the
+Methods: prediction_association (the test split's look, lsei_jax/reporting/association.py:
+the split's average effect, interactions where each cell holds ≥ 10 images), pooled_verdict
+(what the classifier stage ships, heldout.prediction_association: its 'cannot tell' rows
+looked at again on the validation split alone (confounded) or on the test and validation
+images pooled at half the α (too wide, constant); such a row's interval is scored against
+the effect over the images it read: target_effect), additive_fit (the
 same rows with min_cell=None: the additive fit the verdict used before) and correlation_gate
 (the verdict before issue 25: 'cannot tell' for |r| > 0.1 with another attribute;
 truthfulness_correlated.gate_rows).

@@ -29,8 +29,8 @@ the first left open; by the union bound a null attribute is flagged by either lo
 probability at most α/(2AK) + share·α/(2AK), so the family-wise error is at most
 (1 + share)·α (7.5% at α = 5%; the confounded rows' held-out look, at the verdict's own
 level, can add up to α more in the worst case); `verdict_calibration.py --fallback`
-measures all looks together under the null: under 2% at N = 12, 200, 2048. Where the classifier's dependence differs between the two
-distributions, the pooled effect is their average weighted by the two sets' sizes, and its
+measures all looks together under the null: under 2% at N = 12, 200, 2048. Where the
+classifier's dependence differs between the two distributions, the pooled effect is their average weighted by the two sets' sizes, and its
 row says it is that, not the test split's.
 """
 from __future__ import annotations
@@ -77,7 +77,8 @@ def pool(rows: list[dict], pooled_rows: list[dict] | None, split: str, num_poole
   |shift|."""
   want = set(too_wide(rows))
   pooled = {r['attribute']: r for r in pooled_rows or []}
-  where = f'the test and {split} images pooled ({num_pooled} images, level {pooled_level(level):.3f})'
+  where = (f'the test and {split} images pooled ({num_pooled} images, '
+           f'level {pooled_level(level):.3f})')
   out = []
   for r in rows:
     if r['attribute'] not in want:

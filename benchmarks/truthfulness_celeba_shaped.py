@@ -15,6 +15,10 @@ benchmarks/truthfulness.py). The test split is drawn afresh with CelebA's correl
 CelebA's own test split would be): each pair is separated by some of its images, so every
 attribute is one the test split identifies. Ground truth: each test image rendered again
 with one attribute flipped (same nuisance), reliance = the share of predictions that change.
+Each cell also renders a `validation` split (num_test images drawn like its training split,
+its own named stream; validation_split), predicted and flipped the same way: held-out
+images of the training distribution, what the shipped verdict reads for rows the test
+split leaves 'cannot tell' (reporting/heldout.py).
 
 Scored per method, pooled over the classifiers (one row per training split and for all):
 coverage (share answered, not 'cannot tell'), precision and recall of 'relied on' (relied
@@ -27,8 +31,12 @@ and against the signed average effect E[1[ŷ(a=1) = 1] − 1[ŷ(a=0) = 1]] over 
 (from the same re-renders): the share of the verdict's intervals that contain it and the
 absolute error of its effect (`effect_errors` also compares a fit with every a × other
 interaction, a diagnostic).
-Methods: prediction_association (the shipped verdict, lsei_jax/reporting/association.py: the
-split's average effect, interactions where each cell holds ≥ 10 images), additive_fit (the
+Methods: prediction_association (the test split's look, lsei_jax/reporting/association.py:
+the split's average effect, interactions where each cell holds ≥ 10 images), pooled_verdict
+(what the classifier stage ships, heldout.prediction_association: its 'cannot tell' rows
+looked at again on the validation split alone (confounded) or on the test and validation
+images pooled at half the α (too wide, constant); such a row's interval is scored against
+the effect over the images it read: target_effect), additive_fit (the
 same rows with min_cell=None: the additive fit the verdict used before) and correlation_gate
 (the verdict before issue 25: 'cannot tell' for |r| > 0.1 with another attribute;
 truthfulness_correlated.gate_rows).
@@ -59,7 +67,7 @@ import truthfulness_correlated  # noqa: E402  pylint: disable=g-import-not-at-to
 TASK = 'Male'
 TRAINS = ('celeba', 'lipstick')
 RHO_LIPSTICK = 0.97
-METHODS = ('prediction_association', 'additive_fit', 'correlation_gate')
+METHODS = ('prediction_association', 'pooled_verdict', 'additive_fit', 'correlation_gate')
 
 
 def grid(quick: bool = False, trains=TRAINS, difficulty=('easy', 'hard'), seeds=(0, 1)
@@ -123,6 +131,17 @@ def test_split(cell: dict, num_test: int) -> tuple[np.ndarray, int]:
   return shapes_many.sample_attributes(rng, num_test), int(rng.integers(2**31))
 
 
+def validation_split(cell: dict, num: int) -> tuple[np.ndarray, int]:
+  """(bool [num, 13] drawn like the cell's training split (its `train` correlations), the
+  seed of its renders' nuisance): held-out images of the training distribution that the
+  classifier never saw (the 'validation' split of reporting/heldout.py), from their own named
+  stream (shared by the two training splits of a seed, as those share their other
+  attributes)."""
+  from lsei_jax import streams  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(streams.stream_seed(cell['seed'], 'celeba_shaped/validation'))
+  return train_attributes(rng, num, cell['train']), int(rng.integers(2**31))
+
+
 def run_cell(cell: dict, workdir: str, base: str, num_test: int) -> dict:
   """Trains the cell's classifier on its .npz; its test predictions, ground truth and the
   rows of every method. One JSON line."""
@@ -141,7 +160,24 @@ def run_cell(cell: dict, workdir: str, base: str, num_test: int) -> dict:
   classify = artifacts.classify_fn(ctx.classifier, config.eval.batch_size, ctx.mesh)
   names = list(shapes_many.ATTRIBUTES)
   attrs, seed = test_split(cell, num_test)
-  render = lambda a: shapes_many.render(np.random.default_rng([seed, 25]), a, d.image_size,
+  pred, reliance = flips(classify, attrs, seed, names, d.image_size, noise, scale)
+  vattrs, vseed = validation_split(cell, num_test)
+  vpred, vreliance = flips(classify, vattrs, vseed, names, d.image_size, noise, scale)
+  return {'cell': cell_key(cell), **cell, 'names': names, 'task': TASK, 'num_test': num_test,
+          'accuracy': float(np.mean(pred == attrs[:, names.index(TASK)])),
+          'test_phi': np.corrcoef(attrs.T.astype(float)).round(4).tolist(),
+          'reliance': reliance, 'pred': pred.astype(int).tolist(),
+          'pred_validation': vpred.astype(int).tolist(),
+          'attributes_validation': pack(vattrs), 'reliance_validation': vreliance,
+          'rows': rows_of(pred, attrs, names, (vpred, vattrs)), 'seconds': time.time() - t0}
+
+
+def flips(classify, attrs: np.ndarray, seed: int, names, image_size: int, noise: float,
+          scale: float) -> tuple[np.ndarray, dict]:
+  """(predictions int [N] on the split's renders, {attribute: flip_rate, num_examples,
+  effect}): each image rendered again with one attribute flipped (same nuisance)."""
+  from lsei_jax.data import shapes_many  # pylint: disable=g-import-not-at-top
+  render = lambda a: shapes_many.render(np.random.default_rng([seed, 25]), a, image_size,
                                         noise, scale)
   pred = np.argmax(classify(render(attrs)), -1)
   reliance = {}
@@ -152,28 +188,49 @@ def run_cell(cell: dict, workdir: str, base: str, num_test: int) -> dict:
     # effect: the signed average effect E[1[ŷ(a=1) = 1] − 1[ŷ(a=0) = 1]] over the split (what
     # the verdict's adjusted effect estimates where the effect is the same for every image).
     on, off = np.where(attrs[:, a], pred, after), np.where(attrs[:, a], after, pred)
-    reliance[n] = {'flip_rate': float(np.mean(after != pred)), 'num_examples': num_test,
+    reliance[n] = {'flip_rate': float(np.mean(after != pred)), 'num_examples': len(attrs),
                    'effect': float(np.mean((on == 1).astype(float) - (off == 1)))}
-  return {'cell': cell_key(cell), **cell, 'names': names, 'task': TASK, 'num_test': num_test,
-          'accuracy': float(np.mean(pred == attrs[:, names.index(TASK)])),
-          'test_phi': np.corrcoef(attrs.T.astype(float)).round(4).tolist(),
-          'reliance': reliance, 'pred': pred.astype(int).tolist(),
-          'rows': rows_of(pred, attrs, names), 'seconds': time.time() - t0}
+  return pred, reliance
 
 
-def rows_of(pred: np.ndarray, attrs: np.ndarray, names) -> dict:
-  from lsei_jax.reporting import bias  # pylint: disable=g-import-not-at-top
-  return {'prediction_association': bias.prediction_association(pred, attrs, names, TASK, 2),
-          'additive_fit': bias.prediction_association(pred, attrs, names, TASK, 2,
-                                                      min_cell=None),
-          'correlation_gate': truthfulness_correlated.gate_rows(pred, attrs, names)}
+def pack(attrs: np.ndarray) -> list[int]:
+  """bool [N, A] → one int per image, bit a = attribute a (a compact JSON field)."""
+  return (attrs.astype(np.int64) << np.arange(attrs.shape[1])).sum(1).astype(int).tolist()
+
+
+def unpack(bits, num_attributes: int) -> np.ndarray:
+  """pack's inverse: bool [N, A]."""
+  return (np.asarray(bits, np.int64)[:, None] >> np.arange(num_attributes)) & 1 == 1
+
+
+def rows_of(pred: np.ndarray, attrs: np.ndarray, names, held=None) -> dict:
+  """Every method's rows; held: (pred [M], bool [M, 13]) of the validation split, or None
+  (a line stored before it: no pooled_verdict)."""
+  from lsei_jax.reporting import bias, heldout  # pylint: disable=g-import-not-at-top
+  out = {'prediction_association': bias.prediction_association(pred, attrs, names, TASK, 2),
+         'additive_fit': bias.prediction_association(pred, attrs, names, TASK, 2,
+                                                     min_cell=None),
+         'correlation_gate': truthfulness_correlated.gate_rows(pred, attrs, names)}
+  if held is not None:      # what the classifier stage ships (heldout.prediction_association)
+    out['pooled_verdict'] = heldout.prediction_association(pred, attrs, names, TASK, 2,
+                                                           held=held)
+  return out
+
+
+def held_of(line: dict) -> tuple[np.ndarray, np.ndarray] | None:
+  """The line's stored validation split (pred [M], bool [M, 13]), or None (older lines)."""
+  if 'pred_validation' not in line:
+    return None
+  return (np.asarray(line['pred_validation']),
+          unpack(line['attributes_validation'], len(line['names'])))
 
 
 def rescore(line: dict) -> dict:
   """The line's rows computed again by the current code from its stored predictions (the
   test attributes drawn again from their seed)."""
   attrs, _ = test_split(line, line['num_test'])
-  return dict(line, rows=rows_of(np.asarray(line['pred']), attrs, line['names']))
+  return dict(line, rows=rows_of(np.asarray(line['pred']), attrs, line['names'],
+                                 held_of(line)))
 
 
 def truth(line: dict) -> tuple[dict, dict, dict]:
@@ -184,6 +241,21 @@ def truth(line: dict) -> tuple[dict, dict, dict]:
   floor = max(rel[n] for n in shapes_many.CONTROLS)
   relied = reliance.relied_on(rel, shapes_many.CONTROLS, margin=truthfulness.MARGIN)
   return rel, relied, {n: v <= floor for n, v in rel.items()}
+
+
+def target_effect(line: dict, name: str, row: dict) -> float | None:
+  """The signed average effect a row's interval estimates: over the test split, or where a
+  held-out look answered it (heldout.py's answered_from) over the validation split alone or
+  over the test and validation images pooled (their sizes' weighted mean)."""
+  test = line['reliance'][name].get('effect')
+  held = line.get('reliance_validation', {}).get(name)
+  where = row.get('answered_from')
+  if where is None or held is None:
+    return test
+  if where == 'validation':
+    return held['effect']
+  n_t, n_v = line['reliance'][name]['num_examples'], held['num_examples']
+  return (n_t * test + n_v * held['effect']) / (n_t + n_v)
 
 
 def summarize(lines: list[dict], methods=METHODS) -> list[dict]:
@@ -221,7 +293,7 @@ def summarize(lines: list[dict], methods=METHODS) -> list[dict]:
           s['fp_zero'] += flag and rel[n] < truthfulness.MARGIN
           s['wrong'] += (flag and unused[n]) or (v == 'no evidence'
                                                  and rel[n] > truthfulness.STRONG)
-          effect = line['reliance'][n].get('effect')
+          effect = target_effect(line, n, row)
           if effect is not None and 'ci_low' in row:     # the gate has no interval
             s['with_ci'] += 1
             s['covered'] += bool(row['ci_low'] <= effect <= row['ci_high'])

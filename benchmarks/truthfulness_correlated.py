@@ -175,7 +175,7 @@ def run_cell(cell: dict, workdir: str, base: str, num_test: int, r_test=R_TEST) 
                      rows, rates, ident, names, num_test, len(train)),
                  'correlation_gate': gate_rows(pred, attrs, names),
                  'inn_factor': inn_rows(inn_rates, names, num_test),
-                 **fallback_rows(line, t, rows, config.data)}
+                 **fallback_rows(line, t, rows, config.data, attrs)}
   line['seconds'] = time.time() - t0
   return line
 
@@ -204,14 +204,17 @@ def rescore(line: dict, base: str = 'small') -> dict:
         **({'inn_factor': inn_rows(np.asarray(t['inn_flip_rate']), names, line['num_test'])}
            if 'inn_flip_rate' in t else {})}))
     if 'pred_validation' in line:
-      tests[-1]['rows'].update(fallback_rows(line, tests[-1], rows, config.data))
+      tests[-1]['rows'].update(fallback_rows(line, tests[-1], rows, config.data, attrs))
   return dict(line, tests=tests)
 
 
-def fallback_rows(line: dict, t: dict, rows: list[dict], data_config) -> dict:
+def fallback_rows(line: dict, t: dict, rows: list[dict], data_config,
+                  attrs: np.ndarray) -> dict:
   """The rows of the fallbacks for what the test split confounds (issue 25, item 3), from
-  the line's stored predictions: heldout_association (the verdict on the 'validation' split,
-  drawn like 'train', which the classifier never saw; reporting/heldout.py), train_association
+  the line's stored predictions (attrs: the test split's, bool [N, A]): heldout_association
+  (what the classifier stage ships, reporting/heldout.py: the verdict on the 'validation'
+  split, drawn like 'train', which the classifier never saw, for confounded rows; the test
+  and validation images pooled for rows only too wide), train_association
   (the same on the training images themselves: memorisation may bias it), stratified_shift
   (representation_shift.stratified_flip_rates, checked against the test split like the
   global shift)."""
@@ -219,11 +222,14 @@ def fallback_rows(line: dict, t: dict, rows: list[dict], data_config) -> dict:
   from lsei_jax.reporting import heldout, representation_shift  # pylint: disable=g-import-not-at-top
   names, task = line['names'], line['task']
   out = {}
-  for m, split in (('heldout_association', 'validation'), ('train_association', 'train')):
-    _, attrs = data_lib.load_annotations(data_config, split)
-    pred = np.asarray(line['pred_' + split])
-    held = association_rows(pred, attrs, names, task, split)
-    out[m] = heldout.fill(rows, held, split, len(pred))
+  _, held_attrs = data_lib.load_annotations(data_config, 'validation')
+  out['heldout_association'] = heldout.prediction_association(
+      np.asarray(t['pred']), attrs, names, task, 2,
+      held=(np.asarray(line['pred_validation']), held_attrs))
+  _, train_attrs = data_lib.load_annotations(data_config, 'train')
+  pred = np.asarray(line['pred_train'])
+  out['train_association'] = heldout.fill(
+      rows, association_rows(pred, train_attrs, names, task, 'train'), 'train', len(pred))
   counts = np.asarray(t['stratified_count'])
   out['stratified_shift'] = representation_shift.combine(
       rows, np.asarray(t['stratified_flip_rate']), counts > 0, names, counts,

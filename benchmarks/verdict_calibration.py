@@ -3,12 +3,18 @@ attribute, so any attribute flagged is a false positive. Prints one JSON object 
 the family-wise rate (share of replications flagging at least one attribute; promised
 ≤ 1 − level), with its binomial standard error.
 
+--fallback: the verdict as the classifier stage ships it (reporting/heldout.py): rows the
+test split leaves 'cannot tell' are looked at again, a confounded one on a held-out split
+alone, a too-wide one on the test and held-out images pooled (at half the α); a replication
+counts if any look flags any attribute. The held-out split has the test split's size and
+design (its pair's correlation `held_pair`), and predictions independent of it too.
+
 Vectorised: the attributes of a setting are drawn once per design seed and every
 replication's predictions are one more outcome column of the same least-squares fit
 (association.effects), so a few thousand replications take seconds.
 
 Usage:
-  python benchmarks/verdict_calibration.py [--reps 2000] [--designs 5]
+  python benchmarks/verdict_calibration.py [--reps 2000] [--designs 5] [--fallback]
 """
 from __future__ import annotations
 
@@ -21,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from lsei_jax.reporting import association  # noqa: E402  pylint: disable=g-import-not-at-top
+from lsei_jax.reporting import association, heldout  # noqa: E402  pylint: disable=g-import-not-at-top
 
 # name: (N, number of attributes, positives of the rare first attribute or None, correlation
 # of the pair (1, 2) or None, P(ŷ = 1))
@@ -34,6 +40,12 @@ SETTINGS = {
     'N200_rare8_pair0.6': (200, 6, 8, 0.6, 0.5),
     'N2048_rare8_p0.05': (2048, 6, 8, None, 0.05),
     'N2048_rare8_pair0.9': (2048, 6, 8, 0.9, 0.3),
+}
+# Settings only the fallback adds: a pair the test split confounds (r = 1) that the held-out
+# split separates (r = 0.6), so that the held-out-alone look is taken too.
+FALLBACK_SETTINGS = {
+    'N200_rare8_pair1_held0.6': (200, 6, 8, 1.0, 0.3, 0.6),
+    'N2048_rare8_pair1_held0.6': (2048, 6, 8, 1.0, 0.3, 0.6),
 }
 
 
@@ -65,17 +77,73 @@ def family_rate(x: np.ndarray, p: float, reps: int, rng: np.random.Generator, *,
   return int(flagged.any(0).sum()), reps
 
 
-def run(reps: int, designs: int, seed: int = 0, settings=SETTINGS) -> dict:
+def looks(x: np.ndarray, y: np.ndarray, level: float, min_effect: float,
+          max_hidden: float) -> dict:
+  """One look of prediction_association (two classes) at x [N, A], vectorised over the
+  outcome columns y [N, R]: {'flagged', 'open' ('cannot tell'), 'confounded' (open because
+  of a correlated attribute, or not identifiable)}, each bool [A, R]; constant columns are
+  open and not confounded."""
+  num_a, reps = x.shape[1], y.shape[1]
+  out = {k: np.zeros((num_a, reps), bool) for k in ('flagged', 'open', 'confounded')}
+  varies = x.std(0) > 0 if len(x) else np.zeros(num_a, bool)
+  out['open'][~varies] = True
+  cols = np.nonzero(varies)[0]
+  if not len(cols):
+    return out
+  fit = association.effects(y, x[:, cols])
+  q = association.t_quantile(1 - (1 - level) / (2 * num_a), fit['df'])
+  e, s = fit['effect'], fit['se']
+  lo, hi = e - q * s, e + q * s
+  flagged = ((lo > 0) | (hi < 0)) & (np.abs(e) >= min_effect)
+  small = (lo > -max_hidden) & (hi < max_hidden)
+  vif = len(x) * x[:, cols].var(0) / np.maximum(fit['residual_ss'], 1e-300)
+  partner = len(cols) > 1
+  bad = ~fit['identifiable'] | ((vif > 2) & partner)
+  out['flagged'][cols] = flagged
+  out['open'][cols] = ~flagged & ~small
+  out['confounded'][cols] = out['open'][cols] & bad[:, None]
+  return out
+
+
+def fallback_flags(x: np.ndarray, y: np.ndarray, xh: np.ndarray, yh: np.ndarray, *,
+                   level: float = 0.95, min_effect: float = 0.0, max_hidden: float = 0.25
+                   ) -> np.ndarray:
+  """bool [R]: the replications (columns of y [N, R] and yh [M, R]) in which the shipped
+  verdict (heldout.prediction_association) flags some attribute: the test split's look,
+  then the held-out split alone for its confounded rows, the pool for its other open rows
+  (at heldout.pooled_level)."""
+  t = looks(x, y, level, min_effect, max_hidden)
+  h = looks(xh, yh, level, min_effect, max_hidden)
+  p = looks(np.concatenate([x, xh]), np.concatenate([y, yh]), heldout.pooled_level(level),
+            min_effect, max_hidden)
+  wide = t['open'] & ~t['confounded']
+  return (t['flagged'] | (t['confounded'] & h['flagged']) | (wide & p['flagged'])).any(0)
+
+
+def run(reps: int, designs: int, seed: int = 0, settings=SETTINGS,
+        fallback: bool = False) -> dict:
+  """{setting: family-wise rate, its s.e., …}; fallback: the shipped verdict with its
+  held-out looks (fallback_flags), over SETTINGS and FALLBACK_SETTINGS."""
   out = {}
-  for k, (name, (n, num_a, rare, pair, p)) in enumerate(settings.items()):
+  if fallback:
+    settings = {**settings, **FALLBACK_SETTINGS}
+  for k, (name, (n, num_a, rare, pair, p, *held_pair)) in enumerate(settings.items()):
     rng = np.random.default_rng([seed, k])
     hits = total = 0
     for _ in range(designs):
-      h, t = family_rate(design(rng, n, num_a, rare, pair), p, reps, rng)
+      x = design(rng, n, num_a, rare, pair)
+      if fallback:
+        xh = design(rng, n, num_a, rare, held_pair[0] if held_pair else pair)
+        y = (rng.random((n, reps)) < p).astype(np.float64)
+        yh = (rng.random((n, reps)) < p).astype(np.float64)
+        h, t = int(fallback_flags(x, y, xh, yh).sum()), reps
+      else:
+        h, t = family_rate(x, p, reps, rng)
       hits, total = hits + h, total + t
     rate = hits / total
     out[name] = {'family_wise_rate': rate, 'se': float(np.sqrt(rate * (1 - rate) / total)),
-                 'replications': total, 'N': n, 'attributes': num_a, 'p': p}
+                 'replications': total, 'N': n, 'attributes': num_a, 'p': p,
+                 'fallback': fallback}
   return out
 
 
@@ -84,8 +152,10 @@ def main(argv=None) -> None:
   ap.add_argument('--reps', type=int, default=2000, help='replications per design')
   ap.add_argument('--designs', type=int, default=5, help='attribute draws per setting')
   ap.add_argument('--seed', type=int, default=0)
+  ap.add_argument('--fallback', action='store_true',
+                  help='the shipped verdict with its held-out looks (reporting/heldout.py)')
   args = ap.parse_args(argv)
-  for name, v in run(args.reps, args.designs, args.seed).items():
+  for name, v in run(args.reps, args.designs, args.seed, fallback=args.fallback).items():
     print(json.dumps({'setting': name, **v}))
 
 

@@ -137,3 +137,34 @@ def test_candidates_score_each_interaction_threshold_on_stored_predictions():
   for r in out:
     assert r['recall_strong'] == 1.0 and r['fpr_unused'] == 0 and r['wrong'] == 0
     assert r['effect_error_max'] == pytest.approx(0.0, abs=1e-9)   # exact up to rounding
+
+
+def test_validation_split_is_drawn_like_training_and_packs_losslessly():
+  male, lip = NAMES.index('Male'), NAMES.index('Wearing_Lipstick')
+  cell = dict(train='lipstick', difficulty='easy', seed=0)
+  attrs, seed = tcs.validation_split(cell, 4000)
+  # The lipstick training split's rule: Wearing_Lipstick = ¬Male in RHO_LIPSTICK of the
+  # images (s.e. of a share at n = 4,000 ≤ 0.008; 0.03 is about 4 s.e.); the test split's
+  # CelebA rule is far weaker.
+  assert np.mean(attrs[:, lip] != attrs[:, male]) == pytest.approx(tcs.RHO_LIPSTICK, abs=0.03)
+  test, _ = tcs.test_split(cell, 4000)
+  assert np.mean(test[:, lip] != test[:, male]) < 0.9
+  # Its own stream: not the test split's draws, the same on every call.
+  again, seed2 = tcs.validation_split(cell, 4000)
+  assert np.array_equal(attrs, again) and seed == seed2 and not np.array_equal(attrs, test)
+  assert np.array_equal(tcs.unpack(tcs.pack(attrs), len(NAMES)), attrs)
+
+
+def test_held_out_rows_are_scored_against_the_effect_over_their_images():
+  line = _line('celeba', [0.5] + [0.0] * 12, ['relied on'] + ['no evidence'] * 12)
+  for n in NAMES:
+    line['reliance'][n]['effect'] = 0.2
+  line['reliance_validation'] = {n: {'flip_rate': 0.5, 'effect': 0.5, 'num_examples': 1024}
+                                 for n in NAMES}
+  assert tcs.target_effect(line, 'Male', {}) == 0.2
+  assert tcs.target_effect(line, 'Male', {'answered_from': 'validation'}) == 0.5
+  # (2048 · 0.2 + 1024 · 0.5) / 3072 = 0.3, up to float rounding (1e-15).
+  assert tcs.target_effect(line, 'Male', {'answered_from': 'test+validation'}) == \
+      pytest.approx(0.3, abs=1e-15)
+  old = {k: v for k, v in line.items() if k != 'reliance_validation'}    # an older line
+  assert tcs.target_effect(old, 'Male', {'answered_from': 'test+validation'}) == 0.2

@@ -162,7 +162,9 @@ def render(result: dict, eval_dir: str | None = None, *, task: str | None = None
             'separates from another (the row names it and how many test images separate '
             'them). Where the test split confounds an attribute with another but held-out '
             'images of the training distribution (the validation split) separate them, that '
-            'split answers, and the row names it as its estimator (hover: its evidence). '
+            'split answers, and the row names it as its estimator (hover: its evidence); '
+            'where its interval is only too wide, the test and validation images pooled '
+            'answer it, at half the α (a second look). '
             'Bold red: relied on.</p>',
             _table(['attribute', 'verdict', 'effect', 'interval', 'class', 'estimator'], rows),
             _drawn(lambda f: plots.bias_bars(f, result['bias_report'],

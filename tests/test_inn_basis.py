@@ -72,7 +72,77 @@ def test_basis_is_exactly_invertible_and_unit_scaled(data):
   x_tr = bas.forward(h_tr).astype(np.float64)
   np.testing.assert_allclose(x_tr[:, :bas.live].std(0), 1.0, rtol=1e-5)
   np.testing.assert_allclose(x_tr[:, :bas.live].mean(0), 0.0, atol=1e-5)
-  np.testing.assert_allclose(x_tr[:, bas.live:], 0.0, atol=1e-5)   # dead units last
+  # Dead units last, exactly 0 on any split (not at rounding level: fit_logistic
+  # standardises its inputs, and would read h through columns that are 0 to 1e-13).
+  np.testing.assert_array_equal(x_tr[:, bas.live:], 0.0)
+  np.testing.assert_array_equal(x[:, bas.live:], 0.0)
+
+
+def _interacting(n: int, seed: int, rho: float) -> tuple[np.ndarray, np.ndarray]:
+  """h [n, 12 + DEAD] of 3 attributes where attribute 2's effect flips with whether
+  attributes 0 and 1 agree (they agree with probability rho), as the demo classifier's
+  position does with shape and colour (docs/method.md): a 3-way interaction."""
+  rng = np.random.default_rng(seed)
+  a = rng.random((n, 3)) < 0.5
+  a[:, 1] = np.where(rng.random(n) < rho, a[:, 0], ~a[:, 0])
+  s = 2 * a - 1.0
+  agree = s[:, 0] * s[:, 1]
+  live = np.zeros((n, 12))
+  live[:, :3] = s * [2.0, 2.0, 1.0]
+  # Attribute 2's interaction, noisier where 0 and 1 disagree (as the demo's h is in its
+  # train split's minority cells), so that it does not cancel on an unbiased split.
+  live[:, 3] = 1.5 * s[:, 2] * agree + np.where(agree < 0, 4.0, 0.0) * rng.normal(size=n)
+  live += rng.normal(size=(n, 12)) @ np.random.default_rng(7).normal(size=(12, 12)) * 0.5
+  return np.concatenate([live, np.zeros((n, DEAD))], 1), a
+
+
+def test_residual_reads_no_attribute_by_its_mean_weighted_or_not():
+  h, a = _interacting(4000, 0, rho=0.9)
+  h_te, a_te = _interacting(4000, 1, rho=0.5)
+  chance = factor.chance_accuracy(a_te)
+  resid_acc = {}
+  for fd in (1, 2):
+    bas = basis.fit(h, a, factor_dim=fd)
+    x = (h - bas.mean) @ bas.matrix                     # float64, as fitted
+    res = x[:, 3 * fd:bas.live]
+    w = basis.independence_weights(a)
+    for f in range(3):
+      # Under the independence weights the residual's class means agree for any factor_dim
+      # (weighted least squares); 1e-9: float64 rounding of unit-variance columns.
+      y = a[:, f]
+      wm = lambda sel: (w[sel, None] * res[sel]).sum(0) / w[sel].sum()
+      np.testing.assert_allclose(wm(y) - wm(~y), 0.0, atol=1e-9)
+      # Unweighted (the train split as a probe sees it), only factor_dim 2 makes them agree.
+      diff = res[y].mean(0) - res[~y].mean(0)
+      if fd == 2:
+        np.testing.assert_allclose(diff, 0.0, atol=1e-9)
+      elif f == 2:
+        assert np.abs(diff).max() > 0.3                   # the interaction (0.8 · 1.5 / sd)
+    layout = factor.FactorLayout(h.shape[1], 3, fd)
+    acc = factor.block_probe_accuracy(bas.forward(h), a, bas.forward(h_te), a_te, layout)
+    resid_acc[fd] = acc[:, -1]
+  # On an unbiased test split (4000 rows: 0.05 is ~6 s.e. of an accuracy near 0.5) the
+  # residual read attribute 2 with factor_dim 1 (the train split's probe learns the agreeing
+  # cells' direction) and reads nothing with factor_dim 2.
+  assert resid_acc[1][2] > chance[2] + 0.05, resid_acc[1]
+  assert np.all(resid_acc[2] <= chance + 0.05), resid_acc[2]
+
+
+def test_dead_units_anywhere_give_exactly_zero_columns():
+  # Dead ReLU units among live ones of unequal scales: an eigenvector of the whole
+  # covariance mixed them with live units at ~1e-15 (the old fit), which a probe that
+  # standardises its inputs reads as a signal.
+  rng = np.random.default_rng(0)
+  n, n_live, n_dead = 3000, 30, 20
+  a = rng.random((2 * n, 3)) < 0.5
+  pre = rng.normal(size=(2 * n, n_live)) + (2 * a - 1.0) @ rng.normal(size=(3, n_live))
+  live = np.maximum(pre, 0) * rng.uniform(0.1, 10, n_live)
+  h = np.concatenate([live, np.zeros((2 * n, n_dead))], 1)
+  h = h[:, rng.permutation(n_live + n_dead)].astype(np.float32)
+  bas = basis.fit(h[:n], a[:n])
+  assert bas.live == n_live
+  np.testing.assert_array_equal(bas.forward(h)[:, bas.live:], 0.0)   # train and new rows
+  np.testing.assert_allclose(bas.backward(bas.forward(h)), h, atol=2e-5)
 
 
 def test_independence_weights_make_attributes_independent():

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from lsei_jax import pipeline
-from lsei_jax.pipeline import evaluation
+from lsei_jax.pipeline import artifacts, evaluation
 from lsei_jax.pipeline.stages import inn as inn_stage
 from lsei_jax.training import checkpoints
 
@@ -38,6 +38,24 @@ def test_inn_is_one_node_trained_on_the_classifier(workdir_copy, inn_config, tra
   # the flow's error mapped back through the basis' inverse, float32 output rounding.
   assert res['round_trip_h_max_abs'] < 1e-3
   assert all(len(v) == len(names) + 1 for v in res['block_accuracy'].values())
+  assert 'unbiased' not in res            # the tiny test split is the unbiased one already
+
+
+def test_inn_reads_the_unbiased_split_where_the_test_split_is_correlated(
+    workdir_copy, inn_config, monkeypatch):
+  pipeline.train(inn_config, workdir_copy, ['inn'])
+  ctx = evaluation.load(inn_config, workdir_copy, ['classifier', 'inn'])
+  # Handed the test split itself as the unbiased one, its table is the main one exactly
+  # (the same probes on the same rows, deterministic).
+  seen = []
+  monkeypatch.setattr(artifacts, 'unbiased_split',
+                      lambda data_config: seen.append(data_config) or ctx.data)
+  res = inn_stage.evaluate_inn(ctx)['inn']
+  assert len(seen) == 1 and seen[0].name == 'shapes'    # asked with the run's data config
+  assert seen[0].test_rho == inn_config.data.test_rho
+  keys = ('block_accuracy', 'own_block', 'other_max', 'h_accuracy', 'chance')
+  assert set(res['unbiased']) == set(keys)
+  assert res['unbiased'] == {k: res[k] for k in keys}
 
 
 def _disabled(c):

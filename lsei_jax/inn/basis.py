@@ -9,9 +9,10 @@ distribution, through a likelihood whose signal per pair is at most a few nats s
 flow trained from the raw (or standardised) h left colour readable from every block. The
 map below puts each attribute where the objective wants it before training starts:
 
-  1. whiten: Σ = Cov(h_s) = V Λ Vᵀ (h_s the standardised h); live directions λ_j > rtol·λ_max
-     give u = h_s V_live Λ_live^{-1/2} [N, r]; the others (dead ReLU units) stay as
-     h_s V_dead [N, d − r] and go last, outside the flow.
+  1. whiten: Σ = Cov(h_s) = V Λ Vᵀ over the units that vary (h_s the standardised h); live
+     directions λ_j > rtol·λ_max give u = h_s V_live Λ_live^{-1/2} [N, r]; the others
+     (near-null directions, then the constant units, e.g. dead ReLUs, as they are) go last,
+     outside the flow.
   2. attribute effects by weighted least squares: u = μ_u + (a − μ_a) B + e, B [F, r], with
      weights w_i = Π_f p(a_if) / p(a_i) (p over the train split's attribute cells) that make
      the attributes independent, as on an unbiased test split;
@@ -21,7 +22,15 @@ map below puts each attribute where the objective wants it before training start
      direction R ⊥ B (R Σ_e Wᵀ ∝ R Bᵀ = 0), so the residual u Rᵀ neither reads an attribute
      by its mean nor helps a probe read one beside â;
   4. x = [â standardised | u Rᵀ | h_s V_dead], block f's first column the estimate â_f, its
-     other factor_dim − 1 columns and the residual from the orthonormal complement R.
+     other factor_dim − 1 columns and the residual from the orthonormal complement R: the
+     first of them the direction of m_f = mean(u Rᵀ | a_f) − mean(u Rᵀ | ¬a_f), unweighted,
+     within what earlier blocks left of R, so the residual's class means agree for every
+     attribute on the train split as it is as well as under the weights. Why: an
+     attribute's effect on h may depend on the others (the demo's position flips with
+     whether shape and colour agree), so under the weights the residual's mean does not
+     move with it but within the train split's majority cells it does, and a probe fit
+     there read position from the residual of the unbiased test split (0.59, the limit
+     0.55; docs/method.md).
 
 All in float64 on the host; the map is a pure function of the train split's h and
 attributes, so an evaluation recomputes it rather than storing it.
@@ -64,10 +73,20 @@ def independence_weights(attributes: np.ndarray) -> np.ndarray:
   return w / w.mean()
 
 
+def mean_effect(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+  """[k]: mean(x | y) − mean(x | ¬y) of x [N, k] and y [N] (bool), unweighted; 0 where y is
+  constant."""
+  y = np.asarray(y).astype(bool)
+  if y.all() or not y.any():
+    return np.zeros(x.shape[1])
+  return x[y].mean(0) - x[~y].mean(0)
+
+
 def fit(h: np.ndarray, attributes: np.ndarray, factor_dim: int = 1, rtol: float = 1e-7,
         shrink: float = 1e-3, ridge: float = 1e-6) -> Basis:
   """The attribute basis (module docstring) of train embeddings h [N, d] and their
-  attributes [N, F] (bool): block f = columns [f·factor_dim, (f+1)·factor_dim)."""
+  attributes [N, F] (bool): block f = columns [f·factor_dim, (f+1)·factor_dim) (factor_dim
+  ≥ 2 for the residual to read no attribute by its unweighted mean, step 4)."""
   h = np.asarray(h, np.float64)
   a = np.asarray(attributes).astype(bool)
   n, d = h.shape
@@ -75,8 +94,18 @@ def fit(h: np.ndarray, attributes: np.ndarray, factor_dim: int = 1, rtol: float 
   mean, sd = h.mean(0), h.std(0)
   scale = np.where(sd > 1e-6, sd, 1.0)
   hs = (h - mean) / scale
-  lam, vec = np.linalg.eigh(np.cov(hs.T).reshape(d, d))
-  lam, vec = lam[::-1], vec[:, ::-1]
+  # Constant units (ReLUs that never fire) are kept out of the eigenproblem and pass as
+  # their own columns, last: an eigenvector of the whole covariance would mix them with
+  # live units at rounding level (~1e-16), and a probe that standardises its inputs
+  # (factor.fit_logistic) then reads h through columns that are 0 to 1e-13.
+  varies = sd > 1e-6
+  dv = int(varies.sum())
+  lam, vec_v = np.linalg.eigh(np.cov(hs[:, varies].T).reshape(dv, dv))
+  lam, vec_v = lam[::-1], vec_v[:, ::-1]
+  vec = np.zeros((d, d))
+  vec[np.flatnonzero(varies), :dv] = vec_v
+  vec[np.flatnonzero(~varies), np.arange(dv, d)] = 1.0
+  lam = np.concatenate([lam, np.zeros(d - dv)])
   live = int(np.sum(lam > rtol * max(lam[0], 1e-30)))
   if live < num * factor_dim + 1:
     raise UserError(f'h has {live} directions that vary over the train split, fewer than '
@@ -97,13 +126,22 @@ def fit(h: np.ndarray, attributes: np.ndarray, factor_dim: int = 1, rtol: float 
   gls = gls / est.std(0)[:, None]                                    # unit variance
   q, _ = np.linalg.qr(effects.T, mode='complete')
   comp = q[:, num:].T                                                # R [r − F, r]
-  # Column order: block f = [â_f, factor_dim − 1 complement columns], then the residual.
-  rows, k = [], 0
+  # Column order: block f = [â_f, its mean-effect direction, factor_dim − 2 complement
+  # columns], then the residual (orthonormal rows of R, so the map stays invertible).
+  rows = []
   for f in range(num):
     rows.append(gls[f:f + 1])
-    rows.append(comp[k:k + factor_dim - 1])
-    k += factor_dim - 1
-  rows.append(comp[k:])
+    take = factor_dim - 1
+    if take:
+      # The residual's mean effect of a_f on the train split as it is (unweighted), in
+      # coordinates of the rows of comp; it goes into block f and comp keeps the rest.
+      m = mean_effect(u @ comp.T, a[:, f])
+      if np.linalg.norm(m) > 0:
+        q_m, _ = np.linalg.qr((m / np.linalg.norm(m))[:, None], mode='complete')
+        comp = q_m.T @ comp                      # row 0: the direction m, then ⊥ m
+    rows.append(comp[:take])
+    comp = comp[take:]
+  rows.append(comp)
   live_map = np.concatenate(rows)                                    # [r, r]
   live_map = live_map / (u @ live_map.T).std(0)[:, None]             # unit-variance columns
   matrix = np.concatenate([whiten @ live_map.T, vec[:, live:]], 1) / scale[:, None]

@@ -91,15 +91,22 @@ def ground_truth_reliance(data_config, split: ClassifierSplit, test, batch_size:
                                         batch_size=max(len(test), 1))
 
 
-def unbiased_accuracy(data_config, split: ClassifierSplit, batch_size: int, mesh
-                      ) -> float | None:
-  """Accuracy of c on the shapes split 'test_unbiased' (the test images with the spurious
-  attribute independent of the task) where 'test' is drawn correlated (data.test_rho ≠ 0.5);
-  None otherwise (the test split is that split, or there is none)."""
+def unbiased_split(data_config) -> data_lib.Dataset | None:
+  """The shapes split 'test_unbiased' (the test images with the spurious attribute
+  independent of the task) where 'test' is drawn correlated (data.test_rho ≠ 0.5); None
+  otherwise (the test split is that split, or there is none)."""
   if (data_config.name != 'shapes' or data_config.get('bias_split', '')
       or float(data_config.get('test_rho', 0.5)) == 0.5):
     return None
-  unbiased = data_lib.load(data_config, 'test_unbiased')
+  return data_lib.load(data_config, 'test_unbiased')
+
+
+def unbiased_accuracy(data_config, split: ClassifierSplit, batch_size: int, mesh
+                      ) -> float | None:
+  """Accuracy of c on `unbiased_split`; None where there is none."""
+  unbiased = unbiased_split(data_config)
+  if unbiased is None:
+    return None
   logits = classify_fn(split, batch_size, mesh)(unbiased.images)
   return float(np.mean(np.argmax(logits, -1) == unbiased.labels))
 

@@ -46,12 +46,32 @@ def render(rng: np.random.Generator, attrs: np.ndarray, image_size: int,
 
   Every draw from rng has a shape fixed by n alone (never by an attribute value): the same
   generator state renders the same nuisance whatever the attributes are.
+  """
+  return _stack(render_pieces(rng, attrs, image_size, noise, object_scale, piece),
+                (attrs.shape[0], image_size, image_size, 3))
 
-  The per-image draws are made for all n first, then the pixels `piece` images at a time
-  (default: PIECE_VALUES float64 values a piece), each piece's pixel noise drawn in turn:
+
+def _stack(pieces: Iterator[np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
+  """uint8 `shape`: the pieces one after the other (never two copies of the whole)."""
+  out = np.empty(shape, np.uint8)
+  start = 0
+  for images in pieces:
+    out[start:start + len(images)] = images
+    start += len(images)
+  return out
+
+
+def render_pieces(rng: np.random.Generator, attrs: np.ndarray, image_size: int,
+                  noise: float = 0.04, object_scale: float = 1.0,
+                  piece: int | None = None) -> Iterator[np.ndarray]:
+  """render's images in order, `piece` at a time (uint8 [≤ piece, S, S, 3]; default
+  PIECE_VALUES float64 values a piece), drawing from rng as render does.
+
+  The per-image draws are made for all n first, then each piece's pixel noise in turn:
   the noise is the last draw and a normal draw of n·k values is the same values as
   consecutive draws of its parts, so the bytes do not depend on `piece`, while the float64
-  intermediates hold a piece, not all n images (≈ 1.5 GB for 4,096 at 64×64).
+  intermediates hold a piece, not all n images (≈ 1.5 GB for 4,096 at 64×64). Consume it
+  whole before drawing from rng again.
   """
   n, S = attrs.shape[0], image_size
   a = {name: attrs[:, i] for i, name in enumerate(ATTRIBUTES)}
@@ -68,7 +88,6 @@ def render(rng: np.random.Generator, attrs: np.ndarray, image_size: int,
   bg = bg_level + rng.uniform(-0.03, 0.03, (n, 3))
 
   piece = piece or max(1, PIECE_VALUES // max(S * S * 3, 1))
-  out = np.empty((n, S, S, 3), np.uint8)
   for s in range(0, n, piece):   # elementwise below: a piece's values are the whole's rows
     p = slice(s, s + piece)
     dx, dy = xx - cx[p], yy - cy[p]
@@ -81,8 +100,7 @@ def render(rng: np.random.Generator, attrs: np.ndarray, image_size: int,
     img = np.where(inside[..., None], color[p][:, None, None, :] * shade[..., None],
                    bg[p][:, None, None, :])
     img = img + rng.normal(0, noise, img.shape)
-    out[p] = (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
-  return out
+    yield (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
 # float64 values per [k, S, S, 3] intermediate of a render piece (32 MB: 341 images at 64×64).
@@ -119,10 +137,11 @@ def draw(num: int, *, task: str = 'shape', spurious: str | None = 'color', rho: 
 def image_chunks(rng: np.random.Generator, attrs: np.ndarray, image_size: int,
                  chunk: int = CHUNK, noise: float = 0.04, object_scale: float = 1.0
                  ) -> Iterator[np.ndarray]:
-  """The images of attrs [N, A] in order as uint8 [≤ chunk, S, S, 3] arrays, one render of
-  `chunk` attributes at a time (the chunk shapes the draws: another chunk, other images)."""
+  """The images of attrs [N, A] in order, generate's bytes, as uint8 [≤ piece, S, S, 3]
+  arrays: the draws of one render of `chunk` attributes at a time (the chunk shapes them:
+  another chunk, other images), its pixels a piece at a time (render_pieces)."""
   for i in range(0, len(attrs), chunk):
-    yield render(rng, attrs[i:i + chunk], image_size, noise, object_scale)
+    yield from render_pieces(rng, attrs[i:i + chunk], image_size, noise, object_scale)
 
 
 def generate(num: int, *, image_size: int = 32, task: str = 'shape',
@@ -141,7 +160,6 @@ def generate(num: int, *, image_size: int = 32, task: str = 'shape',
                     flip=flip)
   if not images:
     return {'attributes': attrs}
-  rendered = np.concatenate(list(image_chunks(rng, attrs, image_size, chunk, noise,
-                                              object_scale))) if num else \
-      np.zeros((0, image_size, image_size, 3), np.uint8)
-  return {'image': rendered, 'attributes': attrs}
+  return {'image': _stack(image_chunks(rng, attrs, image_size, chunk, noise, object_scale),
+                         (num, image_size, image_size, 3)),
+          'attributes': attrs}

@@ -9,8 +9,9 @@ Every source keeps a split's images on disk (data.rows.Rows), read per batch, so
 process's memory does not grow with the data: an image folder's decoded into a temporary
 file, a directory of .npy files and an uncompressed .npz's in place, a compressed .npz's
 inflated into a temporary file, CelebA's decoded into its cache, the embedded shapes
-rendered 4,096 images at a time into a temporary file (temporary files: under
-config.data.cache_dir, default the system's temp dir). `batch_indices`
+written to a temporary file as they render (a piece of a 4,096-image render at a time;
+the bytes the in-memory renderer, shapes.generate, gives). Temporary files are unlinked at
+once and live under config.data.cache_dir (default: the system's temp dir). `batch_indices`
 gives each process (jax.process_index() of jax.process_count()) a disjoint slice of each
 global batch, so hosts never read the same example in one step.
 """
@@ -173,8 +174,8 @@ def _shapes(image_size, task, spurious, rho, seed, split, num, noise=0.04, objec
   rng, attrs = shapes.draw(num, task=parts[0], spurious=spurious,
                            rho=rho,   # the split's own (_shapes_args)
                            seed=seed, split=split, flip=flip)
-  # Rendered a chunk at a time into an unlinked file (spill_dir: config.data.cache_dir):
-  # memory holds one render chunk, never the split; the bytes are shapes.generate's.
+  # Written to an unlinked file (spill_dir: config.data.cache_dir) a render piece at a
+  # time: memory holds neither the split nor a render chunk; the bytes are generate's.
   pixels = (rows.spill(shapes.image_chunks(rng, attrs, image_size, shapes.CHUNK, noise,
                                            object_scale),
                        (num, image_size, image_size, 3), np.uint8, spill_dir)

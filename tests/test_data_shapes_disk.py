@@ -62,6 +62,8 @@ def test_render_in_pieces_is_the_whole_chunk_render_and_leaves_the_generator_ali
     assert got.dtype == np.uint8 and np.array_equal(got, want), piece
     # The next chunk's draws start where the whole render's did.
     assert rng.bit_generator.state == want_rng.bit_generator.state, piece
+  with pytest.raises(ValueError, match='piece=0 must be a positive'):
+    shapes.render(np.random.default_rng(7), attrs, size, piece=0)
 
 
 def test_loaded_split_and_counterfactuals_are_the_old_renders_byte_for_byte(tmp_path,

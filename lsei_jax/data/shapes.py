@@ -70,9 +70,11 @@ def render_pieces(rng: np.random.Generator, attrs: np.ndarray, image_size: int,
   The per-image draws are made for all n first, then each piece's pixel noise in turn:
   the noise is the last draw and a normal draw of n·k values is the same values as
   consecutive draws of its parts, so the bytes do not depend on `piece`, while the float64
-  intermediates hold a piece, not all n images (≈ 1.5 GB for 4,096 at 64×64). Consume it
+  intermediates hold a piece, not all n images (over 1 GB for 4,096 at 64×64). Consume it
   whole before drawing from rng again.
   """
+  if piece is not None and piece < 1:
+    raise ValueError(f'render: piece={piece} must be a positive number of images')
   n, S = attrs.shape[0], image_size
   a = {name: attrs[:, i] for i, name in enumerate(ATTRIBUTES)}
   u = lambda lo, hi: rng.uniform(lo, hi, n)[:, None, None]
@@ -87,7 +89,8 @@ def render_pieces(rng: np.random.Generator, attrs: np.ndarray, image_size: int,
   bg_level = np.where(a['background'], 0.78, 0.18)[:, None] + rng.uniform(-0.06, 0.06, (n, 1))
   bg = bg_level + rng.uniform(-0.03, 0.03, (n, 3))
 
-  piece = piece or max(1, PIECE_VALUES // max(S * S * 3, 1))
+  if piece is None:
+    piece = max(1, PIECE_VALUES // max(S * S * 3, 1))   # at least one image
   for s in range(0, n, piece):   # elementwise below: a piece's values are the whole's rows
     p = slice(s, s + piece)
     dx, dy = xx - cx[p], yy - cy[p]

@@ -4,6 +4,7 @@ with each source's growth from the smallest to the largest size.
 
   python benchmarks/bench_memory.py                       # 2,000 → 32,000 images, 64×64
   python benchmarks/bench_memory.py --base=500 --steps=5  # quicker
+  python benchmarks/bench_memory.py --sources=shapes      # one source
   python benchmarks/bench_memory.py --root=/path/to/another/checkout   # its train.py
 
 Each run is `train.py --stages=classifier` with a few steps, one source at a time:
@@ -14,10 +15,13 @@ Each run is `train.py --stages=classifier` with a few steps, one source at a tim
   celeba   a fake CelebA (data/celeba_fake.py, 218×178 JPEGs) prepared by TFDS as
            array_record (configs/celeba_smiling.py, its model; data.max_examples picks the
            size), decoded into its cache by the measured run itself
+  shapes   the embedded shapes (configs/shapes.py, data.num_train and data.num_test),
+           rendered by the measured run itself
 Sizes are multiples of --base examples, 80% of them the train split (celeba: that many
-train records, data.max_examples). The persistent compilation cache is warmed by one discarded run per config
-first, so that every measured run loads its executables instead of compiling them
-(compiling has its own peak).
+train records, data.max_examples; shapes: num_train, the other 20% num_test). The
+persistent compilation cache is warmed by one discarded run per config first, so that
+every measured run loads its executables instead of compiling them (compiling has its own
+peak).
 """
 from __future__ import annotations
 
@@ -51,6 +55,9 @@ def data_runs(directory: Path, n: int, multiples: list[int], sources: list[str])
                           f'--config.data.csv={directory}/attributes_{m}.csv']
     for source, path in (('npy', f'npy_{m}'), ('npz', f'd_{m}.npz'), ('npzc', f'c_{m}.npz')):
       out[(source, m)] = ['--config.data.name=numpy', f'--config.data.path={directory}/{path}']
+    out[('shapes', m)] = ['--config.data.name=shapes',
+                          f'--config.data.num_train={int(n * 0.8) * m}',
+                          f'--config.data.num_test={(n - int(n * 0.8)) * m}']
     if 'celeba' in sources:   # max_examples train records of one prepared set
       out[('celeba', m)] = [f'--config.data.data_dir={directory}/celeba_tfds',
                             f'--config.data.max_examples={int(n * 0.8) * m}',
@@ -59,14 +66,21 @@ def data_runs(directory: Path, n: int, multiples: list[int], sources: list[str])
   return out
 
 
-def write_data(directory: Path, n: int, size: int, multiples: list[int]) -> None:
+FILE_SOURCES = ('folder', 'npy', 'npz', 'npzc')   # the data write_data makes
+
+
+def write_data(directory: Path, n: int, size: int, multiples: list[int],
+               sources: list[str]) -> None:
   """The largest set as one image folder (a CSV per size listing its first rows), and a
-  .npy directory, an .npz and a compressed .npz per size."""
+  .npy directory, an .npz and a compressed .npz per size (those of `sources`)."""
+  directory.mkdir(parents=True, exist_ok=True)
+  if not set(sources) & set(FILE_SOURCES):
+    return
   images = make_images(n * max(multiples), size)
   attrs = (np.arange(len(images))[:, None] >> np.arange(2)) % 2   # two balanced attributes
   folder = directory / 'folder'
   folder.mkdir(parents=True, exist_ok=True)
-  for i, im in enumerate(images):
+  for i, im in enumerate(images if 'folder' in sources else []):
     Image.fromarray(im).save(folder / f'{i}.png', compress_level=1)
   from lsei_jax.data import byo  # pylint: disable=g-import-not-at-top
   for m in multiples:
@@ -74,10 +88,13 @@ def write_data(directory: Path, n: int, size: int, multiples: list[int]) -> None
     csv = directory / f'attributes_{m}.csv'
     csv.write_text('filename,a,b\n' + ''.join(f'{i}.png,{attrs[i, 0]},{attrs[i, 1]}\n'
                                             for i in range(k)))
-    byo.save_npy_dir(str(directory / f'npy_{m}'), images[:k], attrs[:k], ['a', 'b'])
-    byo.save_npz(str(directory / f'd_{m}.npz'), images[:k], attrs[:k], ['a', 'b'])
-    np.savez_compressed(directory / f'c_{m}.npz', images=images[:k], attributes=attrs[:k],
-                        attribute_names=np.array(['a', 'b']))
+    if 'npy' in sources:
+      byo.save_npy_dir(str(directory / f'npy_{m}'), images[:k], attrs[:k], ['a', 'b'])
+    if 'npz' in sources:
+      byo.save_npz(str(directory / f'd_{m}.npz'), images[:k], attrs[:k], ['a', 'b'])
+    if 'npzc' in sources:
+      np.savez_compressed(directory / f'c_{m}.npz', images=images[:k], attributes=attrs[:k],
+                          attribute_names=np.array(['a', 'b']))
 
 
 def prepare_celeba(directory: Path, train: int) -> None:
@@ -93,7 +110,7 @@ def prepare_celeba(directory: Path, train: int) -> None:
 def peak_rss_mb(root: Path, overrides: list[str], workdir: str, steps: int, size: int,
                 env: dict) -> tuple[float, float]:
   """(peak RSS in MB, seconds) of one train.py --stages=classifier child process."""
-  config = 'celeba_smiling' if any('data_dir=' in o for o in overrides) else 'own_data'
+  config = config_of(overrides)
   cmd = [sys.executable, str(root / 'train.py'), f'--config={root}/configs/{config}.py',
          f'--workdir={workdir}', '--stages=classifier',
          *(['--config.data.task=a'] if config == 'own_data' else []),
@@ -111,13 +128,20 @@ def peak_rss_mb(root: Path, overrides: list[str], workdir: str, steps: int, size
   return usage.ru_maxrss / 1024, time.perf_counter() - start   # Linux: ru_maxrss in KiB
 
 
+def config_of(overrides: list[str]) -> str:
+  """The configs/ module a source's run starts from."""
+  if any('data_dir=' in o for o in overrides):
+    return 'celeba_smiling'
+  return 'shapes' if '--config.data.name=shapes' in overrides else 'own_data'
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   p.add_argument('--base', type=int, default=2000, help='examples at 1×')
   p.add_argument('--multiples', default='1,4,16')
   p.add_argument('--size', type=int, default=64)
   p.add_argument('--steps', type=int, default=10)
-  p.add_argument('--sources', default='folder,npy,npz,npzc,celeba')
+  p.add_argument('--sources', default='folder,npy,npz,npzc,celeba,shapes')
   p.add_argument('--root', default=str(ROOT), help='checkout whose train.py runs')
   p.add_argument('--data', default='', help='reuse/keep the generated data here')
   p.add_argument('--write_data', default='', help=argparse.SUPPRESS)  # a child's job
@@ -125,7 +149,7 @@ def main():
   multiples = [int(m) for m in args.multiples.split(',')]
   sources = args.sources.split(',')
   if args.write_data:
-    write_data(Path(args.write_data), args.base, args.size, multiples)
+    write_data(Path(args.write_data), args.base, args.size, multiples, sources)
     if 'celeba' in sources:
       prepare_celeba(Path(args.write_data), int(args.base * 0.8) * max(multiples))
     return
@@ -142,9 +166,11 @@ def main():
     env = dict(os.environ, PYTHONPATH=str(root), JAX_PLATFORMS=os.environ.get(
         'JAX_PLATFORMS', 'cpu'), LSEI_JAX_COMPILATION_CACHE=os.environ.get(
             'LSEI_JAX_COMPILATION_CACHE', os.path.join(tmp, 'jit_cache')))
-    results = {}
-    for i, source in enumerate(sources):
-      if i == 0 or source == 'celeba':   # fills the compilation cache (per config)
+    results, warmed = {}, set()
+    for source in sources:
+      config = config_of(runs[(source, multiples[0])])
+      if config not in warmed or source == 'celeba':   # fills the compilation cache
+        warmed.add(config)
         no_cache = ['--config.data.cache=False'] if source == 'celeba' else []
         peak_rss_mb(root, runs[(source, multiples[0])] + no_cache,
                     os.path.join(tmp, f'warm_{source}'), args.steps, args.size, env)

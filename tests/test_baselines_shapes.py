@@ -58,7 +58,7 @@ def results(tmp_path_factory):
     params = jax.device_get(state.params)
     clf = mods.classifier
     ds = data_lib.load(cfg.data, 'test')
-    h = clf.apply({'params': params}, ds.images.astype(np.float32) / 255.0, method='embed')
+    h = clf.apply({'params': params}, np.asarray(ds.images, np.float32) / 255.0, method='embed')
     c2 = lambda e, p=params: clf.apply({'params': p}, e, method='head')
     acc = float(np.mean(np.argmax(c2(h), -1) == ds.labels))
     color = ds.attribute_names.index('color')

@@ -47,13 +47,13 @@ def test_test_rho_correlates_the_test_split_only_and_test_unbiased_is_its_counte
   differs = test.attributes != unbiased.attributes
   assert not differs[:, [0, 2, 3, 4, 5]].any() and 0.2 < differs[:, 1].mean() < 0.4
   np.testing.assert_array_equal(test.labels, unbiased.labels)
-  changed = (test.images != unbiased.images).any((1, 2, 3))
+  changed = (np.asarray(test.images) != np.asarray(unbiased.images)).any((1, 2, 3))
   np.testing.assert_array_equal(changed, differs[:, 1])
   # Annotations without rendering and the counterfactual renderer follow the same split.
   labels, attrs = data_lib.load_annotations(cfg, 'test')
   np.testing.assert_array_equal(attrs, test.attributes)
   flipped = data_lib.counterfactual_renderer(cfg, 'test')('color')
-  assert (flipped != test.images).any((1, 2, 3)).all()
+  assert (np.asarray(flipped) != np.asarray(test.images)).any((1, 2, 3)).all()
   np.testing.assert_array_equal(flipped[differs[:, 1]], unbiased.images[differs[:, 1]])
   # test_rho = 0.5 (the default): 'test' is 'test_unbiased'.
   cfg.test_rho = 0.5

@@ -46,7 +46,7 @@ def test_readme_example_explains_the_given_classifier(readme_run):
   workdir, scope = readme_run
   run, split = scope['run'], scope['split']
   test = data_lib.load(run.config.data, 'test')
-  x = test.images.astype(np.float32) / 255.0
+  x = np.asarray(test.images, np.float32) / 255.0
   logits = np.asarray(split(x))
   # Oracle: the metrics are the given classifier's own (it was not retrained).
   assert run.metrics['accuracy'] == pytest.approx(np.mean(logits.argmax(-1) == test.labels))
@@ -162,7 +162,7 @@ def _plain_head(p, h):
 def _plain_classifier(ds, d=16):
   """A classifier that is not Flax: params a tuple with an int32 leaf and running stats;
   the head fitted by least squares on the training images' features."""
-  x = ds.images.astype(np.float32).reshape(len(ds), -1) / 255.0
+  x = np.asarray(ds.images, np.float32).reshape(len(ds), -1) / 255.0
   w = np.random.default_rng(0).normal(size=(x.shape[1], d)).astype(np.float32) / 30.0
   order = np.arange(d, dtype=np.int32)[::-1].copy()
   z = (x @ w)[:, order]

@@ -41,7 +41,7 @@ def test_fingerprint_names_the_part_that_changed(tiny_config):
   base = fingerprint.fingerprint(ds)
   assert base['size'] == str(len(ds)) and fingerprint.fingerprint(ds) == base
   variants = {
-      'images': data_lib.Dataset(255 - ds.images, ds.labels, ds.attributes,
+      'images': data_lib.Dataset(255 - np.asarray(ds.images), ds.labels, ds.attributes,
                                  ds.attribute_names, ds.task),
       'attributes': data_lib.Dataset(ds.images, ds.labels, ~ds.attributes,
                                      ds.attribute_names, ds.task),
@@ -52,7 +52,7 @@ def test_fingerprint_names_the_part_that_changed(tiny_config):
     assert [k for k in fingerprint.PARTS if fp[k] != base[k]] == [part], part
   # One pixel of a sampled image, and one grid pixel of any image, are seen.
   for i, (y, x) in ((0, (3, 5)), (1, (0, 7))):
-    im = ds.images.copy()
+    im = np.array(ds.images)   # on disk (rows.Rows): a copy in memory
     im[i, y, x, 0] ^= 1
     fp = fingerprint.fingerprint(data_lib.Dataset(im, ds.labels, ds.attributes,
                                                   ds.attribute_names, ds.task))

@@ -5,11 +5,13 @@ run reads exactly the batches an uninterrupted one would have.
 
 Sources (config.data.name): 'shapes' (embedded synthetic data), 'celeba' (TFDS celeb_a),
 'numpy' (an .npz or arrays registered in Python), 'folder' (images + attribute CSV).
-Every source but the embedded shapes keeps a split's images on disk (data.rows.Rows), read
-per batch: an image folder's decoded into a temporary file, a directory of .npy files and an
-uncompressed .npz's in place, a compressed .npz's inflated into a temporary file, CelebA's
-decoded into its cache. The shapes are rendered in memory (12,288 × 64×64×3 ≈ 151 MB for
-configs/shapes.py's train split). `batch_indices`
+Every source keeps a split's images on disk (data.rows.Rows), read per batch, so a
+process's memory does not grow with the data: an image folder's decoded into a temporary
+file, a directory of .npy files and an uncompressed .npz's in place, a compressed .npz's
+inflated into a temporary file, CelebA's decoded into its cache, the embedded shapes
+written to a temporary file as they render (a piece of a 4,096-image render at a time;
+the bytes the in-memory renderer, shapes.generate, gives). Temporary files are unlinked at
+once and live under config.data.cache_dir (default: the system's temp dir). `batch_indices`
 gives each process (jax.process_index() of jax.process_count()) a disjoint slice of each
 global batch, so hosts never read the same example in one step.
 """
@@ -89,12 +91,17 @@ def _load(data_config: Any, split: str) -> Dataset:
     known = SPLITS[name] + tuple(bias_splits.CELEBA)
     raise ValueError(f'unknown split {split!r} for {name!r} data; known: {", ".join(known)}')
   if name == 'shapes':
-    return _shapes(*_shapes_args(data_config, split))
+    return _shapes(*_shapes_args(data_config, split), spill_dir=_spill_dir(data_config))
   if name == 'celeba':
     return _celeba(data_config, split)
   images, labels, attributes, names = (byo.load_arrays if name == 'numpy'
                                        else byo.load_folder)(data_config, split)
   return Dataset(images, labels, attributes, names, data_config.task)
+
+
+def _spill_dir(data_config: Any) -> str | None:
+  """Where splits read by rows spill to: config.data.cache_dir, else the system's temp dir."""
+  return data_config.get('cache_dir', '') or None
 
 
 def _celeba(data_config: Any, split: str) -> Dataset:
@@ -150,10 +157,11 @@ def _shapes_args(data_config: Any, split: str) -> tuple:
 
 @functools.lru_cache(maxsize=8)
 def _shapes(image_size, task, spurious, rho, seed, split, num, noise=0.04, object_scale=1.0,
-            flip=None, images=True) -> Dataset:
+            flip=None, images=True, spill_dir=None) -> Dataset:
   """task: an attribute, or 'a+b+…': the label is how many of them are on (a K+1-class
   task); the spurious attribute is then correlated with the first. images=False: the
-  labels and attributes alone (Dataset.images None), nothing rendered."""
+  labels and attributes alone (Dataset.images None), nothing rendered; else the images
+  on disk (rows.Rows) under spill_dir (None: the system's temp dir)."""
   parts = task.split('+')
   unknown = [p for p in parts if p not in shapes.ATTRIBUTES]
   if unknown:
@@ -163,25 +171,31 @@ def _shapes(image_size, task, spurious, rho, seed, split, num, noise=0.04, objec
   if len(set(parts)) != len(parts) or spurious in parts[1:]:
     raise ValueError(f'config.data.task={task!r}: the attributes joined by "+" must be '
                      f'distinct and differ from config.data.spurious={spurious!r}')
-  d = shapes.generate(num, image_size=image_size, task=parts[0], spurious=spurious,
-                      rho=rho,   # the split's own (_shapes_args)
-                      seed=seed, split=split, noise=noise, object_scale=object_scale,
-                      flip=flip, images=images)
+  rng, attrs = shapes.draw(num, task=parts[0], spurious=spurious,
+                           rho=rho,   # the split's own (_shapes_args)
+                           seed=seed, split=split, flip=flip)
+  # Written to an unlinked file (spill_dir: config.data.cache_dir) a render piece at a
+  # time: memory holds neither the split nor a render chunk; the bytes are generate's.
+  pixels = (rows.spill(shapes.image_chunks(rng, attrs, image_size, shapes.CHUNK, noise,
+                                           object_scale),
+                       (num, image_size, image_size, 3), np.uint8, spill_dir)
+            if images else None)
   cols = [shapes.ATTRIBUTES.index(p) for p in parts]
-  labels = d['attributes'][:, cols].sum(1).astype(np.int32)
-  return Dataset(d.get('image'), labels, d['attributes'], shapes.ATTRIBUTES, task)
+  labels = attrs[:, cols].sum(1).astype(np.int32)
+  return Dataset(pixels, labels, attrs, shapes.ATTRIBUTES, task)
 
 
 def counterfactual_renderer(data_config: Any, split: str
                             ) -> Callable[[str], np.ndarray] | None:
   """attribute name → uint8 images [N,H,W,3] of `split` re-rendered with only that attribute
-  flipped (same order and nuisance as load(data_config, split).images); None for data that
-  cannot be re-rendered (only the embedded shapes can)."""
+  flipped (same order and nuisance as load(data_config, split).images; on disk, rows.Rows,
+  like them); None for data that cannot be re-rendered (only the embedded shapes can)."""
   if data_config.name != 'shapes' or data_config.get('bias_split', ''):
     return None
   args = _shapes_args(data_config, split)
   # Not cached: six flipped copies of a split would crowd the loaded splits out of the cache.
-  return lambda name: _shapes.__wrapped__(*args, flip=name).images
+  return lambda name: _shapes.__wrapped__(*args, flip=name,
+                                          spill_dir=_spill_dir(data_config)).images
 
 
 def batch_indices(num_examples: int, global_batch: int, step: int, seed: int,

@@ -34,8 +34,9 @@ representation_shift's does, on every attribute).
 Fallbacks for what only the training split separates (fallback_rows): heldout_association
 (what the report ships, reporting/heldout.py: every 'cannot tell' row answered from the test
 and 'validation' images pooled at half the α), two_looks (the rule before: a confounded row
-from the validation split alone at the verdict's α, the others pooled), train_association (the same on the training images; `memorisation` measures its bias) and
-stratified_shift. --table also prints each method's |estimate − flip rate| there.
+from the validation split alone at the verdict's α, the others pooled), train_association
+(the same on the training images; `memorisation` measures its bias) and stratified_shift.
+--table also prints each method's |estimate − flip rate| there.
 
 Usage (resumable, one JSON line per classifier):
   python benchmarks/truthfulness_correlated.py --out runs/correlated

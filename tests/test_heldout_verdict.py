@@ -1,6 +1,7 @@
 """The verdict's second look (reporting/heldout.py: every 'cannot tell' row answered from the
-test and held-out images pooled at half the α) and the stratified representation shift (representation_shift.stratified_flip_rates): exact answers
-on synthetic arrays, identifiability failures as 'cannot tell' (never a traceback or NaN)."""
+test and held-out images pooled at half the α) and the stratified representation shift
+(representation_shift.stratified_flip_rates): exact answers on synthetic arrays,
+identifiability failures as 'cannot tell' (never a traceback or NaN)."""
 import json
 import math
 import os

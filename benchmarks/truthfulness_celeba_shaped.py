@@ -33,10 +33,11 @@ absolute error of its effect (`effect_errors` also compares a fit with every a �
 interaction, a diagnostic).
 Methods: prediction_association (the test split's look, lsei_jax/reporting/association.py:
 the split's average effect, interactions where each cell holds ≥ 10 images), pooled_verdict
-(what the classifier stage ships, heldout.prediction_association: its 'cannot tell' rows
-looked at again on the validation split alone (confounded) or on the test and validation
-images pooled at half the α (too wide, constant); such a row's interval is scored against
-the effect over the images it read: target_effect), additive_fit (the
+(what the classifier stage ships, heldout.prediction_association: each 'cannot tell' row,
+confounded, too wide or constant, looked at again on the test and validation images pooled
+at half the α), two_looks (the rule before: a confounded row on the validation split alone
+at the verdict's α, the others pooled; truthfulness_correlated.two_looks); a held-out row's
+interval is scored against the effect over the images it read (target_effect), additive_fit (the
 same rows with min_cell=None: the additive fit the verdict used before) and correlation_gate
 (the verdict before issue 25: 'cannot tell' for |r| > 0.1 with another attribute;
 truthfulness_correlated.gate_rows).
@@ -67,7 +68,8 @@ import truthfulness_correlated  # noqa: E402  pylint: disable=g-import-not-at-to
 TASK = 'Male'
 TRAINS = ('celeba', 'lipstick')
 RHO_LIPSTICK = 0.97
-METHODS = ('prediction_association', 'pooled_verdict', 'additive_fit', 'correlation_gate')
+METHODS = ('prediction_association', 'pooled_verdict', 'two_looks', 'additive_fit',
+           'correlation_gate')
 
 
 def grid(quick: bool = False, trains=TRAINS, difficulty=('easy', 'hard'), seeds=(0, 1)
@@ -214,6 +216,7 @@ def rows_of(pred: np.ndarray, attrs: np.ndarray, names, held=None) -> dict:
   if held is not None:      # what the classifier stage ships (heldout.prediction_association)
     out['pooled_verdict'] = heldout.prediction_association(pred, attrs, names, TASK, 2,
                                                            held=held)
+    out['two_looks'] = truthfulness_correlated.two_looks(pred, attrs, names, TASK, held)
   return out
 
 

@@ -32,9 +32,11 @@ block a of each test image moved to the other value's class mean, mapped back, r
 c2; the flip rate's Wilson interval, Bonferroni over the attributes, decides as
 representation_shift's does, on every attribute).
 Fallbacks for what only the training split separates (fallback_rows): heldout_association
-(what the report ships: the verdict on the 'validation' split, reporting/heldout.py),
-train_association (the same on the training images; `memorisation` measures its bias) and
-stratified_shift. --table also prints each method's |estimate − flip rate| there.
+(what the report ships, reporting/heldout.py: every 'cannot tell' row answered from the test
+and 'validation' images pooled at half the α), two_looks (the rule before: a confounded row
+from the validation split alone at the verdict's α, the others pooled), train_association
+(the same on the training images; `memorisation` measures its bias) and stratified_shift.
+--table also prints each method's |estimate − flip rate| there.
 
 Usage (resumable, one JSON line per classifier):
   python benchmarks/truthfulness_correlated.py --out runs/correlated
@@ -59,8 +61,9 @@ import truthfulness  # noqa: E402  pylint: disable=g-import-not-at-top
 R_TEST = (0.0, 0.3, 0.6, 0.9, 1.0)
 PAIR = ('size', 'position')
 METHODS = ('prediction_association', 'representation_shift', 'correlation_gate',
-           'heldout_association', 'train_association', 'stratified_shift', 'inn_factor')
-FALLBACKS = METHODS[3:6]   # need the held-out / training predictions (lines before them lack them)
+           'heldout_association', 'two_looks', 'train_association', 'stratified_shift',
+           'inn_factor')
+FALLBACKS = METHODS[3:7]   # need the held-out / training predictions (lines before them lack them)
 
 
 def grid(quick: bool = False, spurious=('background', 'color'), rhos=(0.9, 1.0),
@@ -212,9 +215,9 @@ def fallback_rows(line: dict, t: dict, rows: list[dict], data_config,
                   attrs: np.ndarray) -> dict:
   """The rows of the fallbacks for what the test split confounds (issue 25, item 3), from
   the line's stored predictions (attrs: the test split's, bool [N, A]): heldout_association
-  (what the classifier stage ships, reporting/heldout.py: the verdict on the 'validation'
-  split, drawn like 'train', which the classifier never saw, for confounded rows; the test
-  and validation images pooled for rows only too wide), train_association
+  (what the classifier stage ships, reporting/heldout.py: every 'cannot tell' row answered
+  from the test and 'validation' images pooled, the latter drawn like 'train', which the
+  classifier never saw), two_looks (the rule before), train_association
   (the same on the training images themselves: memorisation may bias it), stratified_shift
   (representation_shift.stratified_flip_rates, checked against the test split like the
   global shift)."""
@@ -223,9 +226,10 @@ def fallback_rows(line: dict, t: dict, rows: list[dict], data_config,
   names, task = line['names'], line['task']
   out = {}
   _, held_attrs = data_lib.load_annotations(data_config, 'validation')
+  held = (np.asarray(line['pred_validation']), held_attrs)
   out['heldout_association'] = heldout.prediction_association(
-      np.asarray(t['pred']), attrs, names, task, 2,
-      held=(np.asarray(line['pred_validation']), held_attrs))
+      np.asarray(t['pred']), attrs, names, task, 2, held=held)
+  out['two_looks'] = two_looks(np.asarray(t['pred']), attrs, names, task, held)
   _, train_attrs = data_lib.load_annotations(data_config, 'train')
   pred = np.asarray(line['pred_train'])
   out['train_association'] = heldout.fill(
@@ -236,6 +240,28 @@ def fallback_rows(line: dict, t: dict, rows: list[dict], data_config,
       len(line['pred_train']), estimator=representation_shift.STRATIFIED,
       how='moved by the difference of its stratum\'s training means in h')
   return out
+
+
+def two_looks(pred: np.ndarray, attrs: np.ndarray, names, task: str, held, num_classes: int = 2,
+              level: float = 0.95) -> list[dict]:
+  """The held-out rule the verdict shipped before issue 25's comparison (kept to score it):
+  rows 'cannot tell' because of a confounding attribute answered from the held-out split
+  alone at the verdict's level (heldout.fill), the other 'cannot tell' rows from the test
+  and held-out images pooled at heldout.pooled_level (heldout.pool). held: (pred [M],
+  attributes [M, A])."""
+  from lsei_jax.reporting import association, heldout  # pylint: disable=g-import-not-at-top
+  rows = association.prediction_association(pred, attrs, names, task, num_classes, level=level)
+  if heldout.wanted(rows):
+    rows = heldout.fill(rows, association.prediction_association(
+        held[0], held[1], names, task, num_classes, split='validation', level=level),
+                        'validation', len(held[0]))
+  wide = [r['attribute'] for r in rows if r['verdict'] == 'cannot tell'
+          and not r.get('confounded_by')]
+  if wide:
+    pooled, num = heldout.pooled_rows_of(pred, attrs, held, names, task, num_classes,
+                                         'validation', level)
+    rows = heldout.pool(rows, pooled, 'validation', num, level, attributes=wide)
+  return rows
 
 
 def memorisation(lines: list[dict], base: str = 'small') -> list[dict]:

@@ -160,11 +160,11 @@ def render(result: dict, eval_dir: str | None = None, *, task: str | None = None
             'configured minimum; <b>no evidence</b>: the interval rules out a large effect; '
             '<b>cannot tell</b>: it does not, e.g. an attribute that the test split never '
             'separates from another (the row names it and how many test images separate '
-            'them). Where the test split confounds an attribute with another but held-out '
-            'images of the training distribution (the validation split) separate them, that '
-            'split answers, and the row names it as its estimator (hover: its evidence); '
-            'where its interval is only too wide, the test and validation images pooled '
-            'answer it, at half the α (a second look). '
+            'them). A row the test split leaves cannot tell (a correlate confounds it, or its '
+            'interval is too wide) is looked at again on the test images and held-out images '
+            'of the training distribution (the validation split) pooled, at half the α (a '
+            'second look); where that answers, the row names it as its estimator (hover: its '
+            'evidence). '
             'Bold red: relied on.</p>',
             _table(['attribute', 'verdict', 'effect', 'interval', 'class', 'estimator'], rows),
             _drawn(lambda f: plots.bias_bars(f, result['bias_report'],

@@ -46,9 +46,10 @@ def split_description(data_config) -> str:
 
 def verdict(ctx: Context) -> dict:
   """How the classifier's own predictions depend on each attribute over the test split
-  (benchmarks/truthfulness.py: this is what matches the ground truth); where a correlated
-  attribute of the test split confounds one, answered from the held-out 'validation'
-  split of the training distribution if that separates them (reporting/heldout.py,
+  (benchmarks/truthfulness.py: this is what matches the ground truth); a row the test split
+  leaves 'cannot tell' (a correlate confounds it, its interval is too wide, or it is
+  constant) looked at again on the test and held-out 'validation' images (the training
+  distribution) pooled, at half the α (reporting/heldout.py,
   benchmarks/truthfulness_correlated.py). That split is loaded and classified only then."""
   ec, test = ctx.spec.config.eval, ctx.data
   return {'bias_report': heldout.prediction_association(

@@ -12,6 +12,7 @@ REPORT_ORDER = ('split', 'num_examples', 'task', 'num_classes', 'embed_dim', 'cl
                 'flip_all_change', 'concepts', 'info_cosine', 'info_cosine_noreg',
                 'per_bit_change', 'single_bit_change', 'per_bit_change_by_class',
                 'probe_accuracy', 'intervention', 'bias_report', 'intervention_report',
+                'closed_loop',
                 'data_association', 'reliance', 'tcav', 'tcav_skipped', 'attribution_sanity',
                 'inn', 'invariance', 'sanity')
 

@@ -24,6 +24,10 @@ before it to its own end, so the inputs it is the first to need count for it;
 sums JAX's tracing, lowering and XLA compilation (or cache load) events; train_s / eval_s is
 the rest of the stage's wall time (data, steps, checkpoints). Prints one JSON line per
 (run, stage), then a table. other_cpu_frac: CPU used by other processes (shared machine).
+The persistent cache's use (issue 27): `executables` (every XLA executable the stage
+obtained, compiled or loaded), `cache_hits` (of those, loaded from the cache), and
+`uncached_compile_s` (backend seconds of the ones compiled: the cache cannot save what
+compiles in under compile_cache.MIN_COMPILE_SECS, which it never stores).
 """
 from __future__ import annotations
 
@@ -68,6 +72,11 @@ def _config(scenario: str, steps: int, celeba_test: int):
   return c, full
 
 
+# jax's event for an executable loaded from the persistent compilation cache (jax 0.10's
+# compiler.compile_or_get_cached); a renamed event reads as 0 hits, not as an error.
+CACHE_HIT_EVENT = '/jax/compilation_cache/cache_hits'
+
+
 def child(args) -> None:
   """One timed run in this process: prints a JSON line per stage."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -81,12 +90,25 @@ def child(args) -> None:
   compile_cache.enable(args.cache_dir)
   compile_events = (dispatch.JAXPR_TRACE_EVENT, dispatch.JAXPR_TO_MLIR_MODULE_EVENT,
                     dispatch.BACKEND_COMPILE_EVENT)
-  acc = {'compile': 0.0}
+  acc = {'compile': 0.0, 'executables': 0, 'hits': 0, 'missed_s': 0.0}
+  last_hit = [False]
 
   def listener(event, duration, **_):
     if event in compile_events:
       acc['compile'] += duration
+    if event == dispatch.BACKEND_COMPILE_EVENT:   # every executable, compiled or loaded
+      acc['executables'] += 1
+      if not last_hit[0]:
+        acc['missed_s'] += duration
+      last_hit[0] = False
+
+  def counter(event, **_):
+    # Recorded inside the backend compile it belongs to, just before that one's duration.
+    if event == CACHE_HIT_EVENT:
+      acc['hits'] += 1
+      last_hit[0] = True
   monitoring.register_event_duration_secs_listener(listener)
+  monitoring.register_event_listener(counter)
 
   got = _config(args.scenario, args.steps, args.celeba_test)
   config, full = got if isinstance(got, tuple) else (got, None)
@@ -108,7 +130,8 @@ def child(args) -> None:
   ends: list[tuple] = []
 
   def clock() -> tuple:
-    return time.perf_counter(), acc['compile'], _busy_s(), time.process_time()
+    return (time.perf_counter(), acc['compile'], _busy_s(), time.process_time(),
+            acc['executables'], acc['hits'], acc['missed_s'])
 
   def timed(fn):
     def wrapped(stage, workdir, *a, **k):
@@ -134,11 +157,12 @@ def child(args) -> None:
     t_eval = clock()
     evaluation.evaluate(config, args.workdir)
     spans.append(('eval', t_eval, clock()))
-  for stage, (t0, c0, busy0, own0), (t1, c1, busy1, own1) in spans:
+  for stage, (t0, c0, busy0, own0, x0, h0, m0), (t1, c1, busy1, own1, x1, h1, m1) in spans:
     wall = t1 - t0
     other = ((busy1 - busy0) - (own1 - own0)) / (wall * os.cpu_count())
     row = dict(base, stage=stage, wall_s=round(wall, 2), compile_s=round(c1 - c0, 2),
-               other_cpu_frac=round(max(other, 0.0), 3))
+               other_cpu_frac=round(max(other, 0.0), 3),
+               executables=x1 - x0, cache_hits=h1 - h0, uncached_compile_s=round(m1 - m0, 2))
     row['eval_s' if stage == 'eval' else 'train_s'] = round(wall - (c1 - c0), 2)
     if full is not None and stage != 'eval':
       # Extrapolation: per-step time between the first and last checkpoint of each
@@ -214,20 +238,24 @@ def main():
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
   print(f'\n{args.scenario}: seconds per stage (compile + train/eval = wall)')
-  print('| run | stage | compile s | train/eval s | wall s | other CPU |'
-        + (' extrapolated s |' if args.scenario == 'celeba64' else ''))
-  print('|---|---|---|---|---|---|' + ('---|' if args.scenario == 'celeba64' else ''))
+  print('| run | stage | compile s | train/eval s | wall s | other CPU | cache hits / '
+        'executables | compiled s |' + (' extrapolated s |' if args.scenario == 'celeba64' else ''))
+  print('|---|---|---|---|---|---|---|---|' + ('---|' if args.scenario == 'celeba64' else ''))
   for label in args.runs:
     mine = [r for r in rows if r['cache'] == label]
     for r in mine:
       work = r.get('train_s', r.get('eval_s', ''))
       ext = f" {r.get('extrapolated_s', '')} |" if args.scenario == 'celeba64' else ''
       print(f"| {label} | {r['stage']} | {r.get('compile_s', '')} | {work} | {r['wall_s']} | "
-            f"{r.get('other_cpu_frac', '')} |{ext}")
+            f"{r.get('other_cpu_frac', '')} | {r.get('cache_hits', '')} / "
+            f"{r.get('executables', '')} | {r.get('uncached_compile_s', '')} |{ext}")
     total = sum(r['wall_s'] for r in mine)
     comp = sum(r.get('compile_s', 0) for r in mine)
     ext = sum(r.get('extrapolated_s', r['wall_s']) for r in mine)
-    print(f"| {label} | **total** | {comp:.1f} | {total - comp:.1f} | {total:.1f} | |"
+    hits, exe = (sum(r.get(k, 0) for r in mine) for k in ('cache_hits', 'executables'))
+    missed = sum(r.get('uncached_compile_s', 0) for r in mine)
+    print(f"| {label} | **total** | {comp:.1f} | {total - comp:.1f} | {total:.1f} | | "
+          f"{hits} / {exe} ({hits / max(exe, 1):.0%}) | {missed:.1f} |"
           + (f' {ext:.0f} |' if args.scenario == 'celeba64' else ''))
 
 

@@ -30,7 +30,10 @@ for every attribute correlated with another beyond |r| > 0.1), on the same predi
 inn_factor (the factor INN of docs/method.md § The INN, trained on the training split's h:
 block a of each test image moved to the other value's class mean, mapped back, read by
 c2; the flip rate's Wilson interval, Bonferroni over the attributes, decides as
-representation_shift's does, on every attribute).
+representation_shift's does, on every attribute); inn_factor_heldout (the same INN, basis
+and class means fitted on the held-out 'validation' images instead: on its own training
+images the classifier reads the label it memorised, `memorisation`, and an INN fitted there
+inherits that).
 Fallbacks for what only the training split separates (fallback_rows): heldout_association
 (what the report ships, reporting/heldout.py: every 'cannot tell' row answered from the test
 and 'validation' images pooled at half the α), two_looks (the rule before: a confounded row
@@ -62,7 +65,7 @@ R_TEST = (0.0, 0.3, 0.6, 0.9, 1.0)
 PAIR = ('size', 'position')
 METHODS = ('prediction_association', 'representation_shift', 'correlation_gate',
            'heldout_association', 'two_looks', 'train_association', 'stratified_shift',
-           'inn_factor')
+           'inn_factor', 'inn_factor_heldout')
 FALLBACKS = METHODS[3:7]   # need the held-out / training predictions (lines before them lack them)
 
 
@@ -145,6 +148,7 @@ def run_cell(cell: dict, workdir: str, base: str, num_test: int, r_test=R_TEST) 
   beta, ident = representation_shift.directions(h_train, train.attributes)
   held = data_lib.load(config.data, 'validation')
   inn_flip = inn_factor_fn(h_train, train.attributes, head, config.seed)
+  inn_held = inn_factor_fn(embed(held.images), held.attributes, head, config.seed)
   line = {'cell': truthfulness.cell_key(cell), **cell, 'names': names, 'task': task,
           'num_test': num_test, 'tests': [],
           'pred_validation': np.argmax(classify(held.images), -1).astype(int).tolist(),
@@ -166,18 +170,20 @@ def run_cell(cell: dict, workdir: str, base: str, num_test: int, r_test=R_TEST) 
       after = np.argmax(classify(render(config.data, flipped, seed)), -1)
       reliance[n] = {'flip_rate': float(np.mean(after != pred)), 'num_examples': num_test}
     rows = bias.prediction_association(pred, attrs, names, task, 2)
-    inn_rates = inn_flip(h_test, attrs)
+    inn_rates, inn_held_rates = inn_flip(h_test, attrs), inn_held(h_test, attrs)
     line['tests'].append({
         'r_test': r, 'accuracy': float(np.mean(pred == attrs[:, names.index(task)])),
         'reliance': reliance, 'pred': pred.astype(int).tolist(), 'shift_flip_rate': rates.tolist(),
         'stratified_flip_rate': strat.tolist(), 'stratified_count': counts.tolist(),
-        'inn_flip_rate': inn_rates.tolist()})
+        'inn_flip_rate': inn_rates.tolist(), 'inn_heldout_flip_rate': inn_held_rates.tolist()})
     t = line['tests'][-1]
     t['rows'] = {'prediction_association': rows,
                  'representation_shift': representation_shift.combine(
                      rows, rates, ident, names, num_test, len(train)),
                  'correlation_gate': gate_rows(pred, attrs, names),
                  'inn_factor': inn_rows(inn_rates, names, num_test),
+                 'inn_factor_heldout': inn_rows(inn_held_rates, names, num_test,
+                                                estimator='inn_factor_heldout'),
                  **fallback_rows(line, t, rows, config.data, attrs)}
   line['seconds'] = time.time() - t0
   return line
@@ -205,7 +211,10 @@ def rescore(line: dict, base: str = 'small') -> dict:
             rows, np.asarray(t['shift_flip_rate']), ident, names, line['num_test'], len(train)),
         'correlation_gate': gate_rows(pred, attrs, names),
         **({'inn_factor': inn_rows(np.asarray(t['inn_flip_rate']), names, line['num_test'])}
-           if 'inn_flip_rate' in t else {})}))
+           if 'inn_flip_rate' in t else {}),
+        **({'inn_factor_heldout': inn_rows(np.asarray(t['inn_heldout_flip_rate']), names,
+                                           line['num_test'], estimator='inn_factor_heldout')}
+           if 'inn_heldout_flip_rate' in t else {})}))
     if 'pred_validation' in line:
       tests[-1]['rows'].update(fallback_rows(line, tests[-1], rows, config.data, attrs))
   return dict(line, tests=tests)
@@ -300,16 +309,30 @@ def magnitude_errors(lines: list[dict], methods=METHODS) -> dict:
   return out
 
 
+def all_magnitude_errors(lines: list[dict], methods=METHODS) -> dict:
+  """{(method, r_test): [| |shift| − flip rate |]} over every attribute the method answered
+  (not 'cannot tell'), whoever separates it."""
+  out: dict = {}
+  for line in lines:
+    for t in line['tests']:
+      for m in (m for m in methods if m in t['rows']):
+        out.setdefault((m, t['r_test']), []).extend(
+            abs(abs(r['shift']) - t['reliance'][r['attribute']]['flip_rate'])
+            for r in t['rows'][m] if r.get('verdict') != 'cannot tell')
+  return out
+
+
 def association_rows(pred, attrs, names, task, split: str = 'test'):
   from lsei_jax.reporting import bias  # pylint: disable=g-import-not-at-top
   return bias.prediction_association(pred, attrs, names, task, 2, split=split)
 
 
 def inn_factor_fn(h_train: np.ndarray, attrs_train: np.ndarray, head, seed: int):
-  """Trains the factor INN (configs/shapes.py's config.inn: attribute basis + flow) on the
-  training split's h; → (h [N, d], attributes [N, A] → flip rate [A]): the share of
-  predictions that change when block a moves to the other value's class mean (train
-  codes) and T⁻¹ maps it back to h."""
+  """Trains the factor INN (configs/shapes.py's config.inn: attribute basis + flow) on
+  h_train [M, d] (the training split's h, or held-out images') and their attributes [M, A];
+  → (h [N, d], attributes [N, A] → flip rate [A]): the share of predictions that change
+  when block a moves to the other value's class mean (codes of h_train) and T⁻¹ maps it
+  back to h."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from configs import shapes  # pylint: disable=g-import-not-at-top
@@ -344,14 +367,15 @@ def inn_factor_fn(h_train: np.ndarray, attrs_train: np.ndarray, head, seed: int)
   return flip
 
 
-def inn_rows(rates: np.ndarray, names, num_test: int, level: float = 0.95) -> list[dict]:
+def inn_rows(rates: np.ndarray, names, num_test: int, level: float = 0.95,
+             estimator: str = 'inn_factor') -> list[dict]:
   """The factor INN's verdict rows: flip rate's Wilson interval (Bonferroni over the
   attributes) against min_effect / max_hidden, as representation_shift.shift_verdicts."""
   from lsei_jax.reporting import representation_shift  # pylint: disable=g-import-not-at-top
   from lsei_jax.reporting.association import t_quantile  # pylint: disable=g-import-not-at-top
   z = t_quantile(1 - (1 - level) / (2 * len(names)), np.inf)
   return [dict(attribute=n, verdict=v, flagged=v == 'relied on', shift=float(r), ci_low=lo,
-               ci_high=hi, estimator='inn_factor')
+               ci_high=hi, estimator=estimator)
           for n, r, (v, lo, hi) in zip(names, rates, representation_shift.shift_verdicts(
               rates, num_test, z))]
 
@@ -474,6 +498,10 @@ def main(argv=None) -> None:
   for m, err in magnitude_errors(truthfulness.read_lines(path)).items():
     if err:
       print(f'{m}: |estimate − flip rate| where only training separates ({len(err)} answers): '
+            f'median {np.median(err):.3f}, max {max(err):.3f}')
+  for (m, r), err in all_magnitude_errors(truthfulness.read_lines(path)).items():
+    if err and m in ('heldout_association', 'inn_factor', 'inn_factor_heldout'):
+      print(f'{m} at r = {r:g}: |estimate − flip rate| over its {len(err)} answers: '
             f'median {np.median(err):.3f}, max {max(err):.3f}')
   mem = memorisation(truthfulness.read_lines(path), 'tiny' if args.quick else args.base)
   for k in ('task', 'spurious'):

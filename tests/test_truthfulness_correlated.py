@@ -116,3 +116,17 @@ def test_rescore_reproduces_the_rows_of_a_fresh_run(tmp_path):
   line = json.loads(open(os.path.join(out, 'cells.jsonl')).readline())
   again = tc.rescore(line, 'tiny')
   assert json.loads(json.dumps(again)) == line
+
+
+def test_all_magnitude_errors_are_per_method_and_r_over_answered_attributes():
+  rel = [0.5, 0.2, 0.1, 0.0, 0.3, 0.05]
+  t0, t1 = _test(0.0, rel, ['relied on'] * 6), _test(1.0, rel, ['no evidence'] * 6)
+  # inn_factor at r = 0: negative shifts count by their size; one 'cannot tell' is skipped.
+  t0['rows']['inn_factor'] = [{'attribute': n, 'verdict': v, 'shift': x} for n, v, x in zip(
+      NAMES, ['relied on', 'no evidence', 'cannot tell', 'no evidence', 'relied on',
+              'no evidence'], [-0.4, 0.25, 0.9, 0.0, 0.1, 0.05])]
+  err = tc.all_magnitude_errors([_line(0.9, [t0, t1])], methods=('inn_factor',))
+  assert sorted(err) == [('inn_factor', 0.0), ('inn_factor', 1.0)]
+  # shape, color, position, background, texture (size skipped: cannot tell)
+  np.testing.assert_allclose(err[('inn_factor', 0.0)], [0.1, 0.05, 0.0, 0.2, 0.0], atol=1e-12)
+  np.testing.assert_allclose(err[('inn_factor', 1.0)], np.zeros(6), atol=1e-12)

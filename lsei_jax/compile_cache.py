@@ -16,8 +16,10 @@ from jax.experimental.compilation_cache import compilation_cache as _jax_cache
 
 DEFAULT_DIR = os.path.expanduser('~/.cache/lsei_jax/xla')
 ENV = 'LSEI_JAX_COMPILATION_CACHE'
-# Compilations faster than this are not worth a disk round trip.
-MIN_COMPILE_SECS = 0.5
+# Compilations faster than this are not stored (a load costs milliseconds). At 0.5 s a warm
+# demo still compiled 37 of its 61 executables (3.7 s); at 0.05 s, 20 (0.6 s):
+# benchmarks/time_to_explanation.py's cache columns, docs/performance.md.
+MIN_COMPILE_SECS = 0.05
 
 
 def resolve(cache_dir: str | None = None) -> str:

@@ -14,7 +14,7 @@ REPORT_ORDER = ('split', 'num_examples', 'task', 'num_classes', 'embed_dim', 'cl
                 'probe_accuracy', 'intervention', 'bias_report', 'intervention_report',
                 'closed_loop',
                 'data_association', 'reliance', 'tcav', 'tcav_skipped', 'attribution_sanity',
-                'inn', 'invariance', 'sanity')
+                'inn', 'invariance', 'factor_sweep', 'sanity')
 
 def format_tables(m: dict) -> str:
   """Table 1 (percentages, as in the paper) and Table 2 (cosines) as plain text."""

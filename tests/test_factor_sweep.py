@@ -149,7 +149,7 @@ def test_evaluator_on_the_trained_stages(workdir_copy, tiny_config, tmp_path):
   ctx = evaluation.load(c, workdir_copy, ['classifier', 'inn', 'autoencoder', 'invariance'])
   res = factor_sweep.evaluate_factor_sweep(ctx)['factor_sweep']
   names = list(ctx.data.attribute_names)
-  assert res['num_images'] == 16 and res['steps'] == factor_sweep.DEFAULT_STEPS
+  assert res['num_images'] == 16 and res['steps'] == 5     # eval.factor_sweep's default
   assert set(res['head_endpoint_change']) == set(names)
   fig = ctx.figures['factor_sweep']
   assert fig['sweeps'].shape == (4, len(names), 5, 16, 16, 3) and fig['sweeps'].dtype == np.uint8
@@ -199,3 +199,17 @@ def test_write_draws_the_sweep_only_when_evaluated(tmp_path, monkeypatch):
       'image_pred': pred, 'original_pred': pred[:, 0, 0], 'attributes': ['a', 'b', 'c']}
   evaluation.write(result, figures, str(tmp_path / 'with'))
   assert Image.open(tmp_path / 'with' / 'factor_sweep.png').size[0] > 0
+
+
+def test_sweep_settings_pin_no_checkpoint(tiny_config):
+  # eval.factor_sweep may change between evaluations of one workdir: no stage's signature
+  # (the config sections its checkpoints pin) holds it.
+  from lsei_jax.pipeline import graph   # pylint: disable=g-import-not-at-top
+  from lsei_jax.training import signature   # pylint: disable=g-import-not-at-top
+  import ml_collections   # pylint: disable=g-import-not-at-top
+  c = tiny_config.copy_and_resolve_references()
+  c.inn.enabled = c.invariance.enabled = True
+  c.eval.factor_sweep = ml_collections.ConfigDict(dict(steps=3, images=2))
+  for node in graph.GRAPH:
+    sig = signature.stage_signature(c, node.signature_sections)
+    assert not any('factor_sweep' in k for k in sig), node.name

@@ -19,7 +19,15 @@ from lsei_jax.pipeline.stages import inn as inn_stage
 from lsei_jax.pipeline.stages import invariance as inv_stage
 from lsei_jax.pipeline.stages.concepts import train_split_h
 
-DEFAULT_STEPS = 5   # config.invariance.sweep_steps, when the config does not set it
+# config.eval.factor_sweep.{steps, images} where a config has no such section (one older
+# than it): a row per (image, attribute) makes the figure tall, so it shows fewer images than
+# invariance_grid. Not in the stages' sections: their checkpoints pin every field there.
+DEFAULTS = {'steps': 5, 'images': 4}
+
+
+def _setting(spec, name: str) -> int:
+  fs = spec.config.eval.get('factor_sweep', None)
+  return int(fs.get(name, DEFAULTS[name]) if fs is not None else DEFAULTS[name])
 
 
 @functools.lru_cache(maxsize=8)
@@ -68,7 +76,7 @@ def evaluate_factor_sweep(ctx: Context) -> dict:
     return {}
   spec, test, cfg = ctx.spec, ctx.data, ctx.spec.config.invariance
   b = min(int(cfg.eval_images), len(test))
-  steps = int(cfg.get('sweep_steps', DEFAULT_STEPS))
+  steps = _setting(spec, 'steps')
   images = np.asarray(test.images[:b])
   h = ctx.map(frozen.embed_fn(ctx.classifier.embed, ctx.mesh), ctx.classifier.params,
               {'image': images}, 'embed sweep')
@@ -81,7 +89,7 @@ def evaluate_factor_sweep(ctx: Context) -> dict:
   flat = out['images'].reshape((-1,) + out['images'].shape[3:])
   image_pred = np.argmax(classify(flat), -1).reshape(out['pred'].shape)   # c(x'(t))
   names = list(test.attribute_names)
-  k = int(cfg.figure_images)
+  k = _setting(spec, 'images')
   ctx.figures['factor_sweep'] = {
       'original': images[:k], 'sweeps': out['images'][:k], 'pred': out['pred'][:k],
       'image_pred': image_pred[:k], 'attributes': names,

@@ -7,7 +7,7 @@ from PIL import Image
 
 from lsei_jax import pipeline
 from lsei_jax.inn import sweep
-from lsei_jax.pipeline import evaluation, factor_sweep
+from lsei_jax.pipeline import evaluation, factor_sweep, frozen
 from lsei_jax.pipeline.stages import autoencoder as ae_stage
 from lsei_jax.pipeline.stages import inn as inn_stage
 from lsei_jax.reporting import html_report, plots
@@ -175,6 +175,18 @@ def test_evaluator_on_the_trained_stages(workdir_copy, tiny_config, tmp_path):
   logits = np.asarray(ctx.classifier.head(ctx.classifier.params,
                                           out['h'].reshape(-1, out['h'].shape[-1])))
   np.testing.assert_array_equal(out['pred'].reshape(-1), np.argmax(logits, -1))
+  # The evaluator's chunks (one image each here: eval.batch_size 32 < A·S per image) give
+  # what one sweep of its 16 images gives: the images to one uint8 level (XLA may round a
+  # row differently in another batch shape), the labels exactly.
+  images16 = np.asarray(ctx.data.images[:16])
+  h16 = ctx.map(frozen.embed_fn(ctx.classifier.embed, ctx.mesh), ctx.classifier.params,
+                {'image': images16})                       # as the evaluator embeds them
+  whole = sweep.factor_sweep(h16, ae_stage.latents(ctx, images16, 'v_sweep16'),
+                             factor_sweep.sweep_values(ctx, 5), blocks, **fns)
+  assert np.abs(fig['sweeps'].astype(int) - whole['images'][:4].astype(int)).max() <= 1
+  np.testing.assert_array_equal(fig['pred'], whole['pred'][:4])
+  assert res['head_endpoint_change'] == dict(zip(
+      names, map(float, sweep.endpoint_change(whole['pred']))))
   # The figure in eval/ where both exist; the report page embeds it.
   plots.sweep_grid(str(tmp_path / 'factor_sweep.png'), fig['original'], fig['sweeps'],
                    fig['attributes'], fig['pred'], fig['original_pred'], fig['image_pred'])

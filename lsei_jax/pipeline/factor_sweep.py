@@ -83,18 +83,26 @@ def evaluate_factor_sweep(ctx: Context) -> dict:
   v = ae_stage.latents(ctx, images, 'v_invariance_test')   # the invariance evaluator's
   layout = inn_stage.model(spec).layout
   blocks = [layout.block(a) for a in range(layout.num_factors)]
-  fns = maps(ctx)
-  out = sweep.factor_sweep(h, v, sweep_values(ctx, steps), blocks, **fns)
+  fns, values = maps(ctx), sweep_values(ctx, steps)
   classify = artifacts.classify_fn(ctx.classifier, spec.config.eval.batch_size, ctx.mesh)
-  flat = out['images'].reshape((-1,) + out['images'].shape[3:])
-  image_pred = np.argmax(classify(flat), -1).reshape(out['pred'].shape)   # c(x'(t))
-  names = list(test.attribute_names)
   k = _setting(spec, 'images')
+  # In chunks of about eval.batch_size decoded images (A·S per test image; CelebA's 40
+  # attributes would otherwise decode 50k images at once); only the figure's k are kept.
+  chunk = max(1, int(spec.config.eval.batch_size) // (len(blocks) * steps))
+  pred, image_pred, kept = [], [], []
+  for i in range(0, b, chunk):
+    out = sweep.factor_sweep(h[i:i + chunk], v[i:i + chunk], values, blocks, **fns)
+    flat = out['images'].reshape((-1,) + out['images'].shape[3:])
+    image_pred.append(np.argmax(classify(flat), -1).reshape(out['pred'].shape))  # c(x'(t))
+    pred.append(out['pred'])
+    kept.append(out['images'][:max(0, k - i)])
+  pred, image_pred = np.concatenate(pred), np.concatenate(image_pred)
+  names = list(test.attribute_names)
   ctx.figures['factor_sweep'] = {
-      'original': images[:k], 'sweeps': out['images'][:k], 'pred': out['pred'][:k],
+      'original': images[:k], 'sweeps': np.concatenate(kept), 'pred': pred[:k],
       'image_pred': image_pred[:k], 'attributes': names,
       'original_pred': np.argmax(np.asarray(fns['head'](h[:k])), -1)}
-  return {'factor_sweep': summary(out['pred'], image_pred, names)}
+  return {'factor_sweep': summary(pred, image_pred, names)}
 
 
 def summary(pred: np.ndarray, image_pred: np.ndarray, names: list) -> dict:

@@ -1,6 +1,7 @@
 """Factor sweeps (issue 26): the pure sweep against a float64 NumPy oracle on linear maps,
 its round trips at the image's own block value, the summary's shares, the figure, and the
 evaluator on the trained tiny stages (slow)."""
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -153,14 +154,35 @@ def test_evaluator_on_the_trained_stages(workdir_copy, tiny_config, tmp_path):
   assert set(res['head_endpoint_change']) == set(names)
   fig = ctx.figures['factor_sweep']
   assert fig['sweeps'].shape == (4, len(names), 5, 16, 16, 3) and fig['sweeps'].dtype == np.uint8
+  # The evaluator's chunks (one image each here: eval.batch_size 32 < A·S per image) give
+  # what one sweep of its 16 images gives: the images to one uint8 level (XLA may round a
+  # row differently in another batch shape), the labels exactly.
+  images16 = np.asarray(ctx.data.images[:16])
+  h16 = ctx.map(frozen.embed_fn(ctx.classifier.embed, ctx.mesh), ctx.classifier.params,
+                {'image': images16})                       # as the evaluator embeds them
+  fns = factor_sweep.maps(ctx)
+  layout = inn_stage.model(ctx.spec).layout
+  blocks = [layout.block(a) for a in range(layout.num_factors)]
+  whole = sweep.factor_sweep(h16, ae_stage.latents(ctx, images16, 'v_sweep16'),
+                             factor_sweep.sweep_values(ctx, 5), blocks, **fns)
+  assert np.abs(fig['sweeps'].astype(int) - whole['images'][:4].astype(int)).max() <= 1
+  np.testing.assert_array_equal(fig['pred'], whole['pred'][:4])
+  assert res['head_endpoint_change'] == dict(zip(
+      names, map(float, sweep.endpoint_change(whole['pred']))))
   # At each image's own block value: h' = T⁻¹(T(h)) and x' = D(τ⁻¹(τ(v | h) | h')).
   images = np.asarray(ctx.data.images[:6])
   h = np.asarray(ctx.classifier.embed(ctx.classifier.params, images / np.float32(255)))
   v = ae_stage.latents(ctx, images, 'v_sweep_test')
+  # The tiny cINN, 8 steps from a start that ignores h, barely reads h: a sweep decoding with
+  # the wrong h would pass the check below. Perturbed parameters make τ read h (the
+  # identity holds for any parameters).
+  state = ctx.states['invariance']
+  leaves, tree = jax.tree.flatten(state.params)
+  keys = jax.random.split(jax.random.key(0), len(leaves))
+  ctx.states['invariance'] = state.replace(params=jax.tree.unflatten(tree, [
+      x + 0.2 * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)]))
   fns = factor_sweep.maps(ctx)
   z = np.asarray(fns['encode_h'](h))
-  layout = inn_stage.model(ctx.spec).layout
-  blocks = [layout.block(a) for a in range(layout.num_factors)]
   own = np.stack([z[:, cols] for cols in blocks], 1)[:, :, None]        # [B, A, 1, d_f]
   out = sweep.factor_sweep(h, v, own, blocks, **fns)
   # The whole T (basis in float64, 2-step flow in float32) in units of h (|h| ≲ 10): the
@@ -171,22 +193,13 @@ def test_evaluator_on_the_trained_stages(workdir_copy, tiny_config, tmp_path):
       ctx.params('autoencoder'), v))
   # D(E(x)) through τ's round trip and h' ≈ h: off by at most one uint8 level.
   assert np.abs(out['images'].astype(int) - recon[:, None, None].astype(int)).max() <= 1
+  # ... which a wrong h would miss: the perturbed τ⁻¹ given other images' h decodes others.
+  wrong = sweep.to_uint8(fns['decode_v'](fns['invert'](fns['residual'](v, h), h[::-1])))
+  assert np.abs(wrong.astype(int) - recon.astype(int)).max() > 8
   # The labels are c2(h'), computed here un-jitted.
   logits = np.asarray(ctx.classifier.head(ctx.classifier.params,
                                           out['h'].reshape(-1, out['h'].shape[-1])))
   np.testing.assert_array_equal(out['pred'].reshape(-1), np.argmax(logits, -1))
-  # The evaluator's chunks (one image each here: eval.batch_size 32 < A·S per image) give
-  # what one sweep of its 16 images gives: the images to one uint8 level (XLA may round a
-  # row differently in another batch shape), the labels exactly.
-  images16 = np.asarray(ctx.data.images[:16])
-  h16 = ctx.map(frozen.embed_fn(ctx.classifier.embed, ctx.mesh), ctx.classifier.params,
-                {'image': images16})                       # as the evaluator embeds them
-  whole = sweep.factor_sweep(h16, ae_stage.latents(ctx, images16, 'v_sweep16'),
-                             factor_sweep.sweep_values(ctx, 5), blocks, **fns)
-  assert np.abs(fig['sweeps'].astype(int) - whole['images'][:4].astype(int)).max() <= 1
-  np.testing.assert_array_equal(fig['pred'], whole['pred'][:4])
-  assert res['head_endpoint_change'] == dict(zip(
-      names, map(float, sweep.endpoint_change(whole['pred']))))
   # The figure in eval/ where both exist; the report page embeds it.
   plots.sweep_grid(str(tmp_path / 'factor_sweep.png'), fig['original'], fig['sweeps'],
                    fig['attributes'], fig['pred'], fig['original_pred'], fig['image_pred'])

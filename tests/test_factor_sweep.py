@@ -11,7 +11,7 @@ from lsei_jax.inn import sweep
 from lsei_jax.pipeline import evaluation, factor_sweep, frozen
 from lsei_jax.pipeline.stages import autoencoder as ae_stage
 from lsei_jax.pipeline.stages import inn as inn_stage
-from lsei_jax.reporting import html_report, plots
+from lsei_jax.reporting import html_report, plots, report
 
 B, D, M, SIDE = 3, 5, 4, 2       # images, dim h (= dim z), dim v, image side
 BLOCKS = [slice(0, 2), slice(2, 4)]   # two blocks of 2 columns, then a residual
@@ -113,6 +113,10 @@ def test_endpoint_change_and_summary_count_sweeps():
   assert out['image_endpoint_change'] == {'color': 0.0, 'shape': 0.5}
   assert out['image_agrees_with_head'] == pytest.approx(11 / 12, abs=1e-15)
   assert out['num_images'] == 2 and out['steps'] == 3
+  text = report.format_factor_sweep({'factor_sweep': out})
+  assert 'agrees with c2(h\') on 91.7%' in text
+  assert text.splitlines()[-2].split() == ['color', '50.0%', '0.0%']
+  assert report.format_factor_sweep({}) == ''
 
 
 def test_sweep_grid_draws_a_row_per_image_and_attribute(tmp_path):

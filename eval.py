@@ -39,6 +39,8 @@ def main(argv):
     print(report.format_bias(result))
     if result.get('invariance'):
       print(report.format_invariance(result))
+    if result.get('factor_sweep'):
+      print(report.format_factor_sweep(result))
     print(f'wrote {FLAGS.workdir}/eval/report.html, metrics.json and figures')
   cli.run_main(run)
 

@@ -177,4 +177,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval.attribution = ml_collections.ConfigDict(dict(
       images=8, ig_steps=16, methods=('gradient', 'integrated_gradients'),
       flag_threshold=0.5))
+  # Factor sweeps (inn and invariance both on; pipeline/factor_sweep.py): steps per sweep,
+  # images in factor_sweep.png (a row per image and attribute). Here, not in the stages'
+  # sections, so that changing them leaves their checkpoints valid.
+  c.eval.factor_sweep = ml_collections.ConfigDict(dict(steps=5, images=4))
   return c

@@ -54,7 +54,8 @@ def compute(config, workdir: str, *, classifier: ClassifierSplit | None = None, 
 def write(result: dict, figures: dict, eval_dir: str, *, workdir: str = '',
           seeds: dict | None = None) -> None:
   """WORKDIR/eval/{metrics.json, fig3_grid.png, attribution_grid.png, per_bit.png,
-  bias_report.png, invariance_grid.png, report.html} from `compute`'s output."""
+  bias_report.png, invariance_grid.png, factor_sweep.png, report.html} from `compute`'s
+  output."""
   os.makedirs(eval_dir, exist_ok=True)
   draw = {
       'fig3_grid.png': lambda p: plots.save_grid(
@@ -75,6 +76,11 @@ def write(result: dict, figures: dict, eval_dir: str, *, workdir: str = '',
     draw['invariance_grid.png'] = lambda p: plots.save_grid(
         p, [inv['original'], inv['reconstruction'], *inv['samples']],
         titles=('original', 'D(E(x))', *[f'sample {i + 1}' for i in range(len(inv['samples']))]))
+  if 'factor_sweep' in figures:   # a row per (image, attribute): original, then the sweep
+    fs = figures['factor_sweep']
+    draw['factor_sweep.png'] = lambda p: plots.sweep_grid(
+        p, fs['original'], fs['sweeps'], fs['attributes'], fs['pred'], fs['original_pred'],
+        fs['image_pred'])
   for fname, fn in draw.items():
     atomic.write_with(os.path.join(eval_dir, fname), fn)
   atomic.write_json(os.path.join(eval_dir, 'metrics.json'), result)

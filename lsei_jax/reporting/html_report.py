@@ -114,6 +114,31 @@ def _invariance_section(v: dict | None, eval_dir: str | None) -> list[str]:
   return parts
 
 
+def _factor_sweep_section(v: dict | None, eval_dir: str | None) -> list[str]:
+  """The factor sweeps (metrics.json 'factor_sweep', factor_sweep.png)."""
+  if not v:
+    return []
+  e = html.escape
+  parts = ['<h3>Factor sweeps</h3>',
+           f'<p>{v["num_images"]} test images, each attribute\'s block of z = T(h) moved in '
+           f'{v["steps"]} steps from its value-0 class mean to its value-1 one, mapped back '
+           'to h\' and decoded with the image\'s own invariance residual. Endpoint change: '
+           'the share of sweeps whose last label differs from their first, by the head on '
+           'h\' and by the classifier on the decoded image; the two agree on '
+           f'{100 * v["image_agrees_with_head"]:.1f}% of the sweep images.</p>',
+           _table(['attribute', 'endpoint change (head on h\')',
+                   'endpoint change (classifier on image)'],
+                  [[e(a), f'{100 * x:.1f}%', f'{100 * v["image_endpoint_change"][a]:.1f}%']
+                   for a, x in v['head_endpoint_change'].items()])]
+  grid = _img(eval_dir, 'factor_sweep.png', 'factor sweeps')
+  if grid:
+    parts += ['<figure>', grid, '<figcaption>Each row: a test image and one attribute; the '
+              'original, then the images decoded along the sweep. Under each: the head\'s '
+              'label of h\' / the classifier\'s label of the decoded image (the original: '
+              'its own label).</figcaption></figure>']
+  return parts
+
+
 def render(result: dict, eval_dir: str | None = None, *, task: str | None = None,
            workdir: str = '', seeds: dict | None = None) -> str:
   """The report page of a results dict; image grids from eval_dir when it has them."""
@@ -140,6 +165,7 @@ def render(result: dict, eval_dir: str | None = None, *, task: str | None = None
               '<figcaption>Each row: a test image, the explainer\'s image of its embedding '
               'g(ĥ), and after flipping every concept bit g(ĥ\').</figcaption></figure>']
   parts += _invariance_section(result.get('invariance'), eval_dir)
+  parts += _factor_sweep_section(result.get('factor_sweep'), eval_dir)
 
   rows = []
   for r in result['bias_report']:

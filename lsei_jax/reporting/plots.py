@@ -88,3 +88,40 @@ def frequency_bars(path, hist: dict, kind: str = '') -> None:
   fig.tight_layout()
   fig.savefig(path)
   plt.close(fig)
+
+
+def sweep_grid(path: str, original: np.ndarray, sweeps: np.ndarray, names: Sequence[str],
+               pred: np.ndarray, original_pred: np.ndarray, image_pred: np.ndarray | None = None,
+               scale: int = 4) -> None:
+  """The factor sweeps as a PNG: a row per (image, attribute), the original (uint8
+  [B, H, W, 3]) then the S sweep images (uint8 [B, A, S, H, W, 3]); under each image the
+  head's label c2(h') (pred [B, A, S]; original_pred [B] for the original) and, given
+  image_pred [B, A, S], the classifier's label of the decoded image after a slash."""
+  b, num_a, steps, h, w, _ = sweeps.shape
+  pad, head, foot, left = 2, 10, 9, 28
+  rows = b * num_a
+  canvas = np.full((head + rows * (h + foot + pad) + pad, left + (steps + 1) * (w + pad) + pad,
+                    3), 255, np.uint8)
+  labels = []   # (x, y, text) in unscaled pixels
+  for i in range(b):
+    for a in range(num_a):
+      y = head + pad + (i * num_a + a) * (h + foot + pad)
+      cells = [(original[i], str(int(original_pred[i])))] + [
+          (sweeps[i, a, s], str(int(pred[i, a, s])) +
+           ('' if image_pred is None else f'/{int(image_pred[i, a, s])}'))
+          for s in range(steps)]
+      for j, (img, text) in enumerate(cells):
+        x = left + pad + j * (w + pad)
+        canvas[y:y + h, x:x + w] = img
+        labels.append((x, y + h, text))
+      labels.append((1, y + h // 2 - 3, names[a][:6]))
+  img = Image.fromarray(canvas).resize((canvas.shape[1] * scale, canvas.shape[0] * scale),
+                                       Image.NEAREST)
+  draw = ImageDraw.Draw(img)
+  font = ImageFont.load_default(size=max(10, 2 * scale))
+  titles = ['original'] + [f't={s / max(steps - 1, 1):.2f}' for s in range(steps)]
+  for j, t in enumerate(titles):
+    draw.text(((left + pad + j * (w + pad)) * scale + 2, 2), t, fill=(0, 0, 0), font=font)
+  for x, y, t in labels:
+    draw.text((x * scale + 2, y * scale), t, fill=(0, 0, 0), font=font)
+  img.save(path)

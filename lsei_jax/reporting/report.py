@@ -14,7 +14,7 @@ REPORT_ORDER = ('split', 'num_examples', 'task', 'num_classes', 'embed_dim', 'cl
                 'probe_accuracy', 'intervention', 'bias_report', 'intervention_report',
                 'closed_loop',
                 'data_association', 'reliance', 'tcav', 'tcav_skipped', 'attribution_sanity',
-                'inn', 'invariance', 'sanity')
+                'inn', 'invariance', 'factor_sweep', 'sanity')
 
 def format_tables(m: dict) -> str:
   """Table 1 (percentages, as in the paper) and Table 2 (cosines) as plain text."""
@@ -122,4 +122,19 @@ def format_invariance(m: dict) -> str:
     lines.append('  ' + f'{"attribute":>14} {"changed":>8} {"probe on h":>11}')
     for a, x in v['attribute_change'].items():
       lines.append(f'  {a:>14} {100 * x:7.1f}% {v["h_probe_accuracy"][a]:11.3f}')
+  return '\n'.join(lines)
+
+
+def format_factor_sweep(m: dict) -> str:
+  """The factor sweeps (metrics.json 'factor_sweep'); '' without."""
+  v = m.get('factor_sweep')
+  if not v:
+    return ''
+  lines = [f'Factor sweeps ({v["num_images"]} images; each block from its value-0 class mean '
+           f'to its value-1 one in {v["steps"]} steps,',
+           f'  decoded with the image\'s own residual; the classifier on the images agrees with '
+           f'c2(h\') on {100 * v["image_agrees_with_head"]:.1f}%):',
+           f'  {"attribute":>14} ' + "last label changed: c2(h')".rjust(27) + f' {"c(image)":>9}']
+  for a, x in v['head_endpoint_change'].items():
+    lines.append(f'  {a:>14} {100 * x:26.1f}% {100 * v["image_endpoint_change"][a]:8.1f}%')
   return '\n'.join(lines)

@@ -189,6 +189,13 @@ def summarise(rates: dict, names: list, acc_h: np.ndarray, probe_acc_recon, reli
   return out
 
 
+def _factor_sweep(ctx: Context) -> dict:
+  """The factor sweeps (pipeline/factor_sweep.py) where the factor INN is trained too;
+  imported here, at call time, because that module builds on this one."""
+  from lsei_jax.pipeline import factor_sweep  # pylint: disable=g-import-not-at-top
+  return factor_sweep.evaluate_factor_sweep(ctx)
+
+
 NODE = Node(
     'invariance', ('classifier', 'autoencoder'), 'invariance',
     ('data', 'model.classifier', 'autoencoder', 'invariance'),
@@ -203,4 +210,4 @@ NODE = Node(
     enabled=ae_stage.enabled,
     optional=True,
     present=lambda ctx: os.path.isdir(os.path.join(ctx.workdir, 'invariance')),
-    evaluators=(evaluate_invariance,))
+    evaluators=(evaluate_invariance, _factor_sweep))

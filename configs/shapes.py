@@ -141,6 +141,7 @@ def get_config() -> ml_collections.ConfigDict:
   # kept 53%, chance), 1500 of 64 and 2000 of 128 did (99.2%); 2000 of 64 for a margin.
   # Narrower, channels (8, 16, 32), at 2000 of 64 it did not.
   c.autoencoder = ml_collections.ConfigDict(dict(
+      kind='conv', iterations=3, oversample=16,
       latent_dim=32, channels=(16, 32, 64),
       steps=2000, batch_size=64, optimizer='adam', learning_rate=3e-3, schedule='cosine',
       warmup_steps=20, grad_clip=0.0))

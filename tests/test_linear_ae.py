@@ -95,6 +95,21 @@ def test_module_encodes_and_decodes_the_span_exactly():
   assert far.min() >= 0.0 and far.max() <= 1.0 and far.shape == (1, 4, 4, 3)
 
 
+def test_pca_fields_are_pinned_only_for_pca(tiny_config):
+  """'conv' checkpoints written before kind / iterations / oversample existed keep loading:
+  the fields enter the autoencoder's and the invariance node's signatures only for 'pca'."""
+  import types  # pylint: disable=g-import-not-at-top
+  from lsei_jax.training import signature  # pylint: disable=g-import-not-at-top
+  from lsei_jax.pipeline.stages import autoencoder as ae_stage  # pylint: disable=g-import-not-at-top
+  c = tiny_config.copy_and_resolve_references()
+  fields = {'autoencoder.kind', 'autoencoder.iterations', 'autoencoder.oversample'}
+  for kind, pinned in (('conv', set()), ('pca', fields)):
+    c.autoencoder.kind = kind
+    sig = ae_stage.signature_fix(types.SimpleNamespace(config=c),
+                                 signature.stage_signature(c, ('autoencoder', 'invariance')))
+    assert fields & set(sig) == pinned and sig['autoencoder.latent_dim'] == 8
+
+
 @pytest.mark.slow
 def test_pca_stage_fits_once_and_feeds_the_invariance_stage(workdir_copy, tiny_config, tmp_path):
   from lsei_jax import data as data_lib, pipeline  # pylint: disable=g-import-not-at-top

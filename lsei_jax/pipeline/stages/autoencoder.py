@@ -46,6 +46,16 @@ def model(spec):
                                       channels=tuple(cfg.channels), latent_dim=cfg.latent_dim)
 
 
+def signature_fix(spec, sig: dict) -> dict:
+  """The 'pca' fields (kind, iterations, oversample) are pinned only where kind is 'pca', so
+  that 'conv' checkpoints written before the fields existed keep loading (this node's and
+  the invariance node's, which pins the autoencoder section too)."""
+  if kind(spec.config) == 'conv':
+    for field in ('kind', 'iterations', 'oversample'):
+      sig.pop(f'autoencoder.{field}', None)
+  return sig
+
+
 @functools.lru_cache(maxsize=16)
 def encode_fn(ae, mesh):
   """(AE params, {'image': uint8 [b, S, S, 3]}) → v = E(x) [b, m], data-parallel."""
@@ -111,6 +121,7 @@ NODE = AutoencoderNode(
         on_float_images(autoencoder.make_step()), ctx.mesh,
         compiler_options=parallel.convnet_compiler_options()),
     inputs=lambda ctx: ({'image': ctx.data.images}, host_batch),
+    signature_fix=signature_fix,
     enabled=enabled,
     optional=True,
     present=lambda ctx: os.path.isdir(os.path.join(ctx.workdir, 'autoencoder')))

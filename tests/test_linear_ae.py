@@ -102,6 +102,7 @@ def test_pca_fields_are_pinned_only_for_pca(tiny_config):
   from lsei_jax.training import signature  # pylint: disable=g-import-not-at-top
   from lsei_jax.pipeline.stages import autoencoder as ae_stage  # pylint: disable=g-import-not-at-top
   c = tiny_config.copy_and_resolve_references()
+  c.autoencoder.iterations, c.autoencoder.oversample = 3, 16
   fields = {'autoencoder.kind', 'autoencoder.iterations', 'autoencoder.oversample'}
   for kind, pinned in (('conv', set()), ('pca', fields)):
     c.autoencoder.kind = kind

@@ -1,12 +1,20 @@
 """The linear (PCA) autoencoder of the invariance stages (inn/linear_ae.py): the randomised
 subspace iteration against np.linalg.svd in float64, orthonormality, the encode/decode
 round trip on the span, the chunked passes, and the 'pca' autoencoder stage."""
+import types
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from lsei_jax import data as data_lib, pipeline
+from lsei_jax.errors import UserError
 from lsei_jax.inn import linear_ae
+from lsei_jax.pipeline import evaluation
+from lsei_jax.pipeline.stages import autoencoder as ae_stage
+from lsei_jax.pipeline.stages import invariance as inv_stage
+from lsei_jax.training import checkpoints, signature
 
 
 def _svd_pca(x: np.ndarray, k: int):
@@ -98,9 +106,6 @@ def test_module_encodes_and_decodes_the_span_exactly():
 def test_pca_fields_are_pinned_only_for_pca(tiny_config):
   """'conv' checkpoints written before kind / iterations / oversample existed keep loading:
   the fields enter the autoencoder's and the invariance node's signatures only for 'pca'."""
-  import types  # pylint: disable=g-import-not-at-top
-  from lsei_jax.training import signature  # pylint: disable=g-import-not-at-top
-  from lsei_jax.pipeline.stages import autoencoder as ae_stage  # pylint: disable=g-import-not-at-top
   c = tiny_config.copy_and_resolve_references()
   c.autoencoder.iterations, c.autoencoder.oversample = 3, 16
   fields = {'autoencoder.kind', 'autoencoder.iterations', 'autoencoder.oversample'}
@@ -113,11 +118,6 @@ def test_pca_fields_are_pinned_only_for_pca(tiny_config):
 
 @pytest.mark.slow
 def test_pca_stage_fits_once_and_feeds_the_invariance_stage(workdir_copy, tiny_config, tmp_path):
-  from lsei_jax import data as data_lib, pipeline  # pylint: disable=g-import-not-at-top
-  from lsei_jax.errors import UserError  # pylint: disable=g-import-not-at-top
-  from lsei_jax.pipeline import evaluation  # pylint: disable=g-import-not-at-top
-  from lsei_jax.pipeline.stages import invariance as inv_stage  # pylint: disable=g-import-not-at-top
-  from lsei_jax.training import checkpoints  # pylint: disable=g-import-not-at-top
   c = tiny_config.copy_and_resolve_references()
   c.invariance.enabled = True
   c.autoencoder.kind = 'pca'

@@ -1,6 +1,7 @@
 """The linear (PCA) autoencoder of the invariance stages (inn/linear_ae.py): the randomised
 subspace iteration against np.linalg.svd in float64, orthonormality, the encode/decode
 round trip on the span, the chunked passes, and the 'pca' autoencoder stage."""
+import shutil
 import types
 
 import jax
@@ -145,6 +146,11 @@ def test_pca_stage_fits_once_and_feeds_the_invariance_stage(workdir_copy, tiny_c
   # Another kind on the stored fit is refused by name; a kind that does not exist, up front.
   c.autoencoder.kind = 'conv'
   with pytest.raises(checkpoints.CheckpointError, match='kind'):
+    pipeline.train(c, workdir_copy, ['autoencoder'])
+  c.autoencoder.kind = 'pca'
+  c.autoencoder.latent_dim = 16 * 16 * 3 + 1
+  shutil.rmtree(f'{workdir_copy}/autoencoder')
+  with pytest.raises(UserError, match='latent_dim=769.*at most 256 components'):
     pipeline.train(c, workdir_copy, ['autoencoder'])
   c.autoencoder.kind = 'svd'
   with pytest.raises(UserError, match="kind='svd'"):

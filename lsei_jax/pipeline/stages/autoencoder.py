@@ -84,6 +84,11 @@ def pca_state(ctx: Context):
   random start from the stream 'autoencoder/pca')."""
   from lsei_jax.pipeline import templates  # pylint: disable=g-import-not-at-top  (graph → here)
   cfg = ctx.spec.config.autoencoder
+  n, dim = len(ctx.data.images), int(np.prod(ctx.data.images.shape[1:]))
+  if not 0 < int(cfg.latent_dim) <= min(n, dim):
+    raise errors.UserError(
+        f'config.autoencoder.latent_dim={cfg.latent_dim}: the \'pca\' autoencoder keeps at '
+        f'most {min(n, dim)} components ({n} train images of {dim} values); lower it')
   mean, w, _ = linear_ae.fit(ctx.data.images, int(cfg.latent_dim),
                              iterations=int(cfg.get('iterations', 3)),
                              oversample=int(cfg.get('oversample', 16)),

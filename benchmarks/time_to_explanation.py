@@ -114,6 +114,8 @@ def child(args) -> None:
   config, full = got if isinstance(got, tuple) else (got, None)
   if args.inn:
     config.inn.enabled = True
+  if args.invariance:
+    config.invariance.enabled = True
   stages = [s for s in pipeline.stage_names(config)
             if not (args.scenario == 'given_classifier' and s == 'classifier')
             and (not args.stages or s in args.stages)]
@@ -142,6 +144,15 @@ def child(args) -> None:
     return wrapped
   node_lib.run_stage = timed(node_lib.run_stage)
   node_lib.adopt_stage = timed(node_lib.adopt_stage)
+  # A stage fitted in closed form (the 'pca' autoencoder) is stored by save_untrained.
+  from lsei_jax.training import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
+  saved = trainer_lib.save_untrained
+
+  def save_timed(workdir, stage, *a, **k):
+    out = saved(workdir, stage, *a, **k)
+    ends.append((stage, clock()))
+    return out
+  trainer_lib.save_untrained = save_timed
   acc['compile'] = 0.0
   start = clock()
   pipeline.train(config, args.workdir, tuple(stages), hooks=(hook,))
@@ -187,7 +198,8 @@ def _run_child(args, label: str, workdir: str, cache_dir: str) -> list[dict]:
   cmd = [sys.executable, os.path.abspath(__file__), '--child', '--scenario', args.scenario,
          '--label', label, '--workdir', workdir, '--cache_dir', cache_dir,
          '--steps', str(args.steps), '--celeba_test', str(args.celeba_test)]
-  cmd += ['--inn'] * args.inn + (['--stages', *args.stages] if args.stages else [])
+  cmd += ['--inn'] * args.inn + ['--invariance'] * args.invariance
+  cmd += ['--stages', *args.stages] if args.stages else []
   out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
   if out.returncode:
     tail = [l for l in out.stderr.splitlines() if 'it/s' not in l][-15:]
@@ -207,6 +219,8 @@ def main():
   ap.add_argument('--celeba_test', type=int, default=512, help='celeba64: test images')
   ap.add_argument('--inn', action='store_true',
                   help='also train the factor INN (config.inn.enabled; off by default)')
+  ap.add_argument('--invariance', action='store_true',
+                  help='also train the invariance stages (config.invariance.enabled)')
   ap.add_argument('--stages', nargs='+', default=[],
                   help='time only these stages (no evaluation), e.g. concepts inn')
   ap.add_argument('--child', action='store_true', help=argparse.SUPPRESS)

@@ -20,7 +20,8 @@ def get_config():
                      info_examples=64)
   c.inn.update(steps=12, batch_size=32, warmup_steps=2, num_steps=2, hidden=(16,),
                pairs_per_example=2, factor_dim=1)
-  c.autoencoder.update(latent_dim=8, channels=(4, 8), steps=8, batch_size=32, warmup_steps=2)
+  c.autoencoder.update(kind='conv', latent_dim=8, channels=(4, 8), steps=8, batch_size=32,
+                       warmup_steps=2)   # the trained kind (tests set 'pca' where they need it)
   c.invariance.update(num_steps=2, hidden=(16,), embed=(8,), steps=8, batch_size=32,
                       warmup_steps=2, eval_images=16, samples=2, figure_images=4,
                       figure_samples=2)

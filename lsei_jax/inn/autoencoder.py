@@ -48,6 +48,10 @@ class ImageAutoencoder(nn.Module):
     """Image logits [B, S, S, 3]; the image is sigmoid(logits)."""
     return self.decoder(v)
 
+  def decode_image(self, v: Array) -> Array:
+    """The image sigmoid(decode(v)) [B, S, S, 3] in [0, 1]."""
+    return jax.nn.sigmoid(self.decode(v))
+
   def __call__(self, images: Array) -> Array:
     return self.decode(self.encode(images))
 

@@ -71,8 +71,10 @@ def check_config(config, sections: Sequence[str]) -> None:
   if config.get('invariance', None) and config.invariance.get('enabled', False):
     # The autoencoder halves the image once per entry of its channels (inn/autoencoder.py);
     # caught here, not at init, where it would stop the run after the earlier stages.
-    ae = tuple(config.autoencoder.channels)
-    if not ae or size % 2**len(ae):
+    ae, ae_kind = tuple(config.autoencoder.channels), config.autoencoder.get('kind', 'conv')
+    if ae_kind not in ('conv', 'pca'):
+      raise UserError(f'config.autoencoder.kind={ae_kind!r} is not one of conv, pca')
+    if ae_kind == 'conv' and (not ae or size % 2**len(ae)):
       raise UserError(f'the autoencoder cannot encode {size}×{size} images: it halves them '
                       f'once per entry of config.autoencoder.channels={ae}, so '
                       f'config.data.image_size must be a multiple of {2**len(ae)}; use '

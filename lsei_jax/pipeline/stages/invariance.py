@@ -207,6 +207,7 @@ NODE = Node(
         conditional.make_step(model(ctx.spec), float(ctx.spec.config.invariance.noise_std)),
         ctx.mesh),
     inputs=_inputs,
+    signature_fix=ae_stage.signature_fix,
     enabled=ae_stage.enabled,
     optional=True,
     present=lambda ctx: os.path.isdir(os.path.join(ctx.workdir, 'invariance')),

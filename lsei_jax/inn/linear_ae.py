@@ -1,0 +1,101 @@
+"""A linear image autoencoder: the top principal components of the train images, in closed
+form (docs/method.md § "The invariances as stages"; config.autoencoder.kind = 'pca').
+
+With x ∈ [0, 1]^D the flattened image (D = S·S·3), μ the train mean and W [D, m] the
+orthonormal eigenvectors of the train covariance C = (1/N) Σ (x − μ)(x − μ)ᵀ with the m
+largest eigenvalues:
+
+  E(x) = Wᵀ (x − μ) [m],    D(v) = clip(μ + W v, 0, 1).
+
+D ∘ E is the orthogonal projection onto μ + span(W) (then clipped): the rank-m linear map
+of least mean squared reconstruction error on the train split (Eckart–Young). W is found by
+randomised subspace iteration (Halko, Martinsson & Tropp, SIAM Review 2011, Alg. 4.4 and
+§ 5.5) on C in float64 on the host: l = m + oversample random directions, 1 + `iterations`
+products Q ← orth(C Q), then the Rayleigh–Ritz eigenvectors of Qᵀ C Q. Each product is one
+pass over the images in row chunks (never all of them as floats at once). Where
+l ≥ rank(C) the result is exact (the span of C Q is C's range).
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+
+
+def _chunks(images, chunk: int) -> Iterator[np.ndarray]:
+  """float64 rows [b, D] in [0, 1] of uint8 (or float in [0, 1]) images [N, …], chunked."""
+  scale = 255.0 if np.asarray(images[:1]).dtype == np.uint8 else 1.0
+  for i in range(0, len(images), chunk):
+    x = np.asarray(images[i:i + chunk])
+    yield x.reshape(len(x), -1).astype(np.float64) / scale
+
+
+def _cov_times(images, mean: np.ndarray, q: np.ndarray, chunk: int) -> np.ndarray:
+  """C Q [D, l] for Q [D, l], C the covariance of the images about `mean`, in one pass."""
+  out = np.zeros_like(q)
+  for x in _chunks(images, chunk):
+    xc = x - mean
+    out += xc.T @ (xc @ q)
+  return out / len(images)
+
+
+def fit(images, latent_dim: int, *, iterations: int = 3, oversample: int = 16, seed: int = 0,
+        chunk: int = 2048) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(mean μ [D], components W [D, m] orthonormal, variances [m] descending) of images
+  [N, S, S, C] (uint8, or float in [0, 1]); float64. Each component's entry of largest
+  magnitude is made positive, so the result does not depend on the eigensolver's signs."""
+  n = len(images)
+  mean = sum(x.sum(0) for x in _chunks(images, chunk)) / n
+  dim = mean.shape[0]
+  if not 0 < latent_dim <= min(dim, n):
+    raise ValueError(f'autoencoder.latent_dim={latent_dim} must be in [1, {min(dim, n)}] '
+                     f'(the images have {dim} values, the split {n} images)')
+  width = min(latent_dim + oversample, dim)
+  q = np.linalg.qr(np.random.default_rng(seed).standard_normal((dim, width)))[0]
+  for _ in range(iterations + 1):   # the first product spans C's range where l ≥ rank(C)
+    q = np.linalg.qr(_cov_times(images, mean, q, chunk))[0]
+  cq = _cov_times(images, mean, q, chunk)
+  small = q.T @ cq
+  theta, u = np.linalg.eigh((small + small.T) / 2)       # ascending
+  order = np.argsort(theta)[::-1][:latent_dim]
+  w = q @ u[:, order]
+  w = w * np.sign(w[np.argmax(np.abs(w), 0), np.arange(latent_dim)])
+  return mean, w, theta[order]
+
+
+class LinearAutoencoder(nn.Module):
+  """images [B, S, S, 3] in [0, 1] ↔ v [B, latent_dim] by the principal components:
+  params 'mean' [D] and 'components' [D, m], set by `fit` (zeros at init)."""
+  image_size: int = 32
+  latent_dim: int = 32
+  channels: int = 3
+
+  def setup(self):
+    dim = self.image_size * self.image_size * self.channels
+    self.mean = self.param('mean', nn.initializers.zeros, (dim,))
+    self.components = self.param('components', nn.initializers.zeros, (dim, self.latent_dim))
+
+  def encode(self, images: Array) -> Array:
+    """v = Wᵀ(x − μ) [B, m]."""
+    return (images.reshape(images.shape[0], -1) - self.mean) @ self.components
+
+  def decode_image(self, v: Array) -> Array:
+    """D(v) = clip(μ + W v, 0, 1) [B, S, S, C]."""
+    x = self.mean + v @ self.components.T
+    return jnp.clip(x, 0.0, 1.0).reshape(
+        (v.shape[0], self.image_size, self.image_size, self.channels))
+
+  def __call__(self, images: Array) -> Array:
+    return self.decode_image(self.encode(images))
+
+
+def params_of(mean: np.ndarray, components: np.ndarray) -> dict:
+  """`LinearAutoencoder` params (float32) of `fit`'s output."""
+  return {'mean': jnp.asarray(mean, jnp.float32),
+          'components': jnp.asarray(components, jnp.float32)}
+

@@ -129,7 +129,7 @@ def test_pca_stage_fits_once_and_feeds_the_invariance_stage(workdir_copy, tiny_c
   # Oracle: np.linalg.svd of the 256 train images (768 values each), float64. The sketch
   # (l = 8 + 16, 4 products) captures the top-8 variance to well under 1e-3 of it, and
   # W is orthonormal to float32 rounding.
-  x = data_lib.load(c.data, 'train').images.reshape(256, -1).astype(np.float64) / 255.0
+  x = np.asarray(data_lib.load(c.data, 'train').images).reshape(256, -1).astype(np.float64) / 255.0
   mu_ref = x.mean(0)
   s = np.linalg.svd(x - mu_ref, compute_uv=False)
   w = np.asarray(params['components'], np.float64)

@@ -130,7 +130,7 @@ def _plain_head(p, h):
 
 def _plain_split(images, labels, d=16):
   """A given classifier of plain functions, its head fitted by least squares."""
-  x = images.astype(np.float32).reshape(len(images), -1) / 255.0
+  x = np.asarray(images).astype(np.float32).reshape(len(images), -1) / 255.0   # Rows or array
   w = np.random.default_rng(0).normal(size=(x.shape[1], d)).astype(np.float32) / 30.0
   h = np.maximum(x @ w, 0)
   v = np.linalg.lstsq(h, 4 * np.eye(2, dtype=np.float32)[labels] - 2, rcond=None)[0]

@@ -162,11 +162,14 @@ def test_a_run_on_an_image_folder_equals_the_run_in_memory(trained_workdir, tiny
   # reads its batches from the on-disk split (and the probe from its spilled inputs), so
   # training and evaluation give the in-memory run's numbers bit for bit.
   from lsei_jax import data as data_lib, pipeline  # pylint: disable=g-import-not-at-top
-  train, test = (data_lib.load(tiny_config.data, s) for s in ('train', 'test'))
+  # The validation split too: the verdict looks at test + validation pooled where the test
+  # split alone cannot decide (reporting/heldout.py), so both runs need the same one.
+  train, valid, test = (data_lib.load(tiny_config.data, s)
+                        for s in ('train', 'validation', 'test'))
   folder = tmp_path / 'folder'
   folder.mkdir()
   lines = ['filename,' + ','.join(train.attribute_names) + ',split']
-  for split, ds in (('train', train), ('test', test)):
+  for split, ds in (('train', train), ('validation', valid), ('test', test)):
     for i, (im, attrs) in enumerate(zip(ds.images, ds.attributes)):
       Image.fromarray(im).save(folder / f'{split}{i}.png')
       lines.append(f'{split}{i}.png,' + ','.join(str(int(a)) for a in attrs) + f',{split}')

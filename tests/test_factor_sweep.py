@@ -242,3 +242,26 @@ def test_sweep_settings_pin_no_checkpoint(tiny_config):
   for node in graph.GRAPH:
     sig = signature.stage_signature(c, node.signature_sections)
     assert not any('factor_sweep' in k for k in sig), node.name
+
+
+def test_sweep_grid_margin_fits_long_attribute_names(tmp_path):
+  # CelebA's names run to 19 characters; they were cut to 6 ('Mouth_' for three of them).
+  rng = np.random.default_rng(6)
+  side = 8
+  sweeps = rng.integers(0, 256, (1, 2, 3, side, side, 3), dtype=np.uint8)
+  pred = np.zeros((1, 2, 3), int)
+  widths = {}
+  for names in (('a', 'b'), ('Mouth_Slightly_Open', 'Male')):
+    path = str(tmp_path / f'{len(names[0])}.png')
+    plots.sweep_grid(path, sweeps[:, 0, 0], sweeps, names, pred, pred[:, 0, 0], scale=4)
+    img = np.asarray(Image.open(path))
+    widths[names[0]] = img.shape[1]
+    # The last column sits against the right edge whatever the margin: its image is intact.
+    x = img.shape[1] // 4 - 2 - side
+    y = 10 + 2 + (side + 11)
+    np.testing.assert_array_equal(img[4 * y:4 * (y + side):4, 4 * x:4 * (x + side):4],
+                                  sweeps[0, 1, 2])
+    # Nothing drawn in the margin reaches the first image column (the name fits).
+    first = img[:, 4 * (x - 3 * (side + 2)) - 1]
+    assert (first == 255).all()
+  assert widths['Mouth_Slightly_Open'] > widths['a']

@@ -98,7 +98,10 @@ def sweep_grid(path: str, original: np.ndarray, sweeps: np.ndarray, names: Seque
   head's label c2(h') (pred [B, A, S]; original_pred [B] for the original) and, given
   image_pred [B, A, S], the classifier's label of the decoded image after a slash."""
   b, num_a, steps, h, w, _ = sweeps.shape
-  pad, head, foot, left = 2, 10, 9, 28
+  font = ImageFont.load_default(size=max(10, 2 * scale))
+  # The left margin fits the longest attribute name (CelebA's run to 19 characters).
+  pad, head, foot = 2, 10, 9
+  left = max(28, int(np.ceil(max(font.getlength(n) for n in names[:num_a]) / scale)) + 3)
   rows = b * num_a
   canvas = np.full((head + rows * (h + foot + pad) + pad, left + (steps + 1) * (w + pad) + pad,
                     3), 255, np.uint8)
@@ -114,11 +117,10 @@ def sweep_grid(path: str, original: np.ndarray, sweeps: np.ndarray, names: Seque
         x = left + pad + j * (w + pad)
         canvas[y:y + h, x:x + w] = img
         labels.append((x, y + h, text))
-      labels.append((1, y + h // 2 - 3, names[a][:6]))
+      labels.append((1, y + h // 2 - 3, names[a]))
   img = Image.fromarray(canvas).resize((canvas.shape[1] * scale, canvas.shape[0] * scale),
                                        Image.NEAREST)
   draw = ImageDraw.Draw(img)
-  font = ImageFont.load_default(size=max(10, 2 * scale))
   titles = ['original'] + [f't={s / max(steps - 1, 1):.2f}' for s in range(steps)]
   for j, t in enumerate(titles):
     draw.text(((left + pad + j * (w + pad)) * scale + 2, 2), t, fill=(0, 0, 0), font=font)

@@ -75,29 +75,43 @@ def pool(rows: list[dict], pooled_rows: list[dict] | None, split: str, num_poole
   pooled_level(level)) where that answers; otherwise the row stays the test split's 'cannot
   tell' (its confounded_by, partner, separated_by kept) and its evidence says what the
   pool said (or that there was no held-out split: pooled_rows None). Sorted by |shift|."""
-  want = set(open_rows(rows) if attributes is None else attributes)
-  pooled = {r['attribute']: r for r in pooled_rows or []}
   where = (f'the test and {split} images pooled ({num_pooled} images, '
            f'level {pooled_level(level):.3f})')
-  out = []
-  for r in rows:
-    if r['attribute'] not in want:
-      out.append(r)
-      continue
-    h = pooled.get(r['attribute'])
-    if h is None:
-      out.append(dict(r, evidence=f'{r.get("evidence", "")}; no {split} split to pool with'))
-    elif h['verdict'] == 'cannot tell':
-      out.append(dict(r, evidence=(f'{r.get("evidence", "")}; {where} cannot tell either: '
-                                   f'{h.get("evidence", "")}')))
-    else:
-      out.append(dict(
-          r, verdict=h['verdict'], flagged=h['flagged'], shift=h['shift'],
-          toward_class=h['toward_class'], se=h['se'], ci_low=h['ci_low'],
-          ci_high=h['ci_high'], answered_from=f'test+{split}',
+  return _second_look(
+      rows, set(open_rows(rows) if attributes is None else attributes), pooled_rows,
+      missing=f'no {split} split to pool with', undecided=f'{where} cannot tell either',
+      answered=lambda h, r: dict(
+          answered_from=f'test+{split}',
           estimator=POOLED_ESTIMATOR.format(split=split, num=num_pooled),
           evidence=(f'{where}: {h.get("evidence", "")}; the test split alone: '
                     f'{r.get("evidence", "cannot tell")}')))
+
+
+# The fields of a row that another look's answer replaces (the rest stay the test split's:
+# partner, separated_by, confounded_by, ...).
+ANSWER_FIELDS = ('verdict', 'flagged', 'shift', 'toward_class', 'se', 'ci_low', 'ci_high')
+
+
+def _second_look(rows: list[dict], want: set[str], other_rows: list[dict] | None, *,
+                 missing: str, undecided: str, answered) -> list[dict]:
+  """`rows` with each row in `want` replaced by `other_rows`' answer for it where that
+  answers ('relied on' / 'no evidence'): its ANSWER_FIELDS and answered(other, row)'s
+  fields. Where other_rows has no such row (None: no other look) the row's evidence gains
+  `missing`; where the other look
+  cannot tell either, `undecided` and its evidence. Sorted by |shift|."""
+  other = {r['attribute']: r for r in other_rows or []}
+  out = []
+  for r in rows:
+    h = other.get(r['attribute'])
+    if r['attribute'] not in want:
+      out.append(r)
+    elif h is None:
+      out.append(dict(r, evidence=f'{r.get("evidence", "")}; {missing}'))
+    elif h['verdict'] == 'cannot tell':
+      out.append(dict(r, evidence=f'{r.get("evidence", "")}; {undecided}: '
+                                  f'{h.get("evidence", "")}'))
+    else:
+      out.append(dict(r, **{k: h[k] for k in ANSWER_FIELDS}, **answered(h, r)))
   return sorted(out, key=lambda r: -abs(r['shift']))
 
 
@@ -128,28 +142,14 @@ def fill(rows: list[dict], held_rows: list[dict] | None, split: str, num_held: i
   wanted row replaced by `held_rows`' answer (another split's verdict alone) where it
   answers; where it cannot either or there is none (held_rows None), the row stays 'cannot
   tell' and its evidence says so. Sorted by |shift|."""
-  want = set(wanted(rows))
-  held = {r['attribute']: r for r in held_rows or []}
-  out = []
-  for r in rows:
-    if r['attribute'] not in want:
-      out.append(r)
-      continue
-    h = held.get(r['attribute'])
-    if h is None:
-      out.append(dict(r, evidence=f'{r.get("evidence", "")}; no {split} split to answer from'))
-      continue
-    if h['verdict'] == 'cannot tell':
-      out.append(dict(r, evidence=(f'{r.get("evidence", "")}; the {split} split ({num_held} '
-                                   f'images) cannot tell either: {h.get("evidence", "")}')))
-      continue
-    out.append(dict(
-        r, verdict=h['verdict'], flagged=h['flagged'], shift=h['shift'],
-        toward_class=h['toward_class'], se=h['se'], ci_low=h['ci_low'], ci_high=h['ci_high'],
-        answered_from=split, estimator=ESTIMATOR.format(split=f'{split} split, {num_held} images'),
-        evidence=(f'{split} split: {h.get("evidence", "")}; the test split alone: '
-                  f'{r.get("evidence", "cannot tell")}')))
-  return sorted(out, key=lambda r: -abs(r['shift']))
+  return _second_look(
+      rows, set(wanted(rows)), held_rows, missing=f'no {split} split to answer from',
+      undecided=f'the {split} split ({num_held} images) cannot tell either',
+      answered=lambda h, r: dict(
+          answered_from=split,
+          estimator=ESTIMATOR.format(split=f'{split} split, {num_held} images'),
+          evidence=(f'{split} split: {h.get("evidence", "")}; the test split alone: '
+                    f'{r.get("evidence", "cannot tell")}')))
 
 
 def prediction_association(pred: np.ndarray, attributes: np.ndarray, names: Sequence[str],

@@ -263,9 +263,7 @@ def target_effect(line: dict, name: str, row: dict) -> float | None:
 
 def summarize(lines: list[dict], methods=METHODS) -> list[dict]:
   """One row per (method, training split) and per method over all lines (train 'all')."""
-  from lsei_jax.reporting import bias  # pylint: disable=g-import-not-at-top
-  keys = ('n', 'answered', 'tp', 'fp', 'fn', 'strong', 'strong_hit', 'unused', 'fp_unused',
-          'zero', 'fp_zero', 'wrong', 'with_ci', 'covered')
+  keys = truthfulness_correlated.COUNT_KEYS + ('with_ci', 'covered')
   acc: dict = {}
   for line in lines:
     rel, relied, unused = truth(line)
@@ -276,26 +274,11 @@ def summarize(lines: list[dict], methods=METHODS) -> list[dict]:
         s = acc.setdefault((m, group), dict(dict.fromkeys(keys, 0), spearman=[], err=[]))
         rows = line['rows'][m]
         if any(relied.values()):
-          flagged = {r['attribute']: r for r in rows if r['verdict'] == 'relied on'}
-          s['spearman'].append(bias.spearman(
-              [abs(flagged[n]['shift']) if n in flagged else 0.0 for n in line['names']],
-              [0.0 if unused[n] else rel[n] for n in line['names']]))
+          s['spearman'].append(truthfulness_correlated.rank_correlation(
+              rows, line['names'], rel, unused))
         for row in rows:
-          n, v = row['attribute'], row['verdict']
-          flag = v == 'relied on'
-          s['n'] += 1
-          s['answered'] += v != 'cannot tell'
-          s['tp'] += flag and relied[n]
-          s['fp'] += flag and unused[n]
-          s['fn'] += (not flag) and relied[n]
-          s['strong'] += rel[n] > truthfulness.STRONG
-          s['strong_hit'] += flag and rel[n] > truthfulness.STRONG
-          s['unused'] += unused[n]
-          s['fp_unused'] += flag and unused[n]
-          s['zero'] += rel[n] < truthfulness.MARGIN
-          s['fp_zero'] += flag and rel[n] < truthfulness.MARGIN
-          s['wrong'] += (flag and unused[n]) or (v == 'no evidence'
-                                                 and rel[n] > truthfulness.STRONG)
+          n = row['attribute']
+          truthfulness_correlated.count_row(s, row['verdict'], rel[n], relied[n], unused[n])
           effect = target_effect(line, n, row)
           if effect is not None and 'ci_low' in row:     # the gate has no interval
             s['with_ci'] += 1

@@ -400,42 +400,60 @@ def separation(line: dict, r_test: float, attribute: str) -> str:
   return 'train' if line['rho'] < 1 else 'neither'
 
 
+# The tallies of count_row, per (method, group) of the summaries.
+COUNT_KEYS = ('n', 'answered', 'tp', 'fp', 'fn', 'strong', 'strong_hit', 'unused', 'fp_unused',
+              'wrong', 'zero', 'fp_zero')
+
+
+def count_row(s: dict, verdict: str | None, reliance: float, relied: bool, unused: bool
+              ) -> None:
+  """Adds one verdict row to the tallies s (COUNT_KEYS): answered unless 'cannot tell';
+  'relied on' is a hit on an attribute relied on, a false positive on an unused one; a
+  wrong answer is 'relied on' for an unused attribute or 'no evidence' for reliance above
+  truthfulness.STRONG."""
+  flag = verdict == 'relied on'
+  strong = reliance > truthfulness.STRONG
+  s['n'] += 1
+  s['answered'] += verdict != 'cannot tell'
+  s['tp'] += flag and relied
+  s['fp'] += flag and unused
+  s['fn'] += (not flag) and relied
+  s['strong'] += strong
+  s['strong_hit'] += flag and strong
+  s['unused'] += unused
+  s['fp_unused'] += flag and unused
+  s['zero'] += reliance < truthfulness.MARGIN
+  s['fp_zero'] += flag and reliance < truthfulness.MARGIN
+  s['wrong'] += (flag and unused) or (verdict == 'no evidence' and strong)
+
+
+def rank_correlation(rows: list[dict], names, rel: dict, unused: dict) -> float:
+  """Spearman between the verdict's |effect| of the attributes it calls relied on (0 for
+  the rest) and the ground truth's reliance (0 for the unused ones)."""
+  from lsei_jax.reporting import bias  # pylint: disable=g-import-not-at-top
+  flagged = {r['attribute']: r for r in rows if r.get('verdict') == 'relied on'}
+  return bias.spearman([abs(flagged[n]['shift']) if n in flagged else 0.0 for n in names],
+                       [0.0 if unused[n] else rel[n] for n in names])
+
+
 def summarize(lines: list[dict], methods=METHODS) -> list[dict]:
   """One row per (method, test correlation, who separates the attribute): pooled over the
   cells' attributes (see the module docstring for the columns); the median Spearman of a
   split (over all its attributes) sits in the group of its task attribute."""
-  from lsei_jax.reporting import bias  # pylint: disable=g-import-not-at-top
   acc: dict = {}
   for line in lines:
     for t in line['tests']:
       rel, relied, unused = truthfulness.truth({**line, 'reliance': t['reliance']})
       for m in (m for m in methods if m in t['rows']):   # older lines lack the fallbacks
-        new = lambda: dict(dict.fromkeys(('n', 'answered', 'tp', 'fp', 'fn', 'strong',
-                                          'strong_hit', 'unused', 'fp_unused', 'wrong', 'zero',
-                                          'fp_zero'), 0),
-                           spearman=[])
+        new = lambda: dict(dict.fromkeys(COUNT_KEYS, 0), spearman=[])
         if any(relied.values()):     # one rank correlation per split, in its first group
-          flagged = {r['attribute']: r for r in t['rows'][m] if r.get('verdict') == 'relied on'}
           first = separation(line, t['r_test'], line['task'])
-          acc.setdefault((m, t['r_test'], first), new())['spearman'].append(bias.spearman(
-              [abs(flagged[n]['shift']) if n in flagged else 0.0 for n in line['names']],
-              [0.0 if unused[n] else rel[n] for n in line['names']]))
+          acc.setdefault((m, t['r_test'], first), new())['spearman'].append(
+              rank_correlation(t['rows'][m], line['names'], rel, unused))
         for row in t['rows'][m]:
-          n, v = row['attribute'], row.get('verdict')
+          n = row['attribute']
           s = acc.setdefault((m, t['r_test'], separation(line, t['r_test'], n)), new())
-          flag = v == 'relied on'
-          s['n'] += 1
-          s['answered'] += v != 'cannot tell'
-          s['tp'] += flag and relied[n]
-          s['fp'] += flag and unused[n]
-          s['fn'] += (not flag) and relied[n]
-          s['strong'] += rel[n] > truthfulness.STRONG
-          s['strong_hit'] += flag and rel[n] > truthfulness.STRONG
-          s['unused'] += unused[n]
-          s['zero'] += rel[n] < truthfulness.MARGIN
-          s['fp_zero'] += flag and rel[n] < truthfulness.MARGIN
-          s['fp_unused'] += flag and unused[n]
-          s['wrong'] += (flag and unused[n]) or (v == 'no evidence' and rel[n] > truthfulness.STRONG)
+          count_row(s, row.get('verdict'), rel[n], relied[n], unused[n])
   ratio = lambda a, b: a / b if b else None
   return [{'method': m, 'r_test': r, 'separates': sep, 'attributes': s['n'],
            'coverage': ratio(s['answered'], s['n']),

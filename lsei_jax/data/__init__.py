@@ -91,17 +91,12 @@ def _load(data_config: Any, split: str) -> Dataset:
     known = SPLITS[name] + tuple(bias_splits.CELEBA)
     raise ValueError(f'unknown split {split!r} for {name!r} data; known: {", ".join(known)}')
   if name == 'shapes':
-    return _shapes(*_shapes_args(data_config, split), spill_dir=_spill_dir(data_config))
+    return _shapes(*_shapes_args(data_config, split), spill_dir=rows.spill_dir_of(data_config))
   if name == 'celeba':
     return _celeba(data_config, split)
   images, labels, attributes, names = (byo.load_arrays if name == 'numpy'
                                        else byo.load_folder)(data_config, split)
   return Dataset(images, labels, attributes, names, data_config.task)
-
-
-def _spill_dir(data_config: Any) -> str | None:
-  """Where splits read by rows spill to: config.data.cache_dir, else the system's temp dir."""
-  return data_config.get('cache_dir', '') or None
 
 
 def _celeba(data_config: Any, split: str) -> Dataset:
@@ -111,7 +106,7 @@ def _celeba(data_config: Any, split: str) -> Dataset:
       int(data_config.image_size), int(data_config.get('crop_size', 0)),
       int(data_config.get('max_examples', 0)), int(data_config.get('workers', -1)),
       bool(data_config.get('jpeg_draft', True)), bool(data_config.get('cache', True)),
-      data_config.get('cache_dir', '') or None)
+      rows.spill_dir_of(data_config))
   names = celeba.ATTRIBUTES
   labels = byo.labels_for(data_config.task, names, attributes, None, 'CelebA')
   return Dataset(images, labels, attributes, names, data_config.task)
@@ -195,7 +190,7 @@ def counterfactual_renderer(data_config: Any, split: str
   args = _shapes_args(data_config, split)
   # Not cached: six flipped copies of a split would crowd the loaded splits out of the cache.
   return lambda name: _shapes.__wrapped__(*args, flip=name,
-                                          spill_dir=_spill_dir(data_config)).images
+                                          spill_dir=rows.spill_dir_of(data_config)).images
 
 
 def batch_indices(num_examples: int, global_batch: int, step: int, seed: int,

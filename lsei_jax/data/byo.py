@@ -234,7 +234,7 @@ def load_arrays(data_config, split: str):
       raise FileNotFoundError(f'no .npz file or directory of .npy files at '
                               f'config.data.path={path!r}')
     else:
-      arrays = _npz(path, data_config.get('cache_dir', '') or None)
+      arrays = _npz(path, rows.spill_dir_of(data_config))
     what = path
   missing = [k for k in ('images', 'attributes', 'attribute_names') if arrays.get(k) is None]
   if missing:
@@ -406,7 +406,7 @@ def load_folder(data_config, split: str):
         yield resize_all(list(pool.map(_read_image, [paths[i] for i in part])), size, resize,
                          [files[i] for i in part], csv_path)
   images = rows.spill(decoded(), (len(idx), size, size, 3), np.uint8,
-                      data_config.get('cache_dir', '') or None)
+                      rows.spill_dir_of(data_config))
   return images, labels, attributes[idx], names
 
 

@@ -112,6 +112,12 @@ class _File:
       pass
 
 
+def spill_dir_of(data_config) -> str | None:
+  """Where a run's rows spill (`spill`'s directory): config.data.cache_dir, or None (the
+  system's temp dir) where it is unset or ''."""
+  return data_config.get('cache_dir', '') or None
+
+
 def spill(chunks: Iterable[np.ndarray], shape: tuple[int, ...], dtype,
           directory: str | None = None) -> Rows:
   """Writes `chunks` (arrays [n_i, …] whose rows add up to shape[0]) to an unlinked

@@ -79,7 +79,7 @@ class Context:
     n = len(next(iter(arrays.values())))
     first = next(out)
     return rows.spill(itertools.chain([first], out), (n,) + first.shape[1:], first.dtype,
-                      self.spec.config.data.get('cache_dir', '') or None)
+                      rows.spill_dir_of(self.spec.config.data))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -53,7 +53,7 @@ def _inputs(ctx: Context):
                                     ctx.params('explainer'), {'e': hhat_train(ctx)},
                                     chunk, ctx.mesh, 'g(ĥ) train')
   arrays = {'image': rows.spill(images(), (2 * len(ds), size, size, 3), np.uint8,
-                                ctx.spec.config.data.get('cache_dir', '') or None),
+                                rows.spill_dir_of(ctx.spec.config.data)),
             'attributes': np.concatenate([ds.attributes, ds.attributes]).astype(np.float32)}
   return arrays, host_batch
 

@@ -43,6 +43,14 @@ def _img(eval_dir: str | None, name: str, alt: str) -> str:
     return _png(f.read(), alt)
 
 
+def _figure(eval_dir: str | None, name: str, alt: str, caption: str, head: str = ''
+            ) -> list[str]:
+  """The PNG eval_dir/name as a captioned <figure> after `head` (a heading), or [] when
+  there is none."""
+  img = _img(eval_dir, name, alt)
+  return [head + '<figure>', img, f'<figcaption>{caption}</figcaption></figure>'] if img else []
+
+
 def _drawn(draw, alt: str) -> str:
   """A figure drawn from the results (plots.* accept a file object) embedded."""
   buf = io.BytesIO()
@@ -101,12 +109,10 @@ def _invariance_section(v: dict | None, eval_dir: str | None) -> list[str]:
            'autoencoder latent is resampled through the conditional INN, then decoded; the '
            'classifier and the attribute probes read the decoded images again.</p><ul>'
            + ''.join(f'<li>{e(x)}</li>' for x in invariance_lines(v)) + '</ul>']
-  grid = _img(eval_dir, 'invariance_grid.png', 'original, D(E(x)), invariance samples')
-  if grid:
-    parts += ['<figure>', grid, '<figcaption>Each row: a test image, its autoencoder '
-              'reconstruction D(E(x)), and images decoded from its h with the residual '
-              'resampled (what the classifier\'s representation cannot tell apart).'
-              '</figcaption></figure>']
+  parts += _figure(eval_dir, 'invariance_grid.png', 'original, D(E(x)), invariance samples',
+                   'Each row: a test image, its autoencoder reconstruction D(E(x)), and '
+                   'images decoded from its h with the residual resampled (what the '
+                   'classifier\'s representation cannot tell apart).')
   if 'attribute_change' in v:
     parts.append(_table(['attribute', 'samples changed (probe)', 'probe on h (linear)'],
                         [[e(a), f'{100 * x:.1f}%', f'{v["h_probe_accuracy"][a]:.3f}']
@@ -130,13 +136,11 @@ def _factor_sweep_section(v: dict | None, eval_dir: str | None) -> list[str]:
                    'endpoint change (classifier on image)'],
                   [[e(a), f'{100 * x:.1f}%', f'{100 * v["image_endpoint_change"][a]:.1f}%']
                    for a, x in v['head_endpoint_change'].items()])]
-  grid = _img(eval_dir, 'factor_sweep.png', 'factor sweeps')
-  if grid:
-    parts += ['<figure>', grid, '<figcaption>Each row: a test image and one attribute; the '
-              'original, then the images decoded along the sweep. Under each: the head\'s '
-              'label of h\' / the classifier\'s label of the decoded image (the original: '
-              'its own label).</figcaption></figure>']
-  return parts
+  return parts + _figure(
+      eval_dir, 'factor_sweep.png', 'factor sweeps',
+      'Each row: a test image and one attribute; the original, then the images decoded '
+      'along the sweep. Under each: the head\'s label of h\' / the classifier\'s label of '
+      'the decoded image (the original: its own label).')
 
 
 def render(result: dict, eval_dir: str | None = None, *, task: str | None = None,
@@ -159,11 +163,9 @@ def render(result: dict, eval_dir: str | None = None, *, task: str | None = None
                      [[e(_LABELS[k]), _fmt(k, v['mean']), _fmt(k, v['std']),
                        ', '.join(_fmt(k, x) for x in v['values'])] for k, v in seeds.items()])]
   parts += _concepts_section(result.get('concepts'))
-  grid = _img(eval_dir, 'fig3_grid.png', 'original, g(ĥ), g(ĥ\')')
-  if grid:
-    parts += ['<h2>Concept images</h2><figure>', grid,
-              '<figcaption>Each row: a test image, the explainer\'s image of its embedding '
-              'g(ĥ), and after flipping every concept bit g(ĥ\').</figcaption></figure>']
+  parts += _figure(eval_dir, 'fig3_grid.png', 'original, g(ĥ), g(ĥ\')',
+                   'Each row: a test image, the explainer\'s image of its embedding g(ĥ), '
+                   'and after flipping every concept bit g(ĥ\').', '<h2>Concept images</h2>')
   parts += _invariance_section(result.get('invariance'), eval_dir)
   parts += _factor_sweep_section(result.get('factor_sweep'), eval_dir)
 
@@ -254,11 +256,9 @@ def render(result: dict, eval_dir: str | None = None, *, task: str | None = None
     parts += ['<h3>Cross-check: TCAV</h3>' if not result.get('tcav') else '',
               '<ul>' + ''.join(f'<li>{e(name)}: {e(why)}</li>'
                                for name, why in result['tcav_skipped'].items()) + '</ul>']
-  attr_grid = _img(eval_dir, 'attribution_grid.png', 'image, IG, g(ĥ), g(ĥ\')')
-  if attr_grid:
-    parts += ['<h3>Cross-check: input attributions</h3><figure>', attr_grid,
-              '<figcaption>Each row: a test image, |integrated gradients| of the predicted class '
-              '(red: high), g(ĥ) and g(ĥ\').</figcaption></figure>']
+  parts += _figure(eval_dir, 'attribution_grid.png', 'image, IG, g(ĥ), g(ĥ\')',
+                   'Each row: a test image, |integrated gradients| of the predicted class '
+                   '(red: high), g(ĥ) and g(ĥ\').', '<h3>Cross-check: input attributions</h3>')
   attr = result.get('attribution_sanity')
   if attr:
     rows = [[e(m), ' → '.join(f'{x:.2f}' for x in v['spearman_abs']),

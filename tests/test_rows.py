@@ -211,7 +211,7 @@ def test_frozen_inputs_are_written_to_disk_and_read_like_the_arrays(trained_work
   np.testing.assert_array_equal(h[:], want_h)
   np.testing.assert_array_equal(hhat[:], want_hhat)
   arrays, batch = inn._inputs(ctx)
-  bas = inn._basis(ctx)   # row-wise: the same map of the same rows, from disk or memory
+  bas = inn.fitted_basis(ctx)   # row-wise: the same map of the same rows, from disk or memory
   table = factor.sample_pair_table(
       train.attributes, np.random.default_rng(spec.stream_seed('inn/pairs')),
       int(spec.config.inn.pairs_per_example))

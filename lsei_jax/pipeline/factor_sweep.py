@@ -11,13 +11,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lsei_jax.inn import conditional, factor, sweep
+from lsei_jax.inn import conditional, sweep
 from lsei_jax.pipeline import artifacts, frozen
 from lsei_jax.pipeline.node import Context
 from lsei_jax.pipeline.stages import autoencoder as ae_stage
 from lsei_jax.pipeline.stages import inn as inn_stage
 from lsei_jax.pipeline.stages import invariance as inv_stage
-from lsei_jax.pipeline.stages.concepts import train_split_h
 
 # config.eval.factor_sweep.{steps, images} where a config has no such section (one older
 # than it): a row per (image, attribute) makes the figure tall, so it shows fewer images than
@@ -41,9 +40,9 @@ def maps(ctx: Context) -> dict:
   """The callables `sweep.factor_sweep` takes, bound to ctx's trained stages; v and h are
   standardised by the train split's statistics (stages.invariance.stats) around τ."""
   spec = ctx.spec
-  enc, dec = inn_stage._codecs(inn_stage.model(spec))   # pylint: disable=protected-access
+  enc, dec = inn_stage.codecs(inn_stage.model(spec))
   p_inn, p_inv, p_ae = ctx.params('inn'), ctx.params('invariance'), ctx.params('autoencoder')
-  bas = inn_stage._basis(ctx)   # pylint: disable=protected-access
+  bas = inn_stage.fitted_basis(ctx)
   s = inv_stage.stats(ctx)
   res, inv = _tau(inv_stage.model(spec))
   std = lambda x, ms: (np.asarray(x, np.float32) - ms[0]) / ms[1]
@@ -61,12 +60,7 @@ def maps(ctx: Context) -> dict:
 
 def sweep_values(ctx: Context, steps: int) -> np.ndarray:
   """[A, S, d_f]: each block's S values between its train split's class means in z."""
-  m = inn_stage.model(ctx.spec)
-  enc, _ = inn_stage._codecs(m)   # pylint: disable=protected-access
-  z_train = np.asarray(enc(ctx.params('inn'),
-                           inn_stage._basis(ctx).forward(train_split_h(ctx))))  # pylint: disable=protected-access
-  means = factor.class_means(z_train, inn_stage._train_attributes(ctx), m.layout)  # pylint: disable=protected-access
-  return sweep.block_values(means, steps)
+  return sweep.block_values(inn_stage.class_means(ctx), steps)
 
 
 def evaluate_factor_sweep(ctx: Context) -> dict:

@@ -42,20 +42,21 @@ def _train_stats(ctx: Context) -> tuple[np.ndarray, np.ndarray]:
   return ctx.derived('inn_stats', lambda: standardise(train_split_h(ctx)))
 
 
-def _train_attributes(ctx: Context) -> np.ndarray:
+def train_attributes(ctx: Context) -> np.ndarray:
+  """bool [N, A]: the train split's attributes (what the basis and class means are of)."""
   if ctx.split == 'train':
     return ctx.data.attributes
   return data_lib.load_annotations(ctx.spec.config.data, 'train')[1]
 
 
-def _basis(ctx: Context) -> basis.Basis:
+def fitted_basis(ctx: Context) -> basis.Basis:
   """The attribute basis of the train split (float64 on the host, deterministic)."""
   return ctx.derived('inn_basis', lambda: basis.fit(
-      train_split_h(ctx), _train_attributes(ctx), int(ctx.spec.config.inn.factor_dim)))
+      train_split_h(ctx), train_attributes(ctx), int(ctx.spec.config.inn.factor_dim)))
 
 
 def _inputs(ctx: Context):
-  bas = _basis(ctx)
+  bas = fitted_basis(ctx)
   h = h_train(ctx)   # on disk: each batch's rows read and mapped by the basis (row-wise)
   cfg = ctx.spec.config.inn
   table = factor.sample_pair_table(
@@ -69,9 +70,21 @@ def _inputs(ctx: Context):
 
 
 @functools.lru_cache(maxsize=8)
-def _codecs(m: factor.FactorINN):
+def codecs(m: factor.FactorINN):
+  """(params, x [B, d]) → z = T_flow(x) and (params, z) → x, jitted once per model."""
   return (jax.jit(lambda p, h: factor.encode(m, p, h)),
           jax.jit(lambda p, z: factor.decode(m, p, z)))
+
+
+def class_means(ctx: Context) -> np.ndarray:
+  """factor.class_means of the train split's codes z = T(h), computed once per evaluation
+  (the flip rates here and the factor sweeps both move blocks to them)."""
+  def compute():
+    m = model(ctx.spec)
+    enc, _ = codecs(m)
+    z_train = np.asarray(enc(ctx.params('inn'), fitted_basis(ctx).forward(train_split_h(ctx))))
+    return factor.class_means(z_train, train_attributes(ctx), m.layout)
+  return ctx.derived('inn_class_means', compute)
 
 
 def evaluate_inn(ctx: Context) -> dict:
@@ -79,11 +92,11 @@ def evaluate_inn(ctx: Context) -> dict:
   itself, the round trip's largest error, and the factor intervention's flip rates."""
   spec, test = ctx.spec, ctx.data
   m = model(spec)
-  enc, dec = _codecs(m)
+  enc, dec = codecs(m)
   params = ctx.params('inn')
   mean, scale = _train_stats(ctx)
-  bas = _basis(ctx)
-  train_attrs = _train_attributes(ctx)
+  bas = fitted_basis(ctx)
+  train_attrs = train_attributes(ctx)
   embed = lambda images, what: ctx.map(frozen.embed_fn(ctx.classifier.embed, ctx.mesh),
                                       ctx.classifier.params, {'image': images}, what)
   x_train = bas.forward(train_split_h(ctx))
@@ -98,8 +111,7 @@ def evaluate_inn(ctx: Context) -> dict:
   x_test = bas.forward(h_test)
   ev = probes(h_test, test.attributes)
   z = np.asarray(enc(params, x_test))
-  z_train = np.asarray(enc(params, x_train))
-  means = factor.class_means(z_train, train_attrs, m.layout)
+  means = class_means(ctx)
   head = jax.jit(ctx.classifier.head)
   pred = np.argmax(np.asarray(head(ctx.classifier.params, jnp.asarray(h_test))), -1)
   flips = {}

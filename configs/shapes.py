@@ -125,7 +125,7 @@ def get_config() -> ml_collections.ConfigDict:
   # linear 'permute': a learned invertible linear map rotated shape into size's block (0.57
   # on the validation split weighted to independent attributes, the limit 0.56; 0.53).
   c.inn = ml_collections.ConfigDict(dict(
-      enabled=False, factor_dim=2, flow_dim=13, num_steps=2, hidden=(32, 32), clamp=2.0,
+      enabled=False, fit_split='train', factor_dim=2, flow_dim=13, num_steps=2, hidden=(32, 32), clamp=2.0,
       linear='permute', sigma=0.9, noise_std=0.0, seed=0, pairs_per_example=4,
       steps=200, batch_size=256, optimizer='adam', learning_rate=1e-4, schedule='cosine',
       warmup_steps=20, grad_clip=5.0))

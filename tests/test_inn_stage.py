@@ -70,3 +70,71 @@ def test_standardise_keeps_dead_units_finite():
   np.testing.assert_allclose(mean, [0.0, 2.0, 2.0])
   np.testing.assert_allclose(scale, [1.0, 1.0, 1.0])   # std 0 → 1 (dead or constant)
   np.testing.assert_allclose((h - mean) / scale, [[0, -1, 0], [0, 1, 0]])
+
+
+def test_fit_split_is_checked_and_pins_num_test_only_for_validation(tiny_config):
+  from lsei_jax import errors
+  c = tiny_config.copy_and_resolve_references()
+  c.inn.fit_split = 'test'
+  with pytest.raises(errors.UserError, match="inn.fit_split='test'.*'validation'"):
+    inn_stage.fit_split(c)
+  spec = type('Spec', (), {'config': c})
+  sig = {'inn.fit_split': 'train', 'inn.steps': 12}
+  c.inn.fit_split = 'train'       # left out: checkpoints from before the field keep loading
+  assert inn_stage._signature_fix(spec, sig) == {'inn.steps': 12}
+  c.inn.fit_split = 'validation'  # shapes draws data.num_test validation images
+  assert inn_stage._signature_fix(spec, sig) == dict(sig, **{'data.num_test': c.data.num_test})
+
+
+@pytest.mark.parametrize('split', ['train', 'validation'])
+def test_inn_fits_on_the_rows_of_its_fit_split(workdir_copy, inn_config, split):
+  """The basis, the pair table and the class means come from inn.fit_split's rows: each
+  recomputed here from that split's images, embedded by the classifier independently."""
+  import jax
+  from lsei_jax import data as data_lib
+  from lsei_jax.inn import basis, factor
+  c = inn_config.copy_and_resolve_references()
+  c.inn.fit_split = split
+  pipeline.train(c, workdir_copy, ['inn'])
+  ctx = evaluation.load(c, workdir_copy, ['classifier', 'inn'])
+  ds = data_lib.load(c.data, split)
+  clf = ctx.classifier
+  h = np.asarray(jax.jit(clf.embed)(clf.params, np.asarray(ds.images).astype(np.float32) / 255.0))
+  h_fit, a_fit = inn_stage.fit_rows(ctx)
+  # The same network on the same images, batched differently: float32 rounding of h (|h| ≲ 10).
+  np.testing.assert_allclose(np.asarray(h_fit), h, atol=1e-5)
+  np.testing.assert_array_equal(a_fit, ds.attributes)
+  # The basis is a pure float64 function of (h, attributes): equal to one fitted from the
+  # independent h up to that rounding carried through the whitening (unit-variance columns).
+  bas, ref = inn_stage.fitted_basis(ctx), basis.fit(h, ds.attributes, c.inn.factor_dim)
+  np.testing.assert_allclose(bas.forward(h), ref.forward(h), atol=1e-3)
+  arrays, batch = inn_stage._inputs(ctx)
+  table = factor.sample_pair_table(ds.attributes, np.random.default_rng(
+      ctx.spec.stream_seed('inn/pairs')), c.inn.pairs_per_example)
+  assert len(arrays['index']) == len(ds) * c.inn.pairs_per_example
+  rows = np.arange(0, len(arrays['index']), 7)
+  got = batch({'index': rows})
+  np.testing.assert_array_equal(got['factor'], table[2][rows])
+  np.testing.assert_array_equal(got['h_a'], bas.forward(np.asarray(h_fit)[table[0][rows]]))
+  np.testing.assert_array_equal(got['h_b'], bas.forward(np.asarray(h_fit)[table[1][rows]]))
+  m = inn_stage.model(ctx.spec)
+  z = np.asarray(inn_stage.codecs(m)[0](ctx.params('inn'), bas.forward(h)))
+  np.testing.assert_allclose(inn_stage.class_means(ctx),
+                             factor.class_means(z, ds.attributes, m.layout), atol=1e-4)
+
+
+def test_fit_split_validation_without_that_split_is_a_user_error(workdir_copy, inn_config,
+                                                                 monkeypatch):
+  from lsei_jax import data as data_lib, errors
+  c = inn_config.copy_and_resolve_references()
+  c.inn.fit_split = 'validation'
+  ctx = evaluation.load(c, workdir_copy, ['classifier'])
+  load = data_lib.load
+
+  def no_validation(data_config, split):
+    if split == 'validation':
+      raise errors.UserError('the data has no validation rows')
+    return load(data_config, split)
+  monkeypatch.setattr(data_lib, 'load', no_validation)
+  with pytest.raises(errors.UserError, match="no validation split.*inn.fit_split='train'"):
+    inn_stage.fit_rows(ctx)

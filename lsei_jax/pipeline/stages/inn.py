@@ -1,7 +1,10 @@
 """The factor INN on h (issue 26; docs/method.md § "The INN"): T = flow ∘ attribute basis
 maps the embedding onto one block per annotated attribute plus a residual; the basis
-(`inn.basis`, a fixed linear map fitted on the train split's h and attributes) is recomputed
-wherever it is needed, the flow is trained on pairs of images that share an attribute. A stage added as one node: its
+(`inn.basis`, a fixed linear map fitted on the fit split's h and attributes) is recomputed
+wherever it is needed, the flow is trained on pairs of images that share an attribute. The
+fit split (`inn.fit_split`): 'train', or the held-out 'validation' images, which the
+classifier never trained on (its h of its own training images separates what it memorised
+more than a new image's h does; docs/truthfulness_estimators.md). A stage added as one node: its
 evaluators report each block's probe accuracy, the round trip, and the factor
 intervention (move block a to the other value's mean, map back, read c2) as an estimator of
 the classifier's reliance on attribute a as its representation encodes it."""
@@ -15,11 +18,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lsei_jax import data as data_lib
+from lsei_jax import data as data_lib, errors
 from lsei_jax.inn import basis, factor
 from lsei_jax.pipeline import artifacts, frozen
 from lsei_jax.pipeline.node import Context, Node
-from lsei_jax.pipeline.stages.concepts import h_train, train_split_h
+from lsei_jax.pipeline.stages.concepts import train_split_h
 from lsei_jax.training import parallel, steps
 
 
@@ -49,18 +52,62 @@ def train_attributes(ctx: Context) -> np.ndarray:
   return data_lib.load_annotations(ctx.spec.config.data, 'train')[1]
 
 
+FIT_SPLITS = ('train', 'validation')
+
+
+def fit_split(config) -> str:
+  """config.inn.fit_split, checked: the split whose h the basis, the flow and the class
+  means are fitted on (absent: 'train')."""
+  split = str(config.inn.get('fit_split', 'train'))
+  if split not in FIT_SPLITS:
+    raise errors.UserError(f"inn.fit_split={split!r} is not one of {', '.join(FIT_SPLITS)}: "
+                           "'validation' fits the INN on held-out images, 'train' on the "
+                           'training images')
+  return split
+
+
+def fit_rows(ctx: Context):
+  """(h [M, d], attributes bool [M, A]) of the fit split, in training and in evaluation:
+  the train split's (h on disk in training, `train_split_h`) or the 'validation' split's
+  (embedded once, in memory: a held-out split is small)."""
+  if fit_split(ctx.spec.config) == 'train':
+    return train_split_h(ctx), train_attributes(ctx)
+  return ctx.derived('inn_fit_rows', lambda: _validation_rows(ctx))
+
+
+def _validation_rows(ctx: Context) -> tuple[np.ndarray, np.ndarray]:
+  fix = "set inn.fit_split='train' to fit the INN on the training images"
+  try:
+    ds = data_lib.load(ctx.spec.config.data, 'validation')
+  except Exception as e:  # pylint: disable=broad-except
+    if not errors.is_user_error(e):   # a bug, not a dataset without that split
+      raise
+    raise errors.UserError(f"inn.fit_split='validation' but the data has no validation "
+                           f'split ({e}): {fix}') from e
+  if len(ds) < 2:
+    raise errors.UserError(f"inn.fit_split='validation' but the data's validation split "
+                           f'has {len(ds)} rows: {fix}')
+  h = ctx.map(frozen.embed_fn(ctx.classifier.embed, ctx.mesh), ctx.classifier.params,
+              {'image': ds.images}, 'embed validation')
+  return np.asarray(h), np.asarray(ds.attributes)
+
+
 def fitted_basis(ctx: Context) -> basis.Basis:
-  """The attribute basis of the train split (float64 on the host, deterministic)."""
-  return ctx.derived('inn_basis', lambda: basis.fit(
-      train_split_h(ctx), train_attributes(ctx), int(ctx.spec.config.inn.factor_dim)))
+  """The attribute basis of the fit split (float64 on the host, deterministic)."""
+  def fit():
+    h, attributes = fit_rows(ctx)
+    return basis.fit(h, attributes, int(ctx.spec.config.inn.factor_dim))
+  return ctx.derived('inn_basis', fit)
 
 
 def _inputs(ctx: Context):
   bas = fitted_basis(ctx)
-  h = h_train(ctx)   # on disk: each batch's rows read and mapped by the basis (row-wise)
+  # The train split's h on disk (each batch's rows read and mapped by the basis, row-wise);
+  # the validation split's in memory.
+  h, attributes = fit_rows(ctx)
   cfg = ctx.spec.config.inn
   table = factor.sample_pair_table(
-      ctx.data.attributes, np.random.default_rng(ctx.spec.stream_seed('inn/pairs')),
+      attributes, np.random.default_rng(ctx.spec.stream_seed('inn/pairs')),
       int(cfg.pairs_per_example))
 
   def batch(b):
@@ -77,19 +124,21 @@ def codecs(m: factor.FactorINN):
 
 
 def class_means(ctx: Context) -> np.ndarray:
-  """factor.class_means of the train split's codes z = T(h), computed once per evaluation
+  """factor.class_means of the fit split's codes z = T(h), computed once per evaluation
   (the flip rates here and the factor sweeps both move blocks to them)."""
   def compute():
     m = model(ctx.spec)
     enc, _ = codecs(m)
-    z_train = np.asarray(enc(ctx.params('inn'), fitted_basis(ctx).forward(train_split_h(ctx))))
-    return factor.class_means(z_train, train_attributes(ctx), m.layout)
+    h, attributes = fit_rows(ctx)
+    z_fit = np.asarray(enc(ctx.params('inn'), fitted_basis(ctx).forward(h)))
+    return factor.class_means(z_fit, attributes, m.layout)
   return ctx.derived('inn_class_means', compute)
 
 
 def evaluate_inn(ctx: Context) -> dict:
-  """Per-block probe accuracy (test split; probes fit on the train split), the probe on h
-  itself, the round trip's largest error, and the factor intervention's flip rates."""
+  """Per-block probe accuracy (test split; probes fit on the train split whatever the fit
+  split, so that the block targets are read the same way), the probe on h itself, the
+  round trip's largest error, and the factor intervention's flip rates."""
   spec, test = ctx.spec, ctx.data
   m = model(spec)
   enc, dec = codecs(m)
@@ -149,8 +198,19 @@ def evaluate_inn(ctx: Context) -> dict:
       'factor_flip_rate': flips}}
 
 
+def _signature_fix(spec, sig: dict) -> dict:
+  """Fitted on the validation split, the stage reads data.num_test as well (shapes draws
+  that many validation images), a field the signature otherwise counts harmless. Fitted on
+  the train split, fit_split is left out, so that checkpoints written before the field
+  existed keep loading."""
+  if fit_split(spec.config) == 'validation':
+    return {**sig, 'data.num_test': spec.config.data.get('num_test', None)}
+  return {k: v for k, v in sig.items() if k != 'inn.fit_split'}
+
+
 NODE = Node(
     'inn', ('classifier',), 'inn', ('data', 'model.classifier', 'inn'),
+    signature_fix=_signature_fix,
     template=lambda spec, rng: factor.create_state(
         model(spec), rng, jnp.zeros((2, spec.d)),
         steps.make_optimizer(spec.config.inn, max(spec.config.inn.steps, 1))),

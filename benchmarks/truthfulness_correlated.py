@@ -65,7 +65,16 @@ R_TEST = (0.0, 0.3, 0.6, 0.9, 1.0)
 PAIR = ('size', 'position')
 METHODS = ('prediction_association', 'representation_shift', 'correlation_gate',
            'heldout_association', 'two_looks', 'train_association', 'stratified_shift',
-           'inn_factor', 'inn_factor_heldout')
+           'inn_factor', 'inn_factor_heldout', 'inn_swap_heldout', 'inn_swap_cell_heldout',
+           'inn_weighted_heldout', 'inn_cell_heldout')
+# The swap variants of inn_factor_heldout: stored flip rate key → how (inn_factor_fn).
+SWAPS = {'inn_heldout_swap_flip_rate': 'swap', 'inn_heldout_swap_cell_flip_rate': 'swap_cell',
+         'inn_heldout_weighted_flip_rate': 'mean_weighted',
+         'inn_heldout_cell_flip_rate': 'mean_cell'}
+SWAP_METHODS = {'inn_heldout_swap_flip_rate': 'inn_swap_heldout',
+                'inn_heldout_swap_cell_flip_rate': 'inn_swap_cell_heldout',
+                'inn_heldout_weighted_flip_rate': 'inn_weighted_heldout',
+                'inn_heldout_cell_flip_rate': 'inn_cell_heldout'}
 FALLBACKS = METHODS[3:7]   # need the held-out / training predictions (lines before them lack them)
 
 
@@ -153,8 +162,9 @@ def run_cell(cell: dict, workdir: str, base: str, num_test: int, r_test=R_TEST) 
           'num_test': num_test, 'tests': [],
           'pred_validation': np.argmax(classify(held.images), -1).astype(int).tolist(),
           'pred_train': np.argmax(head(h_train), -1).astype(int).tolist()}
-  for k, r in enumerate(r_test):
-    rng = np.random.default_rng([cell['seed'], k, 2025])
+  for r in r_test:
+    # Seeded by r's place in R_TEST, so a run of a subset draws the same test splits.
+    rng = np.random.default_rng([cell['seed'], R_TEST.index(r), 2025])
     attrs = test_attributes(rng, num_test, task, cell['spurious'], r)
     seed = int(rng.integers(2**31))
     images = render(config.data, attrs, seed)
@@ -171,11 +181,13 @@ def run_cell(cell: dict, workdir: str, base: str, num_test: int, r_test=R_TEST) 
       reliance[n] = {'flip_rate': float(np.mean(after != pred)), 'num_examples': num_test}
     rows = bias.prediction_association(pred, attrs, names, task, 2)
     inn_rates, inn_held_rates = inn_flip(h_test, attrs), inn_held(h_test, attrs)
+    swaps = {k: inn_held(h_test, attrs, how).tolist() for k, how in SWAPS.items()}
     line['tests'].append({
         'r_test': r, 'accuracy': float(np.mean(pred == attrs[:, names.index(task)])),
         'reliance': reliance, 'pred': pred.astype(int).tolist(), 'shift_flip_rate': rates.tolist(),
         'stratified_flip_rate': strat.tolist(), 'stratified_count': counts.tolist(),
-        'inn_flip_rate': inn_rates.tolist(), 'inn_heldout_flip_rate': inn_held_rates.tolist()})
+        'inn_flip_rate': inn_rates.tolist(), 'inn_heldout_flip_rate': inn_held_rates.tolist(),
+        **swaps})
     t = line['tests'][-1]
     t['rows'] = {'prediction_association': rows,
                  'representation_shift': representation_shift.combine(
@@ -184,6 +196,7 @@ def run_cell(cell: dict, workdir: str, base: str, num_test: int, r_test=R_TEST) 
                  'inn_factor': inn_rows(inn_rates, names, num_test),
                  'inn_factor_heldout': inn_rows(inn_held_rates, names, num_test,
                                                 estimator='inn_factor_heldout'),
+                 **swap_rows(t, names, num_test),
                  **fallback_rows(line, t, rows, config.data, attrs)}
   line['seconds'] = time.time() - t0
   return line
@@ -200,8 +213,8 @@ def rescore(line: dict, base: str = 'small') -> dict:
   train = data_lib.load(config.data, 'train')
   _, ident = representation_shift.directions(np.zeros((len(train), 1)), train.attributes)
   names, tests = line['names'], []
-  for k, t in enumerate(line['tests']):
-    rng = np.random.default_rng([line['seed'], k, 2025])
+  for t in line['tests']:
+    rng = np.random.default_rng([line['seed'], R_TEST.index(t['r_test']), 2025])
     attrs = test_attributes(rng, line['num_test'], line['task'], line['spurious'], t['r_test'])
     pred = np.asarray(t['pred'])
     rows = bias.prediction_association(pred, attrs, names, line['task'], 2)
@@ -214,7 +227,8 @@ def rescore(line: dict, base: str = 'small') -> dict:
            if 'inn_flip_rate' in t else {}),
         **({'inn_factor_heldout': inn_rows(np.asarray(t['inn_heldout_flip_rate']), names,
                                            line['num_test'], estimator='inn_factor_heldout')}
-           if 'inn_heldout_flip_rate' in t else {})}))
+           if 'inn_heldout_flip_rate' in t else {}),
+        **swap_rows(t, names, line['num_test'])}))
     if 'pred_validation' in line:
       tests[-1]['rows'].update(fallback_rows(line, tests[-1], rows, config.data, attrs))
   return dict(line, tests=tests)
@@ -358,13 +372,75 @@ def inn_factor_fn(h_train: np.ndarray, attrs_train: np.ndarray, head, seed: int)
   dec = jax.jit(lambda z: factor.decode(model, params, z))
   means = factor.class_means(np.asarray(enc(x)), attrs_train, model.layout)
 
-  def flip(h: np.ndarray, attrs: np.ndarray) -> np.ndarray:
+  z_fit = np.asarray(enc(x))
+  w = basis.independence_weights(attrs_train)
+  weighted = np.stack([[np.average(z_fit[attrs_train[:, f] == v][:, model.layout.block(f)], 0,
+                                   w[attrs_train[:, f] == v]) for v in (0, 1)]
+                       for f in range(attrs_train.shape[1])])
+
+  def flip(h: np.ndarray, attrs: np.ndarray, how: str = 'mean') -> np.ndarray:
+    """how: 'mean' (block a moved by the class-mean difference), 'swap' (block a taken
+    from a random fitted image of the other value), 'swap_cell' (from one of the other
+    value that agrees on every other attribute; any of the other value where none does)."""
     z = np.asarray(enc(bas.forward(h)))
     pred = np.argmax(head(h), -1)
-    return np.array([np.mean(np.argmax(head(bas.backward(np.asarray(dec(
-        factor.flip_factor(z, a, model.layout, attrs, means))))), -1) != pred)
-        for a in range(attrs.shape[1])])
+    out = []
+    for a in range(attrs.shape[1]):
+      if how == 'mean':
+        z_f = factor.flip_factor(z, a, model.layout, attrs, means)
+      elif how == 'mean_weighted':
+        z_f = factor.flip_factor(z, a, model.layout, attrs, weighted)
+      elif how == 'mean_cell':
+        cols = model.layout.block(a)
+        z_f = z.copy()
+        z_f[:, cols] += _cell_means(z_fit[:, cols], attrs_train, attrs, a, means[a])
+      else:
+        z_f = factor.swap_factor(z, z_fit[_partners(attrs_train, attrs, a, how == 'swap_cell',
+                                                    np.random.default_rng([seed, 26, a]))],
+                                 a, model.layout)
+      out.append(np.mean(np.argmax(head(bas.backward(np.asarray(dec(z_f)))), -1) != pred))
+    return np.array(out)
   return flip
+
+
+def _cell_means(zb: np.ndarray, fit_attrs: np.ndarray, attrs: np.ndarray, a: int,
+                means: np.ndarray, min_rows: int = 3) -> np.ndarray:
+  """[N, d_f]: per row of attrs, mean of block zb [M, d_f] over the fit rows of its cell
+  with a flipped minus over those of its own cell (either with < min_rows rows: the
+  global class-mean difference means [2, d_f])."""
+  bits = 1 << np.arange(fit_attrs.shape[1])
+  keys_fit = fit_attrs.astype(np.int64) @ bits
+  keys = attrs.astype(np.int64) @ bits
+  out = np.zeros((len(attrs), zb.shape[1]))
+  for i, (k, y) in enumerate(zip(keys, attrs[:, a].astype(int))):
+    own, other = keys_fit == k, keys_fit == (k ^ bits[a])
+    if own.sum() >= min_rows and other.sum() >= min_rows:
+      out[i] = zb[other].mean(0) - zb[own].mean(0)
+    else:
+      out[i] = means[1 - y] - means[y]
+  return out
+
+
+def _partners(fit_attrs: np.ndarray, attrs: np.ndarray, a: int, same_cell: bool,
+              rng: np.random.Generator) -> np.ndarray:
+  """int [N]: per row of attrs [N, A] a random row of fit_attrs [M, A] with the other value
+  of attribute a (same_cell: and the same value of every other attribute, where one has)."""
+  out = np.zeros(len(attrs), np.int64)
+  target = attrs.copy()
+  target[:, a] ^= True
+  keys_fit = fit_attrs.astype(np.int64) @ (1 << np.arange(fit_attrs.shape[1]))
+  for i, t in enumerate(target):
+    pool = np.flatnonzero(keys_fit == int(t.astype(np.int64) @ (1 << np.arange(len(t)))))
+    if not same_cell or len(pool) == 0:
+      pool = np.flatnonzero(fit_attrs[:, a] == t[a])
+    out[i] = pool[rng.integers(len(pool))]
+  return out
+
+
+def swap_rows(t: dict, names, num_test: int) -> dict:
+  """The swap variants' rows (SWAPS) of a test split t that stores their flip rates."""
+  return {SWAP_METHODS[k]: inn_rows(np.asarray(t[k]), names, num_test,
+                                    estimator=SWAP_METHODS[k]) for k in SWAPS if k in t}
 
 
 def inn_rows(rates: np.ndarray, names, num_test: int, level: float = 0.95,
@@ -490,6 +566,8 @@ def main(argv=None) -> None:
   ap.add_argument('--seeds', default='0,1')
   ap.add_argument('--spurious', default='background,color')
   ap.add_argument('--rhos', default='0.9,1.0', help='ρ_train values')
+  ap.add_argument('--r_test', default=','.join(f'{r:g}' for r in R_TEST),
+                  help='test correlations r (a subset of the default keeps runs short)')
   ap.add_argument('--difficulty', default='hard', help='easy, hard (benchmarks/truthfulness.py)')
   ap.add_argument('--table', action='store_true', help='only print the table of --out')
   ap.add_argument('--rescore', action='store_true',
@@ -507,7 +585,9 @@ def main(argv=None) -> None:
     truthfulness.run_new_cells(
         grid(args.quick, split(args.spurious), [float(r) for r in split(args.rhos)],
              split(args.difficulty), [int(k) for k in split(args.seeds)]),
-        path, lambda cell, wd: run_cell(cell, wd, base, num_test), truthfulness.cell_key,
+        path, lambda cell, wd: run_cell(cell, wd, base, num_test,
+                                        [float(r) for r in split(args.r_test)]),
+        truthfulness.cell_key,
         lambda line: f'{line["cell"]}: {line["seconds"]:.0f} s, reliance at r = 0: ' + str(
             {k: round(v['flip_rate'], 2) for k, v in line['tests'][0]['reliance'].items()}),
         args.cache)
@@ -518,7 +598,7 @@ def main(argv=None) -> None:
       print(f'{m}: |estimate − flip rate| where only training separates ({len(err)} answers): '
             f'median {np.median(err):.3f}, max {max(err):.3f}')
   for (m, r), err in all_magnitude_errors(truthfulness.read_lines(path)).items():
-    if err and m in ('heldout_association', 'inn_factor', 'inn_factor_heldout'):
+    if err and m in ('heldout_association',) + METHODS[7:]:
       print(f'{m} at r = {r:g}: |estimate − flip rate| over its {len(err)} answers: '
             f'median {np.median(err):.3f}, max {max(err):.3f}')
   mem = memorisation(truthfulness.read_lines(path), 'tiny' if args.quick else args.base)

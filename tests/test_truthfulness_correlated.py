@@ -105,6 +105,14 @@ def test_quick_cell_end_to_end_and_resumes(tmp_path, capsys):
   assert '| prediction_association | 1 | neither |' in capsys.readouterr().out
   tc.main(['--quick', '--out', out])
   assert len(open(os.path.join(out, 'cells.jsonl')).readlines()) == 1
+  # A subset of the test correlations draws the very same test splits as the full run.
+  part = str(tmp_path / 'part')
+  tc.main(['--quick', '--out', part, '--r_test', '0.6,1'])
+  sub = json.loads(open(os.path.join(part, 'cells.jsonl')).readline())['tests']
+  assert [t['r_test'] for t in sub] == [0.6, 1.0]
+  for t in sub:
+    full = lines[0]['tests'][tc.R_TEST.index(t['r_test'])]
+    assert t['pred'] == full['pred'] and t['reliance'] == full['reliance']
 
 
 @pytest.mark.slow
@@ -130,3 +138,28 @@ def test_all_magnitude_errors_are_per_method_and_r_over_answered_attributes():
   # shape, color, position, background, texture (size skipped: cannot tell)
   np.testing.assert_allclose(err[('inn_factor', 0.0)], [0.1, 0.05, 0.0, 0.2, 0.0], atol=1e-12)
   np.testing.assert_allclose(err[('inn_factor', 1.0)], np.zeros(6), atol=1e-12)
+
+
+def test_swap_partners_have_the_other_value_and_the_same_cell_where_one_exists():
+  fit = np.array([[0, 0, 0], [1, 0, 0], [1, 1, 0], [1, 1, 1], [0, 1, 1]], bool)
+  attrs = np.array([[0, 0, 0], [0, 1, 0], [1, 1, 1], [0, 0, 1]], bool)
+  for seed in range(5):
+    rng = np.random.default_rng(seed)
+    p = tc._partners(fit, attrs, 0, True, rng)  # pylint: disable=protected-access
+    # rows 0-2 have a fit row that is their cell with attribute 0 flipped; row 3's
+    # (1, 0, 1) is absent, so any row with attribute 0 = 1.
+    np.testing.assert_array_equal(p[:3], [1, 2, 4])
+    assert p[3] in (1, 2, 3)
+    q = tc._partners(fit, attrs, 0, False, rng)  # pylint: disable=protected-access
+    assert np.all(fit[q, 0] != attrs[:, 0])
+
+
+def test_cell_means_shift_by_the_flipped_cells_mean_or_fall_back_to_the_global_one():
+  fit = np.array([[0, 0]] * 3 + [[1, 0]] * 3 + [[1, 1]] * 2, bool)
+  zb = np.arange(16, dtype=float).reshape(8, 2)
+  means = np.array([[100.0, 200.0], [110.0, 230.0]])
+  attrs = np.array([[0, 0], [1, 0], [0, 1]], bool)
+  got = tc._cell_means(zb, fit, attrs, 0, means, min_rows=3)  # pylint: disable=protected-access
+  cell00, cell10 = zb[:3].mean(0), zb[3:6].mean(0)
+  # (0, 0) → (1, 0) and back: both cells have 3 rows; (0, 1) → (1, 1): 0 and 2 rows, global.
+  np.testing.assert_allclose(got, [cell10 - cell00, cell00 - cell10, [10.0, 30.0]], atol=0)

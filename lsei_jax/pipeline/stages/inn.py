@@ -4,8 +4,8 @@ maps the embedding onto one block per annotated attribute plus a residual; the b
 wherever it is needed, the flow is trained on pairs of images that share an attribute. The
 fit split (`inn.fit_split`): 'train', or the held-out 'validation' images, which the
 classifier never trained on (its h of its own training images separates what it memorised
-more than a new image's h does; docs/truthfulness_estimators.md). A stage added as one node: its
-evaluators report each block's probe accuracy, the round trip, and the factor
+more than a new image's h does; docs/truthfulness_estimators.md). A stage added as one
+node: its evaluators report each block's probe accuracy, the round trip, and the factor
 intervention (move block a to the other value's mean, map back, read c2) as an estimator of
 the classifier's reliance on attribute a as its representation encodes it."""
 from __future__ import annotations

@@ -153,11 +153,13 @@ def _unrolled_steps(first: Callable, rest: Callable, period_: int) -> Callable:
   `first` on steps i with i % period_ == 0, `rest` on the others.
 
   Not a lax.scan: XLA:CPU compiles the convolution gradients inside a loop body as naive
-  loops (the classifier step at 32×32, batch 128: 25× slower) whose results differ in the
-  last bits from the same step compiled at top level; written out, each step compiles as
-  it does alone: bitwise on one device (tests/test_dispatch.py). On several devices XLA
-  fuses the optimizer's update differently in the longer program: the parameters may
-  differ from k single steps in the last bit. Compile time grows with k.
+  loops (the classifier step at 32×32, batch 128: 25× slower), with results that differ in
+  the last bits from the step compiled alone; written out, the real steps tested compile
+  bitwise as alone on one device (tests/test_dispatch.py). Not guaranteed, though: XLA
+  compiles the same ops differently in another program, and a toy Adam step (3 weights)
+  or the DVAE step on 4 devices came out 1-2 ulp off in some weights, as a change of
+  device count does. Compile time grows with k. (An optimization_barrier around each
+  step changed none of these differences.)
   """
   def many(state, batches, keys, *extra):
     metrics = []

@@ -154,12 +154,12 @@ def _unrolled_steps(first: Callable, rest: Callable, period_: int) -> Callable:
 
   Not a lax.scan: XLA:CPU compiles the convolution gradients inside a loop body as naive
   loops (the classifier step at 32×32, batch 128: 25× slower), with results that differ in
-  the last bits from the step compiled alone; written out, the real steps tested compile
-  bitwise as alone on one device (tests/test_dispatch.py). Not guaranteed, though: XLA
-  compiles the same ops differently in another program, and a toy Adam step (3 weights)
-  or the DVAE step on 4 devices came out 1-2 ulp off in some weights, as a change of
-  device count does. Compile time grows with k. (An optimization_barrier around each
-  step changed none of these differences.)
+  the last bits from the step compiled alone. Written out, the classifier's and the
+  concept learner's steps come out bitwise as alone on one device (tests/test_dispatch.py),
+  but that is not guaranteed: XLA may compile the same ops differently in a longer program
+  (the regularized explainer, a toy Adam step, the DVAE on 4 devices: 1-2 ulp off in some
+  weights; an optimization_barrier around each step changed none of it). Compile time
+  grows with k.
   """
   def many(state, batches, keys, *extra):
     metrics = []

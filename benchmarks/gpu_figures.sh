@@ -1,29 +1,33 @@
 #!/usr/bin/env bash
-# The GPU figures in ONE bounded run (TOTAL seconds, default 530: under 9 minutes on one
+# The GPU figures in ONE bounded run (TOTAL seconds, default 580: under 10 minutes on one
 # H200). Every part has its own time limit, cut further to what is left of TOTAL, so that a
 # slow part cannot take the others' results with it; a part with under 10 s left is skipped:
 #   1. versions, and the error of float32 matmuls / convolutions at JAX's default precision
 #      against float64 (XLA:GPU may use TF32 matrix units for float32 by default);
 #   2. the exact-oracle tests on the GPU: the Fisher estimator, the phase-convolution layers,
-#      and the on-device uint8 → float conversion being bitwise the host's (tests/conftest.py
+#      the on-device uint8 → float conversion being bitwise the host's, and whether k
+#      classifier steps in one dispatch are bitwise k single steps there too (tests/conftest.py
 #      pins the CPU unless JAX_PLATFORMS says otherwise);
 #   3. compare.py --device cuda at 64×64: lsei_jax against the PyTorch reference on the GPU;
 #   4. the demo's time to an explanation, cold then warm compilation cache (the cache is
 #      kept in $CACHE for part 5);
 #   5. each training stage's loop throughput against its own step's (loop_throughput.py;
-#      the target is ≥ 70%), on the demo config, its compilations loaded from part 4's cache.
+#      the target is ≥ 70%), on the demo config, its compilations loaded from part 4's cache;
+#   6. steps per dispatch k = 1, 2, 4, 8 (config.steps_per_dispatch) on the demo's classifier
+#      and concept stages (the shortest steps): loop images/s and stage seconds (compiling
+#      k steps in one program included) per k. One JSON line per stage and k as they finish.
 #
 #   OUT=DIR bash benchmarks/gpu_figures.sh [REF_DIR]   # REF_DIR holds torch_ref.py
 # REF_DIR defaults to .bench_ref (a copy of ../shared/bench inside the checkout, which is
 # what travels to a device machine) or else ../shared/bench. Missing pure-Python packages
 # (ml_collections, tensorboardX) are installed from .whl/ when it holds wheels, never from
-# the network. Logs land in $OUT (default /tmp/gpu_figures): at most 7 files.
+# the network. Logs land in $OUT (default /tmp/gpu_figures): at most 8 files.
 # Dry run without a GPU (every part degrades to a logged failure or a CPU run):
 #   DEVICE=cpu TOTAL=240 TTE_ARGS='--runs cold' LOOP_ARGS='--steps 10 --log_every 2
-#     --bench_steps 3' bash benchmarks/gpu_figures.sh
+#     --bench_steps 3' K_ARGS='--steps 16 --log_every 4' bash benchmarks/gpu_figures.sh
 set -u
 START=$(date +%s)
-TOTAL=${TOTAL:-530}
+TOTAL=${TOTAL:-580}
 OUT=${OUT:-/tmp/gpu_figures}
 CACHE=${CACHE:-/tmp/gpu_figures_xla}
 DEVICE=${DEVICE:-cuda}
@@ -31,6 +35,7 @@ if [ $# -ge 1 ]; then REF=$1; elif [ -d .bench_ref ]; then REF=.bench_ref; else 
 PY=${PYTHON:-python3}
 TTE_ARGS=${TTE_ARGS:---runs cold warm}
 LOOP_ARGS=${LOOP_ARGS:-}
+K_ARGS=${K_ARGS:---log_every 40 --bench_steps 20}
 mkdir -p "$OUT"
 rm -rf "$CACHE"
 exec > >(tee "$OUT/all.log") 2>&1
@@ -96,7 +101,8 @@ EOF
 part "exact-oracle tests on the $DEVICE"
 run 80 env JAX_PLATFORMS="$DEVICE" "$PY" -m pytest -q --tb=line -p no:cacheprovider \
   tests/test_fisher.py tests/test_layers.py \
-  tests/test_loop.py::test_device_conversion_of_uint8_is_bitwise_the_hosts 2>&1 \
+  tests/test_loop.py::test_device_conversion_of_uint8_is_bitwise_the_hosts \
+  'tests/test_dispatch.py::test_real_steps_in_one_dispatch[classifier]' 2>&1 \
   | tee "$OUT/tests.txt" | tail -15
 
 part "compare.py --device $DEVICE (64x64)"
@@ -112,4 +118,8 @@ part "each stage's loop against its step (demo config, cache of part 4)"
 # shellcheck disable=SC2086
 run 90 "$PY" benchmarks/loop_throughput.py $LOOP_ARGS 2>&1 | grep -v 'it/s' \
   | tee "$OUT/loop.txt" | grep -v '^[IW][0-9]' | tail -12
+part "steps per dispatch k = 1, 2, 4, 8 (classifier and concepts, demo config)"
+# shellcheck disable=SC2086
+run 110 "$PY" benchmarks/loop_throughput.py --k 1,2,4,8 --train classifier,concepts $K_ARGS \
+  2>&1 | grep -v 'it/s' | tee "$OUT/loop_k.txt" | grep -v '^[IW][0-9]' | tail -12
 part "done in $(( $(date +%s) - START )) s"

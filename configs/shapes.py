@@ -41,6 +41,10 @@ def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.log_every = 50
+  # Training steps run per compiled call (trainer.run_stage, parallel.multi_step): k > 1
+  # saves k − 1 dispatches and host round trips a window, for a longer compile; the results
+  # may differ from k = 1 in the last bits (docs/performance.md § Steps per dispatch).
+  c.steps_per_dispatch = 1
 
   c.data = ml_collections.ConfigDict(dict(
       name='shapes', image_size=32, task='shape', spurious='color', rho=0.9,

@@ -17,8 +17,9 @@ ARGS = ['--config=configs/tiny.py', '--stages=classifier,concepts',
         '--config.checkpoint.max_to_keep=2']
 
 
-def _train(workdir, **kw):
-  return subprocess.Popen([sys.executable, 'train.py', f'--workdir={workdir}', *ARGS],
+def _train(workdir, k=1, **kw):
+  args = ARGS + [f'--config.steps_per_dispatch={k}']
+  return subprocess.Popen([sys.executable, 'train.py', f'--workdir={workdir}', *args],
                           cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                           **kw)
 
@@ -34,14 +35,16 @@ def _metas(workdir, stages=('classifier', 'concepts')):
   return out
 
 
-def test_sigkill_mid_stage_then_rerun_matches_uninterrupted(tmp_path):
+# k = 4: four steps per dispatch (checkpoints every 20: windows end on them).
+@pytest.mark.parametrize('k', [1, 4])
+def test_sigkill_mid_stage_then_rerun_matches_uninterrupted(tmp_path, k):
   reference = str(tmp_path / 'reference')
-  p = _train(reference)
+  p = _train(reference, k)
   _, err = p.communicate(timeout=300)
   assert p.returncode == 0, err[-3000:]
 
   workdir = str(tmp_path / 'killed')
-  p = _train(workdir)
+  p = _train(workdir, k)
   clf_dir = os.path.join(workdir, 'classifier')
   deadline = time.time() + 240
   try:
@@ -61,7 +64,7 @@ def test_sigkill_mid_stage_then_rerun_matches_uninterrupted(tmp_path):
   assert killed_at is not None and not ckpt.read_meta(killed_at)['complete']
   ckpt.close()
 
-  p = _train(workdir)
+  p = _train(workdir, k)
   _, err = p.communicate(timeout=300)
   assert p.returncode == 0, err[-3000:]
   assert f'classifier: resuming from step {killed_at}' in err

@@ -68,8 +68,11 @@ def _one_and_two_processes(tmp_path, args) -> tuple[str, str, list]:
   return single, multi, outs
 
 
-def test_two_processes_equal_one_process_with_four_devices(tmp_path, tiny_config):
-  single, multi, outs = _one_and_two_processes(tmp_path, ARGS)
+# k = 4: four steps per dispatch, each process feeding its rows of the k stacked batches.
+@pytest.mark.parametrize('k', [1, 4])
+def test_two_processes_equal_one_process_with_four_devices(tmp_path, tiny_config, k):
+  single, multi, outs = _one_and_two_processes(
+      tmp_path, ARGS + [f'--config.steps_per_dispatch={k}'])
   assert 'process 1 of 2, 2 local / 4 global devices' in outs[1][1]
   # Gradients are all-reduced by gloo across processes, in another summation order than
   # within one process: equal up to float rounding, not bit for bit.

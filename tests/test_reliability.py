@@ -164,6 +164,7 @@ VALIDATION = {
     'checkpoint.every_steps': (0, 'config.checkpoint.every_steps must be a positive integer'),
     'checkpoint.max_to_keep': (0, 'config.checkpoint.max_to_keep must be a positive integer'),
     'log_every': (0, 'config.log_every must be a positive integer'),
+    'steps_per_dispatch': (0, 'config.steps_per_dispatch must be a positive integer'),
     'eval.num_bootstrap': (0, 'config.eval.num_bootstrap must be a positive integer'),
     'explainer.fisher_samples': (0, 'config.explainer.fisher_samples must be a positive'),
     'eval.fisher_samples': (0, 'config.eval.fisher_samples must be a positive'),

@@ -153,7 +153,8 @@ class Node:
               self.step(ctx), batch_fn, step_key, extra=self.extra(ctx), upstream=link,
               signature=self.signature(spec)),
         ctx.workdir, spec.mesh, save_every=ck.every_steps, max_to_keep=ck.max_to_keep,
-        log_every=spec.config.log_every, hooks=ctx.hooks)
+        log_every=spec.config.log_every,
+        steps_per_dispatch=int(spec.config.get('steps_per_dispatch', 1)), hooks=ctx.hooks)
 
   def load(self, ctx: Context, link: dict) -> tuple[Any, dict]:
     """The stage's complete checkpoint in ctx.workdir, its upstream link checked."""

@@ -88,8 +88,91 @@ def data_parallel_step(step_fn: Callable, mesh: jax.sharding.Mesh, num_replicate
   in_specs = (P(), P(AXIS), P()) + (P(),) * num_replicated
   mapped = jax.shard_map(step_fn, mesh=mesh, in_specs=in_specs, out_specs=(P(), P()),
                          check_vma=False)
-  return jax.jit(mapped, donate_argnums=(0,) if donate_state else (),
-                 compiler_options=compiler_options or None)
+  jitted = jax.jit(mapped, donate_argnums=(0,) if donate_state else (),
+                   compiler_options=compiler_options or None)
+  # What multi_step needs to run the per-device step k times in one shard_map, with the same
+  # compiler options (a jit nested in another jit compiles with the outer one's).
+  jitted.per_device = _PerDevice(step_fn, mesh, num_replicated, donate_state,
+                                 tuple(sorted((compiler_options or {}).items())))
+  return jitted
+
+
+@dataclasses.dataclass(frozen=True)
+class _PerDevice:
+  step_fn: Callable
+  mesh: jax.sharding.Mesh
+  num_replicated: int
+  donate_state: bool
+  compiler_options: tuple
+
+
+def shard_batches(local_batches: Any, mesh: jax.sharding.Mesh) -> Any:
+  """shard_batch for k stacked local batches ([k, B/P, …]): global [k, B, …] split on axis 1."""
+  sharding = NamedSharding(mesh, P(None, AXIS))
+  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x),
+                      local_batches)
+
+
+@functools.lru_cache(maxsize=32)
+def multi_step(step: Callable) -> Callable:
+  """Several training steps in one dispatch: `many(state, batches, keys, *extra) -> (state,
+  metrics)` runs `step` on batches [k, B, …] (shard_batches) with keys [k] in turn, bitwise
+  as k calls would, and returns each step's metrics stacked [k]. One compilation per k.
+
+  A data_parallel_step's per-device step runs k times inside one shard_map, with its own
+  compiler options; an every_nth step runs on_step on every `every`-th of the k steps
+  (k must be a multiple of `every`, and a window start at a multiple of it: `period`); any
+  other jitted step is called k times inside an outer jit.
+  """
+  if isinstance(step, _EveryNth):
+    first, rest, period = step.on_step, step.off_step, step.every
+  else:
+    first, rest, period = step, step, 1
+  pd = getattr(first, 'per_device', None)
+  if pd is None or getattr(rest, 'per_device', None) is None:
+    return jax.jit(_unrolled_steps(first, rest, period), donate_argnums=(0,))
+  other = rest.per_device
+  if (other.mesh, other.num_replicated, other.compiler_options) != (
+      pd.mesh, pd.num_replicated, pd.compiler_options):
+    raise ValueError('every_nth: on_step and off_step differ in mesh, replicated arguments '
+                     'or compiler options; they cannot share one multi-step program')
+  in_specs = (P(), P(None, AXIS), P()) + (P(),) * pd.num_replicated
+  mapped = jax.shard_map(_unrolled_steps(pd.step_fn, other.step_fn, period), mesh=pd.mesh,
+                         in_specs=in_specs, out_specs=(P(), P()), check_vma=False)
+  return jax.jit(mapped, donate_argnums=(0,) if pd.donate_state else (),
+                 compiler_options=dict(pd.compiler_options) or None)
+
+
+def period(step: Callable) -> int:
+  """The steps a multi_step window must be a multiple of, and start at a multiple of."""
+  return step.every if isinstance(step, _EveryNth) else 1
+
+
+def _unrolled_steps(first: Callable, rest: Callable, period_: int) -> Callable:
+  """k steps in one program, written out one after another (k from the batches' shape):
+  `first` on steps i with i % period_ == 0, `rest` on the others.
+
+  Not a lax.scan: XLA:CPU compiles the convolution gradients inside a loop body as naive
+  loops (the classifier step at 32×32, batch 128: 25× slower), with results that differ in
+  the last bits from the step compiled alone. Written out, the classifier's and the
+  concept learner's steps come out bitwise as alone on one device (tests/test_dispatch.py),
+  but that is not guaranteed: XLA may compile the same ops differently in a longer program
+  (the regularized explainer, a toy Adam step, the DVAE on 4 devices: 1-2 ulp off in some
+  weights; an optimization_barrier around each step changed none of it). Compile time
+  grows with k.
+  """
+  def many(state, batches, keys, *extra):
+    metrics = []
+    for i in range(keys.shape[0]):
+      fn = first if i % period_ == 0 else rest
+      state, m = fn(state, jax.tree.map(lambda x: x[i], batches), keys[i], *extra)
+      metrics.append(m)
+    if any(jax.tree.structure(m) != jax.tree.structure(metrics[0]) for m in metrics):
+      raise ValueError(f'every_nth: on_step and off_step return different metrics '
+                       f'({jax.tree.structure(metrics[0])} vs '
+                       f'{jax.tree.structure(metrics[-1])}); they cannot be stacked per step')
+    return state, jax.tree.map(lambda *ms: jnp.stack(ms), *metrics)
+  return many
 
 
 def every_nth(every: int, on_step: Callable, off_step: Callable) -> Callable:

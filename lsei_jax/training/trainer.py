@@ -88,10 +88,14 @@ def step_keys(rng: jax.Array, start: int, stop: int) -> Callable[[int], jax.Arra
   steps = np.arange(start, start + num_blocks * KEY_BLOCK, dtype=np.int32)
   blocks = [_fold_in_each(rng, b) for b in steps.reshape(num_blocks, KEY_BLOCK)]
   data = np.concatenate([np.asarray(jax.random.key_data(k) if typed else k) for k in blocks])
-  if not typed:  # a raw uint32 key (jax.random.PRNGKey): its rows are keys already
-    return lambda step: data[step - start]
-  impl = jax.random.key_impl(rng)
-  return lambda step: jax.random.wrap_key_data(data[step - start], impl=impl)
+  impl = jax.random.key_impl(rng) if typed else None
+
+  def key(step: int, count: int | None = None) -> jax.Array:
+    """The key of `step`, or the keys [count] of steps step … step + count − 1."""
+    rows = data[step - start] if count is None else data[step - start:step - start + count]
+    # a raw uint32 key (jax.random.PRNGKey): its rows are keys already
+    return rows if impl is None else jax.random.wrap_key_data(rows, impl=impl)
+  return key
 
 
 @jax.jit
@@ -104,9 +108,16 @@ MAX_WINDOW = 256
 CHECKED = ('loss', 'grad_norm')
 
 
-def fetch_window(window: list[dict]) -> list[dict[str, float]]:
-  """The metrics of a window of steps on the host, one transfer wait for all of them."""
-  return [{k: float(v) for k, v in m.items()} for m in jax.device_get(window)]
+def fetch_window(window: list[tuple[int, dict]]) -> list[dict[str, float]]:
+  """The metrics of a window of dispatches (steps, metrics) on the host, one per step, in
+  one transfer wait for all of them; a dispatch of several steps has metrics stacked [steps]."""
+  host = []
+  for count, m in jax.device_get(window):
+    if count == 1:
+      host.append({k: float(v) for k, v in m.items()})
+    else:
+      host.extend({k: float(v[i]) for k, v in m.items()} for i in range(count))
+  return host
 
 
 def first_non_finite(host: list[dict[str, float]], first_step: int
@@ -118,6 +129,33 @@ def first_non_finite(host: list[dict[str, float]], first_step: int
       if key in m and not np.isfinite(m[key]):
         return first_step + i, key, m[key]
   return None
+
+
+def dispatch_plan(start: int, stop: int, k: int, save_every: int, period: int = 1
+                  ) -> list[tuple[int, int]]:
+  """(first step, count) of each dispatch from step `start` to `stop`: windows of k steps
+  [j·k, (j+1)·k) where one fits whole, single steps elsewhere. A window never holds a
+  checkpoint but at its end (save_every not a multiple of k: single steps around the saves),
+  never runs past `stop`, and starts at a multiple of k (so of `period`, which divides k:
+  every_nth's groups line up); a resume off the grid runs single steps up to it."""
+  if k < 1 or k % period:
+    raise ValueError(f'steps per dispatch k={k} must be a positive multiple of {period}')
+  plan, step = [], start
+  while step < stop:
+    fits = (k > 1 and step % k == 0 and step + k <= stop
+            and (step + k - 1) // save_every == step // save_every)
+    count = k if fits else 1
+    plan.append((step, count))
+    step += count
+  return plan
+
+
+def _host_batches(batch_fn: Callable[[int], dict], first: int, count: int) -> dict:
+  """The local batch of step `first` (count 1), or those of `count` steps stacked [count, …]."""
+  if count == 1:
+    return batch_fn(first)
+  batches = [batch_fn(s) for s in range(first, first + count)]
+  return jax.tree.map(lambda *xs: np.stack(xs), *batches)
 
 
 def _step_chooser(step: Callable, state: Any, start: int) -> Callable[[int], Callable]:
@@ -174,10 +212,14 @@ def adopt_stage(stage: Stage, workdir: str, trained: Any, source: str, *,
 
 
 def run_stage(stage: Stage, workdir: str, mesh, *, save_every: int, max_to_keep: int,
-              log_every: int, hooks: Sequence[Callable] = ()) -> tuple[Any, dict]:
+              log_every: int, steps_per_dispatch: int = 1, hooks: Sequence[Callable] = ()
+              ) -> tuple[Any, dict]:
   """Trains `stage` from its latest checkpoint to num_steps; returns (state, final meta).
 
   A complete stage is restored, checked against its upstream and returned untouched.
+  steps_per_dispatch k > 1: windows of k steps run as one compiled call (parallel.multi_step,
+  dispatch_plan) on the same batches, keys and order as k single steps; XLA may round the
+  longer program differently in the last bits (docs/performance.md § Steps per dispatch).
   hooks: callables(stage_name, step, state) run after each checkpoint is written.
   """
   ckpt = checkpoints.StageCheckpoints(workdir, stage.name, max_to_keep=max_to_keep)
@@ -203,7 +245,10 @@ def run_stage(stage: Stage, workdir: str, mesh, *, save_every: int, max_to_keep:
     prefetch = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix='prefetch')
     step_key = step_keys(stage.rng, start, stage.num_steps)
     step_for = _step_chooser(stage.step, state, start)
-    # On several CPU devices, at most two steps in flight: with more queued, XLA:CPU's
+    plan = dispatch_plan(start, stage.num_steps, steps_per_dispatch, save_every,
+                         parallel.period(stage.step) if steps_per_dispatch > 1 else 1)
+    many = parallel.multi_step(stage.step) if any(n > 1 for _, n in plan) else None
+    # On several CPU devices, at most two dispatches in flight: with more queued, XLA:CPU's
     # all-reduce deadlocked (4 forced host devices, small steps: one device never joined
     # the rendezvous, aborted after 40 s) once the host loop ran ahead of the steps.
     bounded = mesh.devices.size > 1 and mesh.devices.flat[0].platform == 'cpu'
@@ -211,28 +256,39 @@ def run_stage(stage: Stage, workdir: str, mesh, *, save_every: int, max_to_keep:
     # Each step's metrics stay on the device until the window is fetched (every log_every
     # steps, at checkpoints, or after MAX_WINDOW steps): the host never waits on a step
     # it does not have to, and every step of the window is still checked for NaN.
-    window: list[dict] = []
+    # Entries: (steps, metrics), metrics stacked [steps] when a dispatch ran several.
+    window: list[tuple[int, dict]] = []
+    unfetched = 0
+    bar = tqdm(desc=stage.name, initial=start, total=stage.num_steps,
+               disable=jax.process_index() != 0)
     try:
-      bar = tqdm(range(start, stage.num_steps), desc=stage.name, initial=start,
-                 total=stage.num_steps, disable=jax.process_index() != 0)
-      pending = prefetch.submit(stage.batch_fn, start)
-      for step in bar:
+      load = lambda item: _host_batches(stage.batch_fn, *item)
+      pending = prefetch.submit(load, plan[0]) if plan else None
+      for i, (first, count) in enumerate(plan):
         local = pending.result()
-        if step + 1 < stage.num_steps:
-          pending = prefetch.submit(stage.batch_fn, step + 1)
-        batch = parallel.shard_batch(local, mesh)
-        state, metrics = step_for(step)(state, batch, step_key(step), *stage.extra)
+        if i + 1 < len(plan):
+          pending = prefetch.submit(load, plan[i + 1])
+        if count == 1:
+          batch = parallel.shard_batch(local, mesh)
+          state, metrics = step_for(first)(state, batch, step_key(first), *stage.extra)
+        else:
+          batch = parallel.shard_batches(local, mesh)
+          state, metrics = many(state, batch, step_key(first, count), *stage.extra)
         if bounded:
           if in_flight is not None:
             jax.block_until_ready(in_flight)
           in_flight = metrics
-        window.append(metrics)
-        done = step + 1
+        window.append((count, metrics))
+        unfetched += count
+        done = first + count
+        bar.update(count)
         is_save = done % save_every == 0 or done == stage.num_steps
-        is_log = done % log_every == 0 or is_save
-        if is_log or len(window) >= MAX_WINDOW:
+        logged = [s for s in range(first + 1, done + 1) if s % log_every == 0]
+        if is_save and done not in logged:
+          logged.append(done)
+        if logged or unfetched >= MAX_WINDOW:
           host = fetch_window(window)
-          window = []
+          window, unfetched = [], 0
           bad = first_non_finite(host, done - len(host) + 1)
           if bad is not None:
             bad_step, key, value = bad
@@ -241,8 +297,9 @@ def run_stage(stage: Stage, workdir: str, mesh, *, save_every: int, max_to_keep:
                 f'of steps {done - len(host) + 1}–{done}); stopped without saving this state '
                 f'(last good checkpoint: {_describe(ckpt.latest_step())}). '
                 f'Lower the learning rate or check the data.')
-          if is_log:
-            writer.write(done, host[-1])
+          for s in logged:
+            writer.write(s, host[len(host) - 1 - (done - s)])
+          if logged:
             bar.set_postfix(loss=f'{host[-1]["loss"]:.4g}')
         if is_save:
           complete = done == stage.num_steps
@@ -260,6 +317,7 @@ def run_stage(stage: Stage, workdir: str, mesh, *, save_every: int, max_to_keep:
           f'{ckpt.directory}); rerun `{errors.resume_command()}` to resume from it') from e
     finally:
       prefetch.shutdown(wait=True, cancel_futures=True)
+      bar.close()
       writer.close()
     if meta is None:  # num_steps == start: nothing to do, but never left incomplete
       raise checkpoints.CheckpointError(f'{stage.name}: no steps to run')

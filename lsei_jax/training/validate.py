@@ -42,6 +42,15 @@ def check_config(config, sections: Sequence[str]) -> None:
   if config.explainer.get('fisher_every', 1) < 1:
     raise UserError(f'config.explainer.fisher_every must be ≥ 1 (1 = every step), got '
                     f'{config.explainer.fisher_every}')
+  per = config.get('steps_per_dispatch', 1)
+  if 'steps_per_dispatch' in config:
+    _positive(config, 'steps_per_dispatch', integer=True)
+  every = int(config.explainer.get('fisher_every', 1))
+  if per > 1 and every > 1 and per % every and config.explainer.fisher_weight > 0:
+    # A window of k steps runs fisher_every's alternation as one program (parallel.multi_step).
+    raise UserError(f'config.steps_per_dispatch={per} must be a multiple of '
+                    f'config.explainer.fisher_every={every} (or 1): use e.g. '
+                    f'{every * max(per // every, 1)}')
   dtype = steps.compute_dtype(config)
   if dtype not in layers.COMPUTE_DTYPES:
     raise UserError(f'config.model.compute_dtype must be one of '

@@ -124,6 +124,22 @@ def test_summarise_latent_reads_beside_the_image_probes():
   assert 'color 6.0%' in text
 
 
+def test_base_is_pinned_only_where_it_is_not_none(tiny_config):
+  """Checkpoints written before invariance.base existed (no base: 'none') keep loading; a
+  base changes what the flow is trained on, so any other is pinned."""
+  import types  # pylint: disable=g-import-not-at-top
+  from lsei_jax.training import signature  # pylint: disable=g-import-not-at-top
+  c = tiny_config.copy_and_resolve_references()
+  for base, pinned in (('none', False), ('nearest', True), ('linear', True)):
+    c.invariance.base = base
+    sig = inv_stage.signature_fix(types.SimpleNamespace(config=c),
+                                  signature.stage_signature(c, ('autoencoder', 'invariance')))
+    assert ('invariance.base' in sig) == pinned
+  c.invariance.base = 'quadratic'
+  with pytest.raises(Exception, match='invariance.base'):
+    inv_stage.base_kind(c)
+
+
 def test_step_noise_is_the_same_on_one_and_four_devices():
   inn = conditional.ConditionalINN(num_steps=2, hidden=(8,), embed=(4,), data_init=False)
   rng = np.random.default_rng(0)

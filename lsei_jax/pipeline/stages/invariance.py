@@ -156,9 +156,10 @@ def pairwise_disagreement(attr_samples: np.ndarray) -> np.ndarray:
 
 def latent_probes(ctx: Context) -> list:
   """Per attribute a logistic probe (inn.factor.fit_logistic) on the train split's
-  standardised autoencoder latents v: for the 'pca' autoencoder, a linear probe on the
-  image's projection onto its components, fit on reconstructions' own coordinates (the
-  image probe is trained on real images and reads shape on them only)."""
+  standardised autoencoder latents v = E(x): for the 'pca' autoencoder a linear probe on
+  the image's projection onto the components, which D(E(x)) shares with x (E(D(v)) = v up
+  to clipping and 8-bit rounding); the image probe, trained on real images, reads shape
+  on D(E(x)) at chance level where this one reads it (docs/method.md)."""
   def fit():
     s = stats(ctx)
     v = _std(ae_stage.latents(ctx, _train_images(ctx), f'v_{ctx.split}_train'), s['v'])

@@ -214,9 +214,12 @@ def h_probe_accuracy(h_tr: np.ndarray, y_tr: np.ndarray, h_te: np.ndarray, y_te:
                            == y_te[:, a].astype(bool)) for a in range(y_tr.shape[1])])
 
 
-def evaluate_invariance(ctx: Context) -> dict:
-  """metrics.json 'invariance' and the figure's arrays (ctx.figures['invariance'])."""
+def evaluate_invariance(ctx: Context, temperature: float | None = None) -> dict:
+  """metrics.json 'invariance' and the figure's arrays (ctx.figures['invariance']);
+  temperature: T instead of config.invariance.temperature (which the checkpoint pins), for
+  benchmarks/invariance_base.py's sweep over T."""
   spec, test, cfg = ctx.spec, ctx.data, ctx.spec.config.invariance
+  temp = float(cfg.temperature if temperature is None else temperature)
   split, bs = ctx.classifier, spec.config.eval.batch_size
   b, n = min(int(cfg.eval_images), len(test)), int(cfg.samples)
   images = np.asarray(test.images[:b])
@@ -225,7 +228,7 @@ def evaluate_invariance(ctx: Context) -> dict:
   h_test = ctx.map(embed, split.params, {'image': test.images}, 'embed test')
   v = ae_stage.latents(ctx, images, 'v_invariance_test')
   v_std, h_std = _std(v, s['v']), _std(h_test[:b], s['h'])
-  eps = _sampler(model(spec), n, float(cfg.temperature))(
+  eps = _sampler(model(spec), n, temp)(
       ctx.params('invariance'), jnp.asarray(h_std), spec.stream('eval/invariance'))
   eps0 = to_base(ctx, v_std, h_std)
   round_trip = float(np.max(np.abs(from_base(ctx, np.asarray(_round_trip(model(spec))(
@@ -258,7 +261,7 @@ def evaluate_invariance(ctx: Context) -> dict:
       rates, attr_names, acc_h, probe_acc_recon,
       ctx.derived('reliance', lambda: artifacts.ground_truth_reliance(
           spec.config.data, split, test, bs, ctx.mesh)),
-      num_images=b, samples=n, temperature=float(cfg.temperature),
+      num_images=b, samples=n, temperature=temp,
       reconstruction_mse=float(np.mean((recon - images / 255.0) ** 2)), round_trip=round_trip,
       encoded_min=float(cfg.encoded_min), change_max=float(cfg.change_max),
       relied_min=float(spec.config.eval.min_effect),

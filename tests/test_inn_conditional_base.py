@@ -42,6 +42,7 @@ def test_nearest_rows_against_a_brute_force_oracle():
   ref, query = rng.normal(size=(300, 4)), rng.normal(size=(50, 4))
   dist = ((query[:, None] - ref[None]) ** 2).sum(-1)
   np.testing.assert_array_equal(cb.nearest_rows(query, ref, chunk=7), np.argmin(dist, 1))
+  np.testing.assert_array_equal(cb.nearest_rows(query, ref, chunk=1), np.argmin(dist, 1))
   self_dist = ((ref[:, None] - ref[None]) ** 2).sum(-1)
   np.fill_diagonal(self_dist, np.inf)
   loo = cb.nearest_rows(ref, ref, exclude_self=True, chunk=64)

@@ -140,6 +140,16 @@ def test_base_is_pinned_only_where_it_is_not_none(tiny_config):
     inv_stage.base_kind(c)
 
 
+def test_an_unknown_base_is_refused_before_anything_trains(tiny_config, tmp_path):
+  from lsei_jax.errors import UserError  # pylint: disable=g-import-not-at-top
+  c = tiny_config.copy_and_resolve_references()
+  c.invariance.enabled, c.invariance.base = True, 'quadratic'
+  wd = str(tmp_path / 'wd')
+  with pytest.raises(UserError, match=r"invariance.base='quadratic' is not one of none"):
+    pipeline.train(c, wd, ['classifier'])
+  assert not os.path.exists(wd)
+
+
 def test_step_noise_is_the_same_on_one_and_four_devices():
   inn = conditional.ConditionalINN(num_steps=2, hidden=(8,), embed=(4,), data_init=False)
   rng = np.random.default_rng(0)

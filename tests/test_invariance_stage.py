@@ -73,6 +73,83 @@ def test_summarise_names_what_the_samples_vary():
   assert '97.0% of 2 × 4 invariance samples' in text and 'all kept: no' in text
 
 
+def test_pairwise_disagreement_against_a_loop_over_pairs():
+  rng = np.random.default_rng(2)
+  n, b, a = 5, 6, 3
+  draws = rng.random((n, b, a)) > 0.4
+  oracle = np.zeros(a)
+  for k in range(a):
+    pairs = [float(draws[i, j, k] != draws[l, j, k])
+             for j in range(b) for i in range(n) for l in range(n) if i != l]
+    oracle[k] = sum(pairs) / len(pairs)
+  # Shares of at most 120 counts: float64 rounding of one division per image.
+  np.testing.assert_allclose(inv_stage.pairwise_disagreement(draws), oracle, rtol=0, atol=1e-14)
+  # Known answers: draws that agree per image (however they differ between images) → 0;
+  # half True, half False per image → n/(2(n − 1)) of the pairs differ.
+  same = np.broadcast_to(rng.random((1, b, a)) > 0.5, (n, b, a))
+  assert not inv_stage.pairwise_disagreement(same).any()
+  half = np.zeros((4, b, a), bool)
+  half[:2] = True
+  np.testing.assert_allclose(inv_stage.pairwise_disagreement(half), 4 / 6, atol=1e-15)
+
+
+def test_summarise_latent_reads_beside_the_image_probes():
+  rates = {'label_kept': 0.97, 'recon_label_kept': 0.99,
+           'attribute_change': np.array([0.01, 0.30, 0.40])}
+  reliance = {'color': {'flip_rate': 0.9}, 'size': {'flip_rate': 0.0},
+              'shape': {'flip_rate': 0.5}}
+  kw = dict(num_images=4, samples=2, temperature=0.5, reconstruction_mse=0.0, round_trip=0.0,
+            encoded_min=0.9, change_max=0.05, relied_min=0.05, min_probe_accuracy=0.75)
+  names = ['color', 'size', 'shape']
+  # The image probe cannot read shape on D(E(x)) (0.6); the latent probe can (0.9).
+  out = inv_stage.summarise(rates, names, np.array([1.0, 0.6, 0.95]),
+                            np.array([1.0, 1.0, 0.6]), reliance, **kw)
+  assert out['unreadable'] == ['shape'] and not out['relied_kept']
+  reading = {'change': np.array([0.02, 0.2, 0.04]), 'accuracy': np.array([1.0, 0.9, 0.9]),
+             'spread': np.array([0.0, 0.3, 0.01])}
+  lat = inv_stage.summarise_latent(out, reading, names, change_max=0.05,
+                                   min_probe_accuracy=0.75)
+  assert lat['attribute_change_latent'] == {'color': 0.02, 'size': 0.2, 'shape': 0.04}
+  assert lat['unreadable_latent'] == [] and lat['varied_latent'] == ['size']
+  assert lat['relied_kept_latent'] and lat['unencoded_varied_latent']
+  assert lat['sample_spread_latent']['size'] == 0.3
+  assert out['attribute_change'] == lat['attribute_change']    # the old reading kept as is
+  assert 'attribute_change_latent' not in out                  # not modified in place
+  reading['change'] = np.array([0.06, 0.01, 0.04])              # colour changes, size does not
+  lat = inv_stage.summarise_latent(out, reading, names, change_max=0.05,
+                                   min_probe_accuracy=0.75)
+  assert not lat['relied_kept_latent'] and not lat['unencoded_varied_latent']
+  text = report.format_invariance({'invariance': lat})
+  assert 'temperature 0.5' in text and 'linear probes on E(x̃)' in text
+  assert 'color 6.0%' in text
+
+
+def test_base_is_pinned_only_where_it_is_not_none(tiny_config):
+  """Checkpoints written before invariance.base existed (no base: 'none') keep loading; a
+  base changes what the flow is trained on, so any other is pinned."""
+  import types  # pylint: disable=g-import-not-at-top
+  from lsei_jax.training import signature  # pylint: disable=g-import-not-at-top
+  c = tiny_config.copy_and_resolve_references()
+  for base, pinned in (('none', False), ('nearest', True), ('linear', True)):
+    c.invariance.base = base
+    sig = inv_stage.signature_fix(types.SimpleNamespace(config=c),
+                                  signature.stage_signature(c, ('autoencoder', 'invariance')))
+    assert ('invariance.base' in sig) == pinned
+  c.invariance.base = 'quadratic'
+  with pytest.raises(Exception, match='invariance.base'):
+    inv_stage.base_kind(c)
+
+
+def test_an_unknown_base_is_refused_before_anything_trains(tiny_config, tmp_path):
+  from lsei_jax.errors import UserError  # pylint: disable=g-import-not-at-top
+  c = tiny_config.copy_and_resolve_references()
+  c.invariance.enabled, c.invariance.base = True, 'quadratic'
+  wd = str(tmp_path / 'wd')
+  with pytest.raises(UserError, match=r"invariance.base='quadratic' is not one of none"):
+    pipeline.train(c, wd, ['classifier'])
+  assert not os.path.exists(wd)
+
+
 def test_step_noise_is_the_same_on_one_and_four_devices():
   inn = conditional.ConditionalINN(num_steps=2, hidden=(8,), embed=(4,), data_init=False)
   rng = np.random.default_rng(0)

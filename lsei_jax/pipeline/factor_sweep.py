@@ -38,7 +38,8 @@ def _tau(inn: conditional.ConditionalINN):
 
 def maps(ctx: Context) -> dict:
   """The callables `sweep.factor_sweep` takes, bound to ctx's trained stages; v and h are
-  standardised by the train split's statistics (stages.invariance.stats) around τ."""
+  standardised by the train split's statistics (stages.invariance.stats) around τ = τ₁ ∘ τ₀
+  (τ₀ the conditional affine base, stages.invariance.to_base / from_base)."""
   spec = ctx.spec
   enc, dec = inn_stage.codecs(inn_stage.model(spec))
   p_inn, p_inv, p_ae = ctx.params('inn'), ctx.params('invariance'), ctx.params('autoencoder')
@@ -51,8 +52,10 @@ def maps(ctx: Context) -> dict:
   return {
       'encode_h': lambda h: enc(p_inn, bas.forward(h)),
       'decode_z': lambda z: bas.backward(np.asarray(dec(p_inn, jnp.asarray(z)))),
-      'residual': lambda v, h: res(p_inv, std(v, s['v']), std(h, s['h'])),
-      'invert': lambda nu, h: np.asarray(inv(p_inv, jnp.asarray(nu), std(h, s['h'])))
+      'residual': lambda v, h: res(p_inv, inv_stage.to_base(ctx, std(v, s['v']), std(h, s['h'])),
+                                   std(h, s['h'])),
+      'invert': lambda nu, h: inv_stage.from_base(
+          ctx, np.asarray(inv(p_inv, jnp.asarray(nu), std(h, s['h']))), std(h, s['h']))
                               * s['v'][1] + s['v'][0],
       'decode_v': lambda v: decode(p_ae, jnp.asarray(v, jnp.float32)),
       'head': lambda h: head(ctx.classifier.params, jnp.asarray(h, jnp.float32))}

@@ -95,8 +95,8 @@ def format_seeds(agg: dict) -> str:
 def invariance_lines(v: dict) -> list[str]:
   """metrics.json 'invariance' as sentences (eval.py's printout and the report page)."""
   lines = [f'{100 * v["label_kept"]:.1f}% of {v["samples_per_image"]} × {v["num_images"]} '
-           f'invariance samples keep the label of their original '
-           f'(its reconstruction D(E(x)): {100 * v["recon_label_kept"]:.1f}%)']
+           f'invariance samples (temperature {v.get("temperature", 1.0):g}) keep the label of '
+           f'their original (its reconstruction D(E(x)): {100 * v["recon_label_kept"]:.1f}%)']
   if 'varied' in v:
     lines.append('the samples vary ' + (', '.join(v['varied']) or 'no attribute')
                  + '; h encodes (linear probe) ' + (', '.join(v['encoded_by_h']) or 'none')
@@ -108,6 +108,12 @@ def invariance_lines(v: dict) -> list[str]:
     kept = ', '.join(f'{a} {100 * v["attribute_change"][a]:.1f}%' for a in v['relied_on'])
     lines.append(f'attributes relied on (ground truth): {kept or "none"} changed; all kept: '
                  + ('yes' if v['relied_kept'] else 'no'))
+  if 'relied_kept_latent' in v:   # the linear probes on the autoencoder's latent
+    kept = ', '.join(f'{a} {100 * v["attribute_change_latent"][a]:.1f}%' for a in v['relied_on'])
+    lines.append(f'read by linear probes on E(x̃): samples vary '
+                 + (', '.join(v['varied_latent']) or 'no attribute')
+                 + f'; relied on: {kept or "none"} changed; all kept: '
+                 + ('yes' if v['relied_kept_latent'] else 'no'))
   return lines
 
 
@@ -119,9 +125,12 @@ def format_invariance(m: dict) -> str:
   lines = ['Invariances (h fixed, residual resampled, decoded; classifier and probes re-run):']
   lines += [f'  {x}' for x in invariance_lines(v)]
   if 'attribute_change' in v:
-    lines.append('  ' + f'{"attribute":>14} {"changed":>8} {"probe on h":>11}')
+    lat = v.get('attribute_change_latent', {})
+    lines.append('  ' + f'{"attribute":>14} {"changed":>8} {"probe on h":>11}'
+                 + (f' {"changed (latent probe)":>23}' if lat else ''))
     for a, x in v['attribute_change'].items():
-      lines.append(f'  {a:>14} {100 * x:7.1f}% {v["h_probe_accuracy"][a]:11.3f}')
+      lines.append(f'  {a:>14} {100 * x:7.1f}% {v["h_probe_accuracy"][a]:11.3f}'
+                   + (f' {100 * lat[a]:22.1f}%' if lat else ''))
   return '\n'.join(lines)
 
 

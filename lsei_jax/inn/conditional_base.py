@@ -1,0 +1,121 @@
+"""The conditional affine base of the invariance INN (docs/method.md § "The invariances as
+stages"): a closed-form first layer τ₀ under the conditional flow τ₁ of inn.conditional.
+
+  τ₀(v | h) = L⁻¹ (v − m(h)),     log|det ∂τ₀/∂v| = −Σ_i log L_ii,
+  ν = τ₁(τ₀(v | h) | h),           v = m(h) + L τ₁⁻¹(ν | h),
+
+on standardised v [B, m] and h [B, d]. For a fixed h, τ₀ is affine in v and invertible
+whatever m(h) is (as a coupling's shift may be any function of its condition). The
+conditional mean m is fitted on the train split, in float64 on the host:
+
+  'linear':  m(h) = [h, 1] C,  C = argmin Σ_n |v_n − [h_n, 1] C|² (least squares);
+  'nearest': m(h) = v_j,  j = argmin_k |h − h_k|² over the train rows (on a train row
+             itself, the nearest other row: leave-one-out, so its residual is not 0);
+
+and L is the Cholesky factor of the train residuals' covariance (1/N) Σ r rᵀ, r = v − m(h).
+With τ₁ at the identity, ν ~ N(0, I) makes p(v | h) = N(m(h), L Lᵀ): for 'linear' the
+maximum-likelihood conditional Gaussian with an affine mean. 'nearest' draws around a
+train image the classifier represents (almost) as it does the original: a sharp image,
+where the mean of many (the linear fit's, or the flow's mode) is a blend the classifier
+labels otherwise (docs/method.md). 'none': m = 0, L = I (τ₁ alone).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+KINDS = ('none', 'linear', 'nearest')
+
+
+def fit_linear(h: np.ndarray, v: np.ndarray) -> np.ndarray:
+  """C [d + 1, m] (last row: the intercept) of the least-squares fit v ≈ [h, 1] C; float64."""
+  h, v = np.asarray(h, np.float64), np.asarray(v, np.float64)
+  return np.linalg.lstsq(np.concatenate([h, np.ones((len(h), 1))], 1), v, rcond=None)[0]
+
+
+def nearest_rows(query: np.ndarray, ref: np.ndarray, *, exclude_self: bool = False,
+                 chunk: int = 1024) -> np.ndarray:
+  """int [Q]: for each row of query [Q, d] the index of the nearest row of ref [N, d]
+  (squared Euclidean distance, float64; ties: the lowest index). exclude_self: query is
+  ref (Q = N) and row i may not pick itself. Q·N·d multiply-adds (the demo's leave-one-out
+  12288² · 128: a few seconds on the host); at most 2²⁴ distances (128 MB) held at once."""
+  query, ref = np.asarray(query, np.float64), np.asarray(ref, np.float64)
+  if exclude_self and len(query) != len(ref):
+    raise ValueError(f'exclude_self needs query = ref, got {len(query)} and {len(ref)} rows')
+  chunk = max(1, min(chunk, (1 << 24) // max(len(ref), 1)))
+  ref_sq = np.sum(ref ** 2, 1)
+  out = np.empty(len(query), np.int64)
+  for i in range(0, len(query), chunk):
+    q = query[i:i + chunk]
+    dist = ref_sq[None] - 2 * q @ ref.T      # |q|² is the same along a row: left out
+    if exclude_self:
+      dist[np.arange(len(q)), np.arange(i, i + len(q))] = np.inf
+    out[i:i + chunk] = np.argmin(dist, 1)
+  return out
+
+
+def residual_cholesky(r: np.ndarray) -> np.ndarray:
+  """L [m, m] lower triangular with L Lᵀ = (1/N) rᵀ r of residuals r [N, m] (float64). A
+  jitter of 1e-9 · mean variance on the diagonal keeps it defined where N < m or the
+  residuals are rank-deficient."""
+  r = np.asarray(r, np.float64)
+  cov = r.T @ r / len(r)
+  return np.linalg.cholesky(cov + 1e-9 * np.mean(np.diag(cov)) * np.eye(len(cov)))
+
+
+@dataclasses.dataclass(frozen=True)
+class AffineBase:
+  """A fitted τ₀: `mean(h)` [B, m] (float64) and the Cholesky factor `chol` [m, m]."""
+  kind: str
+  chol: np.ndarray
+  coef: np.ndarray | None = None      # 'linear': C [d + 1, m]
+  h_ref: np.ndarray | None = None     # 'nearest': the train rows' h [N, d] and v [N, m]
+  v_ref: np.ndarray | None = None
+
+  def mean(self, h: np.ndarray) -> np.ndarray:
+    h = np.asarray(h, np.float64)
+    if self.kind == 'linear':
+      return h @ self.coef[:-1] + self.coef[-1]
+    if self.kind == 'nearest':
+      return self.v_ref[nearest_rows(h, self.h_ref)]
+    return np.zeros((len(h), len(self.chol)))
+
+  def neighbours(self, h: np.ndarray) -> np.ndarray:
+    """int [B]: the train row whose v is m(h) ('nearest' only)."""
+    if self.kind != 'nearest':
+      raise ValueError(f"neighbours: the base is {self.kind!r}, not 'nearest'")
+    return nearest_rows(h, self.h_ref)
+
+
+def fit(kind: str, h: np.ndarray, v: np.ndarray) -> tuple[AffineBase, np.ndarray]:
+  """(τ₀ fitted on train h [N, d], v [N, m], m(h) of the train rows [N, m] float64: for
+  'nearest' leave-one-out, the residuals L is the factor of)."""
+  if kind not in KINDS:
+    raise ValueError(f'conditional base {kind!r} is not one of {", ".join(KINDS)}')
+  h, v = np.asarray(h, np.float64), np.asarray(v, np.float64)
+  if kind == 'none':
+    return AffineBase(kind, np.eye(v.shape[1])), np.zeros_like(v)
+  if kind == 'linear':
+    coef = fit_linear(h, v)
+    base = AffineBase(kind, np.eye(v.shape[1]), coef=coef)
+    train_mean = base.mean(h)
+  else:
+    base = AffineBase(kind, np.eye(v.shape[1]), h_ref=h, v_ref=v)
+    train_mean = v[nearest_rows(h, h, exclude_self=True)]
+  return dataclasses.replace(base, chol=residual_cholesky(v - train_mean)), train_mean
+
+
+def affine_forward(mean: jax.Array, chol: jax.Array, v: jax.Array
+                   ) -> tuple[jax.Array, jax.Array]:
+  """τ₀: (m(h) [B, m], L [m, m], v [B, m]) → (ε = L⁻¹(v − m(h)) [B, m], logdet [B])."""
+  eps = jax.scipy.linalg.solve_triangular(chol, (v - mean).T, lower=True).T
+  logdet = -jnp.sum(jnp.log(jnp.diagonal(chol)))
+  return eps, jnp.broadcast_to(logdet, v.shape[:1])
+
+
+def affine_inverse(mean: jax.Array, chol: jax.Array, eps: jax.Array) -> jax.Array:
+  """τ₀⁻¹: v = m(h) + L ε [B, m] (ε [B, m], or [n, B, m] with mean [B, m])."""
+  return mean + eps @ chol.T

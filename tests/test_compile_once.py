@@ -67,6 +67,20 @@ def test_explainer_step_is_built_once_per_models_config_and_mesh(tiny_config):
   assert explainer_stage.explainer_step(mods.explainer, other, mesh) is not step
 
 
+def test_concept_step_is_built_once_per_learner_config_and_mesh(tiny_config):
+  # The sanity run trains its concept learner with the main run's compiled step.
+  from lsei_jax.pipeline.stages import concepts as concepts_stage
+  mesh = parallel.make_mesh()
+  cfg = tiny_config.concepts
+  step = concepts_stage.concepts_step(pipeline.build(tiny_config, 3).learner, cfg, mesh)
+  assert concepts_stage.concepts_step(pipeline.build(tiny_config, 3).learner,
+                                      cfg.copy_and_resolve_references(), mesh) is step
+  other = cfg.copy_and_resolve_references()
+  other.beta = float(other.beta) * 2
+  assert concepts_stage.concepts_step(pipeline.build(tiny_config, 3).learner, other,
+                                      mesh) is not step
+
+
 def test_evaluation_runs_no_model_op_by_op(workdir_copy, tiny_config):
   # Outside jit every op of a model compiles on its own (none of it persistently cached):
   # restore targets come from eval_shape, initialisations and attributions are jitted.

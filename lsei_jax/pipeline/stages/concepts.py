@@ -74,8 +74,7 @@ def summary(ctx: Context, out: dict, accuracy: float, recon_accuracy: float) -> 
   split's annotated attributes, from `artifacts.explain`'s outputs."""
   split, test = ctx.classifier, ctx.data
   hbar = out['h'].mean(0, keepdims=True)
-  mean_pred = int(np.argmax(np.asarray(artifacts.jitted(split.head)(split.params,
-                                                                    jnp.asarray(hbar))), -1)[0])
+  mean_pred = int(np.argmax(np.asarray(artifacts.jitted(split.head)(split.params, hbar)), -1)[0])
   acc_mean = float(np.mean(test.labels == mean_pred))
   return {'kind': ctx.mods.learner.kind,
           **concept_metrics.summary(out['h'], out['hhat'], out['code'], acc_h=accuracy,

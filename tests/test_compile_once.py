@@ -99,6 +99,9 @@ def test_evaluation_runs_no_model_op_by_op(workdir_copy, tiny_config):
     monitoring.unregister_event_duration_listener(listener)
   eager_model_ops = {'conv_general_dilated', '_truncated_normal', 'relu', 'dot_general'}
   assert not eager_model_ops & set(names), sorted(n for n in names if n in eager_model_ops)
+  # Nor host arrays lifted by an eager jnp.asarray (lax.stage: an executable per shape,
+  # never persistently cached; jax.device_put places them without one).
+  assert 'stage' not in names, names
 
 
 def test_jitted_initial_state_is_the_eager_one_and_traced_once(tiny_config):

@@ -28,6 +28,9 @@ The persistent cache's use (issue 27): `executables` (every XLA executable the s
 obtained, compiled or loaded), `cache_hits` (of those, loaded from the cache), and
 `uncached_compile_s` (backend seconds of the ones compiled: the cache cannot save what
 compiles in under compile_cache.MIN_COMPILE_SECS, which it never stores).
+--by_function adds, per run, the jitted functions at their call sites ranked by seconds
+traced + lowered (what no persistent cache saves): wall, this thread's CPU (what a shared
+machine disturbs least) and garbage collection inside, with executables and cache hits.
 """
 from __future__ import annotations
 

@@ -28,10 +28,14 @@ The persistent cache's use (issue 27): `executables` (every XLA executable the s
 obtained, compiled or loaded), `cache_hits` (of those, loaded from the cache), and
 `uncached_compile_s` (backend seconds of the ones compiled: the cache cannot save what
 compiles in under compile_cache.MIN_COMPILE_SECS, which it never stores).
+--by_function adds, per run, the jitted functions at their call sites ranked by seconds
+traced + lowered (what no persistent cache saves): wall, this thread's CPU (what a shared
+machine disturbs least) and garbage collection inside, with executables and cache hits.
 """
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import shutil
@@ -88,14 +92,39 @@ def child(args) -> None:
   from lsei_jax.pipeline import node as node_lib  # pylint: disable=g-import-not-at-top
 
   compile_cache.enable(args.cache_dir)
+  compile_cache.freeze_startup_objects()   # as train.py and eval.py do (cli.setup)
   compile_events = (dispatch.JAXPR_TRACE_EVENT, dispatch.JAXPR_TO_MLIR_MODULE_EVENT,
                     dispatch.BACKEND_COMPILE_EVENT)
   acc = {'compile': 0.0, 'executables': 0, 'hits': 0, 'missed_s': 0.0}
   last_hit = [False]
 
-  def listener(event, duration, **_):
+  # --by_function: (time, event, 'name @ call site', wall s, this thread's CPU s, hit). The
+  # CPU seconds are what a busy shared machine disturbs least (tracing and lowering run in
+  # this thread); JAX records an event's start as a scalar just before the work.
+  events: list[tuple] = []
+  cpu_start: dict[str, float] = {}
+
+  gc_in = {'s': 0.0, 'at': 0.0}   # Python's garbage collections inside a compile event
+
+  def at_start(event, value, **_):
+    if event in compile_events:
+      cpu_start[event] = time.thread_time()
+      gc_in[event] = gc_in['s']
+
+  def gc_timer(phase, info):
+    if phase == 'start':
+      gc_in['at'] = time.perf_counter()
+    elif cpu_start:
+      gc_in['s'] += time.perf_counter() - gc_in['at']
+
+  def listener(event, duration, fun_name='', **_):
     if event in compile_events:
       acc['compile'] += duration
+      if args.by_function:
+        cpu = time.thread_time() - cpu_start.pop(event, time.thread_time())
+        events.append((time.perf_counter(), event, f'{_bare(fun_name)} @ {_call_site()}',
+                       duration, cpu, gc_in['s'] - gc_in.pop(event, gc_in['s']),
+                       last_hit[0]))
     if event == dispatch.BACKEND_COMPILE_EVENT:   # every executable, compiled or loaded
       acc['executables'] += 1
       if not last_hit[0]:
@@ -109,6 +138,9 @@ def child(args) -> None:
       last_hit[0] = True
   monitoring.register_event_duration_secs_listener(listener)
   monitoring.register_event_listener(counter)
+  if args.by_function:
+    monitoring.register_scalar_listener(at_start)
+    gc.callbacks.append(gc_timer)
 
   got = _config(args.scenario, args.steps, args.celeba_test)
   config, full = got if isinstance(got, tuple) else (got, None)
@@ -192,6 +224,55 @@ def child(args) -> None:
                  config_steps={k: full[k.split('/')[-1].replace('_noreg', '')]
                                for k in per_step})
     print(json.dumps(row), flush=True)
+  if args.by_function:
+    _print_functions(base, spans, events, dispatch)
+
+
+def _bare(fun_name: str) -> str:
+  """'jit(step)' (the lowering's and compilation's name) → 'step' (the tracing's)."""
+  while fun_name.startswith(('jit(', 'pjit(')) and fun_name.endswith(')'):
+    fun_name = fun_name[fun_name.index('(') + 1:-1]
+  return fun_name
+
+
+def _call_site() -> str:
+  """path:line of the innermost frame of this repository outside benchmarks/ (where the
+  jitted function was called, so that two '<lambda>'s are told apart)."""
+  f = sys._getframe(2)  # pylint: disable=protected-access
+  while f is not None:
+    path = f.f_code.co_filename
+    if path.startswith(ROOT) and '/benchmarks/' not in path and '/.venv/' not in path:
+      return f'{os.path.relpath(path, ROOT)}:{f.f_lineno}'
+    f = f.f_back
+  return '?'
+
+
+def _print_functions(base: dict, spans: list, events: list, dispatch) -> None:
+  """One JSON line per (stage, jitted function at its call site): seconds traced, lowered
+  and compiled (or loaded), executables obtained and how many came from the cache."""
+  rows: dict[tuple, dict] = {}
+  for t, event, name, secs, cpu, gc_s, hit in events:
+    stage = next((label for label, t0, t1 in spans if t0[0] <= t < t1[0]), '?')
+    r = rows.setdefault((stage, name), dict(trace_s=0.0, lower_s=0.0, backend_s=0.0,
+                                            trace_lower_cpu_s=0.0, gc_s=0.0, traces=0,
+                                            executables=0, cache_hits=0))
+    r['gc_s'] += gc_s
+    if event == dispatch.JAXPR_TRACE_EVENT:
+      r['trace_s'] += secs
+      r['trace_lower_cpu_s'] += cpu
+      r['traces'] += 1
+    elif event == dispatch.JAXPR_TO_MLIR_MODULE_EVENT:
+      r['lower_s'] += secs
+      r['trace_lower_cpu_s'] += cpu
+    else:
+      r['backend_s'] += secs
+      r['executables'] += 1
+      r['cache_hits'] += hit
+  for (stage, name), r in sorted(rows.items(), key=lambda kv: -kv[1]['trace_s']
+                                 - kv[1]['lower_s']):
+    print(json.dumps(dict(base, stage='function', of=stage, function=name,
+                          **{k: round(v, 3) if isinstance(v, float) else v
+                             for k, v in r.items()})), flush=True)
 
 
 def _run_child(args, label: str, workdir: str, cache_dir: str) -> list[dict]:
@@ -200,6 +281,7 @@ def _run_child(args, label: str, workdir: str, cache_dir: str) -> list[dict]:
          '--steps', str(args.steps), '--celeba_test', str(args.celeba_test)]
   cmd += ['--inn'] * args.inn + ['--invariance'] * args.invariance
   cmd += ['--stages', *args.stages] if args.stages else []
+  cmd += ['--by_function'] * args.by_function
   out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
   if out.returncode:
     tail = [l for l in out.stderr.splitlines() if 'it/s' not in l][-15:]
@@ -223,6 +305,11 @@ def main():
                   help='also train the invariance stages (config.invariance.enabled)')
   ap.add_argument('--stages', nargs='+', default=[],
                   help='time only these stages (no evaluation), e.g. concepts inn')
+  ap.add_argument('--by_function', action='store_true',
+                  help='also rank the jitted functions (at their call sites) by seconds '
+                       'traced + lowered, with their executables and cache hits')
+  ap.add_argument('--keep_metrics', default='',
+                  help="copy each run's eval/metrics.json to DIR/<run>_metrics.json")
   ap.add_argument('--child', action='store_true', help=argparse.SUPPRESS)
   ap.add_argument('--label', default='', help=argparse.SUPPRESS)
   ap.add_argument('--workdir', default='', help=argparse.SUPPRESS)
@@ -249,6 +336,10 @@ def main():
       if base:
         shutil.copytree(base, wd)
       rows += _run_child(args, label, wd, cache_dir)
+      metrics = os.path.join(wd, 'eval', 'metrics.json')
+      if args.keep_metrics and os.path.exists(metrics):   # to check a change left them equal
+        os.makedirs(args.keep_metrics, exist_ok=True)
+        shutil.copy(metrics, os.path.join(args.keep_metrics, f'{label}_metrics.json'))
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
   print(f'\n{args.scenario}: seconds per stage (compile + train/eval = wall)')
@@ -256,7 +347,7 @@ def main():
         'executables | compiled s |' + (' extrapolated s |' if args.scenario == 'celeba64' else ''))
   print('|---|---|---|---|---|---|---|---|' + ('---|' if args.scenario == 'celeba64' else ''))
   for label in args.runs:
-    mine = [r for r in rows if r['cache'] == label]
+    mine = [r for r in rows if r['cache'] == label and r['stage'] != 'function']
     for r in mine:
       work = r.get('train_s', r.get('eval_s', ''))
       ext = f" {r.get('extrapolated_s', '')} |" if args.scenario == 'celeba64' else ''
@@ -271,6 +362,30 @@ def main():
     print(f"| {label} | **total** | {comp:.1f} | {total - comp:.1f} | {total:.1f} | | "
           f"{hits} / {exe} ({hits / max(exe, 1):.0%}) | {missed:.1f} |"
           + (f' {ext:.0f} |' if args.scenario == 'celeba64' else ''))
+
+  if args.by_function:
+    _function_table(rows, args.runs)
+
+
+def _function_table(rows: list[dict], runs: list[str], top: int = 25) -> None:
+  """Per run, the jitted functions ranked by seconds traced + lowered (what no persistent
+  cache saves), the `top` first and the rest summed."""
+  for label in runs:
+    mine = [r for r in rows if r['cache'] == label and r['stage'] == 'function']
+    print(f'\n{label}: jitted functions by trace + lower seconds')
+    print('| stage | function @ call site | trace s | lower s | trace+lower CPU s | '
+          'of which GC s | backend s | traces | cache hits / executables |')
+    print('|---|---|---|---|---|---|---|---|---|')
+    for r in mine[:top]:
+      print(f"| {r['of']} | `{r['function']}` | {r['trace_s']:.2f} | {r['lower_s']:.2f} | "
+            f"{r['trace_lower_cpu_s']:.2f} | {r['gc_s']:.2f} | {r['backend_s']:.2f} | "
+            f"{r['traces']} | {r['cache_hits']} / {r['executables']} |")
+    sums = {k: sum(r[k] for r in mine) for k in ('trace_s', 'lower_s', 'trace_lower_cpu_s',
+                                                 'gc_s', 'backend_s', 'traces', 'executables',
+                                                 'cache_hits')}
+    print(f"| all | {len(mine)} functions | {sums['trace_s']:.2f} | {sums['lower_s']:.2f} | "
+          f"{sums['trace_lower_cpu_s']:.2f} | {sums['gc_s']:.2f} | {sums['backend_s']:.2f} | "
+          f"{sums['traces']} | {sums['cache_hits']} / {sums['executables']} |")
 
 
 if __name__ == '__main__':

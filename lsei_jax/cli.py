@@ -68,6 +68,7 @@ def setup() -> None:
     logging.info('process %d of %d, %d local / %d global devices', jax.process_index(),
                  jax.process_count(), jax.local_device_count(), jax.device_count())
   compile_cache.enable(FLAGS.compilation_cache)
+  compile_cache.freeze_startup_objects()
 
 
 def _sigterm(signum, frame):

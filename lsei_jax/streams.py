@@ -4,6 +4,7 @@ seed arithmetic, so adding a stage or a figure changes no other stream."""
 from __future__ import annotations
 
 import hashlib
+import operator
 
 import jax
 
@@ -15,7 +16,17 @@ def _name_hash(name: str) -> int:
 
 def stream(seed: int, name: str) -> jax.Array:
   """The PRNG key of the random stream `name` under `seed`."""
+  seed = operator.index(seed)
+  if -2**31 <= seed < 2**31:   # a jitted argument is int32; eagerly, larger seeds work too
+    return _seeded_fold_in(seed, _name_hash(name))
   return jax.random.fold_in(jax.random.key(seed), _name_hash(name))
+
+
+@jax.jit
+def _seeded_fold_in(seed: jax.Array, data: jax.Array) -> jax.Array:
+  """fold_in(key(seed), data) as one executable instead of four eager ones (seeding, a
+  conversion, fold_in's two): bitwise the same integer arithmetic."""
+  return jax.random.fold_in(jax.random.key(seed), data)
 
 
 def stream_seed(seed: int, name: str) -> int:

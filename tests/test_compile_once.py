@@ -67,6 +67,20 @@ def test_explainer_step_is_built_once_per_models_config_and_mesh(tiny_config):
   assert explainer_stage.explainer_step(mods.explainer, other, mesh) is not step
 
 
+def test_concept_step_is_built_once_per_learner_config_and_mesh(tiny_config):
+  # The sanity run trains its concept learner with the main run's compiled step.
+  from lsei_jax.pipeline.stages import concepts as concepts_stage
+  mesh = parallel.make_mesh()
+  cfg = tiny_config.concepts
+  step = concepts_stage.concepts_step(pipeline.build(tiny_config, 3).learner, cfg, mesh)
+  assert concepts_stage.concepts_step(pipeline.build(tiny_config, 3).learner,
+                                      cfg.copy_and_resolve_references(), mesh) is step
+  other = cfg.copy_and_resolve_references()
+  other.beta = float(other.beta) * 2
+  assert concepts_stage.concepts_step(pipeline.build(tiny_config, 3).learner, other,
+                                      mesh) is not step
+
+
 def test_evaluation_runs_no_model_op_by_op(workdir_copy, tiny_config):
   # Outside jit every op of a model compiles on its own (none of it persistently cached):
   # restore targets come from eval_shape, initialisations and attributions are jitted.
@@ -85,6 +99,9 @@ def test_evaluation_runs_no_model_op_by_op(workdir_copy, tiny_config):
     monitoring.unregister_event_duration_listener(listener)
   eager_model_ops = {'conv_general_dilated', '_truncated_normal', 'relu', 'dot_general'}
   assert not eager_model_ops & set(names), sorted(n for n in names if n in eager_model_ops)
+  # Nor host arrays lifted by an eager jnp.asarray (lax.stage: an executable per shape,
+  # never persistently cached; jax.device_put places them without one).
+  assert 'stage' not in names, names
 
 
 def test_jitted_initial_state_is_the_eager_one_and_traced_once(tiny_config):

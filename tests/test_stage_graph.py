@@ -22,6 +22,18 @@ def test_streams_are_named_not_positional():
   assert not np.array_equal(a, jax.random.key_data(pipeline.stream(1, 'dvae')))
 
 
+def test_stream_is_the_eager_fold_in_bitwise():
+  # stream() runs one jitted executable (int32 seeds) instead of four eager ones; its keys
+  # must be those of the formula it documents, at the ends of the int32 range and beyond.
+  from lsei_jax import streams
+  for seed in (0, 7, np.int64(12), 2**31 - 1, -2**31, 2**33):
+    for name in ('dvae', 'eval/tcav'):
+      want = jax.random.fold_in(jax.random.key(int(seed)), streams._name_hash(name))
+      got = pipeline.stream(seed, name)
+      assert got.dtype == want.dtype
+      np.testing.assert_array_equal(jax.random.key_data(got), jax.random.key_data(want))
+
+
 @pytest.mark.slow
 def test_explainers_share_their_stream(tmp_path, tiny_config):
   # With λ = 0 the two explainers are the same training problem: same initialisation and

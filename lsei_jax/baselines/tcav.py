@@ -252,11 +252,12 @@ def tcav(key: Array, c2: Callable[[Array], Array], acts: Array, concepts: Array,
   if m < 2:
     raise ValueError(f'every concept needs ≥ 2 examples and ≥ 2 counterexamples; the '
                      f'smallest pool has {m}')
+  # Host arrays placed with device_put: an eager jnp.asarray compiles an executable per shape.
   eval_acts = acts if eval_acts is None else eval_acts
   eval_labels = labels if eval_labels is None else eval_labels
   if grads is None:
     grads = class_gradients(c2, jnp.asarray(eval_acts), output)
-  out = _tcav_core(key, jnp.asarray(acts), jnp.asarray(concepts_np), grads,
+  out = _tcav_core(key, jnp.asarray(acts), jax.device_put(concepts_np), grads,
                    jnp.asarray(eval_labels), num_runs=num_runs, num_per_side=m,
                    negatives=negatives, equal_var=equal_var, cav_method=cav_method,
                    steps=cav_steps,

@@ -125,8 +125,8 @@ def on_value(ctx: Context, split: ClassifierSplit, learner_params) -> jax.Array:
   """[K]: the value a unit switched on takes: 1 for boolean codes, else the
   config.model.concepts.on_quantile of its nonzero activations on the test images."""
   learner = ctx.mods.learner
-  if learner.binary:
-    return jnp.ones((learner.latent_dim,), jnp.float32)
+  if learner.binary:   # placed, not made by jnp.ones: eagerly that is two executables
+    return jax.device_put(np.ones((learner.latent_dim,), np.float32))
   return jnp.asarray(interventions.on_values(codes(ctx, split, learner_params),
                                              _concepts_cfg(ctx.spec).get('on_quantile', 0.9)))
 
@@ -135,7 +135,7 @@ def bias_mask(ctx: Context) -> jax.Array:
   """[K]: the units the bias report switches (config.eval.bias_bits; () = all)."""
   num_bits, bits = ctx.mods.learner.latent_dim, tuple(ctx.spec.config.eval.bias_bits)
   return (interventions.bit_set_mask(num_bits, list(bits)) if bits
-          else interventions.flip_all_mask(num_bits))
+          else jax.device_put(np.ones((num_bits,), np.float32)))   # flip_all_mask's ones
 
 
 def explain(ctx: Context, split: ClassifierSplit, learner_params, mask, desc: str) -> dict:

@@ -3,7 +3,11 @@ trained on the frozen embeddings of the train split; its evaluators: Table 1 (ac
 agreement, % change under flip-all), the concept-learner metrics and the per-bit analysis."""
 from __future__ import annotations
 
+import functools
+from typing import Callable
+
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from lsei_jax import concept_metrics, metrics
@@ -70,8 +74,7 @@ def summary(ctx: Context, out: dict, accuracy: float, recon_accuracy: float) -> 
   split's annotated attributes, from `artifacts.explain`'s outputs."""
   split, test = ctx.classifier, ctx.data
   hbar = out['h'].mean(0, keepdims=True)
-  mean_pred = int(np.argmax(np.asarray(artifacts.jitted(split.head)(split.params,
-                                                                    jnp.asarray(hbar))), -1)[0])
+  mean_pred = int(np.argmax(np.asarray(artifacts.jitted(split.head)(split.params, hbar)), -1)[0])
   acc_mean = float(np.mean(test.labels == mean_pred))
   return {'kind': ctx.mods.learner.kind,
           **concept_metrics.summary(out['h'], out['hhat'], out['code'], acc_h=accuracy,
@@ -99,13 +102,29 @@ def per_bit(ctx: Context) -> dict:
           'per_bit_change_by_class': pb['per_class']}
 
 
+def concepts_step(learner, cfg, mesh) -> Callable:
+  """The jitted concept-learner step, built once per (learner, cfg, mesh): the sanity run
+  trains its concept learner with the main run's (no second trace and lowering). A learner
+  of another package that is not hashable gets a fresh step each time."""
+  cfg = ml_collections.FrozenConfigDict(cfg)
+  try:
+    hash(learner)
+  except TypeError:
+    return _concepts_step.__wrapped__(learner, cfg, mesh)
+  return _concepts_step(learner, cfg, mesh)
+
+
+@functools.lru_cache(maxsize=16)
+def _concepts_step(learner, cfg, mesh) -> Callable:
+  return parallel.data_parallel_step(learner.make_step(cfg), mesh)
+
+
 NODE = Node(
     'concepts', ('classifier',), 'concepts',
     ('data', 'model.classifier', 'model.dvae', 'concepts'),
     template=lambda spec, rng: concept_state(spec.mods.learner, rng, jnp.zeros((1, spec.d)),
                                              spec.config.concepts),
-    step=lambda ctx: parallel.data_parallel_step(
-        ctx.mods.learner.make_step(ctx.spec.config.concepts), ctx.mesh),
+    step=lambda ctx: concepts_step(ctx.mods.learner, ctx.spec.config.concepts, ctx.mesh),
     inputs=_inputs,
     signature_fix=concept_signature,
     stream='dvae',   # its name before lsei_jax 0.2: the same keys and batches as then

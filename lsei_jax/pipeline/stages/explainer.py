@@ -7,6 +7,7 @@ import functools
 import os
 from typing import Callable
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 
@@ -55,13 +56,16 @@ def _extra(ctx: Context) -> tuple:
   def compute():
     cfg, hhat, mesh = ctx.spec.config.explainer, hhat_train(ctx), ctx.mesh
     # σ over the whole split: ĥ read from disk whole for it (N × d floats, held briefly)
-    sigma = parallel.replicate(fisher.batch_sigma(jnp.asarray(hhat[:]), cfg.sigma_scale), mesh)
+    # Eager batch_sigma: under one jit XLA fuses the std's reductions differently (3 of the
+    # demo's 128 σ differ in the last bit). device_put: jnp.asarray compiles per shape.
+    sigma = parallel.replicate(
+        fisher.batch_sigma(jax.device_put(hhat[:]), cfg.sigma_scale), mesh)
     n_info = min(cfg.info_examples, len(hhat))
     info_c2 = frozen.mean_information(
         ctx.classifier.head, 'ce', ctx.classifier.params, hhat[:n_info], sigma,
         ctx.spec.stream('explainer/info_c2'), cfg.fisher_samples,
         ctx.spec.config.eval.batch_size, mesh, 'I(c2)')
-    return parallel.replicate(jnp.asarray(info_c2), mesh), sigma
+    return parallel.replicate(info_c2, mesh), sigma
   return ctx.derived('explainer_extra', compute)
 
 
@@ -80,7 +84,7 @@ def _information(ctx: Context):
     spec, ec = ctx.spec, ctx.spec.config.eval
     hhat = artifacts.outputs(ctx)['hhat'][:min(ec.fisher_examples, len(ctx.data))]
     sigma = parallel.replicate(
-        fisher.batch_sigma(jnp.asarray(hhat), spec.config.explainer.sigma_scale), ctx.mesh)
+        fisher.batch_sigma(jax.device_put(hhat), spec.config.explainer.sigma_scale), ctx.mesh)
     key = spec.stream('eval/info')
     info_c2 = frozen.mean_information(ctx.classifier.head, 'ce', ctx.classifier.params, hhat,
                                       sigma, key, ec.fisher_samples, ec.batch_size, ctx.mesh,
@@ -96,8 +100,7 @@ def _table2(name: str, suffix: str) -> Callable[[Context], dict]:
     info_g = frozen.mean_information(frozen.generator_apply(ctx.mods.explainer), 'bce',
                                      ctx.params(name), hhat, sigma, key, ec.fisher_samples,
                                      ec.batch_size, ctx.mesh, f'I(g) {name}')
-    return {'info_cosine' + suffix: float(artifacts.jitted(fisher.similarity)(
-        jnp.asarray(info_g), jnp.asarray(info_c2)))}
+    return {'info_cosine' + suffix: float(artifacts.jitted(fisher.similarity)(info_g, info_c2))}
   return evaluate
 
 

@@ -15,6 +15,12 @@ from lsei_jax import baselines
 MIN_TCAV_EXAMPLES = 2   # baselines.tcav: a CAV needs ≥ 2 examples and ≥ 2 counterexamples
 
 
+def _on_device(x) -> jax.Array:
+  """An array-like (ndarray, list, jax.Array) placed on the default device by device_put:
+  an eager jnp.asarray would compile an executable per shape (tests/test_compile_once.py)."""
+  return jax.device_put(x if isinstance(x, jax.Array) else np.asarray(x))
+
+
 def tcav_skipped(attributes: np.ndarray, names: Sequence[str]) -> dict[str, str]:
   """{attribute: why} for the attributes TCAV cannot score on this split (attributes bool
   [N, A]): fewer than MIN_TCAV_EXAMPLES examples or counterexamples (e.g. constant)."""
@@ -43,12 +49,11 @@ def tcav_entries(key: jax.Array, head: Callable, h: np.ndarray, attributes: np.n
   if not keep:
     return []
   grads = None
-  # device_put, not jnp.asarray: an eager jnp.asarray compiles an executable per shape.
-  h = jax.device_put(h)
+  h = _on_device(h)
   if split is not None:
     grads = _class_gradients_fn(split.head, cfg.output)(split.params, h)
-  result = baselines.tcav(key, head, h, jax.device_put(np.asarray(attributes)[:, keep]),
-                          jax.device_put(labels), num_runs=cfg.num_runs,
+  result = baselines.tcav(key, head, h, _on_device(np.asarray(attributes)[:, keep]),
+                          _on_device(labels), num_runs=cfg.num_runs,
                           num_per_side=cfg.num_per_side, output=cfg.output,
                           cav_method=cfg.cav_method, alpha=cfg.alpha, grads=grads)
   table = baselines.tcav_table(result, [names[j] for j in keep])
@@ -77,8 +82,8 @@ def attribution_sanity(model, params, images: np.ndarray, target: np.ndarray,
   out = {}
   for name in cfg.methods:
     fn = _attribution_fn(name, model, cfg.ig_steps)
-    r = baselines.model_randomization(fn, model, params, jax.device_put(images),
-                                      jax.device_put(target), key)
+    r = baselines.model_randomization(fn, model, params, _on_device(images),
+                                      _on_device(target), key)
     out[name] = {'layers': list(r['layers']),
                  'spearman_abs': np.asarray(r['spearman_abs']).mean(1).tolist(),
                  'ssim': np.asarray(r['ssim']).mean(1).tolist(), 'raw': r}
@@ -95,7 +100,7 @@ def head_randomization(split, rand, images: np.ndarray, target: np.ndarray, cfg)
   each method's maps of the classifier vs `rand` (the same embedding with the sanity
   check's random head, pipeline.sanity_classifier), same images and target classes.
   Same format as `attribution_sanity`, with one level, 'head'."""
-  x, t = jax.device_put(images), jax.device_put(target)
+  x, t = _on_device(images), _on_device(target)
   out = {}
   for name in cfg.methods:
     original = _split_attribution_fn(name, split.embed, split.head, cfg.ig_steps)(
@@ -138,7 +143,7 @@ def ig_heatmaps(split, images: np.ndarray, target: np.ndarray, steps: int, model
   Jitted (eagerly, every op of the forward and backward passes compiles on its own: ≈ 9 s
   of a warm evaluation). model: the split's Flax module when it is the config's own
   classifier (split.params = {'params': …}): the attribution check's compiled IG is reused."""
-  x, t = jax.device_put(images), jax.device_put(target)
+  x, t = _on_device(images), _on_device(target)
   if model is not None:
     maps = _attribution_fn('integrated_gradients', model, steps)(split.params['params'], x, t)
   else:

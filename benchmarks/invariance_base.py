@@ -26,7 +26,9 @@ sys.path.insert(0, ROOT)
 KEYS = ('label_kept', 'recon_label_kept', 'attribute_change', 'attribute_change_latent',
         'sample_spread_latent', 'neighbour_attribute_change', 'varied', 'varied_latent',
         'unencoded_varied', 'unencoded_varied_latent', 'relied_on', 'relied_kept',
-        'relied_kept_latent', 'round_trip_max_abs')
+        'relied_kept_latent', 'round_trip_max_abs', 'attribute_change_where_relied',
+        'attribute_change_where_relied_latent', 'relied_kept_per_image',
+        'relied_kept_per_image_latent')
 
 
 def main() -> None:

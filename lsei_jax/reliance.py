@@ -81,3 +81,20 @@ def relied_on(values: dict[str, float], independent: Sequence[str], *, margin: f
   """
   floor = max((values[n] for n in independent), default=0.0)
   return {n: bool(v > floor + margin) for n, v in values.items()}
+
+
+def flip_mask(classify: Callable, images: np.ndarray,
+              render_flipped: Callable[[str], np.ndarray], names: Sequence[str], *,
+              batch_size: int = 256) -> np.ndarray:
+  """bool [N, A]: entry (i, a) True where the prediction on render_flipped(names[a])[i]
+  differs from the one on images[i]: per image, whether the decision depends on attribute a
+  (reliance()'s flip_rate is a column's mean). render_flipped as in reliance_by_attribute."""
+  pred = _logits(classify, images, batch_size).argmax(-1)
+  cols = []
+  for n in names:
+    flipped = np.asarray(render_flipped(n))
+    if flipped.shape != np.shape(images):
+      raise ValueError(f'the counterfactuals of {n!r} {flipped.shape} must have the shape of '
+                       f'the images {np.shape(images)}')
+    cols.append(_logits(classify, flipped, batch_size).argmax(-1) != pred)
+  return np.stack(cols, -1) if cols else np.zeros((len(pred), 0), bool)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from lsei_jax import pipeline
+from lsei_jax.data import shapes
 from lsei_jax.inn import conditional
 from lsei_jax.pipeline import evaluation
 from lsei_jax.pipeline.stages import invariance as inv_stage
@@ -170,6 +171,34 @@ def test_step_noise_is_the_same_on_one_and_four_devices():
   assert abs(losses[0] - losses[2]) > 1e-3      # the noise is there
 
 
+def _check_per_image_reliance(ctx, c, res, names):
+  """The hook's per-image flip mask against one computed here: counterfactuals drawn by
+  shapes.generate from the config's numbers, c = head(embed(x)) applied whole, argmax."""
+  d, b = c.data, res['num_images']
+  draw = lambda flip: shapes.generate(d.num_test, image_size=d.image_size, task=d.task,
+                                      spurious=d.spurious, rho=d.test_rho, seed=d.seed,
+                                      split='test', noise=d.noise,
+                                      object_scale=d.object_scale, flip=flip)['image'][:b]
+  pred = lambda x: np.argmax(np.asarray(ctx.classifier(jnp.asarray(x, jnp.float32) / 255)), -1)
+  base = draw(None)
+  np.testing.assert_array_equal(base, ctx.data.images[:b])
+  want = np.stack([pred(draw(a)) != pred(base) for a in names], -1)
+  got = ctx.derived(f'invariance_flips_{b}', lambda: pytest.fail('the hook kept no mask'))
+  np.testing.assert_array_equal(got, want)
+  rel = res['attribute_change_where_relied']
+  not_rel = res['attribute_change_where_not_relied']
+  for k, a in enumerate(names):
+    assert rel[a]['images'] == want[:, k].sum() and not_rel[a]['images'] == b - want[:, k].sum()
+    # The groups, weighted by their images, give the aggregate (≤ 32 samples: a rounding).
+    parts = [(g[a]['images'], g[a][key] or 0.0) for g in (rel, not_rel)
+             for key in ('change', 'label_kept')]
+    assert sum(n * x for n, x in parts[0::2]) / b == pytest.approx(
+        res['attribute_change'][a], abs=1e-12)
+    assert sum(n * x for n, x in parts[1::2]) / b == pytest.approx(res['label_kept'], abs=1e-12)
+  assert isinstance(res['relied_kept_per_image'], bool)
+  assert set(res['relied_per_image_judged']) <= set(res['relied_on'])
+
+
 @pytest.mark.slow
 def test_stages_train_resume_and_evaluate(workdir_copy, tiny_config, trained_workdir, tmp_path):
   c = tiny_config.copy_and_resolve_references()
@@ -206,6 +235,7 @@ def test_stages_train_resume_and_evaluate(workdir_copy, tiny_config, trained_wor
   # Round trip of standardised v through τ and τ⁻¹ given h: float32 rounding of a 2-step
   # flow on unit-scale inputs.
   assert res['round_trip_max_abs'] < 1e-4
+  _check_per_image_reliance(ctx, c, res, names)
   fig = ctx.figures['invariance']
   assert fig['original'].shape == fig['reconstruction'].shape == (4, 16, 16, 3)
   assert fig['samples'].shape == (2, 4, 16, 16, 3)

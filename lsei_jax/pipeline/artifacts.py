@@ -79,16 +79,30 @@ def classify_fn(split: ClassifierSplit, batch_size: int, mesh):
                                                 batch_size, mesh)
 
 
-def ground_truth_reliance(data_config, split: ClassifierSplit, test, batch_size: int, mesh
-                          ) -> dict | None:
-  """Reliance of c on each attribute from counterfactual test images (None where the data
-  cannot render them): {name: {flip_rate, mean_prob_change, num_examples}}."""
-  render = data_lib.counterfactual_renderer(data_config, 'test')
+def ground_truth_reliance(data_config, split: ClassifierSplit, test, batch_size: int, mesh,
+                          split_name: str = 'test') -> dict | None:
+  """Reliance of c on each attribute from counterfactual images of `test`, the data's split
+  `split_name` (None where the data cannot render them): {name: {flip_rate,
+  mean_prob_change, num_examples}}."""
+  render = data_lib.counterfactual_renderer(data_config, split_name)
   if render is None:
     return None
   return reliance.reliance_by_attribute(classify_fn(split, batch_size, mesh), test.images,
                                         render, test.attribute_names,
                                         batch_size=max(len(test), 1))
+
+
+def ground_truth_flips(data_config, split: ClassifierSplit, images: np.ndarray, names,
+                       batch_size: int, mesh, split_name: str = 'test') -> np.ndarray | None:
+  """reliance.flip_mask [B, A] of the first B = len(images) images of the data's split
+  `split_name` (each counterfactual split rendered whole, its first B rows classified);
+  None where the data cannot render them."""
+  render = data_lib.counterfactual_renderer(data_config, split_name)
+  if render is None:
+    return None
+  b = len(images)
+  return reliance.flip_mask(classify_fn(split, batch_size, mesh), images,
+                            lambda a: render(a)[:b], names, batch_size=max(b, 1))
 
 
 def unbiased_split(data_config) -> data_lib.Dataset | None:

@@ -114,7 +114,30 @@ def invariance_lines(v: dict) -> list[str]:
                  + (', '.join(v['varied_latent']) or 'no attribute')
                  + f'; relied on: {kept or "none"} changed; all kept: '
                  + ('yes' if v['relied_kept_latent'] else 'no'))
+  if 'relied_kept_per_image' in v:
+    lines.append(_per_image_line(v))
   return lines
+
+
+def _per_image_line(v: dict) -> str:
+  """The samples of the images whose prediction flips with a relied-on attribute (ground
+  truth per image) against the other images' (invariance_reliance.summarise_by_reliance)."""
+  pct = lambda e: '-' if e is None or e.get('change') is None else f'{100 * e["change"]:.1f}'
+  groups = [(v['attribute_change_where_relied'], v['attribute_change_where_not_relied'])]
+  if 'relied_kept_per_image_latent' in v:
+    groups.append((v['attribute_change_where_relied_latent'],
+                   v['attribute_change_where_not_relied_latent']))
+  rel = groups[0][0]
+  parts = [f'{a} on {rel[a]["images"]} images ' + ' / '.join(pct(r[a]) for r, _ in groups)
+           + '% (the others ' + ' / '.join(pct(o[a]) for _, o in groups) + '%; labels kept '
+           + f'{100 * rel[a]["label_kept"]:.1f}%)' for a in v['relied_per_image_judged']]
+  kept = ' / '.join('yes' if v[k] else 'no' for k in
+                    ('relied_kept_per_image', 'relied_kept_per_image_latent') if k in v)
+  return ('per image (relied on where flipping it flips c\'s label, ≥ '
+          f'{v["relied_per_image_min_images"]} of {v["num_images"]}): '
+          + ('; '.join(parts) or 'none') + ' changed ('
+          + ('image / latent probe' if len(groups) > 1 else 'image probe')
+          + f'); all kept there: {kept}')
 
 
 def format_invariance(m: dict) -> str:

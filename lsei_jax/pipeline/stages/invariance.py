@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lsei_jax import data as data_lib, errors
+from lsei_jax import data as data_lib, errors, invariance_reliance
 from lsei_jax.inn import conditional, conditional_base, factor
 from lsei_jax.pipeline import artifacts, frozen
 from lsei_jax.pipeline.node import Context, Node
@@ -180,6 +180,7 @@ def _latent_reading(ctx: Context, u8: np.ndarray, y: np.ndarray, n: int) -> dict
   recon, samples = dec[:b], dec[b:].reshape(n, b, -1)
   return {'accuracy': np.mean(recon == np.asarray(y, bool), 0),
           'change': np.mean(samples != recon[None], (0, 1)),
+          'changed': samples != recon[None],   # [n, B, A], split by reliance in the hook
           'spread': pairwise_disagreement(samples) if n > 1 else np.zeros(dec.shape[1])}
 
 
@@ -260,7 +261,7 @@ def evaluate_invariance(ctx: Context, temperature: float | None = None) -> dict:
   out = summarise(
       rates, attr_names, acc_h, probe_acc_recon,
       ctx.derived('reliance', lambda: artifacts.ground_truth_reliance(
-          spec.config.data, split, test, bs, ctx.mesh)),
+          spec.config.data, split, test, bs, ctx.mesh, ctx.split)),
       num_images=b, samples=n, temperature=temp,
       reconstruction_mse=float(np.mean((recon - images / 255.0) ** 2)), round_trip=round_trip,
       encoded_min=float(cfg.encoded_min), change_max=float(cfg.change_max),
@@ -271,11 +272,21 @@ def evaluate_invariance(ctx: Context, temperature: float | None = None) -> dict:
     out['neighbour_attribute_change'] = dict(zip(attr_names, map(float, np.mean(
         y_tr[base(ctx)[0].neighbours(h_std)].astype(bool) != test.attributes[:b].astype(bool),
         0))))
+  reading = None
   if kind_is_pca(spec) and len(attr_names):
-    out = summarise_latent(out, _latent_reading(ctx, u8, test.attributes[:b], n), attr_names,
+    reading = _latent_reading(ctx, u8, test.attributes[:b], n)
+    out = summarise_latent(out, reading, attr_names,
                            change_max=float(cfg.change_max),
                            min_probe_accuracy=float(spec.config.eval.get(
                                'min_probe_accuracy', 0.75)))
+  flips = ctx.derived(f'invariance_flips_{b}', lambda: artifacts.ground_truth_flips(
+      spec.config.data, split, images, attr_names, bs, ctx.mesh, ctx.split))
+  if flips is not None:   # the samples apart where c relies on each attribute per image
+    out.update(invariance_reliance.summarise_by_reliance(
+        flips, attr_names, kept=pred_dec[b:].reshape(n, b) == pred_orig,
+        changed=probs[b:].reshape(n, b, -1) != probs[:b][None] if probs.shape[1] else None,
+        changed_latent=None if reading is None else reading['changed'],
+        change_max=float(cfg.change_max), relied_on=out.get('relied_on')))
   return {'invariance': out}
 
 

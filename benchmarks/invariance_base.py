@@ -36,6 +36,7 @@ def main() -> None:
   ap.add_argument('--base', default='nearest')
   ap.add_argument('--steps', type=int, default=100)
   ap.add_argument('--latent_dim', type=int, default=0, help='0: the config\'s')
+  ap.add_argument('--iterations', type=int, default=-1, help='PCA iterations; -1: the config\'s')
   ap.add_argument('--temperatures', default='0.5')
   ap.add_argument('--splits', default='validation,test')
   args = ap.parse_args()
@@ -53,6 +54,10 @@ def main() -> None:
   if args.latent_dim and args.latent_dim != c.autoencoder.latent_dim:
     c.autoencoder.latent_dim = args.latent_dim
     retrain.insert(0, 'autoencoder')
+  if args.iterations >= 0 and args.iterations != c.autoencoder.iterations:
+    c.autoencoder.iterations = args.iterations
+    if 'autoencoder' not in retrain:
+      retrain.insert(0, 'autoencoder')
   workdir = args.workdir or f'{args.source.rstrip("/")}_invariance_{args.base}_{args.steps}'
   if not os.path.isdir(workdir):
     shutil.copytree(args.source, workdir, ignore=shutil.ignore_patterns('eval', *retrain))
@@ -68,6 +73,7 @@ def main() -> None:
       res = invariance.evaluate_invariance(ctx, temperature=t)['invariance']
       print(json.dumps(dict(split=split, temperature=t, base=args.base, steps=args.steps,
                             latent_dim=c.autoencoder.latent_dim,
+                            iterations=c.autoencoder.iterations,
                             **{k: res[k] for k in KEYS if k in res})), flush=True)
 
 

@@ -39,22 +39,48 @@ def fit_linear(h: np.ndarray, v: np.ndarray) -> np.ndarray:
 def nearest_rows(query: np.ndarray, ref: np.ndarray, *, exclude_self: bool = False,
                  chunk: int = 1024) -> np.ndarray:
   """int [Q]: for each row of query [Q, d] the index of the nearest row of ref [N, d]
-  (squared Euclidean distance, float64; ties: the lowest index). exclude_self: query is
+  (squared Euclidean distance in float64; ties: the lowest index). exclude_self: query is
   ref (Q = N) and row i may not pick itself. Q·N·d multiply-adds (the demo's leave-one-out
-  12288² · 128: a few seconds on the host); at most 2²⁴ distances (128 MB) held at once."""
+  12288² · 128), in float32: a row whose float32 nearest is clear of every other row by
+  twice float32's error bound has float64's answer; any other row (near-ties) is computed
+  again in float64. At most 2²⁴ distances (64 MB) held at once."""
   query, ref = np.asarray(query, np.float64), np.asarray(ref, np.float64)
   if exclude_self and len(query) != len(ref):
     raise ValueError(f'exclude_self needs query = ref, got {len(query)} and {len(ref)} rows')
-  chunk = max(1, min(chunk, (1 << 24) // max(len(ref), 1)))
+  n, d = ref.shape
+  chunk = max(1, min(chunk, (1 << 24) // max(n, 1)))
   ref_sq = np.sum(ref ** 2, 1)
+  ref32, ref_sq32 = ref.astype(np.float32), ref_sq.astype(np.float32)
+  # |fl₃₂(|r|² − 2 q·r) − (|r|² − 2 q·r)| ≤ (d + 2) u (|q| + |r|)², u = 2⁻²⁴ (Higham's
+  # inner-product bound, plus the roundings of |r|² to float32 and of the difference): the
+  # float64 nearest lies within 2 bounds of the float32 minimum.
+  err_scale = (d + 2) * 2.0 ** -24
+  ref_norm_max = np.sqrt(ref_sq.max(initial=0.0))
   out = np.empty(len(query), np.int64)
   for i in range(0, len(query), chunk):
     q = query[i:i + chunk]
-    dist = ref_sq[None] - 2 * q @ ref.T      # |q|² is the same along a row: left out
+    rows = np.arange(len(q))
+    dist = ref_sq32[None] - 2 * (q.astype(np.float32) @ ref32.T)   # |q|² left out: per row
     if exclude_self:
-      dist[np.arange(len(q)), np.arange(i, i + len(q))] = np.inf
-    out[i:i + chunk] = np.argmin(dist, 1)
+      dist[rows, rows + i] = np.inf
+    best = np.argmin(dist, 1)
+    bound = err_scale * (np.sqrt(np.sum(q ** 2, 1)) + ref_norm_max) ** 2
+    near = np.sum(dist <= (dist[rows, best] + 2 * bound).astype(np.float32)[:, None], 1)
+    unclear = near > 1
+    if np.any(unclear):
+      best[unclear] = _nearest_exact(q[unclear], ref, ref_sq,
+                                     (rows[unclear] + i) if exclude_self else None)
+    out[i:i + chunk] = best
   return out
+
+
+def _nearest_exact(q: np.ndarray, ref: np.ndarray, ref_sq: np.ndarray, self_index) -> np.ndarray:
+  """int [b]: nearest_rows of q [b, d] in float64 throughout; self_index: int [b], the row
+  each may not pick, or None."""
+  dist = ref_sq[None] - 2 * q @ ref.T
+  if self_index is not None:
+    dist[np.arange(len(q)), self_index] = np.inf
+  return np.argmin(dist, 1)
 
 
 def residual_cholesky(r: np.ndarray) -> np.ndarray:

@@ -7,7 +7,7 @@ base, flow steps, PCA latent size and temperatures, on the validation and test s
 
 --source: a workdir of configs/shapes.py with the classifier and the probe trained (e.g. the
 demo's); it is copied (never written) to --workdir, where 'invariance' (and 'autoencoder'
-where --latent_dim differs from the config's) are trained afresh. T is set at evaluation
+where --latent_dim or --iterations is given) are trained afresh. T is set at evaluation
 only (stages.invariance.evaluate_invariance's temperature), so one training serves every T.
 Prints one JSON line per (split, T) with the shares and both probes' attribute changes.
 """
@@ -51,13 +51,11 @@ def main() -> None:
   c.invariance.enabled = True
   c.invariance.base, c.invariance.steps = args.base, args.steps
   retrain = ['invariance']
-  if args.latent_dim and args.latent_dim != c.autoencoder.latent_dim:
-    c.autoencoder.latent_dim = args.latent_dim
+  if args.latent_dim or args.iterations >= 0:   # given: fitted afresh (the source's may differ)
+    c.autoencoder.latent_dim = args.latent_dim or c.autoencoder.latent_dim
+    c.autoencoder.iterations = args.iterations if args.iterations >= 0 \
+        else c.autoencoder.iterations
     retrain.insert(0, 'autoencoder')
-  if args.iterations >= 0 and args.iterations != c.autoencoder.iterations:
-    c.autoencoder.iterations = args.iterations
-    if 'autoencoder' not in retrain:
-      retrain.insert(0, 'autoencoder')
   workdir = args.workdir or f'{args.source.rstrip("/")}_invariance_{args.base}_{args.steps}'
   if not os.path.isdir(workdir):
     shutil.copytree(args.source, workdir, ignore=shutil.ignore_patterns('eval', *retrain))

@@ -155,7 +155,7 @@ def get_config() -> ml_collections.ConfigDict:
   # at latent_dim 32; on issue 25's demo it reconstructs too little of the shape (labels
   # kept on 67.6% of 256 validation images, the 'pca' on 97.3%; docs/method.md).
   c.autoencoder = ml_collections.ConfigDict(dict(
-      kind='pca', iterations=3, oversample=16, latent_dim=256, channels=(16, 32, 64),
+      kind='pca', iterations=2, oversample=16, latent_dim=384, channels=(16, 32, 64),
       steps=2000, batch_size=64, optimizer='adam', learning_rate=3e-3, schedule='cosine',
       warmup_steps=20, grad_clip=0.0))
   # The conditional INN: 4 steps of one hidden layer (was 6 of (128, 128)): on the validation

@@ -42,8 +42,9 @@ def nearest_rows(query: np.ndarray, ref: np.ndarray, *, exclude_self: bool = Fal
   (squared Euclidean distance in float64; ties: the lowest index). exclude_self: query is
   ref (Q = N) and row i may not pick itself. Q·N·d multiply-adds (the demo's leave-one-out
   12288² · 128), in float32: a row whose float32 nearest is clear of every other row by
-  twice float32's error bound has float64's answer; any other row (near-ties) is computed
-  again in float64. At most 2²⁴ distances (64 MB) held at once."""
+  float32's error bounds has float64's answer; for any other row (near-ties,
+  duplicates) the rows within that window are compared again in float64. At most 2²⁴
+  distances (64 MB) held at once."""
   query, ref = np.asarray(query, np.float64), np.asarray(ref, np.float64)
   if exclude_self and len(query) != len(ref):
     raise ValueError(f'exclude_self needs query = ref, got {len(query)} and {len(ref)} rows')
@@ -52,10 +53,9 @@ def nearest_rows(query: np.ndarray, ref: np.ndarray, *, exclude_self: bool = Fal
   ref_sq = np.sum(ref ** 2, 1)
   ref32, ref_sq32 = ref.astype(np.float32), ref_sq.astype(np.float32)
   # |fl₃₂(|r|² − 2 q·r) − (|r|² − 2 q·r)| ≤ (d + 2) u (|q| + |r|)², u = 2⁻²⁴ (Higham's
-  # inner-product bound, plus the roundings of |r|² to float32 and of the difference): the
-  # float64 nearest lies within 2 bounds of the float32 minimum.
+  # inner-product bound, plus the roundings of q, r, |r|² to float32 and of the difference).
   err_scale = (d + 2) * 2.0 ** -24
-  ref_norm_max = np.sqrt(ref_sq.max(initial=0.0))
+  ref_norm = np.sqrt(ref_sq)
   out = np.empty(len(query), np.int64)
   for i in range(0, len(query), chunk):
     q = query[i:i + chunk]
@@ -64,23 +64,21 @@ def nearest_rows(query: np.ndarray, ref: np.ndarray, *, exclude_self: bool = Fal
     if exclude_self:
       dist[rows, rows + i] = np.inf
     best = np.argmin(dist, 1)
-    bound = err_scale * (np.sqrt(np.sum(q ** 2, 1)) + ref_norm_max) ** 2
-    near = np.sum(dist <= (dist[rows, best] + 2 * bound).astype(np.float32)[:, None], 1)
-    unclear = near > 1
-    if np.any(unclear):
-      best[unclear] = _nearest_exact(q[unclear], ref, ref_sq,
-                                     (rows[unclear] + i) if exclude_self else None)
+    q_norm = np.sqrt(np.sum(q ** 2, 1))
+    # Row j may be float64's nearest only if its float32 distance less its bound is at most
+    # the float32 nearest's plus its bound.
+    low = dist - (err_scale * (q_norm[:, None] + ref_norm[None]) ** 2).astype(np.float32)
+    window = dist[rows, best] + err_scale * (q_norm + ref_norm[best]) ** 2
+    inside = low <= window.astype(np.float32)[:, None]
+    unclear = np.sum(inside, 1) > 1
+    if np.any(unclear):   # float64 distances to the rows within the window only
+      row, col = np.nonzero(inside[unclear])
+      exact = ref_sq[col] - 2 * np.einsum('pd,pd->p', q[unclear][row], ref[col])
+      order = np.lexsort((col, exact, row))               # by row, distance, index
+      first = order[np.r_[True, row[order][1:] != row[order][:-1]]]
+      best[unclear] = col[first]
     out[i:i + chunk] = best
   return out
-
-
-def _nearest_exact(q: np.ndarray, ref: np.ndarray, ref_sq: np.ndarray, self_index) -> np.ndarray:
-  """int [b]: nearest_rows of q [b, d] in float64 throughout; self_index: int [b], the row
-  each may not pick, or None."""
-  dist = ref_sq[None] - 2 * q @ ref.T
-  if self_index is not None:
-    dist[np.arange(len(q)), self_index] = np.inf
-  return np.argmin(dist, 1)
 
 
 def residual_cholesky(r: np.ndarray) -> np.ndarray:

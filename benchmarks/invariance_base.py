@@ -7,7 +7,7 @@ base, flow steps, PCA latent size and temperatures, on the validation and test s
 
 --source: a workdir of configs/shapes.py with the classifier and the probe trained (e.g. the
 demo's); it is copied (never written) to --workdir, where 'invariance' (and 'autoencoder'
-where --latent_dim differs from the config's) are trained afresh. T is set at evaluation
+where --latent_dim or --iterations is given) are trained afresh. T is set at evaluation
 only (stages.invariance.evaluate_invariance's temperature), so one training serves every T.
 Prints one JSON line per (split, T) with the shares and both probes' attribute changes.
 """
@@ -38,6 +38,7 @@ def main() -> None:
   ap.add_argument('--base', default='nearest')
   ap.add_argument('--steps', type=int, default=100)
   ap.add_argument('--latent_dim', type=int, default=0, help='0: the config\'s')
+  ap.add_argument('--iterations', type=int, default=-1, help='PCA iterations; -1: the config\'s')
   ap.add_argument('--temperatures', default='0.5')
   ap.add_argument('--splits', default='validation,test')
   args = ap.parse_args()
@@ -52,8 +53,10 @@ def main() -> None:
   c.invariance.enabled = True
   c.invariance.base, c.invariance.steps = args.base, args.steps
   retrain = ['invariance']
-  if args.latent_dim and args.latent_dim != c.autoencoder.latent_dim:
-    c.autoencoder.latent_dim = args.latent_dim
+  if args.latent_dim or args.iterations >= 0:   # given: fitted afresh (the source's may differ)
+    c.autoencoder.latent_dim = args.latent_dim or c.autoencoder.latent_dim
+    c.autoencoder.iterations = args.iterations if args.iterations >= 0 \
+        else c.autoencoder.iterations
     retrain.insert(0, 'autoencoder')
   workdir = args.workdir or f'{args.source.rstrip("/")}_invariance_{args.base}_{args.steps}'
   if not os.path.isdir(workdir):
@@ -70,6 +73,7 @@ def main() -> None:
       res = invariance.evaluate_invariance(ctx, temperature=t)['invariance']
       print(json.dumps(dict(split=split, temperature=t, base=args.base, steps=args.steps,
                             latent_dim=c.autoencoder.latent_dim,
+                            iterations=c.autoencoder.iterations,
                             **{k: res[k] for k in KEYS if k in res})), flush=True)
 
 

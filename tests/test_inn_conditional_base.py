@@ -53,6 +53,29 @@ def test_nearest_rows_against_a_brute_force_oracle():
     cb.nearest_rows(query, ref, exclude_self=True)
 
 
+def test_nearest_rows_resolves_what_float32_cannot():
+  # 40 rows at distance ~|c| = 8 from the queries (near 0) whose squared distances differ by ~1e-5,
+  # under float32's resolution of |r|² − 2 q·r (~64 · 6e-8 per rounding, summed over 16
+  # coordinates): a float32 argmin alone picks wrongly; the rows whose float32 nearest is
+  # not clear of the others by the error bound, computed again in float64, give the
+  # float64 brute force's answer.
+  rng = np.random.default_rng(0)
+  c = np.full(16, 2.0)
+  ref = c + 1e-6 * rng.normal(size=(40, 16))
+  ref = np.concatenate([ref, -2 * c + rng.normal(size=(200, 16))], 0)   # far rows
+  query = 0.3 * rng.normal(size=(30, 16))
+  dist = ((query[:, None] - ref[None]) ** 2).sum(-1)
+  np.testing.assert_array_equal(cb.nearest_rows(query, ref, chunk=7), np.argmin(dist, 1))
+  naive = np.argmin(np.sum(ref.astype(np.float32) ** 2, 1)[None]
+                    - 2 * query.astype(np.float32) @ ref.astype(np.float32).T, 1)
+  assert np.any(naive != np.argmin(dist, 1))      # the float32 argmin alone is wrong here
+  # Leave-one-out among the near-tied rows themselves.
+  self_dist = ((ref[:, None] - ref[None]) ** 2).sum(-1)
+  np.fill_diagonal(self_dist, np.inf)
+  np.testing.assert_array_equal(cb.nearest_rows(ref, ref, exclude_self=True, chunk=16),
+                                np.argmin(self_dist, 1))
+
+
 def test_nearest_base_is_leave_one_out_on_the_train_rows():
   h, v, _ = _data(n=120)
   base, train_mean = cb.fit('nearest', h, v)

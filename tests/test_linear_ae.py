@@ -44,7 +44,8 @@ def test_fit_equals_svd_when_the_sketch_spans_the_range():
   x = _low_rank_images(40, 9, 4, 0)
   mu_ref, w_ref, var_ref = _svd_pca(x.reshape(40, -1), 5)
   for iterations in (0, 1, 3):
-    mu, w, var = linear_ae.fit(x, 5, iterations=iterations, oversample=6, seed=1, chunk=7)
+    mu, w, var = linear_ae.fit(x, 5, iterations=iterations, oversample=6, seed=1, chunk=7,
+                               dtype=np.float64)
     # float64 products of 40 × 48 values of O(1): rounding ~1e-15, amplified by the
     # eigengaps (ratio 0.36 between variances) to well under 1e-10.
     np.testing.assert_allclose(mu, mu_ref, rtol=0, atol=1e-14)
@@ -61,19 +62,54 @@ def test_fit_converges_to_svd_by_iterating_when_the_sketch_is_smaller():
       rng.standard_normal((48, 48)))[0]
   x = x.reshape(300, 4, 4, 3)
   mu_ref, w_ref, var_ref = _svd_pca(x.reshape(300, -1), 4)
-  mu, w, var = linear_ae.fit(x, 4, iterations=12, oversample=2, seed=0)
+  mu, w, var = linear_ae.fit(x, 4, iterations=12, oversample=2, seed=0, dtype=np.float64)
   # (0.05 / 1)^26 of the error is left after 13 products on the covariance: the rounding.
   np.testing.assert_allclose(w, w_ref, rtol=0, atol=1e-9)
   np.testing.assert_allclose(var, var_ref, rtol=1e-9, atol=0)
   # With one product alone the sketch is worse, measurably (the test can fail).
-  _, w0, _ = linear_ae.fit(x, 4, iterations=0, oversample=2, seed=0)
+  _, w0, _ = linear_ae.fit(x, 4, iterations=0, oversample=2, seed=0, dtype=np.float64)
   assert np.max(np.abs(w0 - w_ref)) > 1e-3
+
+
+def test_float32_passes_agree_with_svd_to_float32_rounding():
+  # The default: the products that find the subspace in float32, the Rayleigh–Ritz step in
+  # float64. Same data as the float64 test above (rank 9, variance ratio 0.36 between
+  # neighbours): float32 rounding (6e-8 relative) of the 48-value products, amplified by
+  # λ₁ / gap ≲ 1 / (1 − 0.36) · 0.6⁻⁸ ≈ 100, stays under 1e-5 in W and the variances.
+  x = _low_rank_images(40, 9, 4, 0)
+  mu_ref, w_ref, var_ref = _svd_pca(x.reshape(40, -1), 5)
+  mu, w, var = linear_ae.fit(x, 5, iterations=1, oversample=6, seed=1, chunk=7)
+  np.testing.assert_allclose(mu, mu_ref, rtol=0, atol=1e-14)        # the mean stays float64
+  np.testing.assert_allclose(w, w_ref, rtol=0, atol=1e-5)
+  np.testing.assert_allclose(var, var_ref, rtol=1e-5, atol=0)
+  np.testing.assert_allclose(w.T @ w, np.eye(5), rtol=0, atol=1e-13)   # orthonormal in f64
+  # …and the float32 passes are really taken: the result differs from float64's.
+  _, w64, _ = linear_ae.fit(x, 5, iterations=1, oversample=6, seed=1, chunk=7,
+                            dtype=np.float64)
+  assert np.max(np.abs(w - w64)) > 1e-9
+
+
+def test_orthonormal_spans_the_columns_and_falls_back_on_rank_deficiency():
+  rng = np.random.default_rng(7)
+  # Well conditioned (cond 1e3): Cholesky QR twice; orthonormal to float64 rounding and
+  # the same span (the projection onto it reproduces y).
+  y = rng.standard_normal((200, 12)) * np.logspace(0, -3, 12)
+  q = linear_ae._orthonormal(y)
+  np.testing.assert_allclose(q.T @ q, np.eye(12), rtol=0, atol=1e-13)
+  np.testing.assert_allclose(q @ (q.T @ y), y, rtol=0, atol=1e-12)
+  # Rank 5 of 12 columns (as C Q where l > rank C): Cholesky fails or its pivots collapse;
+  # Householder QR still returns 12 orthonormal columns whose span holds y.
+  y = rng.standard_normal((200, 5)) @ rng.standard_normal((5, 12))
+  q = linear_ae._orthonormal(y)
+  np.testing.assert_allclose(q.T @ q, np.eye(12), rtol=0, atol=1e-13)
+  np.testing.assert_allclose(q @ (q.T @ y), y, rtol=0, atol=1e-12)
 
 
 def test_uint8_images_are_scaled_to_unit_range():
   rng = np.random.default_rng(5)
   u8 = rng.integers(0, 256, (30, 2, 2, 3), dtype=np.uint8)
-  mu, w, var = linear_ae.fit(u8, 3, iterations=2, oversample=9, seed=0)   # l = 12 = D
+  mu, w, var = linear_ae.fit(u8, 3, iterations=2, oversample=9, seed=0,   # l = 12 = D
+                             dtype=np.float64)
   mu_ref, w_ref, var_ref = _svd_pca(u8.reshape(30, -1).astype(np.float64) / 255.0, 3)
   np.testing.assert_allclose(mu, mu_ref, rtol=0, atol=1e-14)
   np.testing.assert_allclose(w, w_ref, rtol=0, atol=1e-10)

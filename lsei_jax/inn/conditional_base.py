@@ -39,21 +39,45 @@ def fit_linear(h: np.ndarray, v: np.ndarray) -> np.ndarray:
 def nearest_rows(query: np.ndarray, ref: np.ndarray, *, exclude_self: bool = False,
                  chunk: int = 1024) -> np.ndarray:
   """int [Q]: for each row of query [Q, d] the index of the nearest row of ref [N, d]
-  (squared Euclidean distance, float64; ties: the lowest index). exclude_self: query is
+  (squared Euclidean distance in float64; ties: the lowest index). exclude_self: query is
   ref (Q = N) and row i may not pick itself. Q·N·d multiply-adds (the demo's leave-one-out
-  12288² · 128: a few seconds on the host); at most 2²⁴ distances (128 MB) held at once."""
+  12288² · 128), in float32: a row whose float32 nearest is clear of every other row by
+  float32's error bounds has float64's answer; for any other row (near-ties,
+  duplicates) the rows within that window are compared again in float64. At most 2²⁴
+  distances (64 MB) held at once."""
   query, ref = np.asarray(query, np.float64), np.asarray(ref, np.float64)
   if exclude_self and len(query) != len(ref):
     raise ValueError(f'exclude_self needs query = ref, got {len(query)} and {len(ref)} rows')
-  chunk = max(1, min(chunk, (1 << 24) // max(len(ref), 1)))
+  n, d = ref.shape
+  chunk = max(1, min(chunk, (1 << 24) // max(n, 1)))
   ref_sq = np.sum(ref ** 2, 1)
+  ref32, ref_sq32 = ref.astype(np.float32), ref_sq.astype(np.float32)
+  # |fl₃₂(|r|² − 2 q·r) − (|r|² − 2 q·r)| ≤ (d + 2) u (|q| + |r|)², u = 2⁻²⁴ (Higham's
+  # inner-product bound, plus the roundings of q, r, |r|² to float32 and of the difference).
+  err_scale = (d + 2) * 2.0 ** -24
+  ref_norm = np.sqrt(ref_sq)
   out = np.empty(len(query), np.int64)
   for i in range(0, len(query), chunk):
     q = query[i:i + chunk]
-    dist = ref_sq[None] - 2 * q @ ref.T      # |q|² is the same along a row: left out
+    rows = np.arange(len(q))
+    dist = ref_sq32[None] - 2 * (q.astype(np.float32) @ ref32.T)   # |q|² left out: per row
     if exclude_self:
-      dist[np.arange(len(q)), np.arange(i, i + len(q))] = np.inf
-    out[i:i + chunk] = np.argmin(dist, 1)
+      dist[rows, rows + i] = np.inf
+    best = np.argmin(dist, 1)
+    q_norm = np.sqrt(np.sum(q ** 2, 1))
+    # Row j may be float64's nearest only if its float32 distance less its bound is at most
+    # the float32 nearest's plus its bound.
+    low = dist - (err_scale * (q_norm[:, None] + ref_norm[None]) ** 2).astype(np.float32)
+    window = dist[rows, best] + err_scale * (q_norm + ref_norm[best]) ** 2
+    inside = low <= window.astype(np.float32)[:, None]
+    unclear = np.sum(inside, 1) > 1
+    if np.any(unclear):   # float64 distances to the rows within the window only
+      row, col = np.nonzero(inside[unclear])
+      exact = ref_sq[col] - 2 * np.einsum('pd,pd->p', q[unclear][row], ref[col])
+      order = np.lexsort((col, exact, row))               # by row, distance, index
+      first = order[np.r_[True, row[order][1:] != row[order][:-1]]]
+      best[unclear] = col[first]
+    out[i:i + chunk] = best
   return out
 
 

@@ -97,6 +97,39 @@ def test_nearest_base_is_leave_one_out_on_the_train_rows():
     none.neighbours(h)
 
 
+def test_whitening_gives_identity_covariance():
+  rng = np.random.default_rng(3)
+  h = rng.normal(size=(500, 4)) @ rng.normal(size=(4, 4)) + 5.0
+  mean, w = cb.whitening(h)
+  u = (h - mean) @ w
+  # float64 eigendecomposition of a well-conditioned 4×4 covariance: rounding ~1e-13.
+  np.testing.assert_allclose(u.T @ u / len(u), np.eye(4), atol=1e-10)
+  np.testing.assert_allclose(mean, h.mean(0), rtol=0, atol=1e-12)
+
+
+def test_nearest_white_is_the_mahalanobis_nearest():
+  """Against a brute-force Mahalanobis distance with the inverse covariance (float64), on
+  features of very unequal scales, where it and the Euclidean nearest differ."""
+  rng = np.random.default_rng(4)
+  n, d = 150, 3
+  h = rng.normal(size=(n, d)) @ np.array([[30.0, 0, 0], [29.0, 1.0, 0], [0, 0, 0.2]])
+  v = rng.normal(size=(n, 2))
+  cov = np.cov(h.T, bias=True)
+  prec = np.linalg.inv(cov)
+  diff = h[:, None] - h[None]
+  maha = np.einsum('ijd,de,ije->ij', diff, prec, diff)
+  np.fill_diagonal(maha, np.inf)
+  base, train_mean = cb.fit('nearest_white', h, v)
+  np.testing.assert_array_equal(train_mean, v[np.argmin(maha, 1)])
+  query = rng.normal(size=(20, d)) @ np.array([[30.0, 0, 0], [29.0, 1.0, 0], [0, 0, 0.2]])
+  qd = query[:, None] - h[None]
+  want = np.argmin(np.einsum('ijd,de,ije->ij', qd, prec, qd), 1)
+  np.testing.assert_array_equal(base.neighbours(query), want)
+  np.testing.assert_array_equal(base.mean(query), v[want])
+  eucl = np.argmin(((query[:, None] - h[None]) ** 2).sum(-1), 1)
+  assert np.any(eucl != want)       # the metric matters on these data
+
+
 def test_affine_layer_inverse_and_logdet_against_jacfwd():
   h, v, _ = _data(n=200)
   base, _ = cb.fit('linear', h, v)

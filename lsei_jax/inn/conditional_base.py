@@ -11,6 +11,9 @@ conditional mean m is fitted on the train split, in float64 on the host:
   'linear':  m(h) = [h, 1] C,  C = argmin Σ_n |v_n − [h_n, 1] C|² (least squares);
   'nearest': m(h) = v_j,  j = argmin_k |h − h_k|² over the train rows (on a train row
              itself, the nearest other row: leave-one-out, so its residual is not 0);
+  'nearest_white': the same in whitened h, u = (h − h̄) U Λ^(−1/2) (C = U Λ Uᵀ the train
+             rows' covariance): the Mahalanobis distance under h's own covariance, so that
+             a few high-variance directions do not outvote the rest;
 
 and L is the Cholesky factor of the train residuals' covariance (1/N) Σ r rᵀ, r = v − m(h).
 With τ₁ at the identity, ν ~ N(0, I) makes p(v | h) = N(m(h), L Lᵀ): for 'linear' the
@@ -27,7 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-KINDS = ('none', 'linear', 'nearest')
+KINDS = ('none', 'linear', 'nearest', 'nearest_white')
+NEAREST = ('nearest', 'nearest_white')
 
 
 def fit_linear(h: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -81,6 +85,17 @@ def nearest_rows(query: np.ndarray, ref: np.ndarray, *, exclude_self: bool = Fal
   return out
 
 
+def whitening(h: np.ndarray, rel_floor: float = 1e-9) -> tuple[np.ndarray, np.ndarray]:
+  """(h̄ [d], U Λ^(−1/2) [d, d]) of rows h [N, d] (float64): (h − h̄) U Λ^(−1/2) has identity
+  covariance (1/N). Eigenvalues below rel_floor · the largest (dead units, exactly
+  collinear features) are raised to it, so that the map stays finite."""
+  h = np.asarray(h, np.float64)
+  mean = h.mean(0)
+  lam, u = np.linalg.eigh((h - mean).T @ (h - mean) / len(h))
+  lam = np.maximum(lam, rel_floor * max(float(lam[-1]), 1e-300))
+  return mean, u / np.sqrt(lam)[None]
+
+
 def residual_cholesky(r: np.ndarray) -> np.ndarray:
   """L [m, m] lower triangular with L Lᵀ = (1/N) rᵀ r of residuals r [N, m] (float64). A
   jitter of 1e-9 · mean variance on the diagonal keeps it defined where N < m or the
@@ -96,22 +111,28 @@ class AffineBase:
   kind: str
   chol: np.ndarray
   coef: np.ndarray | None = None      # 'linear': C [d + 1, m]
-  h_ref: np.ndarray | None = None     # 'nearest': the train rows' h [N, d] and v [N, m]
-  v_ref: np.ndarray | None = None
+  h_ref: np.ndarray | None = None     # nearest kinds: the train rows' h [N, d] (whitened
+  v_ref: np.ndarray | None = None     # for 'nearest_white') and v [N, m]
+  white: tuple | None = None          # 'nearest_white': (h̄ [d], U Λ^(−1/2) [d, d])
+
+  def metric(self, h: np.ndarray) -> np.ndarray:
+    """h [B, d] in the coordinates the neighbours are searched in (float64)."""
+    h = np.asarray(h, np.float64)
+    return h if self.white is None else (h - self.white[0]) @ self.white[1]
 
   def mean(self, h: np.ndarray) -> np.ndarray:
     h = np.asarray(h, np.float64)
     if self.kind == 'linear':
       return h @ self.coef[:-1] + self.coef[-1]
-    if self.kind == 'nearest':
-      return self.v_ref[nearest_rows(h, self.h_ref)]
+    if self.kind in NEAREST:
+      return self.v_ref[self.neighbours(h)]
     return np.zeros((len(h), len(self.chol)))
 
   def neighbours(self, h: np.ndarray) -> np.ndarray:
-    """int [B]: the train row whose v is m(h) ('nearest' only)."""
-    if self.kind != 'nearest':
+    """int [B]: the train row whose v is m(h) (the nearest kinds only)."""
+    if self.kind not in NEAREST:
       raise ValueError(f"neighbours: the base is {self.kind!r}, not 'nearest'")
-    return nearest_rows(h, self.h_ref)
+    return nearest_rows(self.metric(h), self.h_ref)
 
 
 def fit(kind: str, h: np.ndarray, v: np.ndarray) -> tuple[AffineBase, np.ndarray]:
@@ -127,8 +148,10 @@ def fit(kind: str, h: np.ndarray, v: np.ndarray) -> tuple[AffineBase, np.ndarray
     base = AffineBase(kind, np.eye(v.shape[1]), coef=coef)
     train_mean = base.mean(h)
   else:
-    base = AffineBase(kind, np.eye(v.shape[1]), h_ref=h, v_ref=v)
-    train_mean = v[nearest_rows(h, h, exclude_self=True)]
+    white = whitening(h) if kind == 'nearest_white' else None
+    base = AffineBase(kind, np.eye(v.shape[1]), v_ref=v, white=white)
+    base = dataclasses.replace(base, h_ref=base.metric(h))
+    train_mean = v[nearest_rows(base.h_ref, base.h_ref, exclude_self=True)]
   return dataclasses.replace(base, chol=residual_cholesky(v - train_mean)), train_mean
 
 

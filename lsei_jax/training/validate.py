@@ -84,8 +84,9 @@ def check_config(config, sections: Sequence[str]) -> None:
     if ae_kind not in ('conv', 'pca'):
       raise UserError(f'config.autoencoder.kind={ae_kind!r} is not one of conv, pca')
     base = config.invariance.get('base', 'none')
-    if base not in ('none', 'linear', 'nearest'):   # inn/conditional_base.KINDS
-      raise UserError(f'config.invariance.base={base!r} is not one of none, linear, nearest')
+    kinds = ('none', 'linear', 'nearest', 'nearest_white')   # inn/conditional_base.KINDS
+    if base not in kinds:
+      raise UserError(f'config.invariance.base={base!r} is not one of {", ".join(kinds)}')
     if ae_kind == 'conv' and (not ae or size % 2**len(ae)):
       raise UserError(f'the autoencoder cannot encode {size}×{size} images: it halves them '
                       f'once per entry of config.autoencoder.channels={ae}, so '

@@ -4,9 +4,9 @@ autoencoder's latent v = E(x) and h = c1(x), trained on the train split; linked 
 classifier it explains and to the autoencoder. Its evaluator holds h of a few test images
 fixed, resamples ν ~ N(0, T²·I), decodes x̃ = D(τ⁻¹(ν | h)) and re-runs the classifier and
 the attribute probes on x̃ (metrics.json 'invariance', figure invariance_grid.png). With
-config.invariance.base ('linear', 'nearest'; inn.conditional_base) τ = τ₁ ∘ τ₀: the flow
-τ₁ is trained on ε = τ₀(v | h), the closed-form conditional affine layer fitted on the
-train split."""
+config.invariance.base ('linear', 'nearest', 'nearest_white'; inn.conditional_base)
+τ = τ₁ ∘ τ₀: the flow τ₁ is trained on ε = τ₀(v | h), the closed-form conditional affine
+layer fitted on the train split."""
 from __future__ import annotations
 
 import functools
@@ -268,7 +268,7 @@ def evaluate_invariance(ctx: Context, temperature: float | None = None) -> dict:
       relied_min=float(spec.config.eval.min_effect),
       min_probe_accuracy=float(spec.config.eval.get('min_probe_accuracy', 0.75)))
   out['base'] = base_kind(spec.config)
-  if out['base'] == 'nearest':   # ground truth: what the train image τ₀ centres on differs in
+  if out['base'] in conditional_base.NEAREST:   # ground truth: what the train image τ₀ centres on differs in
     out['neighbour_attribute_change'] = dict(zip(attr_names, map(float, np.mean(
         y_tr[base(ctx)[0].neighbours(h_std)].astype(bool) != test.attributes[:b].astype(bool),
         0))))

@@ -7,6 +7,7 @@ from typing import Sequence
 import numpy as np
 
 from lsei_jax import concepts, layers
+from lsei_jax.inn import conditional_base
 from lsei_jax.training import steps
 from lsei_jax.errors import UserError
 
@@ -84,9 +85,9 @@ def check_config(config, sections: Sequence[str]) -> None:
     if ae_kind not in ('conv', 'pca'):
       raise UserError(f'config.autoencoder.kind={ae_kind!r} is not one of conv, pca')
     base = config.invariance.get('base', 'none')
-    kinds = ('none', 'linear', 'nearest', 'nearest_white')   # inn/conditional_base.KINDS
-    if base not in kinds:
-      raise UserError(f'config.invariance.base={base!r} is not one of {", ".join(kinds)}')
+    if base not in conditional_base.KINDS:
+      raise UserError(f'config.invariance.base={base!r} is not one of '
+                      f'{", ".join(conditional_base.KINDS)}')
     if ae_kind == 'conv' and (not ae or size % 2**len(ae)):
       raise UserError(f'the autoencoder cannot encode {size}×{size} images: it halves them '
                       f'once per entry of config.autoencoder.channels={ae}, so '

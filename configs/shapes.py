@@ -43,7 +43,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.log_every = 50
   # Training steps run per compiled call (trainer.run_stage, parallel.multi_step): k > 1
   # saves k − 1 dispatches and host round trips a window, for a longer compile; the results
-  # may differ from k = 1 in the last bits (docs/performance.md § Steps per dispatch).
+  # may differ from k = 1 in the last bits (docs/accelerators.md § Steps per dispatch).
   c.steps_per_dispatch = 1
 
   c.data = ml_collections.ConfigDict(dict(

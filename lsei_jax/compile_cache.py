@@ -20,7 +20,7 @@ DEFAULT_DIR = os.path.expanduser('~/.cache/lsei_jax/xla')
 ENV = 'LSEI_JAX_COMPILATION_CACHE'
 # Compilations faster than this are not stored (a load costs milliseconds). At 0.5 s a warm
 # demo still compiled 37 of its 61 executables (3.7 s); at 0.05 s, 20 (0.6 s):
-# benchmarks/time_to_explanation.py's cache columns, docs/performance.md.
+# benchmarks/time_to_explanation.py's cache columns, docs/performance.md § Compilation.
 MIN_COMPILE_SECS = 0.05
 
 

@@ -219,7 +219,7 @@ def run_stage(stage: Stage, workdir: str, mesh, *, save_every: int, max_to_keep:
   A complete stage is restored, checked against its upstream and returned untouched.
   steps_per_dispatch k > 1: windows of k steps run as one compiled call (parallel.multi_step,
   dispatch_plan) on the same batches, keys and order as k single steps; XLA may round the
-  longer program differently in the last bits (docs/performance.md § Steps per dispatch).
+  longer program differently in the last bits (docs/accelerators.md § Steps per dispatch).
   hooks: callables(stage_name, step, state) run after each checkpoint is written.
   """
   ckpt = checkpoints.StageCheckpoints(workdir, stage.name, max_to_keep=max_to_keep)

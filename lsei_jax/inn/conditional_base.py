@@ -60,6 +60,7 @@ def nearest_rows(query: np.ndarray, ref: np.ndarray, *, exclude_self: bool = Fal
   # inner-product bound, plus the roundings of q, r, |r|² to float32 and of the difference).
   err_scale = (d + 2) * 2.0 ** -24
   ref_norm = np.sqrt(ref_sq)
+  max_norm = float(ref_norm.max(initial=0.0))
   out = np.empty(len(query), np.int64)
   for i in range(0, len(query), chunk):
     q = query[i:i + chunk]
@@ -68,19 +69,24 @@ def nearest_rows(query: np.ndarray, ref: np.ndarray, *, exclude_self: bool = Fal
     if exclude_self:
       dist[rows, rows + i] = np.inf
     best = np.argmin(dist, 1)
+    first = dist[rows, best].copy()
     q_norm = np.sqrt(np.sum(q ** 2, 1))
     # Row j may be float64's nearest only if its float32 distance less its bound is at most
-    # the float32 nearest's plus its bound.
-    low = dist - (err_scale * (q_norm[:, None] + ref_norm[None]) ** 2).astype(np.float32)
-    window = dist[rows, best] + err_scale * (q_norm + ref_norm[best]) ** 2
-    inside = low <= window.astype(np.float32)[:, None]
-    unclear = np.sum(inside, 1) > 1
+    # the float32 nearest's plus its bound. Cheap test first: the runner-up less the largest
+    # bound of the row (any j's) clears it; only rows it cannot clear pay for every j's.
+    window = first + err_scale * (q_norm + ref_norm[best]) ** 2
+    dist[rows, best] = np.inf
+    second = np.min(dist, 1)
+    dist[rows, best] = first
+    unclear = second - err_scale * (q_norm + max_norm) ** 2 <= window
     if np.any(unclear):   # float64 distances to the rows within the window only
-      row, col = np.nonzero(inside[unclear])
+      bound = err_scale * (q_norm[unclear, None] + ref_norm[None]) ** 2
+      inside = dist[unclear] - bound <= window[unclear, None]
+      row, col = np.nonzero(inside)
       exact = ref_sq[col] - 2 * np.einsum('pd,pd->p', q[unclear][row], ref[col])
       order = np.lexsort((col, exact, row))               # by row, distance, index
-      first = order[np.r_[True, row[order][1:] != row[order][:-1]]]
-      best[unclear] = col[first]
+      pick = order[np.r_[True, row[order][1:] != row[order][:-1]]]
+      best[unclear] = col[pick]
     out[i:i + chunk] = best
   return out
 

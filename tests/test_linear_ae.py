@@ -89,6 +89,29 @@ def test_float32_passes_agree_with_svd_to_float32_rounding():
   assert np.max(np.abs(w - w64)) > 1e-9
 
 
+def test_device_passes_equal_float64_products_whatever_the_chunking():
+  # The jitted float32 pass (X_cᵀ(X_c Q) and (X_c Q)ᵀ(X_c Q), uint8 scaled and centred on
+  # the device, the last chunk padded and masked) against the same sums in float64 NumPy:
+  # 37 uint8 images of 4·4·3 = 48 values, Q [48, 6]. float32 products of 48 terms of O(1)
+  # (centred to |x| ≤ 1, |q| ≤ ~3): error ≲ 48 · 6e-8 · 3² per entry, so 1e-5 absolute.
+  rng = np.random.default_rng(11)
+  u8 = rng.integers(0, 256, (37, 4, 4, 3), dtype=np.uint8)
+  x = u8.reshape(37, -1).astype(np.float64) / 255.0
+  mean, q = x.mean(0), rng.standard_normal((48, 6))
+  xc = x - mean
+  want_cq, want_qcq = xc.T @ (xc @ q) / 37, (xc @ q).T @ (xc @ q) / 37
+  for chunk in (5, 37, 64):     # 7 chunks the last of 2 rows padded to 5; one; one > N
+    np.testing.assert_allclose(linear_ae._cov_times(u8, mean, q, chunk, np.float32),
+                               want_cq, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(linear_ae._projected_cov(u8, mean, q, chunk, np.float32),
+                               want_qcq, rtol=0, atol=1e-5)
+  # …and unmasked padding would show: zero images, centred, are −mean, whose terms
+  # (mean · (mean · q), ≈ 0.5 · 0.5 · 3 each) three such rows add are far above 1e-5.
+  padded = np.concatenate([u8, np.zeros((3, 4, 4, 3), np.uint8)])
+  assert np.max(np.abs(linear_ae._cov_times(padded, mean, q, 40, np.float32) * 40 / 37
+                       - want_cq)) > 1e-2
+
+
 def test_orthonormal_spans_the_columns_and_falls_back_on_rank_deficiency():
   rng = np.random.default_rng(7)
   # Well conditioned (cond 1e3): Cholesky QR twice; orthonormal to float64 rounding and

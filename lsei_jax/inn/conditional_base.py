@@ -62,10 +62,13 @@ def nearest_rows(query: np.ndarray, ref: np.ndarray, *, exclude_self: bool = Fal
   ref_norm = np.sqrt(ref_sq)
   max_norm = float(ref_norm.max(initial=0.0))
   out = np.empty(len(query), np.int64)
+  buf = np.empty((min(chunk, len(query)), n), np.float32)   # reused: no fresh pages a chunk
   for i in range(0, len(query), chunk):
     q = query[i:i + chunk]
     rows = np.arange(len(q))
-    dist = ref_sq32[None] - 2 * (q.astype(np.float32) @ ref32.T)   # |q|² left out: per row
+    dist = np.matmul(q.astype(np.float32), ref32.T, out=buf[:len(q)])
+    dist *= -2
+    dist += ref_sq32[None]                                  # |q|² left out: per row
     if exclude_self:
       dist[rows, rows + i] = np.inf
     best = np.argmin(dist, 1)
@@ -161,6 +164,7 @@ def fit(kind: str, h: np.ndarray, v: np.ndarray) -> tuple[AffineBase, np.ndarray
   return dataclasses.replace(base, chol=residual_cholesky(v - train_mean)), train_mean
 
 
+@jax.jit   # one executable, where eager calls compiled one per primitive (6 of them)
 def affine_forward(mean: jax.Array, chol: jax.Array, v: jax.Array
                    ) -> tuple[jax.Array, jax.Array]:
   """τ₀: (m(h) [B, m], L [m, m], v [B, m]) → (ε = L⁻¹(v − m(h)) [B, m], logdet [B])."""
@@ -169,6 +173,7 @@ def affine_forward(mean: jax.Array, chol: jax.Array, v: jax.Array
   return eps, jnp.broadcast_to(logdet, v.shape[:1])
 
 
+@jax.jit
 def affine_inverse(mean: jax.Array, chol: jax.Array, eps: jax.Array) -> jax.Array:
   """τ₀⁻¹: v = m(h) + L ε [B, m] (ε [B, m], or [n, B, m] with mean [B, m])."""
   return mean + eps @ chol.T

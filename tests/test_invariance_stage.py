@@ -106,6 +106,9 @@ def test_summarise_latent_reads_beside_the_image_probes():
   out = inv_stage.summarise(rates, names, np.array([1.0, 0.6, 0.95]),
                             np.array([1.0, 1.0, 0.6]), reliance, **kw)
   assert out['unreadable'] == ['shape'] and not out['relied_kept']
+  # …which the report names as unreadable, not as its probe's 40% change.
+  text = report.format_invariance({'invariance': out})
+  assert 'shape unreadable' in text and 'shape 40.0%' not in text and 'all kept: no' in text
   reading = {'change': np.array([0.02, 0.2, 0.04]), 'accuracy': np.array([1.0, 0.9, 0.9]),
              'spread': np.array([0.0, 0.3, 0.01])}
   lat = inv_stage.summarise_latent(out, reading, names, change_max=0.05,

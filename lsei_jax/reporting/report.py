@@ -104,12 +104,15 @@ def invariance_lines(v: dict) -> list[str]:
                  + ('yes' if v['unencoded_varied'] else 'no')
                  + (f' (probes cannot read {", ".join(v["unreadable"])} on D(E(x)))'
                     if v.get('unreadable') else ''))
-  if 'relied_kept' in v:
-    kept = ', '.join(f'{a} {100 * v["attribute_change"][a]:.1f}%' for a in v['relied_on'])
+  if 'relied_kept' in v:   # an attribute the probe cannot read is not shown as a change
+    kept = ', '.join(f'{a} unreadable' if a in v.get('unreadable', ())
+                     else f'{a} {100 * v["attribute_change"][a]:.1f}%' for a in v['relied_on'])
     lines.append(f'attributes relied on (ground truth): {kept or "none"} changed; all kept: '
                  + ('yes' if v['relied_kept'] else 'no'))
   if 'relied_kept_latent' in v:   # the linear probes on the autoencoder's latent
-    kept = ', '.join(f'{a} {100 * v["attribute_change_latent"][a]:.1f}%' for a in v['relied_on'])
+    kept = ', '.join(f'{a} unreadable' if a in v.get('unreadable_latent', ())
+                     else f'{a} {100 * v["attribute_change_latent"][a]:.1f}%'
+                     for a in v['relied_on'])
     lines.append(f'read by linear probes on E(x̃): samples vary '
                  + (', '.join(v['varied_latent']) or 'no attribute')
                  + f'; relied on: {kept or "none"} changed; all kept: '

@@ -78,8 +78,7 @@ def _passes(images, mean: np.ndarray, q: np.ndarray, chunk: int, dtype, gram: bo
     mask = np.arange(chunk) < len(x)
     if len(x) < chunk:   # padded to one shape: one executable for every chunk
       x = np.concatenate([x, np.zeros((chunk - len(x),) + x.shape[1:], x.dtype)])
-    out += np.asarray(_chunk_product(x, mask.astype(np.float32), q32, mean32, scale, gram),
-                      np.float64)
+    out += np.asarray(_chunk_product(x, mask.astype(np.float32), q32, mean32, scale, gram))
   return out / n
 
 

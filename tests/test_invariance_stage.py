@@ -144,6 +144,26 @@ def test_base_is_pinned_only_where_it_is_not_none(tiny_config):
     inv_stage.base_kind(c)
 
 
+def test_evaluation_settings_are_not_pinned_but_training_fields_are(tiny_config):
+  """T, the images evaluated and the thresholds do not change the trained flow: another
+  value loads the checkpoint, also one recorded before they became harmless (which pinned
+  them); a training field (steps) is still refused by name."""
+  import types  # pylint: disable=g-import-not-at-top
+  from lsei_jax.training import checkpoints, signature  # pylint: disable=g-import-not-at-top
+  c = tiny_config.copy_and_resolve_references()
+  sig = lambda: inv_stage.signature_fix(types.SimpleNamespace(config=c), signature.stage_signature(
+      c, inv_stage.NODE.signature_sections))
+  trained = sig()
+  old = dict(trained, **{'invariance.eval_images': 256, 'invariance.temperature': 0.5})
+  c.invariance.eval_images, c.invariance.temperature, c.invariance.samples = 7, 0.1, 3
+  c.invariance.change_max, c.invariance.enabled = 0.2, not c.invariance.enabled
+  for recorded in (trained, old):
+    checkpoints.check_config('invariance', 'd', recorded, sig())
+  c.invariance.steps += 1
+  with pytest.raises(checkpoints.CheckpointError, match=r'\(invariance.steps: \d+ → \d+\)'):
+    checkpoints.check_config('invariance', 'd', old, sig())
+
+
 def test_an_unknown_base_is_refused_before_anything_trains(tiny_config, tmp_path):
   from lsei_jax.errors import UserError  # pylint: disable=g-import-not-at-top
   c = tiny_config.copy_and_resolve_references()

@@ -18,10 +18,16 @@ VERSION = 3
 
 # Fields read while training that cannot change what it computes: where the data is
 # cached and how fast it is read, the test split's size and correlation, whether the λ = 0
-# explainer is also trained (a stage list choice).
+# explainer is also trained (a stage list choice), the invariance evaluator's settings
+# (the flow is trained whatever T, images or thresholds it is evaluated with). Dropped
+# from the recorded signature as well, so that a field made harmless later no longer
+# refuses checkpoints that recorded it.
 HARMLESS = frozenset({
     'data.num_test', 'data.test_rho', 'data.data_dir', 'data.workers', 'data.cache',
-    'explainer.train_noreg', 'inn.enabled',
+    'explainer.train_noreg', 'inn.enabled', 'invariance.enabled',
+    'invariance.eval_images', 'invariance.samples', 'invariance.temperature',
+    'invariance.figure_images', 'invariance.figure_samples', 'invariance.encoded_min',
+    'invariance.change_max',
 })
 
 # explainer_noreg trains with λ = 0: the regularizer's settings are never used.

@@ -217,7 +217,7 @@ def h_probe_accuracy(h_tr: np.ndarray, y_tr: np.ndarray, h_te: np.ndarray, y_te:
 
 def evaluate_invariance(ctx: Context, temperature: float | None = None) -> dict:
   """metrics.json 'invariance' and the figure's arrays (ctx.figures['invariance']);
-  temperature: T instead of config.invariance.temperature (which the checkpoint pins), for
+  temperature: T instead of config.invariance.temperature (not pinned: signature.HARMLESS), for
   benchmarks/invariance_base.py's sweep over T."""
   spec, test, cfg = ctx.spec, ctx.data, ctx.spec.config.invariance
   temp = float(cfg.temperature if temperature is None else temperature)

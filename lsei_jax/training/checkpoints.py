@@ -149,7 +149,10 @@ def check_config(stage: str, directory: str, recorded: dict, current: dict) -> N
                                                                           recorded)):
     raise CheckpointError(legacy)
   current = _jsonable(current)
-  recorded = {k: v for k, v in recorded.items() if k not in signature_lib.HARMLESS}
+  # A harmless field the stage no longer pins (a stage's signature_fix may pin one: inn's
+  # fit on the validation split pins data.num_test) is not compared.
+  recorded = {k: v for k, v in recorded.items()
+              if k in current or k not in signature_lib.HARMLESS}
   changed = sorted(k for k in set(recorded) | set(current) if recorded.get(k) != current.get(k))
   data = fingerprint_lib.changed_parts(changed)
   # A changed data field (data.rho, …) changes the content too: then the field is named.
